@@ -1,0 +1,8 @@
+//go:build tools
+
+// Package tools pins the Kubernetes commands built for the test control plane.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+)
