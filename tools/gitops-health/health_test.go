@@ -421,3 +421,115 @@ func TestFluxKustomizationCopy(t *testing.T) {
 		t.Errorf("flux-kustomization.yaml healthCheckExprs = %+v, want %+v", ks.Spec.HealthCheckExprs, want)
 	}
 }
+
+// ---- fixtures against the CRD ----
+
+// TestFixturesMatchCRDSchema checks that every field of every fixture's status
+// is declared by the generated CRD (crds/workspacestartrequests.coder.com.yaml),
+// so the health rules are tested on status objects the API server would store.
+func TestFixturesMatchCRDSchema(t *testing.T) {
+	path := filepath.Join("..", "..", "crds", "workspacestartrequests.coder.com.yaml")
+	data, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		t.Skipf("%s not generated yet", path)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crd struct {
+		Spec struct {
+			Versions []struct {
+				Name   string `json:"name"`
+				Schema struct {
+					OpenAPIV3Schema map[string]any `json:"openAPIV3Schema"`
+				} `json:"schema"`
+			} `json:"versions"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal(data, &crd); err != nil {
+		t.Fatalf("parse CRD: %v", err)
+	}
+	var root map[string]any
+	for _, v := range crd.Spec.Versions {
+		if v.Name == "v1alpha1" {
+			root = v.Schema.OpenAPIV3Schema
+		}
+	}
+	if root == nil {
+		t.Fatalf("CRD has no v1alpha1 schema")
+	}
+	statusSchema, _ := root["properties"].(map[string]any)["status"].(map[string]any)
+	if statusSchema == nil {
+		t.Fatalf("CRD v1alpha1 has no status schema")
+	}
+	for _, name := range fixtureNames(t) {
+		obj := loadFixture(t, name)
+		if st, ok := obj["status"]; ok {
+			for _, problem := range undeclared("status", st, statusSchema) {
+				t.Errorf("%s.json: %s", name, problem)
+			}
+		}
+	}
+}
+
+// undeclared lists the paths of values the schema does not declare.
+func undeclared(path string, value any, schema map[string]any) []string {
+	var out []string
+	switch v := value.(type) {
+	case map[string]any:
+		props, hasProps := schema["properties"].(map[string]any)
+		if !hasProps {
+			return nil // free-form object (additionalProperties or preserve-unknown-fields)
+		}
+		for k, item := range v {
+			sub, ok := props[k].(map[string]any)
+			if !ok {
+				out = append(out, path+"."+k+" is not in the CRD schema")
+				continue
+			}
+			out = append(out, undeclared(path+"."+k, item, sub)...)
+		}
+	case []any:
+		items, _ := schema["items"].(map[string]any)
+		if items == nil {
+			return nil
+		}
+		for i, item := range v {
+			out = append(out, undeclared(fmt.Sprintf("%s[%d]", path, i), item, items)...)
+		}
+	case string:
+		if enum, ok := schema["enum"].([]any); ok {
+			found := false
+			for _, e := range enum {
+				if e == v {
+					found = true
+				}
+			}
+			if !found {
+				out = append(out, fmt.Sprintf("%s=%q is not one of %v", path, v, enum))
+			}
+		}
+	}
+	return out
+}
+
+func TestUndeclared(t *testing.T) {
+	schema := map[string]any{"properties": map[string]any{
+		"phase":      map[string]any{"type": "string", "enum": []any{"Pending", "Ready"}},
+		"conditions": map[string]any{"type": "array", "items": map[string]any{"properties": map[string]any{"type": map[string]any{}}}},
+	}}
+	got := undeclared("status", map[string]any{
+		"phase":      "Bogus",
+		"extra":      int64(1),
+		"conditions": []any{map[string]any{"type": "Ready", "nope": "x"}},
+	}, schema)
+	sort.Strings(got)
+	want := []string{
+		"status.conditions[0].nope is not in the CRD schema",
+		"status.extra is not in the CRD schema",
+		`status.phase="Bogus" is not one of [Pending Ready]`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("undeclared = %q, want %q", got, want)
+	}
+}
