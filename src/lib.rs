@@ -1,1 +1,9 @@
-//! workspace-start-operator
+//! workspace-start-operator: a Kubernetes operator that starts Coder workspaces on request.
+//!
+//! Data flows one way: [`controller`] observes Coder through [`coder`], asks the pure
+//! [`decide`] state machine what to do, acts, and writes the status (see [`conditions`]).
+
+pub mod coder;
+pub mod conditions;
+pub mod crd;
+pub mod decide;

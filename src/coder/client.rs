@@ -1,0 +1,509 @@
+//! HTTP client for the Coder REST API: session-token auth, request timeouts, typed JSON, error
+//! mapping, chat-path probing across Coder versions, rate limiting and the workspace watch stream.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use reqwest::{Method, StatusCode, header};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::error::CoderError;
+use super::ratelimit::RateLimiter;
+use super::types::{
+    BuildInfo, Chat, ChatResponse, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
+};
+
+/// Header carrying the session token.
+pub const SESSION_TOKEN_HEADER: &str = "Coder-Session-Token";
+
+/// A Coder session token. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(String);
+
+impl SessionToken {
+    /// Wraps a token (surrounding whitespace is trimmed).
+    pub fn new(token: impl AsRef<str>) -> SessionToken {
+        SessionToken(token.as_ref().trim().to_owned())
+    }
+    /// The raw token, for the auth header and for redaction checks.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(<redacted>)")
+    }
+}
+
+/// Observes every Coder call: endpoint route template and status label (`200`, `409`,
+/// `timeout`, …). Used for metrics.
+pub type CallObserver = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
+
+/// Which chat path this deployment serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChatPath {
+    V2,
+    Experimental,
+}
+
+/// Settings shared by all clients of one operator.
+#[derive(Clone)]
+pub struct ClientOptions {
+    /// Per-request timeout (not applied to watch streams).
+    pub request_timeout: Duration,
+    /// Requests per minute per endpoint (0 disables the limiter).
+    pub requests_per_minute: u32,
+    /// Metrics hook.
+    pub observer: Option<CallObserver>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(15),
+            requests_per_minute: 400,
+            observer: None,
+        }
+    }
+}
+
+/// A client for one Coder deployment and one token. Cheap to clone.
+#[derive(Clone)]
+pub struct CoderClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    stream_http: reqwest::Client,
+    base: String,
+    token: SessionToken,
+    chat_path: Mutex<Option<ChatPath>>,
+    limiter: RateLimiter,
+    observer: Option<CallObserver>,
+}
+
+impl fmt::Debug for CoderClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoderClient")
+            .field("base", &self.inner.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CoderClient {
+    /// Creates a client for `base_url` (e.g. `https://coder.example.com`).
+    pub fn new(
+        base_url: &str,
+        token: SessionToken,
+        opts: &ClientOptions,
+    ) -> Result<CoderClient, CoderError> {
+        let base = base_url.trim_end_matches('/').to_owned();
+        let parsed = reqwest::Url::parse(&base)
+            .map_err(|e| CoderError::Config(format!("invalid Coder URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(CoderError::Config(format!(
+                "invalid Coder URL scheme {:?}: use http or https",
+                parsed.scheme()
+            )));
+        }
+        if token.expose().is_empty() {
+            return Err(CoderError::Config("empty Coder session token".into()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(opts.request_timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(16)
+            .build()
+            .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
+        let stream_http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(45))
+            .build()
+            .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
+        Ok(CoderClient {
+            inner: Arc::new(Inner {
+                http,
+                stream_http,
+                base,
+                token,
+                chat_path: Mutex::new(None),
+                limiter: RateLimiter::new(opts.requests_per_minute),
+                observer: opts.observer.clone(),
+            }),
+        })
+    }
+
+    /// The deployment URL.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    fn observe(&self, endpoint: &'static str, status: &str) {
+        if let Some(o) = &self.inner.observer {
+            o(endpoint, status);
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        endpoint: &'static str,
+        path: &str,
+        body: Option<&dyn erased::Body>,
+    ) -> Result<T, CoderError> {
+        self.inner.limiter.acquire(endpoint).await;
+        let mut req = self
+            .inner
+            .http
+            .request(method, format!("{}{}", self.inner.base, path))
+            .header(SESSION_TOKEN_HEADER, self.inner.token.expose())
+            .header(header::ACCEPT, "application/json");
+        if let Some(b) = body {
+            req = req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(b.to_json());
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let err = if e.is_timeout() {
+                    CoderError::Timeout { endpoint }
+                } else {
+                    CoderError::Connect {
+                        endpoint,
+                        source: e.without_url(),
+                    }
+                };
+                self.observe(endpoint, &err.status_label());
+                return Err(err);
+            }
+        };
+        let status = resp.status();
+        let retry_after = retry_after(resp.headers());
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                let err = if e.is_timeout() {
+                    CoderError::Timeout { endpoint }
+                } else {
+                    CoderError::Connect {
+                        endpoint,
+                        source: e.without_url(),
+                    }
+                };
+                self.observe(endpoint, &err.status_label());
+                return Err(err);
+            }
+        };
+        self.observe(endpoint, status.as_str());
+        if !status.is_success() {
+            let err = CoderError::from_response(endpoint, status.as_u16(), retry_after, &bytes);
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                self.inner
+                    .limiter
+                    .back_off(endpoint, retry_after.unwrap_or(Duration::from_secs(60)));
+            }
+            return Err(err);
+        }
+        serde_json::from_slice(&bytes).map_err(|e| CoderError::Decode {
+            endpoint,
+            detail: e.to_string(),
+        })
+    }
+
+    /// `GET /api/v2/buildinfo`.
+    pub async fn build_info(&self) -> Result<BuildInfo, CoderError> {
+        self.call(Method::GET, "/api/v2/buildinfo", "/api/v2/buildinfo", None)
+            .await
+    }
+
+    /// `GET /api/v2/users/me`: validates the token.
+    pub async fn me(&self) -> Result<User, CoderError> {
+        self.call(Method::GET, "/api/v2/users/me", "/api/v2/users/me", None)
+            .await
+    }
+
+    /// `GET {chat path}/{id}`: tries `/api/v2/chats` first and falls back to
+    /// `/api/experimental/chats` (Coder before v2.37); remembers the path that answered.
+    pub async fn get_chat(&self, id: Uuid) -> Result<Chat, CoderError> {
+        let known = *self.inner.chat_path.lock().unwrap_or_else(|p| p.into_inner());
+        let order: &[ChatPath] = match known {
+            Some(ChatPath::V2) => &[ChatPath::V2],
+            Some(ChatPath::Experimental) => &[ChatPath::Experimental],
+            None => &[ChatPath::V2, ChatPath::Experimental],
+        };
+        let mut last = None;
+        for (i, p) in order.iter().enumerate() {
+            let (endpoint, path) = match p {
+                ChatPath::V2 => ("/api/v2/chats/{id}", format!("/api/v2/chats/{id}")),
+                ChatPath::Experimental => (
+                    "/api/experimental/chats/{id}",
+                    format!("/api/experimental/chats/{id}"),
+                ),
+            };
+            match self.call::<ChatResponse>(Method::GET, endpoint, &path, None).await {
+                Ok(c) => {
+                    *self.inner.chat_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(*p);
+                    return Ok(c.into_chat());
+                }
+                // A 404 on the first probe may mean "this Coder has no such route": try the next.
+                Err(e @ CoderError::NotFound { .. }) if i + 1 < order.len() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(CoderError::NotFound {
+            endpoint: "/api/v2/chats/{id}",
+            message: "chat not found".into(),
+        }))
+    }
+
+    /// `GET /api/v2/workspaces/{id}` (410 when deleted).
+    pub async fn get_workspace(&self, id: Uuid) -> Result<Workspace, CoderError> {
+        self.call(
+            Method::GET,
+            "/api/v2/workspaces/{id}",
+            &format!("/api/v2/workspaces/{id}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v2/users/{owner}/workspace/{name}` (404 when deleted).
+    pub async fn get_workspace_by_name(
+        &self,
+        owner: &str,
+        name: &str,
+    ) -> Result<Workspace, CoderError> {
+        self.call(
+            Method::GET,
+            "/api/v2/users/{user}/workspace/{name}",
+            &format!(
+                "/api/v2/users/{}/workspace/{}",
+                path_segment(owner),
+                path_segment(name)
+            ),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /api/v2/workspaces/{id}/builds` → 201 `WorkspaceBuild`.
+    pub async fn create_build(
+        &self,
+        workspace: Uuid,
+        req: &CreateWorkspaceBuildRequest,
+    ) -> Result<WorkspaceBuild, CoderError> {
+        self.call(
+            Method::POST,
+            "/api/v2/workspaces/{id}/builds",
+            &format!("/api/v2/workspaces/{workspace}/builds"),
+            Some(req),
+        )
+        .await
+    }
+
+    /// `GET /api/v2/workspacebuilds/{id}`.
+    pub async fn get_build(&self, id: Uuid) -> Result<WorkspaceBuild, CoderError> {
+        self.call(
+            Method::GET,
+            "/api/v2/workspacebuilds/{id}",
+            &format!("/api/v2/workspacebuilds/{id}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v2/workspaces/{id}/watch`: a Server-Sent Events stream yielding the full
+    /// workspace on connect and after every change. Ends when the connection closes.
+    pub async fn watch_workspace(
+        &self,
+        id: Uuid,
+    ) -> Result<impl Stream<Item = Result<Workspace, CoderError>> + Send + use<>, CoderError> {
+        const ENDPOINT: &str = "/api/v2/workspaces/{id}/watch";
+        self.inner.limiter.acquire(ENDPOINT).await;
+        let resp = self
+            .inner
+            .stream_http
+            .get(format!("{}/api/v2/workspaces/{id}/watch", self.inner.base))
+            .header(SESSION_TOKEN_HEADER, self.inner.token.expose())
+            .header(header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| {
+                let err = if e.is_timeout() {
+                    CoderError::Timeout { endpoint: ENDPOINT }
+                } else {
+                    CoderError::Connect {
+                        endpoint: ENDPOINT,
+                        source: e.without_url(),
+                    }
+                };
+                self.observe(ENDPOINT, &err.status_label());
+                err
+            })?;
+        let status = resp.status();
+        self.observe(ENDPOINT, status.as_str());
+        if !status.is_success() {
+            let retry = retry_after(resp.headers());
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(CoderError::from_response(
+                ENDPOINT,
+                status.as_u16(),
+                retry,
+                &body,
+            ));
+        }
+        let mut parser = SseParser::default();
+        let stream = resp
+            .bytes_stream()
+            .map(move |chunk| match chunk {
+                Ok(bytes) => parser.push(&bytes),
+                Err(e) => vec![Err(CoderError::Connect {
+                    endpoint: ENDPOINT,
+                    source: e.without_url(),
+                })],
+            })
+            .flat_map(futures::stream::iter);
+        Ok(stream)
+    }
+}
+
+/// Incremental parser for `event:`/`data:` frames separated by blank lines.
+#[derive(Default)]
+struct SseParser {
+    buf: Vec<u8>,
+}
+
+impl SseParser {
+    fn push(&mut self, bytes: &[u8]) -> Vec<Result<Workspace, CoderError>> {
+        const ENDPOINT: &str = "/api/v2/workspaces/{id}/watch";
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = find_frame_end(&self.buf) {
+            let frame: Vec<u8> = self.buf.drain(..end.0).collect();
+            self.buf.drain(..end.1);
+            let text = String::from_utf8_lossy(&frame);
+            let mut event = "";
+            let mut data = String::new();
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            match event {
+                "data" => out.push(serde_json::from_str(&data).map_err(|e| CoderError::Decode {
+                    endpoint: ENDPOINT,
+                    detail: e.to_string(),
+                })),
+                "error" => out.push(Err(CoderError::from_response(
+                    ENDPOINT,
+                    500,
+                    None,
+                    data.as_bytes(),
+                ))),
+                _ => {} // ping or unknown
+            }
+        }
+        out
+    }
+}
+
+/// Returns (frame length, separator length) of the first complete frame.
+fn find_frame_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// Percent-encodes one path segment (usernames and workspace names are `[a-z0-9-]`, but
+/// never trust input).
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+mod erased {
+    /// A JSON request body.
+    pub trait Body: Send + Sync {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize + Send + Sync> Body for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_never_printed() {
+        let t = SessionToken::new("secret-value\n");
+        assert_eq!(t.expose(), "secret-value");
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+
+    #[test]
+    fn sse_frames_split_across_chunks() {
+        let ws = r#"{"id":"e3f4c0de-0000-4000-8000-000000000001","name":"dev","owner_id":"51aa0000-0000-4000-8000-000000000002","owner_name":"alice","latest_build":{"id":"6f1c0000-0000-4000-8000-000000000003","build_number":2,"transition":"start","status":"starting","job":{"id":"7a000000-0000-4000-8000-000000000004","status":"running"},"resources":[]}}"#;
+        let stream = format!("event: ping\n\nevent: data\ndata: {ws}\n\nevent: error\ndata: {{\"message\":\"boom\"}}\n\n");
+        let mut p = SseParser::default();
+        let (a, b) = stream.as_bytes().split_at(40);
+        let mut out = p.push(a);
+        out.extend(p.push(b));
+        assert_eq!(out.len(), 2);
+        let w = out.remove(0).expect("workspace");
+        assert_eq!(w.name, "dev");
+        assert!(matches!(out.remove(0), Err(CoderError::Server { .. })));
+    }
+
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(path_segment("alice"), "alice");
+        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn bad_urls_and_empty_tokens_are_config_errors() {
+        let o = ClientOptions::default();
+        assert!(matches!(
+            CoderClient::new("ftp://x", SessionToken::new("t"), &o),
+            Err(CoderError::Config(_))
+        ));
+        assert!(matches!(
+            CoderClient::new("http://x", SessionToken::new(" "), &o),
+            Err(CoderError::Config(_))
+        ));
+    }
+}

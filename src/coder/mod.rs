@@ -1,0 +1,9 @@
+//! Everything about talking to Coder: JSON types, the REST client, its errors and rate limits.
+
+pub mod client;
+pub mod error;
+pub mod ratelimit;
+pub mod types;
+
+pub use client::{CallObserver, ClientOptions, CoderClient, SessionToken};
+pub use error::CoderError;

@@ -1,0 +1,111 @@
+//! Client-side token buckets that keep the operator under Coder's per-user, per-endpoint rate
+//! limit (default 512 requests/minute), and honour `Retry-After` after a 429.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One token bucket per endpoint, all with the same rate.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<&'static str, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    blocked_until: Option<Instant>,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `per_minute` requests per endpoint (0 or less disables it).
+    pub fn new(per_minute: u32) -> RateLimiter {
+        let per_minute = f64::from(per_minute);
+        RateLimiter {
+            per_minute,
+            burst: (per_minute / 10.0).max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits until a request to `endpoint` may be sent.
+    pub async fn acquire(&self, endpoint: &'static str) {
+        if self.per_minute <= 0.0 {
+            return;
+        }
+        loop {
+            let wait = self.try_take(endpoint, Instant::now());
+            match wait {
+                None => return,
+                Some(d) => tokio::time::sleep(d).await,
+            }
+        }
+    }
+
+    /// Takes a token if one is available; otherwise returns how long to wait.
+    fn try_take(&self, endpoint: &'static str, now: Instant) -> Option<Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = buckets.entry(endpoint).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+            blocked_until: None,
+        });
+        if let Some(until) = b.blocked_until {
+            if until > now {
+                return Some(until - now);
+            }
+            b.blocked_until = None;
+        }
+        let rate = self.per_minute / 60.0;
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(self.burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+
+    /// Blocks `endpoint` for `delay` after Coder answered 429.
+    pub fn back_off(&self, endpoint: &'static str, delay: Duration) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = buckets.entry(endpoint).or_insert(Bucket {
+            tokens: 0.0,
+            last: now,
+            blocked_until: None,
+        });
+        b.tokens = 0.0;
+        b.blocked_until = Some(now + delay);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_waits_at_the_configured_rate() {
+        let l = RateLimiter::new(600); // 10/s, burst 60
+        let now = Instant::now();
+        for _ in 0..60 {
+            assert_eq!(l.try_take("a", now), None);
+        }
+        let wait = l.try_take("a", now).expect("bucket empty");
+        assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO);
+        // Other endpoints have their own bucket.
+        assert_eq!(l.try_take("b", now), None);
+    }
+
+    #[test]
+    fn retry_after_blocks_the_endpoint() {
+        let l = RateLimiter::new(600);
+        l.back_off("a", Duration::from_secs(60));
+        let wait = l.try_take("a", Instant::now()).expect("blocked");
+        assert!(wait > Duration::from_secs(59));
+    }
+}

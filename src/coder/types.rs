@@ -1,0 +1,272 @@
+//! Typed JSON of the Coder REST API, limited to the fields the operator reads (unknown fields
+//! are ignored, so newer Coder versions keep working). Field names follow `codersdk`.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// `GET /api/v2/buildinfo`.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct BuildInfo {
+    /// Coder version, e.g. `v2.37.0`.
+    pub version: String,
+    /// Deployment id.
+    #[serde(default)]
+    pub deployment_id: Option<String>,
+}
+
+/// `GET /api/v2/users/me` and `/api/v2/users/{id}`.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct User {
+    /// User id.
+    pub id: Uuid,
+    /// Username.
+    pub username: String,
+    /// `active`, `dormant` or `suspended`.
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// A chat (`GET …/chats/{id}`), unwrapped from the early `{"chat": …}` shape if needed.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct Chat {
+    /// Chat id.
+    pub id: Uuid,
+    /// Owner whose workspace and credentials are used.
+    pub owner_id: Uuid,
+    /// The workspace the chat is bound to.
+    #[serde(default)]
+    pub workspace_id: Option<Uuid>,
+    /// Last build the chat bound to.
+    #[serde(default)]
+    pub build_id: Option<Uuid>,
+}
+
+/// Response of a chat GET in either era: bare `Chat` or `{"chat": Chat, "messages": …}`.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub(crate) enum ChatResponse {
+    /// Early-2026 wrapped shape.
+    Wrapped {
+        /// The chat.
+        chat: Chat,
+    },
+    /// Bare chat.
+    Bare(Chat),
+}
+
+impl ChatResponse {
+    pub(crate) fn into_chat(self) -> Chat {
+        match self {
+            ChatResponse::Wrapped { chat } | ChatResponse::Bare(chat) => chat,
+        }
+    }
+}
+
+/// `GET /api/v2/workspaces/{id}`.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+pub struct Workspace {
+    /// Workspace id.
+    pub id: Uuid,
+    /// Workspace name.
+    pub name: String,
+    /// Owner id.
+    pub owner_id: Uuid,
+    /// Owner username.
+    #[serde(default)]
+    pub owner_name: String,
+    /// Active template version.
+    #[serde(default)]
+    pub template_active_version_id: Option<Uuid>,
+    /// When true, start builds must use the active template version.
+    #[serde(default)]
+    pub template_require_active_version: bool,
+    /// Non-null when the workspace is dormant.
+    #[serde(default)]
+    pub dormant_at: Option<Timestamp>,
+    /// The latest build, with its job and agents.
+    pub latest_build: WorkspaceBuild,
+}
+
+/// `WorkspaceBuild`.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+pub struct WorkspaceBuild {
+    /// Build id.
+    pub id: Uuid,
+    /// Build number, starting at 1.
+    pub build_number: i64,
+    /// Transition.
+    pub transition: Transition,
+    /// Derived workspace status.
+    #[serde(default)]
+    pub status: String,
+    /// Template version used.
+    #[serde(default)]
+    pub template_version_id: Option<Uuid>,
+    /// When the build was created.
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
+    /// The provisioner job.
+    pub job: ProvisionerJob,
+    /// Resources with their agents.
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+}
+
+impl WorkspaceBuild {
+    /// All agents of all resources.
+    pub fn agents(&self) -> impl Iterator<Item = &Agent> {
+        self.resources.iter().flat_map(|r| r.agents.iter())
+    }
+}
+
+/// Build transition.
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transition {
+    /// Start.
+    Start,
+    /// Stop.
+    Stop,
+    /// Delete.
+    Delete,
+}
+
+impl Transition {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Start => "start",
+            Transition::Stop => "stop",
+            Transition::Delete => "delete",
+        }
+    }
+}
+
+/// `ProvisionerJob`.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+pub struct ProvisionerJob {
+    /// Job id.
+    pub id: Uuid,
+    /// Job status.
+    pub status: JobStatus,
+    /// Error code such as `INSUFFICIENT_QUOTA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// When the job completed.
+    #[serde(default)]
+    pub completed_at: Option<Timestamp>,
+}
+
+/// Provisioner job status; unknown strings map to `Unknown`.
+#[derive(Deserialize, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Queued.
+    Pending,
+    /// Running.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Being canceled.
+    Canceling,
+    /// Canceled.
+    Canceled,
+    /// Failed.
+    Failed,
+    /// Unknown or unrecognised.
+    #[serde(other)]
+    Unknown,
+}
+
+impl JobStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Canceling => "canceling",
+            JobStatus::Canceled => "canceled",
+            JobStatus::Failed => "failed",
+            JobStatus::Unknown => "unknown",
+        }
+    }
+
+    /// Pending, running or canceling: a new build would get 409.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobStatus::Pending | JobStatus::Running | JobStatus::Canceling)
+    }
+}
+
+/// A workspace resource.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// Agents of this resource.
+    #[serde(default)]
+    pub agents: Vec<Agent>,
+}
+
+/// `WorkspaceAgent`.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+pub struct Agent {
+    /// Agent id.
+    pub id: Uuid,
+    /// Agent name.
+    pub name: String,
+    /// Non-null for sub-agents (devcontainers); ignored by agent selection.
+    #[serde(default)]
+    pub parent_id: Option<Uuid>,
+    /// connecting, connected, disconnected, timeout.
+    pub status: String,
+    /// created, starting, ready, start_error, start_timeout, shutting_down, …
+    pub lifecycle_state: String,
+    /// When the agent became ready.
+    #[serde(default)]
+    pub ready_at: Option<Timestamp>,
+}
+
+/// Body of `POST /api/v2/workspaces/{id}/builds`.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct CreateWorkspaceBuildRequest {
+    /// Always `start` for this operator.
+    pub transition: Transition,
+    /// Forced to the active version when the template requires it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_version_id: Option<Uuid>,
+    /// Rich parameter overrides.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rich_parameter_values: Vec<ParameterValue>,
+}
+
+/// A rich parameter value.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct ParameterValue {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// Coder's error body (`codersdk.Response`).
+#[derive(Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ErrorBody {
+    /// Always present.
+    #[serde(default)]
+    pub message: String,
+    /// Optional detail (may contain internal text; never copied into status).
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// Field validations.
+    #[serde(default)]
+    pub validations: Vec<Validation>,
+}
+
+/// One field validation error.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct Validation {
+    /// Field name.
+    pub field: String,
+    /// What is wrong.
+    pub detail: String,
+}

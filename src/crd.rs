@@ -1,0 +1,269 @@
+//! The `WorkspaceStartRequest` custom resource (`coder.com/v1alpha1`): spec, status and the
+//! CRD schema rules (CEL) that make the API server refuse invalid requests.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the custom resource.
+pub const GROUP: &str = "coder.com";
+/// Field manager used for every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "workspace-start-operator";
+
+/// CEL fragment: a lower- or upper-case hyphenated UUID.
+const UUID_RULE: &str = "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
+
+/// Asks the operator to start one Coder workspace, either the workspace bound to a chat or a
+/// workspace named directly. A request is one-shot, like a Job: its spec cannot change.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "coder.com",
+    version = "v1alpha1",
+    kind = "WorkspaceStartRequest",
+    plural = "workspacestartrequests",
+    shortname = "wsr",
+    category = "coder",
+    namespaced,
+    status = "WorkspaceStartRequestStatus",
+    doc = "WorkspaceStartRequest asks for one Coder workspace to be started and reports when its agent is ready.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Workspace", type_ = "string", json_path = ".status.workspace.name"),
+    printcolumn(name = "Agent", type_ = "string", json_path = ".status.agent.lifecycleState"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.chatId) != has(self.workspace)").message("exactly one of spec.chatId or spec.workspace must be set"))]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: a WorkspaceStartRequest is one-shot; create a new request instead"))]
+pub struct WorkspaceStartRequestSpec {
+    /// Start the workspace bound to this Coder chat (UUID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = Rule::new(UUID_RULE).message("chatId must be a UUID, e.g. 9d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11"))]
+    pub chat_id: Option<String>,
+
+    /// Start this workspace, by `id` or by `owner` and `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceSelector>,
+
+    /// When set, the chat's and the workspace's owner must be this Coder user (UUID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = Rule::new(UUID_RULE).message("ownerId must be a UUID"))]
+    pub owner_id: Option<String>,
+
+    /// Secret in this namespace holding `url` and `token` for the Coder deployment to use.
+    /// Default: the operator-wide connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coder_ref: Option<CoderRef>,
+
+    /// Rich parameter values passed to the start build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub parameters: Vec<BuildParameter>,
+
+    /// Agent that must become ready. Default: the chat tool's rule (root agents; the one whose
+    /// name ends in `-coderd-chat`, else the first by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub agent_name: Option<String>,
+
+    /// How long to wait for the build and for the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+
+    /// Delete the request this many seconds after it finished (Ready or Failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// Names a workspace by `id`, or by `owner` (username or id) and `name`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.id) ? !has(self.owner) && !has(self.name) : has(self.owner) && has(self.name)").message("workspace needs either id, or both owner and name"))]
+pub struct WorkspaceSelector {
+    /// Workspace UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = Rule::new(UUID_RULE).message("workspace.id must be a UUID"))]
+    pub id: Option<String>,
+    /// Owner's username (or user id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub owner: Option<String>,
+    /// Workspace name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub name: Option<String>,
+}
+
+/// Reference to a Secret in the request's namespace with keys `url` and `token`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CoderRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One rich parameter value for the start build.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildParameter {
+    /// Parameter name.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// Parameter value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// Deadlines, as Go-style durations such as `10m` or `90s`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Time allowed for the build, from the request's start. Default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeouts.build must be a positive duration such as 10m"))]
+    pub build: Option<String>,
+    /// Time allowed for the agent to become ready after the build succeeded. Default `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeouts.agent must be a positive duration such as 10m"))]
+    pub agent: Option<String>,
+}
+
+/// Observed state, written only by the operator through the status subresource.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceStartRequestStatus {
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Where the request is: Pending, Starting, WaitingForAgent, Ready or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// How the workspace got started: Queued, InProgress or AlreadyRunning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    /// Ready, Reconciling, Stalled, BuildSucceeded and AgentReady.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The workspace being started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<WorkspaceInfo>,
+    /// The latest build observed (the one waited on once a build is running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildInfo>,
+    /// Written before the start build is requested: after a crash the operator re-reads Coder
+    /// and joins that build instead of requesting another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_requested_at: Option<Time>,
+    /// The agent that must be ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+    /// When the operator first acted on the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the request became Ready or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Human-readable summary of the current state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Request phase.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Phase {
+    /// Accepted, nothing observed yet.
+    #[default]
+    Pending,
+    /// A build is pending or running.
+    Starting,
+    /// The build succeeded; waiting for the agent.
+    WaitingForAgent,
+    /// The workspace is running and its agent is ready.
+    Ready,
+    /// The request ended without a ready workspace.
+    Failed,
+}
+
+impl Phase {
+    /// Ready and Failed are terminal.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Ready | Phase::Failed)
+    }
+}
+
+/// How the workspace got started.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The operator requested the start build.
+    Queued,
+    /// The operator joined a build already in progress.
+    InProgress,
+    /// The workspace was already running.
+    AlreadyRunning,
+}
+
+/// Workspace identity.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceInfo {
+    /// Workspace UUID.
+    pub id: String,
+    /// Workspace name.
+    pub name: String,
+    /// Owner's username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_name: Option<String>,
+}
+
+/// A workspace build.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildInfo {
+    /// Build UUID.
+    pub id: String,
+    /// Build number (starts at 1).
+    pub number: i64,
+    /// start, stop or delete.
+    pub transition: String,
+    /// Provisioner job status: pending, running, succeeded, canceling, canceled, failed, unknown.
+    pub job_status: String,
+    /// Coder's job error code (for example INSUFFICIENT_QUOTA); never the job's error text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+}
+
+/// The agent being waited on.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInfo {
+    /// Agent UUID (empty when the workspace has no agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Agent name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Connection status: connecting, connected, disconnected, timeout, or no_agent.
+    pub status: String,
+    /// Lifecycle state: created, starting, ready, start_error, start_timeout, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle_state: Option<String>,
+}
+
+/// The CRD as YAML, exactly as checked in under `crds/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let crd = WorkspaceStartRequest::crd();
+    Ok(format!(
+        "# Generated by `workspace-start-operator crd`; do not edit.\n{}",
+        serde_yaml::to_string(&crd)?
+    ))
+}
