@@ -1,0 +1,284 @@
+//! Fault injection: the [`Fault`] kinds, their JSON/YAML form, and the
+//! listener that can reset a connection from inside a handler.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::scenario::DurationSpec;
+
+/// A fault injected on one route key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status and a Coder-style `{"message":…}` body
+    /// without running the handler (429 also gets `Retry-After: 60`).
+    Status(u16),
+    /// Never answer (until the server shuts down).
+    Hang,
+    /// Close the TCP connection with a reset, without any response.
+    Reset,
+    /// Run the handler (commit the change), then answer 500.
+    CommitThenFail,
+    /// Delay the request by this long, then handle it normally.
+    Slow(Duration),
+    /// Apply the inner fault to the next `n` requests only, then remove it.
+    Times(u32, Box<Fault>),
+}
+
+impl Fault {
+    /// Convenience for `Times(n, Box::new(fault))`.
+    pub fn times(n: u32, fault: Fault) -> Fault {
+        Fault::Times(n, Box::new(fault))
+    }
+}
+
+/// What the middleware does for one request after resolving the fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    Status(u16),
+    Hang,
+    Reset,
+    CommitThenFail,
+    Slow(Duration),
+}
+
+/// Takes the action for the next request on a route and updates `Times`
+/// counters; returns `None` (and removes the fault) when it is used up.
+pub(crate) fn take(slot: &mut Option<Fault>) -> Option<Action> {
+    let fault = slot.take()?;
+    match fault {
+        Fault::Times(0, _) => None,
+        Fault::Times(n, inner) => {
+            let action = leaf(&inner);
+            if n > 1 {
+                *slot = Some(Fault::Times(n - 1, inner));
+            }
+            Some(action)
+        }
+        other => {
+            let action = leaf(&other);
+            *slot = Some(other);
+            Some(action)
+        }
+    }
+}
+
+fn leaf(f: &Fault) -> Action {
+    match f {
+        Fault::Status(c) => Action::Status(*c),
+        Fault::Hang => Action::Hang,
+        Fault::Reset => Action::Reset,
+        Fault::CommitThenFail => Action::CommitThenFail,
+        Fault::Slow(d) => Action::Slow(*d),
+        Fault::Times(_, inner) => leaf(inner),
+    }
+}
+
+/// Serializable form of [`Fault`] used by the admin API and scenarios:
+/// `{"status": 503}`, `"hang"`, `"reset"`, `"commit_then_fail"`,
+/// `{"slow": "750ms"}`, `{"times": {"n": 2, "fault": "reset"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultSpec {
+    /// See [`Fault::Status`].
+    Status(u16),
+    /// See [`Fault::Hang`].
+    Hang,
+    /// See [`Fault::Reset`].
+    Reset,
+    /// See [`Fault::CommitThenFail`].
+    CommitThenFail,
+    /// See [`Fault::Slow`].
+    Slow(DurationSpec),
+    /// See [`Fault::Times`].
+    Times {
+        /// Number of requests affected.
+        n: u32,
+        /// The fault applied to them.
+        fault: Box<FaultSpec>,
+    },
+}
+
+impl From<FaultSpec> for Fault {
+    fn from(s: FaultSpec) -> Fault {
+        match s {
+            FaultSpec::Status(c) => Fault::Status(c),
+            FaultSpec::Hang => Fault::Hang,
+            FaultSpec::Reset => Fault::Reset,
+            FaultSpec::CommitThenFail => Fault::CommitThenFail,
+            FaultSpec::Slow(d) => Fault::Slow(d.0),
+            FaultSpec::Times { n, fault } => Fault::Times(n, Box::new(Fault::from(*fault))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Listener with per-connection reset switch
+
+/// Per-connection info handed to handlers through `ConnectInfo`.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    kill: Arc<AtomicBool>,
+}
+
+impl ConnInfo {
+    /// Makes all further I/O on this connection fail and closes it with RST.
+    pub fn reset(&self) {
+        self.kill.store(true, Ordering::SeqCst);
+    }
+}
+
+/// TCP listener whose connections can be reset from a handler.
+pub(crate) struct SimListener {
+    inner: TcpListener,
+}
+
+impl SimListener {
+    pub fn new(inner: TcpListener) -> SimListener {
+        SimListener { inner }
+    }
+}
+
+/// A TCP stream that errors out (and resets on drop) once killed.
+pub(crate) struct SimIo {
+    inner: TcpStream,
+    kill: Arc<AtomicBool>,
+}
+
+impl SimIo {
+    fn killed(&self) -> bool {
+        self.kill.load(Ordering::SeqCst)
+    }
+}
+
+fn reset_err() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "coder-sim: injected connection reset")
+}
+
+impl AsyncRead for SimIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.killed() {
+            return Poll::Ready(Err(reset_err()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.killed() {
+            return Poll::Ready(Err(reset_err()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.killed() {
+            return Poll::Ready(Err(reset_err()));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.killed() {
+            return Poll::Ready(Err(reset_err()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for SimIo {
+    fn drop(&mut self) {
+        if self.killed() {
+            // SO_LINGER 0: close() sends RST instead of FIN.
+            let _ = self.inner.set_zero_linger();
+        }
+    }
+}
+
+impl Listener for SimListener {
+    type Io = SimIo;
+    type Addr = ConnInfo;
+
+    async fn accept(&mut self) -> (SimIo, ConnInfo) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let kill = Arc::new(AtomicBool::new(false));
+                    return (SimIo { inner: stream, kill: kill.clone() }, ConnInfo { peer, kill });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<ConnInfo> {
+        Ok(ConnInfo { peer: self.inner.local_addr()?, kill: Arc::new(AtomicBool::new(false)) })
+    }
+}
+
+impl Connected<IncomingStream<'_, SimListener>> for ConnInfo {
+    fn connect_info(stream: IncomingStream<'_, SimListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_counts_down_and_disappears() {
+        let mut slot = Some(Fault::times(2, Fault::Status(503)));
+        assert_eq!(take(&mut slot), Some(Action::Status(503)));
+        assert_eq!(take(&mut slot), Some(Action::Status(503)));
+        assert_eq!(take(&mut slot), None);
+        assert!(slot.is_none());
+    }
+
+    #[test]
+    fn permanent_fault_stays() {
+        let mut slot = Some(Fault::Hang);
+        assert_eq!(take(&mut slot), Some(Action::Hang));
+        assert_eq!(take(&mut slot), Some(Action::Hang));
+    }
+
+    #[test]
+    fn spec_parses_all_forms() {
+        let s: Vec<FaultSpec> = serde_json::from_str(
+            r#"[{"status":503},"hang","reset","commit_then_fail",{"slow":"750ms"},{"times":{"n":2,"fault":"reset"}}]"#,
+        )
+        .expect("valid");
+        let f: Vec<Fault> = s.into_iter().map(Fault::from).collect();
+        assert_eq!(
+            f,
+            vec![
+                Fault::Status(503),
+                Fault::Hang,
+                Fault::Reset,
+                Fault::CommitThenFail,
+                Fault::Slow(Duration::from_millis(750)),
+                Fault::times(2, Fault::Reset),
+            ]
+        );
+    }
+}

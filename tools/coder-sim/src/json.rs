@@ -1,0 +1,297 @@
+//! Rendering of Coder JSON (codersdk shapes) from the simulator state.
+
+use jiff::{Timestamp, Unit};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::ChatEra;
+use crate::model::{AgentView, BuildRec, ChatRec, JobStatus, State, UserRec, WorkspaceRec, select_chat_agent};
+
+/// Formats like Go's `time.Time` JSON from Postgres (microseconds, UTC).
+pub(crate) fn ts(t: Timestamp) -> Value {
+    let t = t.round(Unit::Microsecond).unwrap_or(t);
+    Value::String(t.to_string())
+}
+
+fn insert_opt(obj: &mut Value, key: &str, v: Option<Value>) {
+    if let (Some(map), Some(v)) = (obj.as_object_mut(), v) {
+        map.insert(key.to_owned(), v);
+    }
+}
+
+/// `{"message": …, "detail"?: …}` (codersdk.Response).
+pub(crate) fn response(message: &str, detail: Option<&str>) -> Value {
+    let mut v = json!({ "message": message });
+    insert_opt(&mut v, "detail", detail.map(|d| json!(d)));
+    v
+}
+
+/// `GET /api/v2/buildinfo`.
+pub(crate) fn buildinfo(st: &State) -> Value {
+    json!({
+        "external_url": format!("https://github.com/coder/coder/releases/tag/{}", st.version),
+        "version": st.version,
+        "dashboard_url": st.base_url,
+        "workspace_proxy": false,
+        "agent_api_version": "2.6",
+        "provisioner_api_version": "1.9",
+        "upgrade_message": "",
+        "deployment_id": st.deployment_id,
+        "telemetry": false,
+        "webpush_public_key": "",
+    })
+}
+
+/// codersdk.User.
+pub(crate) fn user(st: &State, u: &UserRec) -> Value {
+    let roles: Vec<Value> = if u.admin {
+        vec![json!({ "name": "owner", "display_name": "Owner" })]
+    } else {
+        Vec::new()
+    };
+    json!({
+        "id": u.id,
+        "username": u.username,
+        "name": "",
+        "email": format!("{}@example.com", u.username),
+        "created_at": ts(u.created_at),
+        "updated_at": ts(u.created_at),
+        "last_seen_at": ts(u.created_at),
+        "status": u.status,
+        "login_type": "password",
+        "theme_preference": "",
+        "organization_ids": [st.org_id],
+        "roles": roles,
+        "avatar_url": "",
+    })
+}
+
+fn job(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp) -> Value {
+    let view = b.job(now);
+    let pending = view.status == JobStatus::Pending;
+    let mut v = json!({
+        "id": b.job_id,
+        "created_at": ts(b.created_at),
+        "status": view.status.as_str(),
+        "worker_name": "",
+        "file_id": b.file_id,
+        "tags": { "owner": "", "scope": "organization" },
+        "queue_position": if pending { 1 } else { 0 },
+        "queue_size": if pending { 1 } else { 0 },
+        "organization_id": st.org_id,
+        "initiator_id": b.initiator,
+        "input": { "workspace_build_id": b.id },
+        "type": "workspace_build",
+        "metadata": {
+            "template_version_name": ws.template.version_name(b.template_version_id),
+            "template_id": ws.template.id,
+            "template_name": ws.template.name,
+            "template_display_name": "",
+            "template_icon": "",
+            "workspace_id": ws.id,
+            "workspace_name": ws.name,
+            "workspace_build_transition": b.transition.as_str(),
+        },
+        "logs_overflowed": false,
+        "available_workers": [],
+    });
+    insert_opt(&mut v, "started_at", view.started_at.map(ts));
+    insert_opt(&mut v, "completed_at", view.completed_at.map(ts));
+    insert_opt(&mut v, "canceled_at", view.canceled_at.map(ts));
+    insert_opt(&mut v, "error", view.error.map(Value::String));
+    insert_opt(&mut v, "error_code", view.error_code.map(Value::String));
+    if view.started_at.is_some() {
+        insert_opt(&mut v, "worker_id", Some(json!(b.worker_id)));
+        if let Some(m) = v.as_object_mut() {
+            m.insert("worker_name".to_owned(), json!("coder-sim-provisioner"));
+        }
+    }
+    v
+}
+
+fn agent(st: &State, b: &BuildRec, a: &AgentView) -> Value {
+    let (healthy, reason) = a.health();
+    let mut health = json!({ "healthy": healthy });
+    insert_opt(&mut health, "reason", reason.map(|r| json!(r)));
+    let mut v = json!({
+        "id": a.rec.id,
+        "parent_id": a.rec.parent_id,
+        "created_at": ts(a.created_at),
+        "updated_at": ts(a.ready_at.or(a.started_at).unwrap_or(a.created_at)),
+        "status": a.status,
+        "lifecycle_state": a.lifecycle,
+        "name": a.rec.name,
+        "resource_id": b.resource_id,
+        "architecture": "amd64",
+        "environment_variables": {},
+        "operating_system": "linux",
+        "logs_length": 0,
+        "logs_overflowed": false,
+        "directory": "",
+        "expanded_directory": "/home/coder",
+        "version": st.version,
+        "api_version": "2.6",
+        "apps": [],
+        "connection_timeout_seconds": crate::model::AGENT_CONNECTION_TIMEOUT_SECS,
+        "troubleshooting_url": "",
+        "subsystems": [],
+        "health": health,
+        "display_apps": ["vscode", "web_terminal", "ssh_helper", "port_forwarding_helper"],
+        "log_sources": [],
+        "scripts": [],
+        "startup_script_behavior": "non-blocking",
+    });
+    insert_opt(&mut v, "first_connected_at", a.first_connected_at.map(ts));
+    insert_opt(&mut v, "last_connected_at", a.last_connected_at.map(ts));
+    insert_opt(&mut v, "disconnected_at", a.disconnected_at.map(ts));
+    insert_opt(&mut v, "started_at", a.started_at.map(ts));
+    insert_opt(&mut v, "ready_at", a.ready_at.map(ts));
+    v
+}
+
+/// codersdk.WorkspaceBuild.
+pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp) -> Value {
+    let owner = st.users.get(&ws.owner).map(|u| u.username.clone()).unwrap_or_default();
+    let initiator = st.users.get(&b.initiator).map(|u| u.username.clone()).unwrap_or_default();
+    let agents = b.agents(now);
+    let resources: Vec<Value> = if b.transition == crate::model::Transition::Start
+        && b.job(now).status == JobStatus::Succeeded
+    {
+        vec![json!({
+            "id": b.resource_id,
+            "created_at": ts(b.created_at),
+            "job_id": b.job_id,
+            "workspace_transition": b.transition.as_str(),
+            "type": "docker_container",
+            "name": "workspace",
+            "hide": false,
+            "icon": "",
+            "agents": agents.iter().map(|a| agent(st, b, a)).collect::<Vec<_>>(),
+            "metadata": [],
+            "daily_cost": 0,
+        })]
+    } else {
+        Vec::new()
+    };
+    json!({
+        "id": b.id,
+        "created_at": ts(b.created_at),
+        "updated_at": ts(b.job(now).completed_at.or(b.job(now).started_at).unwrap_or(b.created_at)),
+        "workspace_id": ws.id,
+        "workspace_name": ws.name,
+        "workspace_owner_id": ws.owner,
+        "workspace_owner_name": owner,
+        "workspace_owner_avatar_url": "",
+        "template_version_id": b.template_version_id,
+        "template_version_name": ws.template.version_name(b.template_version_id),
+        "template_version_preset_id": null,
+        "build_number": b.number,
+        "transition": b.transition.as_str(),
+        "initiator_id": b.initiator,
+        "initiator_name": initiator,
+        "job": job(st, ws, b, now),
+        "reason": b.reason,
+        "resources": resources,
+        "deadline": null,
+        "max_deadline": null,
+        "status": b.status(now),
+        "daily_cost": 0,
+        "matched_provisioners": {
+            "count": 1,
+            "available": 1,
+            "most_recently_seen": ts(b.created_at),
+        },
+        "has_ai_task": false,
+        "has_external_agent": false,
+    })
+}
+
+/// codersdk.Workspace.
+pub(crate) fn workspace(st: &State, ws: &WorkspaceRec, now: Timestamp) -> Value {
+    let owner = st.users.get(&ws.owner).map(|u| u.username.clone()).unwrap_or_default();
+    let latest = st.latest_build(ws);
+    let latest_json = latest.map_or(Value::Null, |b| build(st, ws, b, now));
+    let failing: Vec<Uuid> = latest
+        .map(|b| b.agents(now).into_iter().filter(|a| !a.health().0).map(|a| a.rec.id).collect())
+        .unwrap_or_default();
+    let outdated = latest.is_some_and(|b| b.template_version_id != ws.template.active_version());
+    json!({
+        "id": ws.id,
+        "created_at": ts(ws.created_at),
+        "updated_at": ts(ws.updated_at),
+        "owner_id": ws.owner,
+        "owner_name": owner,
+        "owner_avatar_url": "",
+        "organization_id": st.org_id,
+        "organization_name": "coder",
+        "template_id": ws.template.id,
+        "template_name": ws.template.name,
+        "template_display_name": "Docker",
+        "template_icon": "",
+        "template_allow_user_cancel_workspace_jobs": true,
+        "template_active_version_id": ws.template.active_version(),
+        "template_require_active_version": ws.template.require_active_version,
+        "template_use_classic_parameter_flow": false,
+        "latest_build": latest_json,
+        "latest_app_status": null,
+        "outdated": outdated,
+        "name": ws.name,
+        "autostart_schedule": null,
+        "ttl_ms": null,
+        "last_used_at": ts(ws.updated_at),
+        "deleting_at": null,
+        "dormant_at": null,
+        "health": { "healthy": failing.is_empty(), "failing_agents": failing },
+        "automatic_updates": "never",
+        "allow_renames": false,
+        "favorite": false,
+        "next_start_at": null,
+        "is_prebuild": false,
+        "task_id": null,
+    })
+}
+
+/// codersdk.Chat, in the configured era's shape.
+pub(crate) fn chat(st: &State, c: &ChatRec, now: Timestamp) -> Value {
+    let owner = st.users.get(&c.owner);
+    let mut build_id: Option<Uuid> = None;
+    let mut agent_id: Option<Uuid> = None;
+    if st.chat_era == ChatEra::V2 {
+        // Read-time repair (PR #28152): pair the latest build with its agent.
+        if let Some(ws) = c.workspace_id.and_then(|id| st.workspaces.get(&id)) {
+            if let Some(b) = st.latest_build(ws) {
+                build_id = Some(b.id);
+                let agents = b.agents(now);
+                agent_id = select_chat_agent(&agents).map(|a| a.rec.id);
+            }
+        }
+    }
+    let mut v = json!({
+        "id": c.id,
+        "organization_id": st.org_id,
+        "owner_id": c.owner,
+        "workspace_id": c.workspace_id,
+        "build_id": build_id,
+        "agent_id": agent_id,
+        "parent_chat_id": null,
+        "root_chat_id": null,
+        "title": c.title,
+        "status": c.status,
+        "last_error": null,
+        "archived": false,
+        "pin_order": 0,
+        "labels": {},
+        "mcp_server_ids": [],
+        "has_unread": false,
+        "created_at": ts(c.created_at),
+        "updated_at": ts(c.created_at),
+    });
+    if st.chat_era == ChatEra::V2 {
+        insert_opt(&mut v, "owner_username", owner.map(|u| json!(u.username)));
+        insert_opt(&mut v, "owner_name", owner.map(|_| json!("")));
+    }
+    if st.chat_era == ChatEra::ExperimentalWrapped {
+        return json!({ "chat": v, "messages": [], "queued_messages": [] });
+    }
+    v
+}

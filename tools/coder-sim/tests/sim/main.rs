@@ -1,0 +1,10 @@
+//! Integration tests for coder-sim (one test binary, several modules).
+
+mod admin;
+mod common;
+mod contract;
+mod faults;
+mod lifecycle;
+mod ratelimit;
+mod scenarios;
+mod watch;
