@@ -164,7 +164,10 @@ impl Error {
 
     fn kube(context: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let context = context.into();
-        move |source| Error::Kube { context, source: Box::new(source) }
+        move |source| Error::Kube {
+            context,
+            source: Box::new(source),
+        }
     }
 }
 
@@ -181,7 +184,9 @@ pub fn locate_bin_dir() -> Result<PathBuf, Error> {
     } else if let Some(c) = std::env::var_os("WSO_CACHE").filter(|v| !v.is_empty()) {
         PathBuf::from(c).join("bin")
     } else {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/"));
         home.join(".cache/workspace-start-operator/bin")
     };
     let missing: Vec<String> = ["kube-apiserver", "etcd"]
@@ -189,7 +194,11 @@ pub fn locate_bin_dir() -> Result<PathBuf, Error> {
         .filter(|b| !dir.join(b).is_file())
         .map(|b| (*b).to_owned())
         .collect();
-    if missing.is_empty() { Ok(dir) } else { Err(Error::MissingBinaries { dir, missing }) }
+    if missing.is_empty() {
+        Ok(dir)
+    } else {
+        Err(Error::MissingBinaries { dir, missing })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -210,11 +219,13 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
     static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
     SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        let spawned = std::thread::Builder::new().name("wso-envtest-spawner".into()).spawn(move || {
-            for (mut cmd, reply) in rx {
-                let _ = reply.send(cmd.spawn());
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("wso-envtest-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
         if let Err(e) = spawned {
             tracing::error!("cannot start the envtest spawner thread: {e}");
         }
@@ -222,20 +233,38 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
     })
 }
 
-async fn spawn_proc(name: &'static str, bin: &Path, args: &[String], log: &Path) -> Result<Proc, Error> {
+async fn spawn_proc(
+    name: &'static str,
+    bin: &Path,
+    args: &[String],
+    log: &Path,
+) -> Result<Proc, Error> {
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(Error::io(format!("opening {}", log.display())))?;
-    let err = out.try_clone().map_err(Error::io("duplicating a log file handle"))?;
+    let err = out
+        .try_clone()
+        .map_err(Error::io("duplicating a log file handle"))?;
     let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) == -1 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) == -1
+            {
                 return Err(io::Error::last_os_error());
             }
             if libc::getppid() != parent {
@@ -250,7 +279,11 @@ async fn spawn_proc(name: &'static str, bin: &Path, args: &[String], log: &Path)
         .await
         .map_err(|_| Error::SpawnerGone)?
         .map_err(Error::io(format!("starting {}", bin.display())))?;
-    Ok(Proc { name, child, log: log.to_owned() })
+    Ok(Proc {
+        name,
+        child,
+        log: log.to_owned(),
+    })
 }
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILLs and reaps. Blocking.
@@ -274,7 +307,9 @@ fn stop_proc(p: &mut Proc, grace: Duration) {
 
 /// The last `n` lines of a log file (empty if unreadable).
 fn log_tail(path: &Path, n: usize) -> String {
-    let Ok(mut f) = fs::File::open(path) else { return String::new() };
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
     let mut buf = Vec::new();
     if f.read_to_end(&mut buf).is_err() {
         return String::new();
@@ -304,7 +339,11 @@ impl Guard {
             return;
         }
         for m in [&self.apiserver, &self.etcd] {
-            let guard = if blocking_locks { m.lock().ok() } else { m.try_lock().ok() };
+            let guard = if blocking_locks {
+                m.lock().ok()
+            } else {
+                m.try_lock().ok()
+            };
             if let Some(mut g) = guard
                 && let Some(p) = g.as_mut()
             {
@@ -325,7 +364,11 @@ impl Guard {
     fn log_tails(&self) -> String {
         let mut s = String::new();
         for name in ["etcd", "kube-apiserver"] {
-            let _ = writeln!(s, "--- {name}.log ---\n{}", log_tail(&self.dir.join(format!("{name}.log")), 30));
+            let _ = writeln!(
+                s,
+                "--- {name}.log ---\n{}",
+                log_tail(&self.dir.join(format!("{name}.log")), 30)
+            );
         }
         s
     }
@@ -351,11 +394,17 @@ fn remove_stale_dirs() {
         if std::env::var("KEEP_ENVTEST").is_ok_and(|v| v == "1") {
             return;
         }
-        let Ok(entries) = fs::read_dir(temp_base()) else { return };
+        let Ok(entries) = fs::read_dir(temp_base()) else {
+            return;
+        };
         for e in entries.flatten() {
             let name = e.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("wso-envtest-")) else { continue };
-            let Ok(pid) = pid.parse::<u32>() else { continue };
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("wso-envtest-")) else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<u32>() else {
+                continue;
+            };
             if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = fs::remove_dir_all(e.path());
             }
@@ -367,11 +416,14 @@ fn new_run_dir() -> Result<PathBuf, Error> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     remove_stale_dirs();
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = temp_base().join(format!("wso-envtest-{}", std::process::id())).join(format!("plane-{n}"));
+    let dir = temp_base()
+        .join(format!("wso-envtest-{}", std::process::id()))
+        .join(format!("plane-{n}"));
     if dir.exists() {
         let _ = fs::remove_dir_all(&dir);
     }
-    fs::create_dir_all(dir.join("pki")).map_err(Error::io(format!("creating {}", dir.display())))?;
+    fs::create_dir_all(dir.join("pki"))
+        .map_err(Error::io(format!("creating {}", dir.display())))?;
     Ok(dir)
 }
 
@@ -387,13 +439,19 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, Error> {
 }
 
 fn random_token() -> Result<String, Error> {
-    Ok(random_bytes(24)?.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(random_bytes(24)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// `n` random characters from `[a-z0-9]` (DNS-label safe).
 fn random_suffix(n: usize) -> Result<String, Error> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    Ok(random_bytes(n)?.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect())
+    Ok(random_bytes(n)?
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect())
 }
 
 fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
@@ -401,8 +459,12 @@ fn free_ports<const N: usize>() -> Result<[u16; N], Error> {
     let mut listeners = Vec::with_capacity(N);
     let mut ports = [0u16; N];
     for p in &mut ports {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(Error::io("binding a free loopback port"))?;
-        *p = l.local_addr().map_err(Error::io("reading a bound port"))?.port();
+        let l =
+            TcpListener::bind("127.0.0.1:0").map_err(Error::io("binding a free loopback port"))?;
+        *p = l
+            .local_addr()
+            .map_err(Error::io("reading a bound port"))?
+            .port();
         listeners.push(l);
     }
     Ok(ports)
@@ -414,7 +476,10 @@ fn run_checked(cmd: &mut Command) -> Result<(), Error> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(Error::Command { command: line, detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)) })
+        Err(Error::Command {
+            command: line,
+            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr)),
+        })
     }
 }
 
@@ -497,7 +562,9 @@ impl ControlPlane {
             attempt += 1;
             match Self::start_once(&bin_dir).await {
                 Err(Error::PortInUse { process }) if attempt < START_ATTEMPTS => {
-                    tracing::warn!("envtest: {process} lost a port race, retrying (attempt {attempt})");
+                    tracing::warn!(
+                        "envtest: {process} lost a port race, retrying (attempt {attempt})"
+                    );
                 }
                 other => return other,
             }
@@ -542,12 +609,22 @@ impl ControlPlane {
         // Service-account signing key and the admin's token.
         run_checked(
             Command::new("openssl")
-                .args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out"])
+                .args([
+                    "ecparam",
+                    "-name",
+                    "prime256v1",
+                    "-genkey",
+                    "-noout",
+                    "-out",
+                ])
                 .arg(dir.join("sa.key")),
         )?;
         let admin_token = random_token()?;
-        fs::write(dir.join("tokens.csv"), format!("{admin_token},{ADMIN_USER},{ADMIN_USER},system:masters\n"))
-            .map_err(Error::io("writing tokens.csv"))?;
+        fs::write(
+            dir.join("tokens.csv"),
+            format!("{admin_token},{ADMIN_USER},{ADMIN_USER},system:masters\n"),
+        )
+        .map_err(Error::io("writing tokens.csv"))?;
 
         let [etcd_port, peer_port, apiserver_port] = free_ports::<3>()?;
 
@@ -568,10 +645,12 @@ impl ControlPlane {
             ca_pem: String::new(),
             admin_kubeconfig: dir.join("kubeconfig"),
             admin_config: Config::new(
-                format!("https://127.0.0.1:{apiserver_port}").parse().map_err(|e| Error::Manifest {
-                    location: String::new(),
-                    detail: format!("bad server url: {e}"),
-                })?,
+                format!("https://127.0.0.1:{apiserver_port}")
+                    .parse()
+                    .map_err(|e| Error::Manifest {
+                        location: String::new(),
+                        detail: format!("bad server url: {e}"),
+                    })?,
             ),
             startup: Duration::ZERO,
         };
@@ -580,9 +659,17 @@ impl ControlPlane {
 
         // Trust the generated serving cert (its file holds the cert and the signing CA).
         let crt = dir.join("pki/apiserver.crt");
-        cp.ca_pem = fs::read_to_string(&crt).map_err(Error::io(format!("reading {}", crt.display())))?;
-        let yaml = kubeconfig_yaml(&cp.server_url(), &cp.ca_pem, ADMIN_USER, &cp.admin_token, "default");
-        fs::write(&cp.admin_kubeconfig, &yaml).map_err(Error::io("writing the admin kubeconfig"))?;
+        cp.ca_pem =
+            fs::read_to_string(&crt).map_err(Error::io(format!("reading {}", crt.display())))?;
+        let yaml = kubeconfig_yaml(
+            &cp.server_url(),
+            &cp.ca_pem,
+            ADMIN_USER,
+            &cp.admin_token,
+            "default",
+        );
+        fs::write(&cp.admin_kubeconfig, &yaml)
+            .map_err(Error::io("writing the admin kubeconfig"))?;
         cp.admin_config = config_from_kubeconfig(&yaml).await?;
 
         cp.wait_default_namespace().await?;
@@ -616,7 +703,13 @@ impl ControlPlane {
 
     async fn spawn_apiserver(&self) -> Result<(), Error> {
         let log = self.guard.dir.join("kube-apiserver.log");
-        let p = spawn_proc("kube-apiserver", &self.bin_dir.join("kube-apiserver"), &self.apiserver_args(), &log).await?;
+        let p = spawn_proc(
+            "kube-apiserver",
+            &self.bin_dir.join("kube-apiserver"),
+            &self.apiserver_args(),
+            &log,
+        )
+        .await?;
         *lock(&self.guard.apiserver) = Some(p);
         Ok(())
     }
@@ -635,7 +728,13 @@ impl ControlPlane {
             check_alive(&self.guard.apiserver)?;
             match http.get(&url).bearer_auth(&self.admin_token).send().await {
                 Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => last = format!("HTTP {}: {}", r.status(), r.text().await.unwrap_or_default()),
+                Ok(r) => {
+                    last = format!(
+                        "HTTP {}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )
+                }
                 Err(e) => last = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -653,7 +752,9 @@ impl ControlPlane {
         loop {
             match api.get_opt("default").await {
                 Ok(Some(_)) => return Ok(()),
-                Ok(None) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+                Ok(None) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
                 Ok(None) => {
                     return Err(Error::Timeout {
                         what: "the `default` namespace".into(),
@@ -723,7 +824,12 @@ impl ControlPlane {
 
     /// Writes a kubeconfig for this server with the given bearer token into the plane's dir and
     /// returns its path and a client using it.
-    pub async fn token_client(&self, name: &str, token: &str, namespace: &str) -> Result<(Client, PathBuf), Error> {
+    pub async fn token_client(
+        &self,
+        name: &str,
+        token: &str,
+        namespace: &str,
+    ) -> Result<(Client, PathBuf), Error> {
         let yaml = kubeconfig_yaml(&self.server_url(), &self.ca_pem, name, token, namespace);
         let path = self.guard.dir.join(format!("kubeconfig-{name}"));
         fs::write(&path, &yaml).map_err(Error::io(format!("writing {}", path.display())))?;
@@ -743,19 +849,31 @@ impl ControlPlane {
         files.sort();
         let mut crds = Vec::new();
         for f in &files {
-            let text = fs::read_to_string(f).map_err(Error::io(format!("reading {}", f.display())))?;
+            let text =
+                fs::read_to_string(f).map_err(Error::io(format!("reading {}", f.display())))?;
             let objs = parse_documents(&text).map_err(|e| match e {
-                Error::Manifest { location, detail } => {
-                    Error::Manifest { location: format!(" {}{location}", f.display()), detail }
-                }
+                Error::Manifest { location, detail } => Error::Manifest {
+                    location: format!(" {}{location}", f.display()),
+                    detail,
+                },
                 other => other,
             })?;
             for o in &objs {
-                if o.types.as_ref().is_some_and(|t| t.kind == "CustomResourceDefinition") {
-                    let crd: CustomResourceDefinition = serde_json::from_value(serde_json::to_value(o).map_err(
-                        |e| Error::Manifest { location: format!(" {}", f.display()), detail: e.to_string() },
-                    )?)
-                    .map_err(|e| Error::Manifest { location: format!(" {}", f.display()), detail: e.to_string() })?;
+                if o.types
+                    .as_ref()
+                    .is_some_and(|t| t.kind == "CustomResourceDefinition")
+                {
+                    let crd: CustomResourceDefinition =
+                        serde_json::from_value(serde_json::to_value(o).map_err(|e| {
+                            Error::Manifest {
+                                location: format!(" {}", f.display()),
+                                detail: e.to_string(),
+                            }
+                        })?)
+                        .map_err(|e| Error::Manifest {
+                            location: format!(" {}", f.display()),
+                            detail: e.to_string(),
+                        })?;
                     crds.push(crd);
                 }
             }
@@ -771,7 +889,10 @@ impl ControlPlane {
         let client = self.admin_client_checked()?;
         let name = crd.metadata.name.clone().unwrap_or_default();
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-        let established = tokio::time::timeout(CRD_TIMEOUT, await_condition(api, &name, conditions::is_crd_established()));
+        let established = tokio::time::timeout(
+            CRD_TIMEOUT,
+            await_condition(api, &name, conditions::is_crd_established()),
+        );
         match established.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -824,18 +945,36 @@ impl ControlPlane {
         self.apply_objects(objs, default_namespace).await
     }
 
-    async fn apply_objects(&self, objs: Vec<DynamicObject>, default_namespace: &str) -> Result<(), Error> {
+    async fn apply_objects(
+        &self,
+        objs: Vec<DynamicObject>,
+        default_namespace: &str,
+    ) -> Result<(), Error> {
         let client = self.admin_client_checked()?;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         for (i, obj) in objs.into_iter().enumerate() {
-            let bad = |detail: String| Error::Manifest { location: format!(" (document {i})"), detail };
-            let types = obj.types.clone().ok_or_else(|| bad("missing apiVersion/kind".into()))?;
+            let bad = |detail: String| Error::Manifest {
+                location: format!(" (document {i})"),
+                detail,
+            };
+            let types = obj
+                .types
+                .clone()
+                .ok_or_else(|| bad("missing apiVersion/kind".into()))?;
             let gvk = GroupVersionKind::try_from(&types).map_err(|e| bad(e.to_string()))?;
-            let name = obj.metadata.name.clone().ok_or_else(|| bad("missing metadata.name".into()))?;
+            let name = obj
+                .metadata
+                .name
+                .clone()
+                .ok_or_else(|| bad("missing metadata.name".into()))?;
             let (ar, caps) = resolve_kind(&client, &gvk).await?;
             let api: Api<DynamicObject> = match caps.scope {
                 Scope::Namespaced => {
-                    let ns = obj.metadata.namespace.clone().unwrap_or_else(|| default_namespace.to_owned());
+                    let ns = obj
+                        .metadata
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| default_namespace.to_owned());
                     Api::namespaced_with(client.clone(), &ns, &ar)
                 }
                 Scope::Cluster => Api::all_with(client.clone(), &ar),
@@ -852,7 +991,13 @@ impl ControlPlane {
         let api: Api<Namespace> = Api::all(self.admin_client_checked()?);
         loop {
             let name = format!("{prefix}-{}", random_suffix(5)?);
-            let ns = Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+            let ns = Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
             match api.create(&PostParams::default(), &ns).await {
                 Ok(_) => return Ok(name),
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
@@ -864,27 +1009,44 @@ impl ControlPlane {
     /// Creates ServiceAccount `namespace/sa` if missing, mints a 24 h token for it through the
     /// TokenRequest API, and returns a client using that bearer token plus the path of a
     /// kubeconfig file holding it (for running the operator binary as that ServiceAccount).
-    pub async fn service_account_client(&self, namespace: &str, sa: &str) -> Result<(Client, PathBuf), Error> {
+    pub async fn service_account_client(
+        &self,
+        namespace: &str,
+        sa: &str,
+    ) -> Result<(Client, PathBuf), Error> {
         let api: Api<ServiceAccount> = Api::namespaced(self.admin_client_checked()?, namespace);
         let obj = ServiceAccount {
-            metadata: ObjectMeta { name: Some(sa.to_owned()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(sa.to_owned()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(Error::kube(format!("creating ServiceAccount {namespace}/{sa}"))(e)),
+            Err(e) => {
+                return Err(Error::kube(format!(
+                    "creating ServiceAccount {namespace}/{sa}"
+                ))(e));
+            }
         }
         let req = TokenRequest {
-            spec: Some(TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() }),
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(24 * 3600),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let tr = api
             .create_token_request(sa, &PostParams::default(), &req)
             .await
-            .map_err(Error::kube(format!("requesting a token for {namespace}/{sa}")))?;
+            .map_err(Error::kube(format!(
+                "requesting a token for {namespace}/{sa}"
+            )))?;
         let token = tr.status.and_then(|s| s.token).unwrap_or_default();
-        self.token_client(&format!("sa-{namespace}-{sa}"), &token, namespace).await
+        self.token_client(&format!("sa-{namespace}-{sa}"), &token, namespace)
+            .await
     }
 
     /// Stops kube-apiserver (SIGTERM, SIGKILL after 10 s) and starts it again on the same port
@@ -897,7 +1059,10 @@ impl ControlPlane {
         if let Some(mut p) = old {
             tokio::task::spawn_blocking(move || stop_proc(&mut p, STOP_GRACE))
                 .await
-                .map_err(|e| Error::Io { context: "stopping kube-apiserver".into(), source: io::Error::other(e) })?;
+                .map_err(|e| Error::Io {
+                    context: "stopping kube-apiserver".into(),
+                    source: io::Error::other(e),
+                })?;
         }
         let mut attempt = 0;
         loop {
@@ -935,7 +1100,11 @@ fn check_alive(slot: &Mutex<Option<Proc>>) -> Result<(), Error> {
             if is_port_clash(&log) {
                 Err(Error::PortInUse { process: name })
             } else {
-                Err(Error::ProcessExited { process: name, status: status.to_string(), log_tail: log_tail(&log, 40) })
+                Err(Error::ProcessExited {
+                    process: name,
+                    status: status.to_string(),
+                    log_tail: log_tail(&log, 40),
+                })
             }
         }
         _ => Ok(()),
@@ -956,7 +1125,9 @@ fn etcd_args(dir: &Path, port: u16, peer: u16) -> Vec<String> {
 }
 
 async fn wait_etcd(guard: &Guard, port: u16) -> Result<(), Error> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let url = format!("http://127.0.0.1:{port}/health");
     let deadline = Instant::now() + ETCD_TIMEOUT;
     while Instant::now() < deadline {
@@ -969,7 +1140,11 @@ async fn wait_etcd(guard: &Guard, port: u16) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(Error::Timeout { what: format!("etcd {url}"), timeout: ETCD_TIMEOUT, log_tail: guard.log_tails() })
+    Err(Error::Timeout {
+        what: format!("etcd {url}"),
+        timeout: ETCD_TIMEOUT,
+        log_tail: guard.log_tails(),
+    })
 }
 
 /// Discovery for one kind, waiting up to 30 s for kinds that are about to be served.
@@ -997,7 +1172,10 @@ fn parse_documents(yaml: &str) -> Result<Vec<DynamicObject>, Error> {
     use serde::Deserialize as _;
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let bad = |detail: String| Error::Manifest { location: format!(" (document {i})"), detail };
+        let bad = |detail: String| Error::Manifest {
+            location: format!(" (document {i})"),
+            detail,
+        };
         let value = serde_json::Value::deserialize(doc).map_err(|e| bad(e.to_string()))?;
         if value.is_null() || value.as_object().is_some_and(|m| m.is_empty()) {
             continue;
@@ -1012,14 +1190,19 @@ fn parse_documents(yaml: &str) -> Result<Vec<DynamicObject>, Error> {
 /// to check what [`ControlPlane::install_crds`] will install.
 pub fn crd_names_in(dir: &Path) -> Result<BTreeSet<String>, Error> {
     let mut names = BTreeSet::new();
-    for e in fs::read_dir(dir).map_err(Error::io(format!("reading {}", dir.display())))?.flatten() {
+    for e in fs::read_dir(dir)
+        .map_err(Error::io(format!("reading {}", dir.display())))?
+        .flatten()
+    {
         let p = e.path();
         if !p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
             continue;
         }
         let text = fs::read_to_string(&p).map_err(Error::io(format!("reading {}", p.display())))?;
         for o in parse_documents(&text)? {
-            if o.types.as_ref().is_some_and(|t| t.kind == "CustomResourceDefinition")
+            if o.types
+                .as_ref()
+                .is_some_and(|t| t.kind == "CustomResourceDefinition")
                 && let Some(n) = o.metadata.name
             {
                 names.insert(n);
@@ -1035,7 +1218,10 @@ mod tests {
 
     #[test]
     fn parses_multi_document_yaml() {
-        let docs = parse_documents("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\n---\n").unwrap();
+        let docs = parse_documents(
+            "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\n---\n",
+        )
+        .unwrap();
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0].metadata.name.as_deref(), Some("a"));
     }
@@ -1045,13 +1231,24 @@ mod tests {
         let y = kubeconfig_yaml("https://127.0.0.1:1", "PEM", "u", "t.o-k_en", "ns");
         let kc = Kubeconfig::from_yaml(&y).unwrap();
         assert_eq!(kc.current_context.as_deref(), Some("envtest"));
-        assert_eq!(kc.contexts[0].context.as_ref().unwrap().namespace.as_deref(), Some("ns"));
+        assert_eq!(
+            kc.contexts[0]
+                .context
+                .as_ref()
+                .unwrap()
+                .namespace
+                .as_deref(),
+            Some("ns")
+        );
     }
 
     #[test]
     fn suffix_is_dns_safe() {
         let s = random_suffix(5).unwrap();
         assert_eq!(s.len(), 5);
-        assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
     }
 }

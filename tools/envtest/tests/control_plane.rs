@@ -75,12 +75,21 @@ async fn crd_with_cel_rule_rejects_invalid_objects() {
     let (ar, _) = discovery::pinned_kind(&client, &gvk).await.unwrap();
     let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &ar);
 
-    api.create(&PostParams::default(), &widget("ok", 1, 2)).await.unwrap();
-    let err = api.create(&PostParams::default(), &widget("bad", 3, 2)).await.unwrap_err();
+    api.create(&PostParams::default(), &widget("ok", 1, 2))
+        .await
+        .unwrap();
+    let err = api
+        .create(&PostParams::default(), &widget("bad", 3, 2))
+        .await
+        .unwrap_err();
     match err {
         kube::Error::Api(s) => {
             assert_eq!(s.code, 422, "{s:?}");
-            assert!(s.message.contains("min must not exceed max"), "{}", s.message);
+            assert!(
+                s.message.contains("min must not exceed max"),
+                "{}",
+                s.message
+            );
         }
         other => panic!("expected a 422, got {other:?}"),
     }
@@ -140,7 +149,13 @@ subjects:
         }
     }
     // Writes stay forbidden.
-    let cm = ConfigMap { metadata: kube::api::ObjectMeta { name: Some("x".into()), ..Default::default() }, ..Default::default() };
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("x".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     match cms.create(&PostParams::default(), &cm).await {
         Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
         other => panic!("expected 403 on create, got {other:?}"),
@@ -153,7 +168,13 @@ async fn restart_apiserver_keeps_data() {
     let cp = ControlPlane::start().await.unwrap();
     let ns = cp.create_namespace("restart").await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(cp.admin_client(), &ns);
-    let mut cm = ConfigMap { metadata: kube::api::ObjectMeta { name: Some("keep".into()), ..Default::default() }, ..Default::default() };
+    let mut cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("keep".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     cm.data = Some([("k".to_owned(), "v".to_owned())].into());
     cms.create(&PostParams::default(), &cm).await.unwrap();
 

@@ -39,7 +39,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Cli { cmd: Cmd::Up { dir, crds } } = Cli::parse();
+    let Cli {
+        cmd: Cmd::Up { dir, crds },
+    } = Cli::parse();
 
     // Install the handlers before starting so an early Ctrl-C still tears down.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
