@@ -127,12 +127,12 @@ pub struct BuildParameter {
 pub struct Timeouts {
     /// Time allowed for the build, from the request's start. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeouts.build must be a positive duration such as 10m"))]
     pub build: Option<String>,
     /// Time allowed for the agent to become ready after the build succeeded. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeouts.agent must be a positive duration such as 10m"))]
     pub agent: Option<String>,
 }

@@ -358,6 +358,12 @@ pub fn decide(input: &Input<'_>) -> Decision {
     }
 }
 
+/// Fails the request with `reason` and a fixed message (used when Coder refuses the start
+/// build request itself).
+pub fn reject(input: &Input<'_>, reason: &str, message: &str) -> Decision {
+    Next::new(input).fail(reason, message)
+}
+
 fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace) -> Decision {
     let input = next.input;
     let spec_owner = input.spec.owner_id.as_deref().and_then(|s| Uuid::parse_str(s).ok());

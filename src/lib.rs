@@ -7,3 +7,8 @@ pub mod coder;
 pub mod conditions;
 pub mod crd;
 pub mod decide;
+pub mod config;
+pub mod connect;
+pub mod controller;
+pub mod metrics;
+pub mod watch;

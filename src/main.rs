@@ -1,1 +1,208 @@
-fn main() {}
+//! `workspace-start-operator run | crd`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::FutureExt;
+use tracing_subscriber::EnvFilter;
+
+use workspace_start_operator::coder::ClientOptions;
+use workspace_start_operator::config::{Cli, Command, LogFormat, RunArgs};
+use workspace_start_operator::connect::Connections;
+use workspace_start_operator::controller::{self, Context, Settings};
+use workspace_start_operator::crd;
+use workspace_start_operator::metrics::{self, Health, Metrics};
+use workspace_start_operator::watch::Watches;
+
+/// Errors that stop the process.
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error("cannot render the CRD: {0}")]
+    Crd(#[from] serde_yaml::Error),
+    #[error("cannot connect to Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("metrics server: {0}")]
+    Metrics(#[from] std::io::Error),
+    #[error("lost leadership; exiting so a new leader takes over")]
+    LostLease,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => crd::crd_yaml()
+            .map(|y| print!("{y}"))
+            .map_err(MainError::from),
+        Command::Run(args) => {
+            init_logging(&args);
+            match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(run(*args)),
+                Err(e) => Err(MainError::Metrics(e)),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "exiting");
+            eprintln!("workspace-start-operator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(args: &RunArgs) {
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+}
+
+async fn run(args: RunArgs) -> Result<(), MainError> {
+    let shutdown = shutdown_signal().boxed().shared();
+    let kube = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::default();
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_addr,
+        Arc::clone(&metrics),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let observer_metrics = Arc::clone(&metrics);
+    let opts = ClientOptions {
+        request_timeout: Duration::from_millis(args.coder_timeout_ms),
+        requests_per_minute: args.coder_requests_per_minute,
+        observer: Some(Arc::new(move |endpoint, code| {
+            observer_metrics.observe_coder_call(endpoint, code)
+        })),
+    };
+    let settings = Settings {
+        poll: Duration::from_millis(args.poll_ms),
+        backstop_poll: Duration::from_millis(args.backstop_poll_ms),
+        concurrency: args.concurrency,
+    };
+    let watches = Watches::new(
+        args.coder_watch,
+        Duration::from_millis(args.poll_ms / 2),
+        Arc::clone(&metrics),
+    );
+    let connections = Connections::new(
+        kube.clone(),
+        args.coder_url.clone(),
+        args.coder_token_file.clone(),
+        opts,
+    );
+    let ctx = Context::new(kube.clone(), connections, watches, Arc::clone(&metrics), settings);
+    let namespaces = args.watched_namespaces();
+    tracing::info!(
+        namespaces = ?namespaces,
+        coder_url = args.coder_url.as_deref().unwrap_or("<per-request coderRef only>"),
+        watch = args.coder_watch,
+        leader_elect = args.leader_elect,
+        "starting workspace-start-operator"
+    );
+
+    let result = if args.leader_elect {
+        let identity = args
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("wso-{}", uuid::Uuid::new_v4()));
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(kube.clone(), &args.lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration)
+            .with_grace((args.lease_duration / 3).max(1))
+            .build()
+            .await?;
+        let (mut leader, lease_task) = manager.watch().await;
+        // A standby replica is healthy and ready (a rolling update must be able to proceed).
+        health.set_ready(true);
+        tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to become leader");
+        let became_leader = async {
+            while !*leader.borrow_and_update() {
+                if leader.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let outcome = tokio::select! {
+            l = became_leader => if l { Ok(()) } else { Err(MainError::LostLease) },
+            _ = shutdown.clone() => { drop(leader); let _ = lease_task.await; return stop_server(server).await; }
+        };
+        outcome?;
+        metrics.leader.set(1);
+        tracing::info!(identity = %identity, "became leader; reconciling");
+        let lost = {
+            let mut leader = leader.clone();
+            async move {
+                while *leader.borrow_and_update() {
+                    if leader.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let stop = futures::future::select(lost.boxed(), shutdown.clone()).map(|_| ()).boxed().shared();
+        controller::run(Arc::clone(&ctx), namespaces, health.clone(), stop).await;
+        let still_leader = *leader.borrow();
+        metrics.leader.set(0);
+        drop(leader);
+        // Dropping the channel makes the lease task release the lease.
+        let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+        if still_leader || shutdown.peek().is_some() {
+            Ok(())
+        } else {
+            Err(MainError::LostLease)
+        }
+    } else {
+        controller::run(Arc::clone(&ctx), namespaces, health.clone(), shutdown.clone()).await;
+        Ok(())
+    };
+    result?;
+    stop_server(server).await
+}
+
+async fn stop_server(
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), MainError> {
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(r)) => r.map_err(MainError::from),
+        _ => Ok(()),
+    }
+}

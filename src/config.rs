@@ -1,0 +1,101 @@
+//! Command line: `run` (the controller) and `crd` (print the CRD YAML). Every flag also reads an
+//! environment variable, as the Helm chart sets them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// workspace-start-operator: starts Coder workspaces on request.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller.
+    Run(Box<RunArgs>),
+    /// Print the CustomResourceDefinition YAML.
+    Crd,
+}
+
+/// Log output format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of `run`.
+#[derive(Parser, Debug, Clone)]
+pub struct RunArgs {
+    /// Operator-wide Coder URL (used by requests without spec.coderRef).
+    #[arg(long, env = "CODER_URL")]
+    pub coder_url: Option<String>,
+    /// File holding the operator-wide Coder session token (re-read on every change).
+    #[arg(long, env = "CODER_TOKEN_FILE")]
+    pub coder_token_file: Option<PathBuf>,
+    /// Namespaces to watch, comma-separated; empty watches all namespaces.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    pub namespaces: Vec<String>,
+    /// Maximum concurrent reconciles.
+    #[arg(long, env = "WSO_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+    /// Elect a leader through a Lease; only the leader reconciles.
+    #[arg(long, env = "WSO_LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+    /// Lease name for leader election.
+    #[arg(long, env = "WSO_LEASE_NAME", default_value = "workspace-start-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease duration in seconds.
+    #[arg(long, env = "WSO_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "WSO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "WSO_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level or tracing filter (e.g. `info`, `debug`, `workspace_start_operator=debug`).
+    #[arg(long, env = "WSO_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Coder requests per minute per endpoint (Coder allows 512 per user and endpoint).
+    #[arg(long, env = "WSO_CODER_RPM", default_value_t = 400)]
+    pub coder_requests_per_minute: u32,
+    /// Follow in-flight workspaces with Coder's watch stream (false = poll only).
+    #[arg(long, env = "WSO_CODER_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub coder_watch: bool,
+    /// Poll interval while waiting without a live watch stream, in milliseconds.
+    #[arg(long, env = "WSO_POLL_MS", default_value_t = 2000)]
+    pub poll_ms: u64,
+    /// Backstop poll interval while a watch stream is live, in milliseconds.
+    #[arg(long, env = "WSO_BACKSTOP_POLL_MS", default_value_t = 30000)]
+    pub backstop_poll_ms: u64,
+    /// Per-request timeout for Coder calls, in milliseconds.
+    #[arg(long, env = "WSO_CODER_TIMEOUT_MS", default_value_t = 15000)]
+    pub coder_timeout_ms: u64,
+}
+
+impl RunArgs {
+    /// The namespaces to watch (empty = all).
+    pub fn watched_namespaces(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+}

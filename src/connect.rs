@@ -1,0 +1,145 @@
+//! Resolves which Coder deployment and token a request uses: the operator-wide connection
+//! (flags/env, token file) or the request's `spec.coderRef` Secret in its own namespace.
+//! Clients are cached per (URL, token) so requests share rate limits and watch streams.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, ResourceExt};
+
+use crate::coder::{ClientOptions, CoderClient, CoderError, SessionToken};
+use crate::conditions::reasons;
+use crate::crd::WorkspaceStartRequest;
+use crate::decide::Observation;
+
+/// A usable Coder client and the key that identifies its deployment + identity.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The client.
+    pub client: CoderClient,
+    /// `url#fingerprint`; never contains the token.
+    pub key: String,
+}
+
+/// Why a connection could not be made.
+#[derive(Debug)]
+pub enum ResolveError {
+    /// The request is misconfigured: it fails with this observation.
+    Request(Observation),
+    /// Kubernetes failed transiently while reading the Secret: retry.
+    Kube(kube::Error),
+}
+
+/// Operator-wide settings and the client cache.
+pub struct Connections {
+    kube: kube::Client,
+    default_url: Option<String>,
+    default_token_file: Option<PathBuf>,
+    opts: ClientOptions,
+    clients: Mutex<HashMap<String, CoderClient>>,
+}
+
+fn misconfigured(reason: &'static str, message: impl Into<String>) -> ResolveError {
+    ResolveError::Request(Observation::Misconfigured {
+        reason,
+        message: message.into(),
+    })
+}
+
+impl Connections {
+    /// Creates the resolver.
+    pub fn new(
+        kube: kube::Client,
+        default_url: Option<String>,
+        default_token_file: Option<PathBuf>,
+        opts: ClientOptions,
+    ) -> Connections {
+        Connections {
+            kube,
+            default_url,
+            default_token_file,
+            opts,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connection for `wsr`.
+    pub async fn resolve(&self, wsr: &WorkspaceStartRequest) -> Result<Connection, ResolveError> {
+        match &wsr.spec.coder_ref {
+            Some(r) => {
+                let ns = wsr.namespace().unwrap_or_default();
+                let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &ns);
+                let secret = match secrets.get_opt(&r.name).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        return Err(misconfigured(
+                            reasons::SECRET_NOT_FOUND,
+                            format!("Secret {:?} (spec.coderRef) does not exist in this namespace", r.name),
+                        ));
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 403 => {
+                        return Err(misconfigured(
+                            reasons::SECRET_NOT_FOUND,
+                            format!(
+                                "the operator may not read Secret {:?} in this namespace; grant it (Helm value rbac.secretNamespaces)",
+                                r.name
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(ResolveError::Kube(e)),
+                };
+                let field = |k: &str| {
+                    secret
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(k))
+                        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(k)).cloned())
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                };
+                let (Some(url), Some(token)) = (field("url"), field("token")) else {
+                    return Err(misconfigured(
+                        reasons::SECRET_INVALID,
+                        format!("Secret {:?} (spec.coderRef) needs non-empty keys \"url\" and \"token\"", r.name),
+                    ));
+                };
+                self.client(&url, SessionToken::new(token))
+                    .map_err(|e| misconfigured(reasons::SECRET_INVALID, format!("Secret {:?}: {e}", r.name)))
+            }
+            None => {
+                let (Some(url), Some(file)) = (&self.default_url, &self.default_token_file) else {
+                    return Err(misconfigured(
+                        reasons::CODER_NOT_CONFIGURED,
+                        "no operator-wide Coder connection is configured (--coder-url and --coder-token-file); set spec.coderRef",
+                    ));
+                };
+                let token = tokio::fs::read_to_string(file).await.map_err(|e| {
+                    tracing::error!(path = %file.display(), error = %e, "cannot read the Coder token file");
+                    misconfigured(reasons::CODER_NOT_CONFIGURED, "the operator cannot read its Coder token file")
+                })?;
+                self.client(url, SessionToken::new(token))
+                    .map_err(|e| misconfigured(reasons::CODER_NOT_CONFIGURED, e.to_string()))
+            }
+        }
+    }
+
+    fn client(&self, url: &str, token: SessionToken) -> Result<Connection, CoderError> {
+        let mut h = DefaultHasher::new();
+        token.expose().hash(&mut h);
+        let key = format!("{}#{:016x}", url.trim_end_matches('/'), h.finish());
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(Connection {
+                client: c.clone(),
+                key,
+            });
+        }
+        let c = CoderClient::new(url, token, &self.opts)?;
+        clients.insert(key.clone(), c.clone());
+        Ok(Connection { client: c, key })
+    }
+}

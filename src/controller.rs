@@ -1,0 +1,655 @@
+//! The kube-runtime controller: observe Coder → [`decide`] → act (start build) → status by
+//! server-side apply, with Events on every transition, per-object backoff and TTL cleanup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{self, Action as KubeAction, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use rand::Rng;
+use tokio_stream::wrappers::BroadcastStream;
+use uuid::Uuid;
+
+use crate::coder::CoderError;
+use crate::coder::types::{Workspace, WorkspaceBuild};
+use crate::conditions::{self, reasons, types};
+use crate::connect::{Connection, Connections, ResolveError};
+use crate::crd::{
+    BuildInfo, FIELD_MANAGER, Outcome, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus,
+};
+use crate::decide::{self, Action, Decision, Input, Observation};
+use crate::metrics::{ControllerLabels, Health, Metrics, PhaseLabels, CONTROLLER};
+use crate::watch::{WorkspaceKey, Watches};
+
+/// Errors that make a reconcile retry with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Writing the status failed.
+    #[error("patching status of {name}: {source}")]
+    StatusPatch {
+        /// Object name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// A namespaced object without a namespace.
+    #[error("object {0} has no namespace")]
+    MissingNamespace(String),
+}
+
+/// Timing settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Poll interval while waiting without a live watch stream.
+    pub poll: Duration,
+    /// Backstop poll interval while a watch stream is live.
+    pub backstop_poll: Duration,
+    /// Maximum concurrent reconciles.
+    pub concurrency: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            poll: Duration::from_secs(2),
+            backstop_poll: Duration::from_secs(30),
+            concurrency: 16,
+        }
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// Kubernetes client.
+    pub kube: kube::Client,
+    /// Coder connections.
+    pub connections: Connections,
+    /// Shared watch streams and read cache.
+    pub watches: Arc<Watches>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Timing.
+    pub settings: Settings,
+    failures: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, u32>>,
+    phases: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Phase>>,
+}
+
+impl Context {
+    /// Builds the context.
+    pub fn new(
+        kube: kube::Client,
+        connections: Connections,
+        watches: Arc<Watches>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Arc<Context> {
+        let recorder = Recorder::new(
+            kube.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Arc::new(Context {
+            kube,
+            connections,
+            watches,
+            recorder,
+            metrics,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+            phases: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Exponential backoff with jitter for `obj` (1 s doubling to 5 min), at least `min`.
+    fn backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>, min: Option<Duration>) -> Duration {
+        let n = {
+            let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            let n = f.entry(obj.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let base = Duration::from_secs(1u64 << (n - 1).min(8)).min(Duration::from_secs(300));
+        let jitter = rand::rng().random_range(0.8..1.2);
+        base.mul_f64(jitter).max(min.unwrap_or_default())
+    }
+
+    fn reset_backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(obj);
+    }
+
+    fn track_phase(&self, obj: &ObjectRef<WorkspaceStartRequest>, phase: Option<Phase>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        let old = match phase {
+            Some(p) => phases.insert(obj.clone(), p),
+            None => phases.remove(obj),
+        };
+        if old == phase {
+            return;
+        }
+        if let Some(o) = old {
+            self.metrics
+                .requests_by_phase
+                .get_or_create(&PhaseLabels { phase: phase_name(o) })
+                .dec();
+        }
+        if let Some(p) = phase {
+            self.metrics
+                .requests_by_phase
+                .get_or_create(&PhaseLabels { phase: phase_name(p) })
+                .inc();
+        }
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Pending => "Pending",
+        Phase::Starting => "Starting",
+        Phase::WaitingForAgent => "WaitingForAgent",
+        Phase::Ready => "Ready",
+        Phase::Failed => "Failed",
+    }
+}
+
+fn build_info(b: &WorkspaceBuild) -> BuildInfo {
+    BuildInfo {
+        id: b.id.to_string(),
+        number: b.build_number,
+        transition: b.transition.as_str().to_owned(),
+        job_status: b.job.status.as_str().to_owned(),
+        error_code: b.job.error_code.clone(),
+    }
+}
+
+/// Where the request's workspace is, as far as we know before reading it.
+enum Target {
+    Id(Uuid),
+    Name { owner: String, name: String },
+}
+
+/// Reads the chat (first time only) and the workspace, mapping Coder errors to observations.
+async fn observe(
+    ctx: &Context,
+    conn: &Connection,
+    wsr: &WorkspaceStartRequest,
+    status: &WorkspaceStartRequestStatus,
+    use_cache: bool,
+) -> (Observation, Option<WorkspaceKey>) {
+    let mut chat_owner = None;
+    let known = status
+        .workspace
+        .as_ref()
+        .and_then(|w| Uuid::parse_str(&w.id).ok());
+    let target = if let Some(id) = known {
+        Target::Id(id)
+    } else if let Some(chat) = &wsr.spec.chat_id {
+        let Ok(chat_id) = Uuid::parse_str(chat) else {
+            return (Observation::ChatNotFound, None);
+        };
+        match conn.client.get_chat(chat_id).await {
+            Ok(c) => {
+                chat_owner = Some(c.owner_id);
+                match c.workspace_id {
+                    Some(w) => Target::Id(w),
+                    None => return (Observation::ChatHasNoWorkspace, None),
+                }
+            }
+            Err(CoderError::NotFound { .. }) => return (Observation::ChatNotFound, None),
+            Err(e) => return (coder_failure(e), None),
+        }
+    } else if let Some(sel) = &wsr.spec.workspace {
+        match (&sel.id, &sel.owner, &sel.name) {
+            (Some(id), _, _) => match Uuid::parse_str(id) {
+                Ok(id) => Target::Id(id),
+                Err(_) => return (Observation::WorkspaceGone, None),
+            },
+            (None, Some(owner), Some(name)) => Target::Name {
+                owner: owner.clone(),
+                name: name.clone(),
+            },
+            _ => return (Observation::WorkspaceGone, None),
+        }
+    } else {
+        return (Observation::ChatNotFound, None);
+    };
+
+    let key_for = |id: Uuid| WorkspaceKey {
+        connection: conn.key.clone(),
+        workspace: id,
+    };
+    let result: Result<Workspace, CoderError> = match &target {
+        Target::Id(id) => {
+            let key = key_for(*id);
+            match ctx.watches.cached(&key).filter(|_| use_cache) {
+                Some(ws) => Ok(ws),
+                None => conn.client.get_workspace(*id).await,
+            }
+        }
+        Target::Name { owner, name } => conn.client.get_workspace_by_name(owner, name).await,
+    };
+    match result {
+        Ok(ws) => {
+            let key = key_for(ws.id);
+            ctx.watches.store(&key, &ws);
+            (
+                Observation::Workspace {
+                    chat_owner,
+                    workspace: Box::new(ws),
+                },
+                Some(key),
+            )
+        }
+        Err(CoderError::Gone { .. } | CoderError::NotFound { .. }) => {
+            (Observation::WorkspaceGone, None)
+        }
+        Err(e) => (coder_failure(e), None),
+    }
+}
+
+fn coder_failure(e: CoderError) -> Observation {
+    match e {
+        CoderError::Unauthorized { .. } => Observation::Unauthorized,
+        CoderError::Forbidden { .. } => Observation::Forbidden,
+        e => {
+            tracing::warn!(error = %e, "Coder unavailable");
+            Observation::CoderUnavailable
+        }
+    }
+}
+
+/// Writes the status by server-side apply when it changed.
+async fn apply_status(
+    api: &Api<WorkspaceStartRequest>,
+    wsr: &WorkspaceStartRequest,
+    old: &WorkspaceStartRequestStatus,
+    new: &WorkspaceStartRequestStatus,
+) -> Result<(), Error> {
+    if old == new {
+        return Ok(());
+    }
+    let patch = serde_json::json!({
+        "apiVersion": WorkspaceStartRequest::api_version(&()),
+        "kind": WorkspaceStartRequest::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &wsr.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::StatusPatch {
+        name: wsr.name_any(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Publishes an Event when the Ready reason changes (one per transition).
+async fn publish_transition(
+    ctx: &Context,
+    wsr: &WorkspaceStartRequest,
+    old: &WorkspaceStartRequestStatus,
+    new: &WorkspaceStartRequestStatus,
+) {
+    let reason = |s: &WorkspaceStartRequestStatus| {
+        conditions::get(&s.conditions, types::READY).map(|c| c.reason.clone())
+    };
+    let (Some(new_reason), old_reason) = (reason(new), reason(old)) else {
+        return;
+    };
+    if old_reason.as_deref() == Some(new_reason.as_str()) {
+        return;
+    }
+    let warning = new.phase == Some(Phase::Failed) || new_reason == reasons::CODER_UNAVAILABLE;
+    let ev = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: new_reason,
+        note: new.message.clone(),
+        action: new.phase.map_or("Reconcile", phase_name).to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &wsr.object_ref(&())).await {
+        tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+/// Reconciles one request.
+pub async fn reconcile(
+    wsr: Arc<WorkspaceStartRequest>,
+    ctx: Arc<Context>,
+) -> Result<KubeAction, Error> {
+    let started = Instant::now();
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
+    ctx.metrics.active_workers.get_or_create(&labels).inc();
+    let res = reconcile_inner(&wsr, &ctx).await;
+    ctx.metrics.active_workers.get_or_create(&labels).dec();
+    let result = match &res {
+        Err(_) => "error",
+        Ok(a) if *a == KubeAction::await_change() => "success",
+        Ok(_) => "requeue_after",
+    };
+    ctx.metrics.observe_reconcile(result, started.elapsed());
+    res
+}
+
+async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Result<KubeAction, Error> {
+    let oref = ObjectRef::from_obj(wsr);
+    let ns = wsr
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
+    let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
+    let prev = wsr.status.clone().unwrap_or_default();
+    if wsr.meta().deletion_timestamp.is_some() {
+        ctx.watches.unfollow(&oref);
+        ctx.track_phase(&oref, None);
+        return Ok(KubeAction::await_change());
+    }
+    if prev.phase.is_some_and(Phase::is_terminal) {
+        ctx.watches.unfollow(&oref);
+        ctx.reset_backoff(&oref);
+        ctx.track_phase(&oref, prev.phase);
+        return finished(wsr, &api, &prev).await;
+    }
+
+    let input = |status: &'_ WorkspaceStartRequestStatus, obs: Observation, poll: Duration| {
+        decide::decide(&Input {
+            spec: &wsr.spec,
+            generation: wsr.meta().generation,
+            status,
+            observation: obs,
+            now: Timestamp::now(),
+            poll,
+        })
+    };
+
+    let conn = match ctx.connections.resolve(wsr).await {
+        Ok(c) => c,
+        Err(ResolveError::Kube(e)) => return Err(Error::Kube(e)),
+        Err(ResolveError::Request(obs)) => {
+            let d = input(&prev, obs, ctx.settings.poll);
+            return conclude(wsr, ctx, &api, &oref, &prev, d, None, None).await;
+        }
+    };
+
+    // Serialise observe → decide → start per workspace, so requests for the same workspace
+    // share one read and at most one start build.
+    let lock_key = prev
+        .workspace
+        .as_ref()
+        .and_then(|w| Uuid::parse_str(&w.id).ok())
+        .map(|id| WorkspaceKey {
+            connection: conn.key.clone(),
+            workspace: id,
+        });
+    let lock = lock_key.as_ref().map(|k| ctx.watches.workspace_lock(k));
+    let _guard = match &lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
+
+    let (obs, key) = observe(ctx, &conn, wsr, &prev, true).await;
+    let poll = |key: &Option<WorkspaceKey>| match key {
+        Some(k) if ctx.watches.is_live(k) => ctx.settings.backstop_poll,
+        _ => ctx.settings.poll,
+    };
+    let mut decision = input(&prev, obs, poll(&key));
+    let mut key = key;
+    let mut written = prev.clone();
+
+    // At most two rounds: a 409 on the POST re-reads Coder once and joins the active build.
+    for _round in 0..2 {
+        let Action::StartBuild { workspace, request } = decision.action.clone() else {
+            break;
+        };
+        let ws_key = key.clone().unwrap_or(WorkspaceKey {
+            connection: conn.key.clone(),
+            workspace,
+        });
+        // Record the request BEFORE the POST: after a crash we re-read, never re-POST blindly.
+        apply_status(&api, wsr, &written, &decision.status).await?;
+        publish_transition(ctx, wsr, &written, &decision.status).await;
+        written = decision.status.clone();
+        ctx.metrics.start_builds.inc();
+        tracing::info!(request = %oref, workspace = %workspace, "requesting start build");
+        match conn.client.create_build(workspace, &request).await {
+            Ok(build) => {
+                ctx.watches.store_build(&ws_key, &build);
+                let mut st = decision.status.clone();
+                st.build = Some(build_info(&build));
+                st.outcome = Some(Outcome::Queued);
+                let msg = format!("start build #{} queued", build.build_number);
+                st.message = Some(msg.clone());
+                set_progress(&mut st, wsr, reasons::BUILD_IN_PROGRESS, &msg);
+                decision = Decision {
+                    status: st,
+                    action: Action::Requeue(poll(&Some(ws_key.clone()))),
+                };
+                key = Some(ws_key);
+                break;
+            }
+            Err(CoderError::Conflict { .. }) => {
+                // No build was created: someone else's build is active. Join it.
+                let mut st = decision.status.clone();
+                st.build_requested_at = None;
+                ctx.watches.invalidate(&ws_key);
+                let (obs, k) = observe(ctx, &conn, wsr, &st, false).await;
+                key = k;
+                decision = input(&st, obs, poll(&key));
+            }
+            Err(e) if e.is_transient() => {
+                // Unknown whether Coder created the build (commit-then-fail, timeout): the next
+                // pass re-reads the workspace and adopts a newer build if there is one.
+                tracing::warn!(request = %oref, error = %e, "start build request failed; will re-read");
+                let delay = ctx.backoff(&oref, e.retry_after());
+                return Ok(KubeAction::requeue(delay));
+            }
+            Err(e) => {
+                let (reason, message) = match &e {
+                    CoderError::Unauthorized { .. } => (reasons::CODER_UNAUTHORIZED, "Coder rejected the session token (401)".to_owned()),
+                    CoderError::Forbidden { .. } => (reasons::CODER_FORBIDDEN, "the Coder token may not start this workspace (403)".to_owned()),
+                    CoderError::NotFound { .. } | CoderError::Gone { .. } => (reasons::WORKSPACE_DELETED, "workspace was deleted".to_owned()),
+                    CoderError::Invalid { status, validations, .. } => (
+                        reasons::BUILD_REJECTED,
+                        format!(
+                            "Coder refused the start build ({status}); fields: {}",
+                            validations.iter().map(|v| v.field.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    ),
+                    other => (reasons::BUILD_REJECTED, format!("Coder refused the start build ({})", other.status_label())),
+                };
+                let st = decision.status.clone();
+                decision = decide::reject(&Input {
+                    spec: &wsr.spec,
+                    generation: wsr.meta().generation,
+                    status: &st,
+                    observation: Observation::CoderUnavailable,
+                    now: Timestamp::now(),
+                    poll: ctx.settings.poll,
+                }, reason, &message);
+                break;
+            }
+        }
+    }
+    conclude(wsr, ctx, &api, &oref, &written, decision, key, Some(&conn)).await
+}
+
+fn set_progress(st: &mut WorkspaceStartRequestStatus, wsr: &WorkspaceStartRequest, reason: &str, msg: &str) {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
+    let generation = wsr.meta().generation;
+    conditions::set(&mut st.conditions, types::READY, "False", reason, msg, generation, &now);
+    conditions::set(&mut st.conditions, types::RECONCILING, "True", reason, msg, generation, &now);
+}
+
+/// Writes the decided status, emits the Event, follows or unfollows the watch, and returns the
+/// requeue.
+#[allow(clippy::too_many_arguments)]
+async fn conclude(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Arc<Context>,
+    api: &Api<WorkspaceStartRequest>,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    prev: &WorkspaceStartRequestStatus,
+    decision: Decision,
+    key: Option<WorkspaceKey>,
+    conn: Option<&Connection>,
+) -> Result<KubeAction, Error> {
+    {
+        apply_status(api, wsr, prev, &decision.status).await?;
+        publish_transition(ctx, wsr, prev, &decision.status).await;
+        ctx.track_phase(oref, decision.status.phase);
+        match decision.action {
+            Action::Finish => {
+                ctx.watches.unfollow(oref);
+                ctx.reset_backoff(oref);
+                let failed = decision.status.phase == Some(Phase::Failed);
+                if failed {
+                    let reason = conditions::get(&decision.status.conditions, types::READY)
+                        .map(|c| c.reason.clone())
+                        .unwrap_or_default();
+                    ctx.metrics
+                        .failures
+                        .get_or_create(&crate::metrics::ReasonLabels { reason })
+                        .inc();
+                } else if let Some(created) = wsr.meta().creation_timestamp.as_ref() {
+                    let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
+                    ctx.metrics.time_to_ready.observe(secs.max(0.0));
+                }
+                tracing::info!(request = %oref, phase = ?decision.status.phase, "request finished");
+                finished(wsr, api, &decision.status).await
+            }
+            Action::Requeue(d) => {
+                ctx.reset_backoff(oref);
+                if let (Some(k), Some(c)) = (&key, conn) {
+                    ctx.watches.follow(k, &c.client, oref.clone());
+                }
+                Ok(KubeAction::requeue(d))
+            }
+            Action::Retry => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
+            // A start decided outside the POST loop (second 409 round): try again shortly.
+            Action::StartBuild { .. } => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
+        }
+    }
+}
+
+/// Terminal requests: no Coder calls; delete after `ttlSecondsAfterFinished`.
+async fn finished(
+    wsr: &WorkspaceStartRequest,
+    api: &Api<WorkspaceStartRequest>,
+    status: &WorkspaceStartRequestStatus,
+) -> Result<KubeAction, Error> {
+    let (Some(ttl), Some(done)) = (wsr.spec.ttl_seconds_after_finished, status.completion_time.as_ref()) else {
+        return Ok(KubeAction::await_change());
+    };
+    let expires = done.0 + jiff::SignedDuration::from_secs(ttl.max(0));
+    let now = Timestamp::now();
+    if now >= expires {
+        tracing::info!(request = %wsr.name_any(), "deleting finished request (ttlSecondsAfterFinished)");
+        match api.delete(&wsr.name_any(), &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(KubeAction::await_change());
+    }
+    let left = Duration::try_from(expires.duration_since(now)).unwrap_or(Duration::ZERO);
+    Ok(KubeAction::requeue(left + Duration::from_millis(100)))
+}
+
+/// Retry policy for errors returned by `reconcile`.
+pub fn error_policy(wsr: Arc<WorkspaceStartRequest>, err: &Error, ctx: Arc<Context>) -> KubeAction {
+    tracing::warn!(request = %wsr.name_any(), error = %err, "reconcile failed");
+    KubeAction::requeue(ctx.backoff(&ObjectRef::from_obj(&*wsr), None))
+}
+
+/// Runs one controller per watched namespace (or one for all) until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    ctx.metrics
+        .max_concurrent
+        .get_or_create(&ControllerLabels {
+            controller: CONTROLLER,
+        })
+        .set(i64::from(ctx.settings.concurrency));
+    let mut controllers = Vec::new();
+    let mut readers = Vec::new();
+    for scope in scopes {
+        let api: Api<WorkspaceStartRequest> = match &scope {
+            Some(ns) => Api::namespaced(ctx.kube.clone(), ns),
+            None => Api::all(ctx.kube.clone()),
+        };
+        let (reader, writer) = reflector::store();
+        readers.push(reader.clone());
+        let stream = watcher(api, watcher::Config::default().page_size(500))
+            .default_backoff()
+            .modify(|o: &mut WorkspaceStartRequest| {
+                o.managed_fields_mut().clear();
+                o.annotations_mut()
+                    .remove("kubectl.kubernetes.io/last-applied-configuration");
+            })
+            .reflect(writer)
+            .applied_objects();
+        let scope_ns = scope.clone();
+        let triggers = BroadcastStream::new(ctx.watches.subscribe()).filter_map(move |r| {
+            let ns = scope_ns.clone();
+            async move {
+                r.ok()
+                    .filter(|o| ns.is_none() || o.namespace.as_deref() == ns.as_deref())
+            }
+        });
+        let c = Controller::for_stream(stream, reader)
+            .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
+            .reconcile_on(triggers)
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, Arc::clone(&ctx))
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "controller event");
+                }
+            });
+        controllers.push(c);
+    }
+    tokio::spawn(async move {
+        for r in readers {
+            if r.wait_until_ready().await.is_err() {
+                return;
+            }
+        }
+        tracing::info!("caches synced; ready");
+        health.set_ready(true);
+    });
+    futures::future::join_all(controllers).await;
+}

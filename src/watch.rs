@@ -1,0 +1,249 @@
+//! Shared Coder watch streams and the per-workspace read cache.
+//!
+//! One `/watch` stream per in-flight workspace (per Coder connection), shared by every request
+//! that waits on it. Each event stores the latest workspace and triggers a reconcile of every
+//! subscribed request, so a request turns Ready within milliseconds of the agent. While a
+//! stream is live, reconciles read the workspace from here instead of calling Coder.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::coder::CoderClient;
+use crate::coder::types::{Workspace, WorkspaceBuild};
+use crate::crd::WorkspaceStartRequest;
+use crate::metrics::Metrics;
+
+/// Identifies a workspace on one Coder connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct WorkspaceKey {
+    /// Connection key (URL plus token fingerprint).
+    pub connection: String,
+    /// Workspace id.
+    pub workspace: Uuid,
+}
+
+struct Entry {
+    subscribers: HashSet<ObjectRef<WorkspaceStartRequest>>,
+    latest: Option<(Workspace, Instant)>,
+    live: bool,
+    streaming: bool,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Entry {
+    fn new() -> Entry {
+        Entry {
+            subscribers: HashSet::new(),
+            latest: None,
+            live: false,
+            streaming: false,
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+/// The shared streams, cache and per-workspace locks.
+pub struct Watches {
+    entries: Mutex<HashMap<WorkspaceKey, Entry>>,
+    triggers: broadcast::Sender<ObjectRef<WorkspaceStartRequest>>,
+    metrics: Arc<Metrics>,
+    enabled: bool,
+    fresh_for: Duration,
+}
+
+impl Watches {
+    /// Creates the registry. `enabled = false` means poll only; `fresh_for` is how long a
+    /// polled read may be shared by other requests for the same workspace.
+    pub fn new(enabled: bool, fresh_for: Duration, metrics: Arc<Metrics>) -> Arc<Watches> {
+        let (triggers, _) = broadcast::channel(8192);
+        Arc::new(Watches {
+            entries: Mutex::new(HashMap::new()),
+            triggers,
+            metrics,
+            enabled,
+            fresh_for,
+        })
+    }
+
+    fn lock_entries(&self) -> std::sync::MutexGuard<'_, HashMap<WorkspaceKey, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reconcile triggers for the controller (`reconcile_on`).
+    pub fn subscribe(&self) -> broadcast::Receiver<ObjectRef<WorkspaceStartRequest>> {
+        self.triggers.subscribe()
+    }
+
+    /// The lock that serialises observe → decide → start for one workspace, so that many
+    /// requests for it cause at most one start build.
+    pub fn workspace_lock(&self, key: &WorkspaceKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.lock_entries()
+            .entry(key.clone())
+            .or_insert_with(Entry::new)
+            .lock
+            .clone()
+    }
+
+    /// The workspace as last seen, if the stream is live or the read is fresh enough to share.
+    pub fn cached(&self, key: &WorkspaceKey) -> Option<Workspace> {
+        let entries = self.lock_entries();
+        let e = entries.get(key)?;
+        let (ws, at) = e.latest.as_ref()?;
+        (e.live || at.elapsed() < self.fresh_for).then(|| ws.clone())
+    }
+
+    /// True while a stream delivers events for the workspace.
+    pub fn is_live(&self, key: &WorkspaceKey) -> bool {
+        self.lock_entries().get(key).is_some_and(|e| e.live)
+    }
+
+    /// Stores a workspace read by a GET.
+    pub fn store(&self, key: &WorkspaceKey, ws: &Workspace) {
+        let mut entries = self.lock_entries();
+        let e = entries.entry(key.clone()).or_insert_with(Entry::new);
+        e.latest = Some((ws.clone(), Instant::now()));
+    }
+
+    /// Records a build the operator just created as the workspace's latest build.
+    pub fn store_build(&self, key: &WorkspaceKey, build: &WorkspaceBuild) {
+        let mut entries = self.lock_entries();
+        if let Some((ws, at)) = entries.get_mut(key).and_then(|e| e.latest.as_mut())
+            && ws.latest_build.build_number < build.build_number
+        {
+            ws.latest_build = build.clone();
+            *at = Instant::now();
+        }
+    }
+
+    /// Forgets the cached read (after a 409, to re-read Coder).
+    pub fn invalidate(&self, key: &WorkspaceKey) {
+        if let Some(e) = self.lock_entries().get_mut(key) {
+            e.latest = None;
+        }
+    }
+
+    /// Subscribes `obj` to the workspace's stream, starting the stream if needed.
+    pub fn follow(
+        self: &Arc<Self>,
+        key: &WorkspaceKey,
+        client: &CoderClient,
+        obj: ObjectRef<WorkspaceStartRequest>,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let start = {
+            let mut entries = self.lock_entries();
+            let e = entries.entry(key.clone()).or_insert_with(Entry::new);
+            e.subscribers.insert(obj);
+            let start = !e.streaming;
+            e.streaming = true;
+            start
+        };
+        if start {
+            let this = Arc::clone(self);
+            let key = key.clone();
+            let client = client.clone();
+            tokio::spawn(async move { this.stream(key, client).await });
+        }
+    }
+
+    /// Unsubscribes `obj` from every stream; streams without subscribers stop.
+    pub fn unfollow(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+        let mut entries = self.lock_entries();
+        entries.retain(|_, e| {
+            e.subscribers.remove(obj);
+            // Keep entries that still stream, or whose lock is held by a reconcile.
+            e.streaming || !e.subscribers.is_empty() || Arc::strong_count(&e.lock) > 1
+        });
+    }
+
+    fn subscribers(&self, key: &WorkspaceKey) -> Option<Vec<ObjectRef<WorkspaceStartRequest>>> {
+        let entries = self.lock_entries();
+        let e = entries.get(key)?;
+        (!e.subscribers.is_empty()).then(|| e.subscribers.iter().cloned().collect())
+    }
+
+    fn set_live(&self, key: &WorkspaceKey, live: bool) {
+        if let Some(e) = self.lock_entries().get_mut(key) {
+            e.live = live;
+        }
+    }
+
+    /// Ends the stream when nobody follows it any more; returns false then.
+    fn keep_streaming(&self, key: &WorkspaceKey) -> bool {
+        let mut entries = self.lock_entries();
+        match entries.get_mut(key) {
+            Some(e) if !e.subscribers.is_empty() => true,
+            Some(e) => {
+                e.streaming = false;
+                e.live = false;
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn stream(self: Arc<Self>, key: WorkspaceKey, client: CoderClient) {
+        let mut backoff = Duration::from_millis(500);
+        while self.keep_streaming(&key) {
+            match client.watch_workspace(key.workspace).await {
+                Ok(events) => {
+                    self.metrics.watch_streams.inc();
+                    futures::pin_mut!(events);
+                    let mut idle = tokio::time::interval(Duration::from_secs(5));
+                    idle.tick().await;
+                    loop {
+                        tokio::select! {
+                            ev = events.next() => match ev {
+                                Some(Ok(ws)) => {
+                                    backoff = Duration::from_millis(500);
+                                    {
+                                        let mut entries = self.lock_entries();
+                                        if let Some(e) = entries.get_mut(&key) {
+                                            e.latest = Some((ws, Instant::now()));
+                                            e.live = true;
+                                        }
+                                    }
+                                    let Some(subs) = self.subscribers(&key) else { break };
+                                    for s in subs {
+                                        let _ = self.triggers.send(s);
+                                    }
+                                }
+                                Some(Err(e)) => {
+                                    tracing::debug!(workspace = %key.workspace, error = %e, "watch stream error");
+                                    break;
+                                }
+                                None => break,
+                            },
+                            _ = idle.tick() => {
+                                if self.subscribers(&key).is_none() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    self.metrics.watch_streams.dec();
+                    self.set_live(&key, false);
+                }
+                Err(e) => {
+                    tracing::debug!(workspace = %key.workspace, error = %e, "cannot open watch stream");
+                    if let Some(d) = e.retry_after() {
+                        backoff = backoff.max(d);
+                    }
+                }
+            }
+            if !self.keep_streaming(&key) {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+}
