@@ -16,7 +16,9 @@ use crate::App;
 use crate::faults::{Fault, FaultSpec};
 use crate::model::{BuildScript, Transition};
 use crate::routes::{error, reply};
-use crate::scenario::{ChatDoc, FaultDoc, Scenario, ScriptDoc, UserDoc, WorkspaceDoc, add_chat_doc, add_workspace_doc};
+use crate::scenario::{
+    ChatDoc, FaultDoc, Scenario, ScriptDoc, UserDoc, WorkspaceDoc, add_chat_doc, add_workspace_doc,
+};
 
 /// The admin router.
 pub(crate) fn router() -> Router<App> {
@@ -26,7 +28,10 @@ pub(crate) fn router() -> Router<App> {
         .route("/admin/workspaces/{id}", delete(delete_workspace))
         .route("/admin/workspaces/{id}/script", post(script))
         .route("/admin/workspaces/{id}/builds", post(start_build))
-        .route("/admin/workspaces/{id}/template-version", post(publish_version))
+        .route(
+            "/admin/workspaces/{id}/template-version",
+            post(publish_version),
+        )
         .route("/admin/workspaces/{id}/watch-error", post(watch_error))
         .route("/admin/workspacebuilds/{id}/cancel", post(cancel_build))
         .route("/admin/chats", post(add_chat))
@@ -128,7 +133,9 @@ async fn start_build(State(app): State<App>, Path(id): Path<String>, b: Bytes) -
         Err(r) => return r,
     };
     let raw = t.transition.unwrap_or_else(|| "start".to_owned());
-    let Some(transition) = Transition::parse(&raw) else { return bad(format!("invalid transition {raw:?}")) };
+    let Some(transition) = Transition::parse(&raw) else {
+        return bad(format!("invalid transition {raw:?}"));
+    };
     let build = app.sim.start_build(id, transition);
     reply(StatusCode::CREATED, json!({ "id": build }))
 }
@@ -157,16 +164,27 @@ async fn watch_error(State(app): State<App>, Path(id): Path<String>, b: Bytes) -
         Ok(d) => d,
         Err(r) => return r,
     };
-    app.sim.fail_watchers(id, m.message.as_deref().unwrap_or("Internal error fetching workspace."));
+    app.sim.fail_watchers(
+        id,
+        m.message
+            .as_deref()
+            .unwrap_or("Internal error fetching workspace."),
+    );
     StatusCode::NO_CONTENT.into_response()
 }
 
 async fn cancel_build(State(app): State<App>, Path(id): Path<String>) -> Response {
-    let Ok(id) = Uuid::parse_str(&id) else { return bad("invalid id") };
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return bad("invalid id");
+    };
     if app.sim.cancel_build(id) {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        error(StatusCode::CONFLICT, "build is not active (or unknown)", None)
+        error(
+            StatusCode::CONFLICT,
+            "build is not active (or unknown)",
+            None,
+        )
     }
 }
 
@@ -209,7 +227,10 @@ fn fault_spec(f: &Fault) -> FaultSpec {
         Fault::Reset => FaultSpec::Reset,
         Fault::CommitThenFail => FaultSpec::CommitThenFail,
         Fault::Slow(d) => FaultSpec::Slow(crate::scenario::DurationSpec(*d)),
-        Fault::Times(n, inner) => FaultSpec::Times { n: *n, fault: Box::new(fault_spec(inner)) },
+        Fault::Times(n, inner) => FaultSpec::Times {
+            n: *n,
+            fault: Box::new(fault_spec(inner)),
+        },
     }
 }
 
@@ -234,9 +255,16 @@ async fn state(State(app): State<App>) -> Response {
             })
         })
         .collect();
-    let chats: Vec<Value> = st.chats.values().map(|c| crate::json::chat(&st, c, now)).collect();
-    let faults: Vec<Value> =
-        st.faults.iter().map(|(route, f)| json!({ "route": route, "fault": fault_spec(f) })).collect();
+    let chats: Vec<Value> = st
+        .chats
+        .values()
+        .map(|c| crate::json::chat(&st, c, now))
+        .collect();
+    let faults: Vec<Value> = st
+        .faults
+        .iter()
+        .map(|(route, f)| json!({ "route": route, "fault": fault_spec(f) }))
+        .collect();
     reply(
         StatusCode::OK,
         json!({

@@ -163,11 +163,18 @@ impl SimIo {
 }
 
 fn reset_err() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "coder-sim: injected connection reset")
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "coder-sim: injected connection reset",
+    )
 }
 
 impl AsyncRead for SimIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.killed() {
             return Poll::Ready(Err(reset_err()));
@@ -177,7 +184,11 @@ impl AsyncRead for SimIo {
 }
 
 impl AsyncWrite for SimIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.killed() {
             return Poll::Ready(Err(reset_err()));
@@ -221,7 +232,13 @@ impl Listener for SimListener {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let kill = Arc::new(AtomicBool::new(false));
-                    return (SimIo { inner: stream, kill: kill.clone() }, ConnInfo { peer, kill });
+                    return (
+                        SimIo {
+                            inner: stream,
+                            kill: kill.clone(),
+                        },
+                        ConnInfo { peer, kill },
+                    );
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "accept failed");
@@ -232,7 +249,10 @@ impl Listener for SimListener {
     }
 
     fn local_addr(&self) -> io::Result<ConnInfo> {
-        Ok(ConnInfo { peer: self.inner.local_addr()?, kill: Arc::new(AtomicBool::new(false)) })
+        Ok(ConnInfo {
+            peer: self.inner.local_addr()?,
+            kill: Arc::new(AtomicBool::new(false)),
+        })
     }
 }
 

@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::ChatEra;
-use crate::model::{AgentView, BuildRec, ChatRec, JobStatus, State, UserRec, WorkspaceRec, select_chat_agent};
+use crate::model::{
+    AgentView, BuildRec, ChatRec, JobStatus, State, UserRec, WorkspaceRec, select_chat_agent,
+};
 
 /// Formats like Go's `time.Time` JSON from Postgres (microseconds, UTC).
 pub(crate) fn ts(t: Timestamp) -> Value {
@@ -151,8 +153,16 @@ fn agent(st: &State, b: &BuildRec, a: &AgentView) -> Value {
 
 /// codersdk.WorkspaceBuild.
 pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp) -> Value {
-    let owner = st.users.get(&ws.owner).map(|u| u.username.clone()).unwrap_or_default();
-    let initiator = st.users.get(&b.initiator).map(|u| u.username.clone()).unwrap_or_default();
+    let owner = st
+        .users
+        .get(&ws.owner)
+        .map(|u| u.username.clone())
+        .unwrap_or_default();
+    let initiator = st
+        .users
+        .get(&b.initiator)
+        .map(|u| u.username.clone())
+        .unwrap_or_default();
     let agents = b.agents(now);
     let resources: Vec<Value> = if b.transition == crate::model::Transition::Start
         && b.job(now).status == JobStatus::Succeeded
@@ -208,11 +218,21 @@ pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp)
 
 /// codersdk.Workspace.
 pub(crate) fn workspace(st: &State, ws: &WorkspaceRec, now: Timestamp) -> Value {
-    let owner = st.users.get(&ws.owner).map(|u| u.username.clone()).unwrap_or_default();
+    let owner = st
+        .users
+        .get(&ws.owner)
+        .map(|u| u.username.clone())
+        .unwrap_or_default();
     let latest = st.latest_build(ws);
     let latest_json = latest.map_or(Value::Null, |b| build(st, ws, b, now));
     let failing: Vec<Uuid> = latest
-        .map(|b| b.agents(now).into_iter().filter(|a| !a.health().0).map(|a| a.rec.id).collect())
+        .map(|b| {
+            b.agents(now)
+                .into_iter()
+                .filter(|a| !a.health().0)
+                .map(|a| a.rec.id)
+                .collect()
+        })
         .unwrap_or_default();
     let outdated = latest.is_some_and(|b| b.template_version_id != ws.template.active_version());
     json!({
@@ -258,12 +278,12 @@ pub(crate) fn chat(st: &State, c: &ChatRec, now: Timestamp) -> Value {
     let mut agent_id: Option<Uuid> = None;
     if st.chat_era == ChatEra::V2 {
         // Read-time repair (PR #28152): pair the latest build with its agent.
-        if let Some(ws) = c.workspace_id.and_then(|id| st.workspaces.get(&id)) {
-            if let Some(b) = st.latest_build(ws) {
-                build_id = Some(b.id);
-                let agents = b.agents(now);
-                agent_id = select_chat_agent(&agents).map(|a| a.rec.id);
-            }
+        if let Some(ws) = c.workspace_id.and_then(|id| st.workspaces.get(&id))
+            && let Some(b) = st.latest_build(ws)
+        {
+            build_id = Some(b.id);
+            let agents = b.agents(now);
+            agent_id = select_chat_agent(&agents).map(|a| a.rec.id);
         }
     }
     let mut v = json!({

@@ -36,8 +36,8 @@ use tokio::sync::watch;
 
 pub use faults::{Fault, FaultSpec};
 pub use model::{
-    AgentSeed, BuildOutcome, BuildScript, ChatSpec, InitialState, LifecycleState, Sim, SimUser, Transition, UserSpec,
-    WorkspaceSeed,
+    AgentSeed, BuildOutcome, BuildScript, ChatSpec, InitialState, LifecycleState, Sim, SimUser,
+    Transition, UserSpec, WorkspaceSeed,
 };
 
 /// `buildinfo.version` used when [`SimConfig::version`] is empty.
@@ -103,8 +103,12 @@ pub struct SimServer {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-async fn add_version(axum::extract::State(app): axum::extract::State<App>, mut resp: Response) -> Response {
-    resp.headers_mut().insert("X-Coder-Build-Version", app.version.clone());
+async fn add_version(
+    axum::extract::State(app): axum::extract::State<App>,
+    mut resp: Response,
+) -> Response {
+    resp.headers_mut()
+        .insert("X-Coder-Build-Version", app.version.clone());
     resp
 }
 
@@ -112,17 +116,26 @@ impl SimServer {
     /// Binds `cfg.addr` (default `127.0.0.1:0`) and serves in the background
     /// on the current tokio runtime.
     pub async fn start(cfg: SimConfig) -> anyhow::Result<SimServer> {
-        let addr = cfg.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = cfg
+            .addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let sim = Sim::new(&cfg);
         sim.set_base_url(&format!("http://{addr}"));
         let version = HeaderValue::from_str(&sim.lock().version)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let app = App { sim: sim.clone(), shutdown: shutdown_rx.clone(), version };
+        let app = App {
+            sim: sim.clone(),
+            shutdown: shutdown_rx.clone(),
+            version,
+        };
         let router = routes::router(app.clone())
             .merge(admin::router())
-            .layer(axum::middleware::map_response_with_state(app.clone(), add_version))
+            .layer(axum::middleware::map_response_with_state(
+                app.clone(),
+                add_version,
+            ))
             .with_state(app);
         let mut stop = shutdown_rx;
         let serve = axum::serve(
@@ -137,7 +150,12 @@ impl SimServer {
                 tracing::warn!(error = %e, "coder-sim server stopped");
             }
         });
-        Ok(SimServer { addr, sim, shutdown, task: Some(task) })
+        Ok(SimServer {
+            addr,
+            sim,
+            shutdown,
+            task: Some(task),
+        })
     }
 
     /// Base URL, e.g. `http://127.0.0.1:41234`.

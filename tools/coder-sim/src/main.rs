@@ -35,7 +35,9 @@ fn parse_era(s: &str) -> Result<ChatEra, String> {
         "v2" => Ok(ChatEra::V2),
         "experimental" => Ok(ChatEra::Experimental),
         "experimental_wrapped" => Ok(ChatEra::ExperimentalWrapped),
-        _ => Err(format!("unknown chat era {s:?} (v2, experimental, experimental-wrapped)")),
+        _ => Err(format!(
+            "unknown chat era {s:?} (v2, experimental, experimental-wrapped)"
+        )),
     }
 }
 
@@ -43,7 +45,8 @@ fn parse_era(s: &str) -> Result<ChatEra, String> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "coder_sim=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "coder_sim=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -52,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
         Some(p) => Scenario::from_path(p)?,
         None => Scenario::default(),
     };
-    let mut cfg = SimConfig { addr: Some(args.listen), ..SimConfig::default() };
+    let mut cfg = SimConfig {
+        addr: Some(args.listen),
+        ..SimConfig::default()
+    };
     if let Some(server) = &scenario.server {
         server.apply_to(&mut cfg);
     }

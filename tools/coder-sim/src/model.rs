@@ -185,7 +185,10 @@ impl BuildScript {
 
     /// The default timings with a canceled job.
     pub fn canceled() -> BuildScript {
-        BuildScript { outcome: BuildOutcome::Canceled, ..BuildScript::default() }
+        BuildScript {
+            outcome: BuildOutcome::Canceled,
+            ..BuildScript::default()
+        }
     }
 
     /// Builder-style: replace the pending and running durations.
@@ -196,7 +199,12 @@ impl BuildScript {
     }
 
     /// Builder-style: replace the agent timings and final lifecycle state.
-    pub fn with_agent(mut self, connect: Duration, ready: Duration, last: LifecycleState) -> BuildScript {
+    pub fn with_agent(
+        mut self,
+        connect: Duration,
+        ready: Duration,
+        last: LifecycleState,
+    ) -> BuildScript {
         self.agent_connect = connect;
         self.agent_ready = ready;
         self.agent_final = last;
@@ -218,12 +226,18 @@ pub struct AgentSeed {
 impl AgentSeed {
     /// A root agent.
     pub fn new(name: &str) -> AgentSeed {
-        AgentSeed { name: name.to_owned(), parent: None }
+        AgentSeed {
+            name: name.to_owned(),
+            parent: None,
+        }
     }
 
     /// A sub-agent of `parent`.
     pub fn sub(name: &str, parent: &str) -> AgentSeed {
-        AgentSeed { name: name.to_owned(), parent: Some(parent.to_owned()) }
+        AgentSeed {
+            name: name.to_owned(),
+            parent: Some(parent.to_owned()),
+        }
     }
 }
 
@@ -262,7 +276,11 @@ impl Default for WorkspaceSeed {
 impl WorkspaceSeed {
     /// A stopped workspace with one agent `main` and the default script.
     pub fn new(owner: Uuid, name: &str) -> WorkspaceSeed {
-        WorkspaceSeed { owner, name: name.to_owned(), ..WorkspaceSeed::default() }
+        WorkspaceSeed {
+            owner,
+            name: name.to_owned(),
+            ..WorkspaceSeed::default()
+        }
     }
 
     /// Builder-style: set the initial state.
@@ -450,7 +468,10 @@ impl JobStatus {
 
     /// Pending, running or canceling: blocks a new build.
     pub fn active(self) -> bool {
-        matches!(self, JobStatus::Pending | JobStatus::Running | JobStatus::Canceling)
+        matches!(
+            self,
+            JobStatus::Pending | JobStatus::Running | JobStatus::Canceling
+        )
     }
 }
 
@@ -533,18 +554,22 @@ impl BuildRec {
     pub fn job(&self, now: Timestamp) -> JobView {
         let started = self.started();
         let done = self.done();
-        if let Some((c, cdone)) = self.cancel_window() {
-            if c <= now {
-                let finished = cdone <= now;
-                return JobView {
-                    status: if finished { JobStatus::Canceled } else { JobStatus::Canceling },
-                    started_at: (started <= c).then_some(started),
-                    completed_at: finished.then_some(cdone),
-                    canceled_at: Some(c),
-                    error: None,
-                    error_code: None,
-                };
-            }
+        if let Some((c, cdone)) = self.cancel_window()
+            && c <= now
+        {
+            let finished = cdone <= now;
+            return JobView {
+                status: if finished {
+                    JobStatus::Canceled
+                } else {
+                    JobStatus::Canceling
+                },
+                started_at: (started <= c).then_some(started),
+                completed_at: finished.then_some(cdone),
+                canceled_at: Some(c),
+                error: None,
+                error_code: None,
+            };
         }
         if now < started {
             return JobView {
@@ -572,7 +597,14 @@ impl BuildRec {
             }
             _ => (JobStatus::Succeeded, None, None),
         };
-        JobView { status, started_at: Some(started), completed_at: Some(done), canceled_at: None, error, error_code }
+        JobView {
+            status,
+            started_at: Some(started),
+            completed_at: Some(done),
+            canceled_at: None,
+            error,
+            error_code,
+        }
     }
 
     /// Workspace status derived from job status × transition (§2.6).
@@ -661,7 +693,10 @@ impl BuildRec {
             let (created, connect, ready) = self.agent_times();
             pts.push(connect);
             pts.push(ready);
-            pts.push(add(created, Duration::from_secs(AGENT_CONNECTION_TIMEOUT_SECS as u64 + 1)));
+            pts.push(add(
+                created,
+                Duration::from_secs(AGENT_CONNECTION_TIMEOUT_SECS as u64 + 1),
+            ));
         }
         pts
     }
@@ -670,11 +705,16 @@ impl BuildRec {
 /// Selects the chat agent like `agentselect.FindChatAgent`: root agents,
 /// sorted by name case-insensitively; the single `-coderd-chat` agent, else
 /// the first; `None` when none or several match the suffix.
-pub(crate) fn select_chat_agent<'a>(agents: &'a [AgentView]) -> Option<&'a AgentView> {
-    let mut roots: Vec<&AgentView> = agents.iter().filter(|a| a.rec.parent_id.is_none()).collect();
+pub(crate) fn select_chat_agent(agents: &[AgentView]) -> Option<&AgentView> {
+    let mut roots: Vec<&AgentView> = agents
+        .iter()
+        .filter(|a| a.rec.parent_id.is_none())
+        .collect();
     roots.sort_by_key(|a| a.rec.name.to_lowercase());
-    let suffixed: Vec<&&AgentView> =
-        roots.iter().filter(|a| a.rec.name.to_lowercase().ends_with("-coderd-chat")).collect();
+    let suffixed: Vec<&&AgentView> = roots
+        .iter()
+        .filter(|a| a.rec.name.to_lowercase().ends_with("-coderd-chat"))
+        .collect();
     match suffixed.len() {
         0 => roots.first().copied(),
         1 => Some(*suffixed[0]),
@@ -709,7 +749,9 @@ impl State {
         if let Ok(id) = Uuid::parse_str(user) {
             return self.users.get(&id);
         }
-        self.users.values().find(|u| u.username.eq_ignore_ascii_case(user))
+        self.users
+            .values()
+            .find(|u| u.username.eq_ignore_ascii_case(user))
     }
 
     pub fn latest_build(&self, ws: &WorkspaceRec) -> Option<&BuildRec> {
@@ -718,8 +760,9 @@ impl State {
 
     /// Latest build is a succeeded delete.
     pub fn is_deleted(&self, ws: &WorkspaceRec, now: Timestamp) -> bool {
-        self.latest_build(ws)
-            .is_some_and(|b| b.transition == Transition::Delete && b.job(now).status == JobStatus::Succeeded)
+        self.latest_build(ws).is_some_and(|b| {
+            b.transition == Transition::Delete && b.job(now).status == JobStatus::Succeeded
+        })
     }
 
     /// Earliest instant after `now` at which the workspace's JSON changes by
@@ -743,7 +786,10 @@ impl State {
         counted: bool,
     ) -> Option<Uuid> {
         let ws = self.workspaces.get_mut(&ws_id)?;
-        let script = ws.scripts.pop_front().unwrap_or_else(|| ws.default_script.clone());
+        let script = ws
+            .scripts
+            .pop_front()
+            .unwrap_or_else(|| ws.default_script.clone());
         let prev = ws.builds.last().and_then(|id| self.builds.get_mut(id));
         let (number, prev_version) = match prev {
             Some(p) => {
@@ -755,7 +801,11 @@ impl State {
         let mut agents = Vec::new();
         if transition == Transition::Start {
             for seed in &ws.agents {
-                agents.push(AgentRec { id: Uuid::new_v4(), name: seed.name.clone(), parent_id: None });
+                agents.push(AgentRec {
+                    id: Uuid::new_v4(),
+                    name: seed.name.clone(),
+                    parent_id: None,
+                });
             }
             for (i, seed) in ws.agents.iter().enumerate() {
                 if let Some(parent) = &seed.parent {
@@ -803,7 +853,11 @@ impl State {
             agent_ready: Duration::from_secs(20),
             agent_final: LifecycleState::Ready,
         };
-        let owner = self.workspaces.get(&ws_id).map(|w| w.owner).unwrap_or_default();
+        let owner = self
+            .workspaces
+            .get(&ws_id)
+            .map(|w| w.owner)
+            .unwrap_or_default();
         let mut plan: Vec<(Transition, BuildScript)> = vec![(Transition::Start, hist.clone())];
         match state {
             InitialState::Running => {}
@@ -825,7 +879,16 @@ impl State {
             if let Some(ws) = self.workspaces.get_mut(&ws_id) {
                 ws.scripts.push_front(script);
             }
-            self.create_build(ws_id, transition, owner, "initiator", None, Vec::new(), at, false);
+            self.create_build(
+                ws_id,
+                transition,
+                owner,
+                "initiator",
+                None,
+                Vec::new(),
+                at,
+                false,
+            );
         }
         if let Some(ws) = self.workspaces.get_mut(&ws_id) {
             ws.updated_at = now;
@@ -863,7 +926,11 @@ impl Sim {
     /// A fresh simulator without a server (see [`crate::SimServer::start`]).
     pub fn new(cfg: &SimConfig) -> Sim {
         let state = State {
-            version: if cfg.version.is_empty() { crate::DEFAULT_VERSION.to_owned() } else { cfg.version.clone() },
+            version: if cfg.version.is_empty() {
+                crate::DEFAULT_VERSION.to_owned()
+            } else {
+                cfg.version.clone()
+            },
             chat_era: cfg.chat_era,
             org_id: Uuid::new_v4(),
             deployment_id: Uuid::new_v4(),
@@ -879,7 +946,12 @@ impl Sim {
             watch_errors: HashMap::new(),
         };
         let (changed, _) = watch::channel(0);
-        Sim { shared: Arc::new(Shared { state: Mutex::new(state), changed }) }
+        Sim {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                changed,
+            }),
+        }
     }
 
     /// Locks the state; a poisoned mutex is recovered (state stays usable).
@@ -898,13 +970,20 @@ impl Sim {
 
     /// Adds an active member with a random id and token.
     pub fn add_user(&self, username: &str) -> SimUser {
-        self.add_user_spec(UserSpec { username: username.to_owned(), ..UserSpec::default() })
+        self.add_user_spec(UserSpec {
+            username: username.to_owned(),
+            ..UserSpec::default()
+        })
     }
 
     /// Adds an active site owner (role `owner`): may read and build every
     /// workspace and read every chat.
     pub fn add_admin(&self, username: &str) -> SimUser {
-        self.add_user_spec(UserSpec { username: username.to_owned(), admin: true, ..UserSpec::default() })
+        self.add_user_spec(UserSpec {
+            username: username.to_owned(),
+            admin: true,
+            ..UserSpec::default()
+        })
     }
 
     /// Adds a user with optional fixed id, token and status.
@@ -917,7 +996,11 @@ impl Sim {
             status: spec.status.unwrap_or_else(|| "active".to_owned()),
             created_at: Timestamp::now(),
         };
-        let user = SimUser { id: rec.id, username: rec.username.clone(), token: rec.token.clone() };
+        let user = SimUser {
+            id: rec.id,
+            username: rec.username.clone(),
+            token: rec.token.clone(),
+        };
         let mut st = self.lock();
         st.tokens.insert(rec.token.clone(), rec.id);
         st.users.insert(rec.id, rec);
@@ -972,7 +1055,11 @@ impl Sim {
         st.workspaces.insert(id, rec);
         st.seed_history(id, seed.state, now);
         // Seeded builds use the first (possibly outdated) version.
-        let ids = st.workspaces.get(&id).map(|w| w.builds.clone()).unwrap_or_default();
+        let ids = st
+            .workspaces
+            .get(&id)
+            .map(|w| w.builds.clone())
+            .unwrap_or_default();
         for b in ids {
             if let Some(b) = st.builds.get_mut(&b) {
                 b.template_version_id = first_version;
@@ -997,7 +1084,11 @@ impl Sim {
 
     /// Adds a chat with a random id, bound to `workspace_id`.
     pub fn add_chat(&self, owner: Uuid, workspace_id: Option<Uuid>) -> Uuid {
-        self.add_chat_spec(ChatSpec { owner, workspace_id, ..ChatSpec::default() })
+        self.add_chat_spec(ChatSpec {
+            owner,
+            workspace_id,
+            ..ChatSpec::default()
+        })
     }
 
     /// Adds a chat with optional fixed id, title and status.
@@ -1027,8 +1118,21 @@ impl Sim {
     pub fn start_build(&self, workspace: Uuid, transition: Transition) -> Uuid {
         let now = Timestamp::now();
         let mut st = self.lock();
-        let owner = st.workspaces.get(&workspace).map(|w| w.owner).unwrap_or_default();
-        let id = st.create_build(workspace, transition, owner, "initiator", None, Vec::new(), now, true);
+        let owner = st
+            .workspaces
+            .get(&workspace)
+            .map(|w| w.owner)
+            .unwrap_or_default();
+        let id = st.create_build(
+            workspace,
+            transition,
+            owner,
+            "initiator",
+            None,
+            Vec::new(),
+            now,
+            true,
+        );
         drop(st);
         self.notify();
         id.unwrap_or_default()
@@ -1040,7 +1144,9 @@ impl Sim {
     pub fn cancel_build(&self, build: Uuid) -> bool {
         let now = Timestamp::now();
         let mut st = self.lock();
-        let Some(b) = st.builds.get_mut(&build) else { return false };
+        let Some(b) = st.builds.get_mut(&build) else {
+            return false;
+        };
         let job = b.job(now);
         let done = match job.status {
             JobStatus::Pending => now,
@@ -1064,7 +1170,16 @@ impl Sim {
         if let Some(ws) = st.workspaces.get_mut(&workspace) {
             ws.scripts.push_front(BuildScript::instant());
             let owner = ws.owner;
-            st.create_build(workspace, Transition::Delete, owner, "initiator", None, Vec::new(), now, false);
+            st.create_build(
+                workspace,
+                Transition::Delete,
+                owner,
+                "initiator",
+                None,
+                Vec::new(),
+                now,
+                false,
+            );
         }
         drop(st);
         self.notify();
@@ -1099,22 +1214,35 @@ impl Sim {
     /// Builds created on the workspace after seeding: POSTed ones plus
     /// [`Sim::start_build`] ones (not `delete_workspace`).
     pub fn builds_created(&self, workspace: Uuid) -> usize {
-        self.lock().workspaces.get(&workspace).map_or(0, |w| w.builds_created)
+        self.lock()
+            .workspaces
+            .get(&workspace)
+            .map_or(0, |w| w.builds_created)
     }
 
     /// Builds created through `POST /api/v2/workspaces/{id}/builds` only.
     pub fn builds_posted(&self, workspace: Uuid) -> usize {
-        self.lock().workspaces.get(&workspace).map_or(0, |w| w.builds_posted)
+        self.lock()
+            .workspaces
+            .get(&workspace)
+            .map_or(0, |w| w.builds_posted)
     }
 
     /// Id of the workspace's latest build.
     pub fn latest_build_id(&self, workspace: Uuid) -> Option<Uuid> {
-        self.lock().workspaces.get(&workspace).and_then(|w| w.builds.last().copied())
+        self.lock()
+            .workspaces
+            .get(&workspace)
+            .and_then(|w| w.builds.last().copied())
     }
 
     /// Rich parameter values sent with a build (`rich_parameter_values`).
     pub fn build_parameters(&self, build: Uuid) -> Vec<(String, String)> {
-        self.lock().builds.get(&build).map(|b| b.parameters.clone()).unwrap_or_default()
+        self.lock()
+            .builds
+            .get(&build)
+            .map(|b| b.parameters.clone())
+            .unwrap_or_default()
     }
 
     /// The workspace as `GET /api/v2/workspaces/{id}?include_deleted=true`
@@ -1145,7 +1273,11 @@ impl Sim {
         let b = st.latest_build(ws)?;
         let agents = b.agents(now);
         let a = select_chat_agent(&agents)?;
-        if a.lifecycle == "ready" { a.ready_at } else { None }
+        if a.lifecycle == "ready" {
+            a.ready_at
+        } else {
+            None
+        }
     }
 
     /// Sends an `event: error` to every current watcher of the workspace,

@@ -28,7 +28,10 @@ pub(crate) const WINDOW_SECS: i64 = 60;
 
 impl RateLimiter {
     pub fn new(limit: i64) -> RateLimiter {
-        RateLimiter { limit, windows: HashMap::new() }
+        RateLimiter {
+            limit,
+            windows: HashMap::new(),
+        }
     }
 
     /// Requests per window; `<= 0` means disabled.
@@ -41,16 +44,29 @@ impl RateLimiter {
         if self.limit <= 0 {
             return None;
         }
-        let entry = self.windows.entry((who.to_owned(), route.to_owned())).or_insert((now, 0));
+        let entry = self
+            .windows
+            .entry((who.to_owned(), route.to_owned()))
+            .or_insert((now, 0));
         if now >= entry.0 + WINDOW_SECS {
             *entry = (now, 0);
         }
         let reset = entry.0 + WINDOW_SECS;
         if entry.1 >= self.limit {
-            return Some(Verdict { allowed: false, limit: self.limit, remaining: 0, reset });
+            return Some(Verdict {
+                allowed: false,
+                limit: self.limit,
+                remaining: 0,
+                reset,
+            });
         }
         entry.1 += 1;
-        Some(Verdict { allowed: true, limit: self.limit, remaining: self.limit - entry.1, reset })
+        Some(Verdict {
+            allowed: true,
+            limit: self.limit,
+            remaining: self.limit - entry.1,
+            reset,
+        })
     }
 }
 
@@ -61,12 +77,24 @@ mod tests {
     #[test]
     fn limits_per_key_and_route() {
         let mut rl = RateLimiter::new(2);
-        assert!(rl.check("a", "GET /x", 100).is_some_and(|v| v.allowed && v.remaining == 1));
-        assert!(rl.check("a", "GET /x", 100).is_some_and(|v| v.allowed && v.remaining == 0));
-        assert!(rl.check("a", "GET /x", 101).is_some_and(|v| !v.allowed && v.reset == 160));
+        assert!(
+            rl.check("a", "GET /x", 100)
+                .is_some_and(|v| v.allowed && v.remaining == 1)
+        );
+        assert!(
+            rl.check("a", "GET /x", 100)
+                .is_some_and(|v| v.allowed && v.remaining == 0)
+        );
+        assert!(
+            rl.check("a", "GET /x", 101)
+                .is_some_and(|v| !v.allowed && v.reset == 160)
+        );
         assert!(rl.check("a", "GET /y", 101).is_some_and(|v| v.allowed));
         assert!(rl.check("b", "GET /x", 101).is_some_and(|v| v.allowed));
-        assert!(rl.check("a", "GET /x", 160).is_some_and(|v| v.allowed && v.remaining == 1));
+        assert!(
+            rl.check("a", "GET /x", 160)
+                .is_some_and(|v| v.allowed && v.remaining == 1)
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The Coder REST routes and the middleware in front of them (request
 //! counters, authentication, rate limiting, fault injection).
 
+#![allow(clippy::result_large_err)] // helpers return `Response` as their error type
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -68,10 +70,13 @@ fn route_not_found() -> Response {
 }
 
 /// Parses a UUID path parameter like `httpmw.ParseUUIDParam`.
-#[allow(clippy::result_large_err)]
 fn parse_uuid(raw: &str) -> Result<Uuid, Response> {
     Uuid::parse_str(raw).map_err(|e| {
-        error(StatusCode::BAD_REQUEST, &format!("Invalid UUID {raw:?}."), Some(&e.to_string()))
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("Invalid UUID {raw:?}."),
+            Some(&e.to_string()),
+        )
     })
 }
 
@@ -83,11 +88,17 @@ pub(crate) fn router(app: App) -> Router<App> {
         .route("/api/v2/experiments", get(experiments))
         .route("/api/v2/users/me", get(users_me))
         .route("/api/v2/users/{user}", get(user_get))
-        .route("/api/v2/users/{user}/workspace/{name}", get(workspace_by_name))
+        .route(
+            "/api/v2/users/{user}/workspace/{name}",
+            get(workspace_by_name),
+        )
         .route("/api/v2/chats/{id}", get(chat_v2))
         .route("/api/experimental/chats/{id}", get(chat_experimental))
         .route("/api/v2/workspaces/{id}", get(workspace_get))
-        .route("/api/v2/workspaces/{id}/builds", get(builds_list).post(post_build))
+        .route(
+            "/api/v2/workspaces/{id}/builds",
+            get(builds_list).post(post_build),
+        )
         .route("/api/v2/workspaces/{id}/watch", get(watch))
         .route("/api/v2/workspacebuilds/{id}", get(build_get))
         .route("/api/v2/workspacebuilds/{id}/cancel", patch(build_cancel))
@@ -112,7 +123,10 @@ enum Auth {
 
 fn session_token(req: &Request) -> Option<String> {
     let headers = req.headers();
-    if let Some(v) = headers.get("Coder-Session-Token").and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get("Coder-Session-Token")
+        .and_then(|v| v.to_str().ok())
+    {
         return Some(v.to_owned());
     }
     if let Some(cookies) = headers.get(header::COOKIE).and_then(|v| v.to_str().ok()) {
@@ -132,14 +146,19 @@ fn session_token(req: &Request) -> Option<String> {
 }
 
 fn authenticate(st: &SimState, token: Option<&str>) -> Auth {
-    let Some(token) = token else { return Auth::Missing };
+    let Some(token) = token else {
+        return Auth::Missing;
+    };
     let Some(user) = st.tokens.get(token).and_then(|id| st.users.get(id)) else {
         return Auth::Invalid;
     };
     if user.status == "suspended" {
         return Auth::Inactive(user.status.clone());
     }
-    Auth::Ok(Actor { id: user.id, admin: user.admin })
+    Auth::Ok(Actor {
+        id: user.id,
+        admin: user.admin,
+    })
 }
 
 fn fault_response(code: u16) -> Response {
@@ -148,12 +167,21 @@ fn fault_response(code: u16) -> Response {
         401 => error(status, SIGNED_OUT, Some("API key is invalid.")),
         403 => error(status, "Forbidden.", Some(FORBIDDEN_DETAIL)),
         404 => not_found(),
-        429 => error(status, "You've been rate limited for sending more than 512 requests in 1m0s.", None),
+        429 => error(
+            status,
+            "You've been rate limited for sending more than 512 requests in 1m0s.",
+            None,
+        ),
         500 => error(status, "Internal error.", Some("coder-sim: injected fault")),
-        _ => error(status, status.canonical_reason().unwrap_or("Error"), Some("coder-sim: injected fault")),
+        _ => error(
+            status,
+            status.canonical_reason().unwrap_or("Error"),
+            Some("coder-sim: injected fault"),
+        ),
     };
     if code == 429 {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
     }
     resp
 }
@@ -165,11 +193,17 @@ fn set_header(h: &mut HeaderMap, name: &'static str, v: i64) {
 }
 
 async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) -> Response {
-    let Some(route) = req.extensions().get::<MatchedPath>().map(|m| format!("{} {}", req.method(), m.as_str()))
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| format!("{} {}", req.method(), m.as_str()))
     else {
         return next.run(req).await;
     };
-    let conn = req.extensions().get::<ConnectInfo<ConnInfo>>().map(|c| c.0.clone());
+    let conn = req
+        .extensions()
+        .get::<ConnectInfo<ConnInfo>>()
+        .map(|c| c.0.clone());
     let token = session_token(&req);
     let bypass = req
         .headers()
@@ -196,7 +230,10 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
                 }
                 Auth::Ok(a) if bypass && a.admin => None,
                 Auth::Ok(a) => Some(a.id.to_string()),
-                _ => Some(conn.as_ref().map_or_else(|| "unknown".to_owned(), |c| c.peer.ip().to_string())),
+                _ => Some(
+                    conn.as_ref()
+                        .map_or_else(|| "unknown".to_owned(), |c| c.peer.ip().to_string()),
+                ),
             };
             if let Some(key) = key {
                 verdict = st.ratelimit.check(&key, &route, now_s);
@@ -220,16 +257,17 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
         resp
     };
 
-    if let Some(v) = verdict {
-        if !v.allowed {
-            let mut resp = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                &format!("You've been rate limited for sending more than {limit} requests in 1m0s."),
-                None,
-            );
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-            return with_headers(resp);
-        }
+    if let Some(v) = verdict
+        && !v.allowed
+    {
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("You've been rate limited for sending more than {limit} requests in 1m0s."),
+            None,
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        return with_headers(resp);
     }
 
     let mut commit_then_fail = false;
@@ -239,7 +277,11 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
         Some(Action::Hang) => {
             let mut rx = app.shutdown.clone();
             let _ = rx.wait_for(|v| *v).await;
-            return error(StatusCode::SERVICE_UNAVAILABLE, "coder-sim is shutting down.", None);
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "coder-sim is shutting down.",
+                None,
+            );
         }
         Some(Action::Reset) => {
             if let Some(c) = &conn {
@@ -261,12 +303,18 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
                 ));
             }
             Auth::Invalid => {
-                return with_headers(error(StatusCode::UNAUTHORIZED, SIGNED_OUT, Some("API key is invalid.")));
+                return with_headers(error(
+                    StatusCode::UNAUTHORIZED,
+                    SIGNED_OUT,
+                    Some("API key is invalid."),
+                ));
             }
             Auth::Inactive(status) => {
                 return with_headers(error(
                     StatusCode::UNAUTHORIZED,
-                    &format!("User is not active (status = {status:?}). Contact an admin to reactivate your account."),
+                    &format!(
+                        "User is not active (status = {status:?}). Contact an admin to reactivate your account."
+                    ),
                     None,
                 ));
             }
@@ -289,7 +337,9 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
 
 /// Reads the actor inserted by the middleware.
 fn actor(req_actor: Option<axum::Extension<Actor>>) -> Result<Actor, Response> {
-    req_actor.map(|a| a.0).ok_or_else(|| error(StatusCode::UNAUTHORIZED, SIGNED_OUT, None))
+    req_actor
+        .map(|a| a.0)
+        .ok_or_else(|| error(StatusCode::UNAUTHORIZED, SIGNED_OUT, None))
 }
 
 type Act = Option<axum::Extension<Actor>>;
@@ -311,7 +361,11 @@ async fn experiments(State(app): State<App>, a: Act) -> Response {
         return r;
     }
     let era = app.sim.lock().chat_era;
-    let list: Vec<&str> = if era == ChatEra::V2 { Vec::new() } else { vec!["agents"] };
+    let list: Vec<&str> = if era == ChatEra::V2 {
+        Vec::new()
+    } else {
+        vec!["agents"]
+    };
     reply(StatusCode::OK, serde_json::json!(list))
 }
 
@@ -336,7 +390,11 @@ fn user_error(user: &str) -> Response {
 }
 
 fn resolve_user<'a>(st: &'a SimState, a: Actor, user: &str) -> Option<&'a crate::model::UserRec> {
-    if user == "me" { st.users.get(&a.id) } else { st.user_by_ref(user) }
+    if user == "me" {
+        st.users.get(&a.id)
+    } else {
+        st.user_by_ref(user)
+    }
 }
 
 async fn user_get(State(app): State<App>, a: Act, Path(user): Path<String>) -> Response {
@@ -359,7 +417,9 @@ struct DeletedQuery {
 
 impl DeletedQuery {
     fn yes(&self) -> bool {
-        self.include_deleted.as_deref().is_some_and(|v| matches!(v, "true" | "1" | "t"))
+        self.include_deleted
+            .as_deref()
+            .is_some_and(|v| matches!(v, "true" | "1" | "t"))
     }
 }
 
@@ -375,12 +435,20 @@ async fn workspace_by_name(
     };
     let now = Timestamp::now();
     let st = app.sim.lock();
-    let Some(owner) = resolve_user(&st, a, &user) else { return user_error(&user) };
-    let mut candidates: Vec<&WorkspaceRec> =
-        st.workspaces.values().filter(|w| w.owner == owner.id && w.name == name).collect();
+    let Some(owner) = resolve_user(&st, a, &user) else {
+        return user_error(&user);
+    };
+    let mut candidates: Vec<&WorkspaceRec> = st
+        .workspaces
+        .values()
+        .filter(|w| w.owner == owner.id && w.name == name)
+        .collect();
     // Prefer a live workspace over a deleted one with the same name.
     candidates.sort_by_key(|w| (st.is_deleted(w, now), std::cmp::Reverse(w.created_at)));
-    let Some(ws) = candidates.into_iter().find(|w| q.yes() || !st.is_deleted(w, now)) else {
+    let Some(ws) = candidates
+        .into_iter()
+        .find(|w| q.yes() || !st.is_deleted(w, now))
+    else {
         return not_found();
     };
     if !a.can_read(ws.owner) {
@@ -403,7 +471,9 @@ fn chat_response(app: &App, a: Act, id: &str, want_v2: bool) -> Response {
         Err(r) => return r,
     };
     match st.chats.get(&id) {
-        Some(c) if a.can_read(c.owner) => reply(StatusCode::OK, json::chat(&st, c, Timestamp::now())),
+        Some(c) if a.can_read(c.owner) => {
+            reply(StatusCode::OK, json::chat(&st, c, Timestamp::now()))
+        }
         _ => not_found(),
     }
 }
@@ -417,7 +487,6 @@ async fn chat_experimental(State(app): State<App>, a: Act, Path(id): Path<String
 }
 
 /// Resolves `{id}` to a workspace the actor may read.
-#[allow(clippy::result_large_err)]
 fn readable_ws<'a>(st: &'a SimState, a: Actor, raw: &str) -> Result<&'a WorkspaceRec, Response> {
     let id = parse_uuid(raw)?;
     match st.workspaces.get(&id) {
@@ -466,8 +535,13 @@ async fn builds_list(State(app): State<App>, a: Act, Path(id): Path<String>) -> 
         Ok(ws) => ws,
         Err(r) => return r,
     };
-    let list: Vec<Value> =
-        ws.builds.iter().rev().filter_map(|b| st.builds.get(b)).map(|b| json::build(&st, ws, b, now)).collect();
+    let list: Vec<Value> = ws
+        .builds
+        .iter()
+        .rev()
+        .filter_map(|b| st.builds.get(b))
+        .map(|b| json::build(&st, ws, b, now))
+        .collect();
     reply(StatusCode::OK, Value::Array(list))
 }
 
@@ -512,9 +586,20 @@ struct BuildParameter {
     value: String,
 }
 
-const BUILD_REASONS: &[&str] = &["dashboard", "cli", "ssh_connection", "vscode_connection", "jetbrains_connection"];
+const BUILD_REASONS: &[&str] = &[
+    "dashboard",
+    "cli",
+    "ssh_connection",
+    "vscode_connection",
+    "jetbrains_connection",
+];
 
-async fn post_build(State(app): State<App>, a: Act, Path(id): Path<String>, body: Bytes) -> Response {
+async fn post_build(
+    State(app): State<App>,
+    a: Act,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let a = match actor(a) {
         Ok(a) => a,
         Err(r) => return r,
@@ -528,7 +613,11 @@ async fn post_build(State(app): State<App>, a: Act, Path(id): Path<String>, body
     let req: CreateBuild = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(StatusCode::BAD_REQUEST, "Request body must be valid JSON.", Some(&e.to_string()));
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Request body must be valid JSON.",
+                Some(&e.to_string()),
+            );
         }
     };
     let raw_transition = req.transition.clone().unwrap_or_default();
@@ -538,10 +627,10 @@ async fn post_build(State(app): State<App>, a: Act, Path(id): Path<String>, body
     let Some(transition) = Transition::parse(&raw_transition) else {
         return validation("transition", "oneof", &raw_transition);
     };
-    if let Some(reason) = req.reason.as_deref().filter(|r| !r.is_empty()) {
-        if !BUILD_REASONS.contains(&reason) {
-            return validation("reason", "oneof", reason);
-        }
+    if let Some(reason) = req.reason.as_deref().filter(|r| !r.is_empty())
+        && !BUILD_REASONS.contains(&reason)
+    {
+        return validation("reason", "oneof", reason);
     }
     if let Some(level) = req.log_level.as_deref().filter(|l| !l.is_empty()) {
         if level != "debug" {
@@ -555,21 +644,36 @@ async fn post_build(State(app): State<App>, a: Act, Path(id): Path<String>, body
         }
     }
     if req.orphan == Some(true) && transition != Transition::Delete {
-        return error(StatusCode::BAD_REQUEST, "Orphan is only permitted when deleting a workspace.", None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Orphan is only permitted when deleting a workspace.",
+            None,
+        );
     }
     if (req.orphan == Some(true) || req.state.as_ref().is_some_and(|s| !s.is_null())) && !a.admin {
-        return build_error(StatusCode::FORBIDDEN, "Only template managers may provide custom state");
+        return build_error(
+            StatusCode::FORBIDDEN,
+            "Only template managers may provide custom state",
+        );
     }
-    let Some(ws) = st.workspaces.get(&ws_id) else { return not_found() };
+    let Some(ws) = st.workspaces.get(&ws_id) else {
+        return not_found();
+    };
     if st.is_deleted(ws, now) && transition != Transition::Delete {
         return build_error(StatusCode::CONFLICT, "Workspace has been deleted.");
     }
     let mut version = None;
     if let Some(v) = req.template_version_id.filter(|v| !v.is_nil()) {
         if !ws.template.versions.contains(&v) {
-            let elsewhere = st.workspaces.values().any(|w| w.template.versions.contains(&v));
+            let elsewhere = st
+                .workspaces
+                .values()
+                .any(|w| w.template.versions.contains(&v));
             return if elsewhere {
-                build_error(StatusCode::BAD_REQUEST, "template version doesn't match template")
+                build_error(
+                    StatusCode::BAD_REQUEST,
+                    "template version doesn't match template",
+                )
             } else {
                 build_error(StatusCode::BAD_REQUEST, "template version does not exist")
             };
@@ -579,12 +683,25 @@ async fn post_build(State(app): State<App>, a: Act, Path(id): Path<String>, body
     if transition == Transition::Start && ws.template.require_active_version {
         version = Some(ws.template.active_version());
     }
-    if st.latest_build(ws).is_some_and(|b| b.job(now).status.active()) {
+    if st
+        .latest_build(ws)
+        .is_some_and(|b| b.job(now).status.active())
+    {
         return build_error(StatusCode::CONFLICT, "A workspace build is already active.");
     }
-    let params = req.rich_parameter_values.unwrap_or_default().into_iter().map(|p| (p.name, p.value)).collect();
-    let reason = req.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| "initiator".to_owned());
-    let Some(build_id) = st.create_build(ws_id, transition, a.id, &reason, version, params, now, true) else {
+    let params = req
+        .rich_parameter_values
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name, p.value))
+        .collect();
+    let reason = req
+        .reason
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "initiator".to_owned());
+    let Some(build_id) =
+        st.create_build(ws_id, transition, a.id, &reason, version, params, now, true)
+    else {
         return not_found();
     };
     if let Some(w) = st.workspaces.get_mut(&ws_id) {
@@ -602,7 +719,9 @@ async fn post_build(State(app): State<App>, a: Act, Path(id): Path<String>, body
 /// Resolves a build id to (workspace, build) the actor may read.
 fn readable_build(st: &SimState, a: Actor, raw: &str) -> Result<(Uuid, Uuid), Response> {
     let id = parse_uuid(raw)?;
-    let Some(b) = st.builds.get(&id) else { return Err(not_found()) };
+    let Some(b) = st.builds.get(&id) else {
+        return Err(not_found());
+    };
     match st.workspaces.get(&b.workspace_id) {
         Some(ws) if a.can_read(ws.owner) => Ok((ws.id, b.id)),
         _ => Err(not_found()),
@@ -636,10 +755,16 @@ async fn build_cancel(State(app): State<App>, a: Act, Path(id): Path<String>) ->
             Ok(x) => x,
             Err(r) => return r,
         };
-        let Some(rec) = st.builds.get(&b) else { return not_found() };
+        let Some(rec) = st.builds.get(&b) else {
+            return not_found();
+        };
         let job = rec.job(Timestamp::now());
         if job.canceled_at.is_some() {
-            return error(StatusCode::BAD_REQUEST, "Job has already been marked as canceled!", None);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Job has already been marked as canceled!",
+                None,
+            );
         }
         if !job.status.active() {
             return error(StatusCode::BAD_REQUEST, "Job has already completed!", None);
@@ -667,7 +792,9 @@ async fn agent_get(State(app): State<App>, a: Act, Path(id): Path<String>) -> Re
         if !b.agents.iter().any(|x| x.id == id) {
             continue;
         }
-        let Some(ws) = st.workspaces.get(&b.workspace_id) else { break };
+        let Some(ws) = st.workspaces.get(&b.workspace_id) else {
+            break;
+        };
         if !a.can_read(ws.owner) {
             break;
         }
@@ -721,11 +848,13 @@ impl WatchStream {
             let now = Timestamp::now();
             let (body, next, err) = {
                 let st = self.app.sim.lock();
-                let Some(ws) = st.workspaces.get(&self.ws) else {
-                    return None;
-                };
+                let ws = st.workspaces.get(&self.ws)?;
                 let body = json::workspace(&st, ws, now).to_string();
-                let err = st.watch_errors.get(&self.ws).filter(|(s, _)| *s > self.err_seq).cloned();
+                let err = st
+                    .watch_errors
+                    .get(&self.ws)
+                    .filter(|(s, _)| *s > self.err_seq)
+                    .cloned();
                 (body, st.next_change(ws, now), err)
             };
             if let Some((seq, msg)) = err {

@@ -25,7 +25,8 @@ use uuid::Uuid;
 
 use crate::faults::{Fault, FaultSpec};
 use crate::model::{
-    AgentSeed, BuildOutcome, BuildScript, ChatSpec, InitialState, LifecycleState, Sim, UserSpec, WorkspaceSeed,
+    AgentSeed, BuildOutcome, BuildScript, ChatSpec, InitialState, LifecycleState, Sim, UserSpec,
+    WorkspaceSeed,
 };
 use crate::{ChatEra, SimConfig};
 
@@ -37,7 +38,9 @@ pub struct DurationSpec(pub Duration);
 /// Parses `250ms`, `2s`, `1.5s`, `3m`, `1h` or a bare millisecond count.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| anyhow!("invalid duration {s:?}"))?;
     let secs = match unit.trim() {
@@ -60,7 +63,9 @@ impl<'de> Deserialize<'de> for DurationSpec {
         }
         match Raw::deserialize(d)? {
             Raw::Millis(ms) => Ok(DurationSpec(Duration::from_millis(ms))),
-            Raw::Text(s) => parse_duration(&s).map(DurationSpec).map_err(serde::de::Error::custom),
+            Raw::Text(s) => parse_duration(&s)
+                .map(DurationSpec)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -120,7 +125,13 @@ pub struct UserDoc {
 
 impl From<UserDoc> for UserSpec {
     fn from(u: UserDoc) -> UserSpec {
-        UserSpec { username: u.username, id: u.id, token: u.token, admin: u.admin, status: u.status }
+        UserSpec {
+            username: u.username,
+            id: u.id,
+            token: u.token,
+            admin: u.admin,
+            status: u.status,
+        }
     }
 }
 
@@ -212,7 +223,10 @@ impl From<ScriptDoc> for BuildScript {
                     }
                     (None, _) => "terraform apply: exit status 1".to_owned(),
                 };
-                BuildOutcome::Failed { error_code: s.error_code.clone(), error }
+                BuildOutcome::Failed {
+                    error_code: s.error_code.clone(),
+                    error,
+                }
             }
         };
         BuildScript {
@@ -308,14 +322,22 @@ pub struct Scenario {
 impl Scenario {
     /// Reads a scenario; `.json` files are parsed as JSON, others as YAML.
     pub fn from_path(path: &Path) -> anyhow::Result<Scenario> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read scenario {}", path.display()))?;
-        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
-        Scenario::parse(&text, is_json).with_context(|| format!("parse scenario {}", path.display()))
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read scenario {}", path.display()))?;
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        Scenario::parse(&text, is_json)
+            .with_context(|| format!("parse scenario {}", path.display()))
     }
 
     /// Parses scenario text (JSON or YAML).
     pub fn parse(text: &str, json: bool) -> anyhow::Result<Scenario> {
-        if json { Ok(serde_json::from_str(text)?) } else { Ok(serde_yaml::from_str(text)?) }
+        if json {
+            Ok(serde_json::from_str(text)?)
+        } else {
+            Ok(serde_yaml::from_str(text)?)
+        }
     }
 
     /// Creates everything in `sim`.
@@ -338,13 +360,18 @@ impl Scenario {
 
 /// Resolves a username or id to a user id.
 pub(crate) fn resolve_user(sim: &Sim, who: &str) -> anyhow::Result<Uuid> {
-    sim.lock().user_by_ref(who).map(|u| u.id).ok_or_else(|| anyhow!("unknown user {who:?}"))
+    sim.lock()
+        .user_by_ref(who)
+        .map(|u| u.id)
+        .ok_or_else(|| anyhow!("unknown user {who:?}"))
 }
 
 /// Creates a workspace from its scenario entry; returns its id.
 pub fn add_workspace_doc(sim: &Sim, w: &WorkspaceDoc) -> anyhow::Result<Uuid> {
     let owner = resolve_user(sim, &w.owner)?;
-    let mut seed = WorkspaceSeed::new(owner, &w.name).state(w.state).require_active_version(w.require_active_version);
+    let mut seed = WorkspaceSeed::new(owner, &w.name)
+        .state(w.state)
+        .require_active_version(w.require_active_version);
     if let Some(agents) = &w.agents {
         seed.agents = agents.iter().cloned().map(AgentSeed::from).collect();
     }
@@ -371,7 +398,9 @@ pub fn add_chat_doc(sim: &Sim, c: &ChatDoc) -> anyhow::Result<Uuid> {
                     .values()
                     .find(|x| x.owner == owner && &x.name == w)
                     .map(|x| x.id)
-                    .ok_or_else(|| anyhow!("chat {:?}: unknown workspace {w:?} of {:?}", c.id, c.owner))?
+                    .ok_or_else(|| {
+                        anyhow!("chat {:?}: unknown workspace {w:?} of {:?}", c.id, c.owner)
+                    })?
             }
         }),
     };
@@ -390,8 +419,14 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s").ok(), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse_duration("1.5s").ok(),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(parse_duration("2m").ok(), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("40").ok(), Some(Duration::from_millis(40)));
         assert!(parse_duration("3 fortnights").is_err());
@@ -399,8 +434,13 @@ mod tests {
 
     #[test]
     fn failed_script_defaults() {
-        let s: BuildScript =
-            ScriptDoc { error_code: Some("INSUFFICIENT_QUOTA".into()), ..ScriptDoc::default() }.into();
-        assert!(matches!(s.outcome, BuildOutcome::Failed { ref error_code, .. } if error_code.as_deref() == Some("INSUFFICIENT_QUOTA")));
+        let s: BuildScript = ScriptDoc {
+            error_code: Some("INSUFFICIENT_QUOTA".into()),
+            ..ScriptDoc::default()
+        }
+        .into();
+        assert!(
+            matches!(s.outcome, BuildOutcome::Failed { ref error_code, .. } if error_code.as_deref() == Some("INSUFFICIENT_QUOTA"))
+        );
     }
 }

@@ -10,7 +10,12 @@ async fn admin_api_round_trip() {
     let srv = server().await;
     let sim = srv.sim();
     let admin = Api::new(&srv, None);
-    let r = admin.post("/admin/users", json!({"username": "alice", "token": "alice-token"})).await;
+    let r = admin
+        .post(
+            "/admin/users",
+            json!({"username": "alice", "token": "alice-token"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.body["token"], "alice-token");
     let alice_id = r.body["id"].clone();
@@ -29,34 +34,63 @@ async fn admin_api_round_trip() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 
     let alice = admin.with_token("alice-token");
-    let chat = alice.get("/api/v2/chats/cccccccc-0000-4000-8000-000000000001").await;
+    let chat = alice
+        .get("/api/v2/chats/cccccccc-0000-4000-8000-000000000001")
+        .await;
     assert_eq!(chat.body["workspace_id"], ws_id);
     assert_eq!(chat.body["owner_id"], alice_id);
 
     // Script the next build to fail, then have "someone else" start it.
-    let r = admin.post(&format!("/admin/workspaces/{ws_id}/script"), json!({"pending": 0, "running": 0, "error_code": "INSUFFICIENT_QUOTA"})).await;
+    let r = admin
+        .post(
+            &format!("/admin/workspaces/{ws_id}/script"),
+            json!({"pending": 0, "running": 0, "error_code": "INSUFFICIENT_QUOTA"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
-    let r = admin.post(&format!("/admin/workspaces/{ws_id}/builds"), json!({"transition": "start"})).await;
+    let r = admin
+        .post(
+            &format!("/admin/workspaces/{ws_id}/builds"),
+            json!({"transition": "start"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let w = alice.get(&format!("/api/v2/workspaces/{ws_id}")).await.body;
     assert_eq!(w["latest_build"]["job"]["error_code"], "INSUFFICIENT_QUOTA");
     // Default script afterwards: instant success.
-    assert_eq!(alice.start(ws_id.parse().expect("uuid")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        alice.start(ws_id.parse().expect("uuid")).await.status,
+        StatusCode::CREATED
+    );
     let w = alice.get(&format!("/api/v2/workspaces/{ws_id}")).await.body;
     assert_eq!(w["latest_build"]["status"], "running");
-    assert_eq!(w["latest_build"]["resources"][0]["agents"][1]["parent_id"], w["latest_build"]["resources"][0]["agents"][0]["id"]);
+    assert_eq!(
+        w["latest_build"]["resources"][0]["agents"][1]["parent_id"],
+        w["latest_build"]["resources"][0]["agents"][0]["id"]
+    );
 
     // Faults over HTTP.
     let r = admin
         .send(admin.req(reqwest::Method::PUT, "/admin/faults").json(&json!({"route": "GET /api/v2/users/me", "fault": {"times": {"n": 1, "fault": {"status": 500}}}})))
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
-    assert_eq!(alice.get("/api/v2/users/me").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        alice.get("/api/v2/users/me").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
     assert_eq!(alice.get("/api/v2/users/me").await.status, StatusCode::OK);
-    admin.send(admin.req(reqwest::Method::PUT, "/admin/faults").json(&json!({"route": "GET /api/v2/users/me", "fault": "hang"}))).await;
+    admin
+        .send(
+            admin
+                .req(reqwest::Method::PUT, "/admin/faults")
+                .json(&json!({"route": "GET /api/v2/users/me", "fault": "hang"})),
+        )
+        .await;
     let state = admin.get("/admin/state").await.body;
     assert_eq!(state["faults"][0]["fault"], "hang");
-    let r = admin.send(admin.req(reqwest::Method::DELETE, "/admin/faults")).await;
+    let r = admin
+        .send(admin.req(reqwest::Method::DELETE, "/admin/faults"))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(alice.get("/api/v2/users/me").await.status, StatusCode::OK);
 
@@ -72,10 +106,23 @@ async fn admin_api_round_trip() {
     assert_eq!(state["users"][0]["username"], "alice");
     assert_eq!(state["workspaces"][0]["builds_created"], 2);
     assert_eq!(state["workspaces"][0]["builds_posted"], 1);
-    let r = admin.send(admin.req(reqwest::Method::DELETE, &format!("/admin/workspaces/{ws_id}"))).await;
+    let r = admin
+        .send(admin.req(
+            reqwest::Method::DELETE,
+            &format!("/admin/workspaces/{ws_id}"),
+        ))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(alice.get(&format!("/api/v2/workspaces/{ws_id}")).await.status, StatusCode::GONE);
+    assert_eq!(
+        alice
+            .get(&format!("/api/v2/workspaces/{ws_id}"))
+            .await
+            .status,
+        StatusCode::GONE
+    );
     // Bad input is a 400 with a message.
-    let r = admin.post("/admin/workspaces", json!({"owner": "nobody", "name": "x"})).await;
+    let r = admin
+        .post("/admin/workspaces", json!({"owner": "nobody", "name": "x"}))
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }

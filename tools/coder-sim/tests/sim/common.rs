@@ -32,12 +32,18 @@ impl Api {
         Api {
             base: server.url(),
             token: token.map(str::to_owned),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("client"),
         }
     }
 
     pub fn with_token(&self, token: &str) -> Api {
-        Api { token: Some(token.to_owned()), ..self.clone() }
+        Api {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
     }
 
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -54,7 +60,12 @@ impl Api {
         let headers = resp.headers().clone();
         let text = resp.text().await.expect("body");
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp { status, headers, body, text }
+        Resp {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -62,11 +73,16 @@ impl Api {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Resp {
-        self.send(self.req(reqwest::Method::POST, path).json(&body)).await
+        self.send(self.req(reqwest::Method::POST, path).json(&body))
+            .await
     }
 
     pub async fn start(&self, ws: uuid::Uuid) -> Resp {
-        self.post(&format!("/api/v2/workspaces/{ws}/builds"), serde_json::json!({"transition": "start"})).await
+        self.post(
+            &format!("/api/v2/workspaces/{ws}/builds"),
+            serde_json::json!({"transition": "start"}),
+        )
+        .await
     }
 }
 
@@ -83,13 +99,19 @@ pub async fn server_with(cfg: SimConfig) -> SimServer {
 pub fn fast() -> BuildScript {
     BuildScript::default()
         .with_job(Duration::from_millis(100), Duration::from_millis(150))
-        .with_agent(Duration::from_millis(100), Duration::from_millis(100), LifecycleState::Ready)
+        .with_agent(
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+            LifecycleState::Ready,
+        )
 }
 
 /// Asserts that `v` is an object containing every key.
 #[track_caller]
 pub fn assert_keys(v: &Value, keys: &[&str]) {
-    let obj = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
     for k in keys {
         assert!(obj.contains_key(*k), "missing key {k:?} in {v}");
     }
@@ -104,7 +126,8 @@ pub fn assert_uuid(v: &Value) {
 #[track_caller]
 pub fn assert_time(v: &Value) {
     let s = v.as_str().unwrap_or_else(|| panic!("not a string: {v}"));
-    s.parse::<jiff::Timestamp>().unwrap_or_else(|e| panic!("not RFC 3339 {s:?}: {e}"));
+    s.parse::<jiff::Timestamp>()
+        .unwrap_or_else(|e| panic!("not RFC 3339 {s:?}: {e}"));
 }
 
 /// Polls `f` every 20 ms until it returns Some or `timeout` passes.
@@ -118,7 +141,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached within {timeout:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

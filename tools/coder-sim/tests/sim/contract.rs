@@ -8,7 +8,8 @@ use serde_json::json;
 use crate::common::*;
 
 const NOT_FOUND: &str = "Resource not found or you do not have access to this resource";
-const SIGNED_OUT: &str = "You are signed out or your session has expired. Please sign in again to continue.";
+const SIGNED_OUT: &str =
+    "You are signed out or your session has expired. Please sign in again to continue.";
 
 #[tokio::test]
 async fn healthz_is_plain_ok_without_auth_or_rate_limit_headers() {
@@ -23,7 +24,11 @@ async fn healthz_is_plain_ok_without_auth_or_rate_limit_headers() {
 
 #[tokio::test]
 async fn buildinfo_needs_no_auth_and_has_all_fields() {
-    let srv = server_with(SimConfig { version: "v2.36.1".into(), ..SimConfig::default() }).await;
+    let srv = server_with(SimConfig {
+        version: "v2.36.1".into(),
+        ..SimConfig::default()
+    })
+    .await;
     let r = Api::new(&srv, None).get("/api/v2/buildinfo").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_keys(
@@ -46,7 +51,11 @@ async fn buildinfo_needs_no_auth_and_has_all_fields() {
     assert_eq!(r.header("X-Coder-Build-Version"), Some("v2.36.1"));
     assert_eq!(r.header("X-RateLimit-Limit"), Some("512"));
     assert_eq!(r.header("X-RateLimit-Remaining"), Some("511"));
-    assert!(r.header("X-RateLimit-Reset").and_then(|v| v.parse::<i64>().ok()).is_some());
+    assert!(
+        r.header("X-RateLimit-Reset")
+            .and_then(|v| v.parse::<i64>().ok())
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -55,7 +64,10 @@ async fn missing_and_invalid_tokens_get_401_with_coder_body() {
     let r = Api::new(&srv, None).get("/api/v2/users/me").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.body["message"], SIGNED_OUT);
-    assert_eq!(r.body["detail"], "Cookie \"coder_session_token\" or query parameter must be provided.");
+    assert_eq!(
+        r.body["detail"],
+        "Cookie \"coder_session_token\" or query parameter must be provided."
+    );
     assert_eq!(r.header("X-Coder-Build-Version"), Some("v2.37.0"));
 
     let r = Api::new(&srv, Some("nope")).get("/api/v2/users/me").await;
@@ -64,7 +76,9 @@ async fn missing_and_invalid_tokens_get_401_with_coder_body() {
 
     let alice = srv.sim().add_user("alice");
     srv.sim().set_user_status(alice.id, "suspended");
-    let r = Api::new(&srv, Some(&alice.token)).get("/api/v2/users/me").await;
+    let r = Api::new(&srv, Some(&alice.token))
+        .get("/api/v2/users/me")
+        .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.body["message"],
@@ -78,10 +92,18 @@ async fn token_also_accepted_as_cookie_and_query_parameter() {
     let alice = srv.sim().add_user("alice");
     let api = Api::new(&srv, None);
     let r = api
-        .send(api.req(reqwest::Method::GET, "/api/v2/users/me").header("Cookie", format!("coder_session_token={}", alice.token)))
+        .send(
+            api.req(reqwest::Method::GET, "/api/v2/users/me")
+                .header("Cookie", format!("coder_session_token={}", alice.token)),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = api.get(&format!("/api/v2/users/me?coder_session_token={}", alice.token)).await;
+    let r = api
+        .get(&format!(
+            "/api/v2/users/me?coder_session_token={}",
+            alice.token
+        ))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -96,7 +118,20 @@ async fn users_me_and_by_id_or_username() {
     assert_eq!(me.status, StatusCode::OK);
     assert_keys(
         &me.body,
-        &["id", "username", "name", "email", "created_at", "updated_at", "last_seen_at", "status", "login_type", "organization_ids", "roles", "avatar_url"],
+        &[
+            "id",
+            "username",
+            "name",
+            "email",
+            "created_at",
+            "updated_at",
+            "last_seen_at",
+            "status",
+            "login_type",
+            "organization_ids",
+            "roles",
+            "avatar_url",
+        ],
     );
     assert_eq!(me.body["id"], json!(alice.id));
     assert_eq!(me.body["username"], "alice");
@@ -112,13 +147,20 @@ async fn users_me_and_by_id_or_username() {
 
     let missing = api.get("/api/v2/users/nobody").await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
-    assert_eq!(missing.body["message"], "\"user\" must be an existing uuid or username.");
+    assert_eq!(
+        missing.body["message"],
+        "\"user\" must be an existing uuid or username."
+    );
 }
 
 fn running_seed(owner: uuid::Uuid) -> WorkspaceSeed {
     WorkspaceSeed::new(owner, "dev")
         .state(InitialState::Running)
-        .agents(vec![AgentSeed::new("main"), AgentSeed::new("dev-coderd-chat"), AgentSeed::sub("devcontainer", "main")])
+        .agents(vec![
+            AgentSeed::new("main"),
+            AgentSeed::new("dev-coderd-chat"),
+            AgentSeed::sub("devcontainer", "main"),
+        ])
 }
 
 #[tokio::test]
@@ -127,16 +169,36 @@ async fn workspace_shape_matches_codersdk() {
     let sim = srv.sim();
     let alice = sim.add_user("alice");
     let ws = sim.add_workspace(running_seed(alice.id));
-    let r = Api::new(&srv, Some(&alice.token)).get(&format!("/api/v2/workspaces/{ws}")).await;
+    let r = Api::new(&srv, Some(&alice.token))
+        .get(&format!("/api/v2/workspaces/{ws}"))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let w = &r.body;
     assert_keys(
         w,
         &[
-            "id", "created_at", "updated_at", "owner_id", "owner_name", "organization_id", "organization_name",
-            "template_id", "template_name", "template_active_version_id", "template_require_active_version",
-            "outdated", "latest_build", "name", "dormant_at", "deleting_at", "health", "ttl_ms",
-            "autostart_schedule", "next_start_at", "last_used_at", "automatic_updates",
+            "id",
+            "created_at",
+            "updated_at",
+            "owner_id",
+            "owner_name",
+            "organization_id",
+            "organization_name",
+            "template_id",
+            "template_name",
+            "template_active_version_id",
+            "template_require_active_version",
+            "outdated",
+            "latest_build",
+            "name",
+            "dormant_at",
+            "deleting_at",
+            "health",
+            "ttl_ms",
+            "autostart_schedule",
+            "next_start_at",
+            "last_used_at",
+            "automatic_updates",
         ],
     );
     assert_eq!(w["id"], json!(ws));
@@ -147,7 +209,13 @@ async fn workspace_shape_matches_codersdk() {
     assert_eq!(w["template_require_active_version"], false);
     assert!(w["dormant_at"].is_null());
     assert_eq!(w["health"], json!({"healthy": true, "failing_agents": []}));
-    for k in ["id", "owner_id", "organization_id", "template_id", "template_active_version_id"] {
+    for k in [
+        "id",
+        "owner_id",
+        "organization_id",
+        "template_id",
+        "template_active_version_id",
+    ] {
         assert_uuid(&w[k]);
     }
 
@@ -155,10 +223,27 @@ async fn workspace_shape_matches_codersdk() {
     assert_keys(
         b,
         &[
-            "id", "created_at", "updated_at", "workspace_id", "workspace_name", "workspace_owner_id",
-            "workspace_owner_name", "template_version_id", "template_version_name", "build_number", "transition",
-            "initiator_id", "initiator_name", "job", "reason", "resources", "deadline", "max_deadline", "status",
-            "daily_cost", "matched_provisioners",
+            "id",
+            "created_at",
+            "updated_at",
+            "workspace_id",
+            "workspace_name",
+            "workspace_owner_id",
+            "workspace_owner_name",
+            "template_version_id",
+            "template_version_name",
+            "build_number",
+            "transition",
+            "initiator_id",
+            "initiator_name",
+            "job",
+            "reason",
+            "resources",
+            "deadline",
+            "max_deadline",
+            "status",
+            "daily_cost",
+            "matched_provisioners",
         ],
     );
     assert_eq!(b["status"], "running");
@@ -166,14 +251,30 @@ async fn workspace_shape_matches_codersdk() {
     assert_eq!(b["build_number"], 1);
     assert_eq!(b["reason"], "initiator");
     assert_eq!(b["workspace_owner_name"], "alice");
-    assert_keys(&b["matched_provisioners"], &["count", "available", "most_recently_seen"]);
+    assert_keys(
+        &b["matched_provisioners"],
+        &["count", "available", "most_recently_seen"],
+    );
 
     let job = &b["job"];
     assert_keys(
         job,
         &[
-            "id", "created_at", "started_at", "completed_at", "status", "file_id", "tags", "queue_position",
-            "queue_size", "organization_id", "initiator_id", "input", "type", "metadata", "logs_overflowed",
+            "id",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "status",
+            "file_id",
+            "tags",
+            "queue_position",
+            "queue_size",
+            "organization_id",
+            "initiator_id",
+            "input",
+            "type",
+            "metadata",
+            "logs_overflowed",
         ],
     );
     assert_eq!(job["status"], "succeeded");
@@ -185,18 +286,55 @@ async fn workspace_shape_matches_codersdk() {
 
     let res = b["resources"].as_array().expect("resources");
     assert_eq!(res.len(), 1);
-    assert_keys(&res[0], &["id", "job_id", "name", "type", "workspace_transition", "hide", "icon", "daily_cost", "metadata", "agents"]);
+    assert_keys(
+        &res[0],
+        &[
+            "id",
+            "job_id",
+            "name",
+            "type",
+            "workspace_transition",
+            "hide",
+            "icon",
+            "daily_cost",
+            "metadata",
+            "agents",
+        ],
+    );
     let agents = res[0]["agents"].as_array().expect("agents");
     assert_eq!(agents.len(), 3);
     for a in agents {
         assert_keys(
             a,
             &[
-                "id", "name", "resource_id", "parent_id", "status", "lifecycle_state", "health", "first_connected_at",
-                "last_connected_at", "started_at", "ready_at", "connection_timeout_seconds", "scripts",
-                "startup_script_behavior", "version", "api_version", "operating_system", "architecture", "directory",
-                "expanded_directory", "apps", "display_apps", "log_sources", "logs_length", "logs_overflowed",
-                "subsystems", "troubleshooting_url", "environment_variables",
+                "id",
+                "name",
+                "resource_id",
+                "parent_id",
+                "status",
+                "lifecycle_state",
+                "health",
+                "first_connected_at",
+                "last_connected_at",
+                "started_at",
+                "ready_at",
+                "connection_timeout_seconds",
+                "scripts",
+                "startup_script_behavior",
+                "version",
+                "api_version",
+                "operating_system",
+                "architecture",
+                "directory",
+                "expanded_directory",
+                "apps",
+                "display_apps",
+                "log_sources",
+                "logs_length",
+                "logs_overflowed",
+                "subsystems",
+                "troubleshooting_url",
+                "environment_variables",
             ],
         );
         assert_eq!(a["status"], "connected");
@@ -205,19 +343,29 @@ async fn workspace_shape_matches_codersdk() {
         assert_eq!(a["resource_id"], res[0]["id"]);
     }
     let main = agents.iter().find(|a| a["name"] == "main").expect("main");
-    let sub = agents.iter().find(|a| a["name"] == "devcontainer").expect("sub");
+    let sub = agents
+        .iter()
+        .find(|a| a["name"] == "devcontainer")
+        .expect("sub");
     assert!(main["parent_id"].is_null());
     assert_eq!(sub["parent_id"], main["id"]);
 
     // The same build by id.
     let build_id = b["id"].as_str().expect("id");
-    let r2 = Api::new(&srv, Some(&alice.token)).get(&format!("/api/v2/workspacebuilds/{build_id}")).await;
+    let r2 = Api::new(&srv, Some(&alice.token))
+        .get(&format!("/api/v2/workspacebuilds/{build_id}"))
+        .await;
     assert_eq!(r2.status, StatusCode::OK);
     assert_eq!(r2.body["id"], b["id"]);
     assert_eq!(r2.body["status"], "running");
 
     // Agent by id.
-    let r3 = Api::new(&srv, Some(&alice.token)).get(&format!("/api/v2/workspaceagents/{}", main["id"].as_str().expect("id"))).await;
+    let r3 = Api::new(&srv, Some(&alice.token))
+        .get(&format!(
+            "/api/v2/workspaceagents/{}",
+            main["id"].as_str().expect("id")
+        ))
+        .await;
     assert_eq!(r3.status, StatusCode::OK);
     assert_eq!(r3.body["name"], "main");
 }
@@ -239,8 +387,16 @@ async fn stopped_and_failed_seeds() {
     assert_eq!(w["latest_build"]["status"], "failed");
     assert_eq!(w["latest_build"]["job"]["status"], "failed");
     assert!(w["latest_build"]["job"]["error"].is_string());
-    let hist = api.get(&format!("/api/v2/workspaces/{stopped}/builds")).await.body;
-    let nums: Vec<i64> = hist.as_array().expect("list").iter().filter_map(|b| b["build_number"].as_i64()).collect();
+    let hist = api
+        .get(&format!("/api/v2/workspaces/{stopped}/builds"))
+        .await
+        .body;
+    let nums: Vec<i64> = hist
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|b| b["build_number"].as_i64())
+        .collect();
     assert_eq!(nums, vec![2, 1]);
 }
 
@@ -253,7 +409,9 @@ async fn workspace_by_owner_and_name() {
     let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
     let api = Api::new(&srv, Some(&alice.token));
     for user in ["me", "alice", &alice.id.to_string()] {
-        let r = api.get(&format!("/api/v2/users/{user}/workspace/dev")).await;
+        let r = api
+            .get(&format!("/api/v2/users/{user}/workspace/dev"))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{user}");
         assert_eq!(r.body["id"], json!(ws));
     }
@@ -262,7 +420,13 @@ async fn workspace_by_owner_and_name() {
     assert_eq!(r.body["message"], NOT_FOUND);
     // Bob cannot see alice's workspace by name or id.
     let bob_api = api.with_token(&bob.token);
-    assert_eq!(bob_api.get("/api/v2/users/alice/workspace/dev").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        bob_api
+            .get("/api/v2/users/alice/workspace/dev")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
     let r = bob_api.get(&format!("/api/v2/workspaces/{ws}")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.body["message"], NOT_FOUND);
@@ -273,7 +437,8 @@ async fn deleted_workspace_is_410_by_id_and_404_by_name() {
     let srv = server().await;
     let sim = srv.sim();
     let alice = sim.add_user("alice");
-    let seeded = sim.add_workspace(WorkspaceSeed::new(alice.id, "old").state(InitialState::Deleted));
+    let seeded =
+        sim.add_workspace(WorkspaceSeed::new(alice.id, "old").state(InitialState::Deleted));
     let live = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
     sim.delete_workspace(live);
     let api = Api::new(&srv, Some(&alice.token));
@@ -286,10 +451,16 @@ async fn deleted_workspace_is_410_by_id_and_404_by_name() {
         );
         let r = api.get(&format!("/api/v2/users/me/workspace/{name}")).await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
-        let r = api.get(&format!("/api/v2/workspaces/{id}?include_deleted=true")).await;
+        let r = api
+            .get(&format!("/api/v2/workspaces/{id}?include_deleted=true"))
+            .await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.body["latest_build"]["status"], "deleted");
-        let r = api.get(&format!("/api/v2/users/me/workspace/{name}?include_deleted=true")).await;
+        let r = api
+            .get(&format!(
+                "/api/v2/users/me/workspace/{name}?include_deleted=true"
+            ))
+            .await;
         assert_eq!(r.status, StatusCode::OK);
         // Starting a deleted workspace conflicts.
         let r = api.start(id).await;
@@ -301,7 +472,9 @@ async fn deleted_workspace_is_410_by_id_and_404_by_name() {
 async fn invalid_uuid_is_400() {
     let srv = server().await;
     let alice = srv.sim().add_user("alice");
-    let r = Api::new(&srv, Some(&alice.token)).get("/api/v2/workspaces/not-a-uuid").await;
+    let r = Api::new(&srv, Some(&alice.token))
+        .get("/api/v2/workspaces/not-a-uuid")
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["message"], "Invalid UUID \"not-a-uuid\".");
 }
@@ -331,9 +504,24 @@ async fn chat_v2_era_is_bare_chat_with_repaired_binding() {
     assert_keys(
         &r.body,
         &[
-            "id", "organization_id", "owner_id", "workspace_id", "build_id", "agent_id", "parent_chat_id",
-            "root_chat_id", "title", "status", "last_error", "archived", "pin_order", "labels", "mcp_server_ids",
-            "has_unread", "created_at", "updated_at",
+            "id",
+            "organization_id",
+            "owner_id",
+            "workspace_id",
+            "build_id",
+            "agent_id",
+            "parent_chat_id",
+            "root_chat_id",
+            "title",
+            "status",
+            "last_error",
+            "archived",
+            "pin_order",
+            "labels",
+            "mcp_server_ids",
+            "has_unread",
+            "created_at",
+            "updated_at",
         ],
     );
     assert_eq!(r.body["workspace_id"], json!(ws));
@@ -356,26 +544,53 @@ async fn chat_v2_era_is_bare_chat_with_repaired_binding() {
     assert!(r.body["workspace_id"].is_null());
 
     // Wrong era path is 404; other users get 404; admins can read.
-    assert_eq!(api.get(&format!("/api/experimental/chats/{chat}")).await.status, StatusCode::NOT_FOUND);
-    let r = api.with_token(&bob.token).get(&format!("/api/v2/chats/{chat}")).await;
+    assert_eq!(
+        api.get(&format!("/api/experimental/chats/{chat}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = api
+        .with_token(&bob.token)
+        .get(&format!("/api/v2/chats/{chat}"))
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.body["message"], NOT_FOUND);
-    assert_eq!(api.with_token(&admin.token).get(&format!("/api/v2/chats/{chat}")).await.status, StatusCode::OK);
-    let r = api.get(&format!("/api/v2/chats/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(
+        api.with_token(&admin.token)
+            .get(&format!("/api/v2/chats/{chat}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let r = api
+        .get(&format!("/api/v2/chats/{}", uuid::Uuid::new_v4()))
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(api.get("/api/v2/experiments").await.body, json!([]));
 }
 
 #[tokio::test]
 async fn chat_experimental_eras() {
-    for (era, wrapped) in [(ChatEra::Experimental, false), (ChatEra::ExperimentalWrapped, true)] {
-        let srv = server_with(SimConfig { chat_era: era, version: "v2.31.0".into(), ..SimConfig::default() }).await;
+    for (era, wrapped) in [
+        (ChatEra::Experimental, false),
+        (ChatEra::ExperimentalWrapped, true),
+    ] {
+        let srv = server_with(SimConfig {
+            chat_era: era,
+            version: "v2.31.0".into(),
+            ..SimConfig::default()
+        })
+        .await;
         let sim = srv.sim();
         let alice = sim.add_user("alice");
         let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
         let chat = sim.add_chat(alice.id, Some(ws));
         let api = Api::new(&srv, Some(&alice.token));
-        assert_eq!(api.get(&format!("/api/v2/chats/{chat}")).await.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            api.get(&format!("/api/v2/chats/{chat}")).await.status,
+            StatusCode::NOT_FOUND
+        );
         let r = api.get(&format!("/api/experimental/chats/{chat}")).await;
         assert_eq!(r.status, StatusCode::OK);
         let c = if wrapped {
@@ -409,10 +624,17 @@ async fn post_build_validation_errors() {
     let r = api.post(&path, json!({})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["validations"][0]["field"], "transition");
-    let r = api.send(api.req(reqwest::Method::POST, &path).body("{nope")).await;
+    let r = api
+        .send(api.req(reqwest::Method::POST, &path).body("{nope"))
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["message"], "Request body must be valid JSON.");
-    let r = api.post(&path, json!({"transition": "start", "template_version_id": uuid::Uuid::new_v4()})).await;
+    let r = api
+        .post(
+            &path,
+            json!({"transition": "start", "template_version_id": uuid::Uuid::new_v4()}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["message"], "template version does not exist");
     assert_eq!(sim.builds_created(ws), 0);
@@ -443,7 +665,11 @@ async fn require_active_version_forces_the_active_version() {
     let srv = server().await;
     let sim = srv.sim();
     let alice = sim.add_user("alice");
-    let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev").require_active_version(true).script(fast()));
+    let ws = sim.add_workspace(
+        WorkspaceSeed::new(alice.id, "dev")
+            .require_active_version(true)
+            .script(fast()),
+    );
     let before = sim.workspace_json(ws);
     assert_eq!(before["outdated"], true);
     assert_eq!(before["template_require_active_version"], true);
@@ -475,6 +701,12 @@ async fn template_version_id_is_honoured_and_parameters_recorded() {
     assert_eq!(r.body["template_version_id"], json!(new));
     assert_ne!(r.body["template_version_id"], old);
     assert_eq!(r.body["reason"], "cli");
-    let id: uuid::Uuid = r.body["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
-    assert_eq!(sim.build_parameters(id), vec![("region".to_owned(), "eu".to_owned())]);
+    let id: uuid::Uuid = r.body["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    assert_eq!(
+        sim.build_parameters(id),
+        vec![("region".to_owned(), "eu".to_owned())]
+    );
 }

@@ -43,7 +43,11 @@ async fn hang_never_answers() {
     let alice = sim.add_user("alice");
     sim.set_fault("GET /api/v2/users/me", Fault::Hang);
     let api = Api::new(&srv, Some(&alice.token));
-    let res = api.req(reqwest::Method::GET, "/api/v2/users/me").timeout(Duration::from_millis(300)).send().await;
+    let res = api
+        .req(reqwest::Method::GET, "/api/v2/users/me")
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
     let err = res.expect_err("must time out");
     assert!(err.is_timeout(), "{err}");
     // Other routes are unaffected.
@@ -57,7 +61,11 @@ async fn reset_closes_the_connection_without_a_response() {
     let alice = sim.add_user("alice");
     sim.set_fault("GET /api/v2/users/me", Fault::times(1, Fault::Reset));
     let api = Api::new(&srv, Some(&alice.token));
-    let err = api.req(reqwest::Method::GET, "/api/v2/users/me").send().await.expect_err("must fail");
+    let err = api
+        .req(reqwest::Method::GET, "/api/v2/users/me")
+        .send()
+        .await
+        .expect_err("must fail");
     assert!(!err.is_timeout(), "{err}");
     assert!(err.status().is_none());
     // The next request works (new connection).
@@ -89,7 +97,10 @@ async fn slow_delays_then_answers() {
     let srv = server().await;
     let sim = srv.sim();
     let alice = sim.add_user("alice");
-    sim.set_fault("GET /api/v2/users/me", Fault::Slow(Duration::from_millis(300)));
+    sim.set_fault(
+        "GET /api/v2/users/me",
+        Fault::Slow(Duration::from_millis(300)),
+    );
     let api = Api::new(&srv, Some(&alice.token));
     let t = Instant::now();
     let r = api.get("/api/v2/users/me").await;

@@ -10,7 +10,11 @@ use crate::common::*;
 
 /// Samples the workspace every 10 ms until `done(ws)`, recording each
 /// distinct (build status, job status, agent status, agent lifecycle).
-async fn trace(api: &Api, ws: uuid::Uuid, done: impl Fn(&Value) -> bool) -> Vec<(String, String, String, String)> {
+async fn trace(
+    api: &Api,
+    ws: uuid::Uuid,
+    done: impl Fn(&Value) -> bool,
+) -> Vec<(String, String, String, String)> {
     let mut seen: Vec<(String, String, String, String)> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -18,14 +22,22 @@ async fn trace(api: &Api, ws: uuid::Uuid, done: impl Fn(&Value) -> bool) -> Vec<
         let b = &w["latest_build"];
         let agent = &b["resources"][0]["agents"][0];
         let s = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-        let row = (s(&b["status"]), s(&b["job"]["status"]), s(&agent["status"]), s(&agent["lifecycle_state"]));
+        let row = (
+            s(&b["status"]),
+            s(&b["job"]["status"]),
+            s(&agent["status"]),
+            s(&agent["lifecycle_state"]),
+        );
         if seen.last() != Some(&row) {
             seen.push(row);
         }
         if done(&w) {
             return seen;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out; seen {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out; seen {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -40,7 +52,9 @@ async fn stopped_start_pending_running_succeeded_agent_ready() {
     let sim = srv.sim();
     let alice = sim.add_user("alice");
     let ms = Duration::from_millis;
-    let script = BuildScript::default().with_job(ms(200), ms(250)).with_agent(ms(200), ms(200), LifecycleState::Ready);
+    let script = BuildScript::default()
+        .with_job(ms(200), ms(250))
+        .with_agent(ms(200), ms(200), LifecycleState::Ready);
     let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev").script(script));
     let api = Api::new(&srv, Some(&alice.token));
     let r = api.start(ws).await;
@@ -51,7 +65,10 @@ async fn stopped_start_pending_running_succeeded_agent_ready() {
     assert_eq!(r.body["build_number"], 3);
     assert_eq!(r.body["initiator_id"], json!(alice.id));
     assert!(r.body["job"].get("started_at").is_none());
-    let seen = trace(&api, ws, |w| w["latest_build"]["resources"][0]["agents"][0]["lifecycle_state"] == "ready").await;
+    let seen = trace(&api, ws, |w| {
+        w["latest_build"]["resources"][0]["agents"][0]["lifecycle_state"] == "ready"
+    })
+    .await;
     assert_eq!(
         seen,
         vec![
@@ -72,7 +89,10 @@ async fn stopped_start_pending_running_succeeded_agent_ready() {
     assert_eq!(sim.builds_posted(ws), 1);
     // GET workspacebuilds/{id} follows the same clock.
     let id = r.body["id"].as_str().expect("id");
-    assert_eq!(api.get(&format!("/api/v2/workspacebuilds/{id}")).await.body["job"]["status"], "succeeded");
+    assert_eq!(
+        api.get(&format!("/api/v2/workspacebuilds/{id}")).await.body["job"]["status"],
+        "succeeded"
+    );
 }
 
 #[tokio::test]
@@ -87,11 +107,21 @@ async fn conflict_while_pending_or_running_then_allowed() {
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.body["message"], "A workspace build is already active.");
     tokio::time::sleep(Duration::from_millis(150)).await; // now running
-    let r = api.post(&format!("/api/v2/workspaces/{ws}/builds"), json!({"transition": "stop"})).await;
+    let r = api
+        .post(
+            &format!("/api/v2/workspaces/{ws}/builds"),
+            json!({"transition": "stop"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(sim.builds_created(ws), 1);
     tokio::time::sleep(Duration::from_millis(200)).await; // succeeded
-    let r = api.post(&format!("/api/v2/workspaces/{ws}/builds"), json!({"transition": "stop"})).await;
+    let r = api
+        .post(
+            &format!("/api/v2/workspaces/{ws}/builds"),
+            json!({"transition": "stop"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(sim.builds_created(ws), 2);
 }
@@ -104,7 +134,8 @@ async fn insufficient_quota_failure() {
     let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
     sim.script_next_build(
         ws,
-        BuildScript::insufficient_quota().with_job(Duration::from_millis(50), Duration::from_millis(50)),
+        BuildScript::insufficient_quota()
+            .with_job(Duration::from_millis(50), Duration::from_millis(50)),
     );
     let api = Api::new(&srv, Some(&alice.token));
     let r = api.start(ws).await;
@@ -128,7 +159,10 @@ async fn canceled_outcome_passes_through_canceling_and_blocks_builds() {
     let sim = srv.sim();
     let alice = sim.add_user("alice");
     let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
-    sim.script_next_build(ws, BuildScript::canceled().with_job(Duration::from_millis(50), Duration::from_millis(400)));
+    sim.script_next_build(
+        ws,
+        BuildScript::canceled().with_job(Duration::from_millis(50), Duration::from_millis(400)),
+    );
     let api = Api::new(&srv, Some(&alice.token));
     api.start(ws).await;
     eventually(Duration::from_secs(3), || async {
@@ -153,7 +187,10 @@ async fn cancel_endpoint() {
     let alice = sim.add_user("alice");
     let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev").script(fast()));
     let api = Api::new(&srv, Some(&alice.token));
-    let id = api.start(ws).await.body["id"].as_str().expect("id").to_owned();
+    let id = api.start(ws).await.body["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     let path = format!("/api/v2/workspacebuilds/{id}/cancel");
     let r = api.send(api.req(reqwest::Method::PATCH, &path)).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -164,7 +201,10 @@ async fn cancel_endpoint() {
 
 #[tokio::test]
 async fn agent_start_error_and_timeout() {
-    for (last, name, healthy) in [(LifecycleState::StartError, "start_error", false), (LifecycleState::StartTimeout, "start_timeout", true)] {
+    for (last, name, healthy) in [
+        (LifecycleState::StartError, "start_error", false),
+        (LifecycleState::StartTimeout, "start_timeout", true),
+    ] {
         let srv = server().await;
         let sim = srv.sim();
         let alice = sim.add_user("alice");
@@ -180,7 +220,10 @@ async fn agent_start_error_and_timeout() {
         assert_eq!(a["health"]["healthy"], healthy, "{name}");
         assert_eq!(w["health"]["healthy"], healthy, "{name}");
         if !healthy {
-            assert_eq!(a["health"]["reason"], "agent startup script exited with an error");
+            assert_eq!(
+                a["health"]["reason"],
+                "agent startup script exited with an error"
+            );
             assert_eq!(w["health"]["failing_agents"], json!([a["id"]]));
         }
         assert!(sim.agent_ready_at(ws).is_none());
@@ -193,7 +236,9 @@ async fn someone_else_starts_and_stops() {
     let sim = srv.sim();
     let alice = sim.add_user("alice");
     let ws = sim.add_workspace(
-        WorkspaceSeed::new(alice.id, "dev").agents(vec![AgentSeed::new("main")]).script(BuildScript::instant()),
+        WorkspaceSeed::new(alice.id, "dev")
+            .agents(vec![AgentSeed::new("main")])
+            .script(BuildScript::instant()),
     );
     let b = sim.start_build(ws, Transition::Start);
     assert_eq!(sim.latest_build_id(ws), Some(b));
@@ -221,13 +266,24 @@ async fn script_queue_is_fifo_then_default() {
     let sim = srv.sim();
     let alice = sim.add_user("alice");
     let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev").script(BuildScript::instant()));
-    sim.script_next_build(ws, BuildScript::failed(None, "boom").with_job(Duration::ZERO, Duration::ZERO));
-    sim.script_next_build(ws, BuildScript::canceled().with_job(Duration::ZERO, Duration::ZERO));
+    sim.script_next_build(
+        ws,
+        BuildScript::failed(None, "boom").with_job(Duration::ZERO, Duration::ZERO),
+    );
+    sim.script_next_build(
+        ws,
+        BuildScript::canceled().with_job(Duration::ZERO, Duration::ZERO),
+    );
     let api = Api::new(&srv, Some(&alice.token));
     let mut statuses = Vec::new();
     for _ in 0..3 {
         assert_eq!(api.start(ws).await.status, StatusCode::CREATED);
-        statuses.push(sim.workspace_json(ws)["latest_build"]["status"].as_str().unwrap_or("").to_owned());
+        statuses.push(
+            sim.workspace_json(ws)["latest_build"]["status"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        );
     }
     assert_eq!(statuses, vec!["failed", "canceled", "running"]);
 }

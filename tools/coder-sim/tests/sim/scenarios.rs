@@ -40,21 +40,61 @@ async fn demo_scenario_seeds_fixed_ids() {
     let me = alice.get("/api/v2/users/me").await.body;
     assert_eq!(me["id"], "11111111-1111-4111-8111-111111111111");
     let admin = alice.with_token("admin-token");
-    assert_eq!(admin.get("/api/v2/users/me").await.body["roles"][0]["name"], "owner");
+    assert_eq!(
+        admin.get("/api/v2/users/me").await.body["roles"][0]["name"],
+        "owner"
+    );
 
-    let status = |w: &serde_json::Value| w["latest_build"]["status"].as_str().unwrap_or("").to_owned();
-    assert_eq!(status(&alice.get(&format!("/api/v2/workspaces/{DEV}")).await.body), "stopped");
-    assert_eq!(status(&alice.get(&format!("/api/v2/workspaces/{RUNNING}")).await.body), "running");
+    let status = |w: &serde_json::Value| {
+        w["latest_build"]["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert_eq!(
+        status(&alice.get(&format!("/api/v2/workspaces/{DEV}")).await.body),
+        "stopped"
+    );
+    assert_eq!(
+        status(
+            &alice
+                .get(&format!("/api/v2/workspaces/{RUNNING}"))
+                .await
+                .body
+        ),
+        "running"
+    );
     let slow = alice.get(&format!("/api/v2/workspaces/{SLOW}")).await.body;
     assert_eq!(slow["template_require_active_version"], true);
     assert_eq!(slow["outdated"], true);
-    assert_eq!(alice.get(&format!("/api/v2/workspaces/{GONE}")).await.status, StatusCode::GONE);
-    assert_eq!(alice.get(&format!("/api/v2/workspaces/{BOBS}")).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(admin.get(&format!("/api/v2/workspaces/{BOBS}")).await.status, StatusCode::OK);
+    assert_eq!(
+        alice
+            .get(&format!("/api/v2/workspaces/{GONE}"))
+            .await
+            .status,
+        StatusCode::GONE
+    );
+    assert_eq!(
+        alice
+            .get(&format!("/api/v2/workspaces/{BOBS}"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        admin
+            .get(&format!("/api/v2/workspaces/{BOBS}"))
+            .await
+            .status,
+        StatusCode::OK
+    );
 
     let chat = alice.get(&format!("/api/v2/chats/{CHAT_DEV}")).await.body;
     assert_eq!(chat["workspace_id"], DEV);
-    let chat = alice.get("/api/v2/chats/cccccccc-0000-4000-8000-000000000003").await.body;
+    let chat = alice
+        .get("/api/v2/chats/cccccccc-0000-4000-8000-000000000003")
+        .await
+        .body;
     assert!(chat["workspace_id"].is_null());
 }
 
@@ -91,7 +131,9 @@ async fn json_scenario_and_server_section() {
     let srv = server_with(cfg).await;
     scenario.apply(&srv.sim()).expect("applies");
     let api = Api::new(&srv, Some("t"));
-    let r = api.get("/api/experimental/chats/cccccccc-0000-4000-8000-0000000000ff").await;
+    let r = api
+        .get("/api/experimental/chats/cccccccc-0000-4000-8000-0000000000ff")
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body["chat"]["workspace_id"].is_string());
     assert_eq!(r.header("X-Coder-Build-Version"), Some("v2.30.0"));
@@ -119,10 +161,17 @@ async fn binary_serves_the_demo_scenario() {
         .expect("ready line in time")
         .expect("read")
         .expect("a line");
-    let url = line.strip_prefix("coder-sim listening on ").expect("ready line format").to_owned();
+    let url = line
+        .strip_prefix("coder-sim listening on ")
+        .expect("ready line format")
+        .to_owned();
     assert!(url.starts_with("http://127.0.0.1:"));
     let http = reqwest::Client::new();
-    let r = http.get(format!("{url}/healthz")).send().await.expect("healthz");
+    let r = http
+        .get(format!("{url}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
     assert_eq!(r.status(), StatusCode::OK);
     let r = http
         .get(format!("{url}/api/v2/workspaces/{RUNNING}"))

@@ -15,12 +15,28 @@ struct Sse {
 
 impl Sse {
     async fn open(api: &Api, ws: uuid::Uuid) -> Sse {
-        let resp = api.req(reqwest::Method::GET, &format!("/api/v2/workspaces/{ws}/watch")).timeout(Duration::from_secs(30)).send().await.expect("watch");
+        let resp = api
+            .req(
+                reqwest::Method::GET,
+                &format!("/api/v2/workspaces/{ws}/watch"),
+            )
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .expect("watch");
         assert_eq!(resp.status(), StatusCode::OK);
-        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         assert_eq!(ct, "text/event-stream");
         assert!(resp.headers().get("X-Coder-Build-Version").is_some());
-        Sse { resp, buf: String::new() }
+        Sse {
+            resp,
+            buf: String::new(),
+        }
     }
 
     /// Next (event, data) frame, or None when the stream ended.
@@ -39,7 +55,10 @@ impl Sse {
                 }
                 return Some((event, data));
             }
-            let chunk = tokio::time::timeout(Duration::from_secs(5), self.resp.chunk()).await.expect("frame in time").ok()??;
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.resp.chunk())
+                .await
+                .expect("frame in time")
+                .ok()??;
             self.buf.push_str(&String::from_utf8_lossy(&chunk));
         }
     }
@@ -71,13 +90,29 @@ async fn ping_then_data_then_data_on_every_change_until_ready() {
         }
         let d = d.expect("workspace");
         let b = &d["latest_build"];
-        let lifecycle = b["resources"][0]["agents"][0]["lifecycle_state"].as_str().unwrap_or("-").to_owned();
-        statuses.push(format!("{}/{}", b["status"].as_str().unwrap_or("?"), lifecycle));
+        let lifecycle = b["resources"][0]["agents"][0]["lifecycle_state"]
+            .as_str()
+            .unwrap_or("-")
+            .to_owned();
+        statuses.push(format!(
+            "{}/{}",
+            b["status"].as_str().unwrap_or("?"),
+            lifecycle
+        ));
         if lifecycle == "ready" {
             break;
         }
     }
-    assert_eq!(statuses, vec!["pending/-", "starting/-", "running/created", "running/starting", "running/ready"]);
+    assert_eq!(
+        statuses,
+        vec![
+            "pending/-",
+            "starting/-",
+            "running/created",
+            "running/starting",
+            "running/ready"
+        ]
+    );
     // Only one request for the whole build.
     assert_eq!(sim.count("GET /api/v2/workspaces/{id}/watch"), 1);
 }
@@ -95,7 +130,10 @@ async fn error_event_ends_the_stream() {
     sim.fail_watchers(ws, "Internal error fetching workspace.");
     let (e, d) = sse.next().await.expect("error");
     assert_eq!(e, "error");
-    assert_eq!(d.expect("response")["message"], "Internal error fetching workspace.");
+    assert_eq!(
+        d.expect("response")["message"],
+        "Internal error fetching workspace."
+    );
     assert!(sse.next().await.is_none());
 }
 
@@ -107,10 +145,25 @@ async fn watch_access_and_faults() {
     let bob = sim.add_user("bob");
     let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
     let api = Api::new(&srv, Some(&bob.token));
-    assert_eq!(api.get(&format!("/api/v2/workspaces/{ws}/watch")).await.status, StatusCode::NOT_FOUND);
-    sim.set_fault("GET /api/v2/workspaces/{id}/watch", Fault::times(1, Fault::Status(502)));
+    assert_eq!(
+        api.get(&format!("/api/v2/workspaces/{ws}/watch"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    sim.set_fault(
+        "GET /api/v2/workspaces/{id}/watch",
+        Fault::times(1, Fault::Status(502)),
+    );
     let api = api.with_token(&alice.token);
-    let r = api.req(reqwest::Method::GET, &format!("/api/v2/workspaces/{ws}/watch")).send().await.expect("resp");
+    let r = api
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/v2/workspaces/{ws}/watch"),
+        )
+        .send()
+        .await
+        .expect("resp");
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
 }
 
