@@ -100,13 +100,22 @@ async fn conflict_while_pending_or_running_then_allowed() {
     let srv = server().await;
     let sim = srv.sim();
     let alice = sim.add_user("alice");
-    let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev").script(fast()));
+    let script = fast().with_job(Duration::from_millis(100), Duration::from_millis(600));
+    let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev").script(script));
     let api = Api::new(&srv, Some(&alice.token));
     assert_eq!(api.start(ws).await.status, StatusCode::CREATED);
     let r = api.start(ws).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.body["message"], "A workspace build is already active.");
-    tokio::time::sleep(Duration::from_millis(150)).await; // now running
+    assert_eq!(r.body["detail"], "A workspace build is already active.");
+    let status = |want: &'static str| {
+        let sim = sim.clone();
+        move || {
+            let sim = sim.clone();
+            async move { (sim.workspace_json(ws)["latest_build"]["status"] == want).then_some(()) }
+        }
+    };
+    eventually(Duration::from_secs(3), status("starting")).await;
     let r = api
         .post(
             &format!("/api/v2/workspaces/{ws}/builds"),
@@ -115,7 +124,7 @@ async fn conflict_while_pending_or_running_then_allowed() {
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(sim.builds_created(ws), 1);
-    tokio::time::sleep(Duration::from_millis(200)).await; // succeeded
+    eventually(Duration::from_secs(3), status("running")).await;
     let r = api
         .post(
             &format!("/api/v2/workspaces/{ws}/builds"),
@@ -161,7 +170,7 @@ async fn canceled_outcome_passes_through_canceling_and_blocks_builds() {
     let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
     sim.script_next_build(
         ws,
-        BuildScript::canceled().with_job(Duration::from_millis(50), Duration::from_millis(400)),
+        BuildScript::canceled().with_job(Duration::from_millis(50), Duration::from_millis(800)),
     );
     let api = Api::new(&srv, Some(&alice.token));
     api.start(ws).await;

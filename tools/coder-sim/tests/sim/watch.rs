@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use coder_sim::{Fault, WorkspaceSeed};
+use coder_sim::{BuildScript, Fault, LifecycleState, WorkspaceSeed};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -69,7 +69,11 @@ async fn ping_then_data_then_data_on_every_change_until_ready() {
     let srv = server().await;
     let sim = srv.sim();
     let alice = sim.add_user("alice");
-    let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev").script(fast()));
+    let ms = Duration::from_millis;
+    let script = BuildScript::default()
+        .with_job(ms(150), ms(150))
+        .with_agent(ms(150), ms(150), LifecycleState::Ready);
+    let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev").script(script));
     let api = Api::new(&srv, Some(&alice.token));
     let mut sse = Sse::open(&api, ws).await;
     let (e, d) = sse.next().await.expect("ping");
