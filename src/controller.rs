@@ -605,16 +605,30 @@ pub async fn run(
         })
         .set(i64::from(ctx.settings.concurrency));
     let mut controllers = Vec::new();
-    let mut readers = Vec::new();
+    // Ready once every scope's watcher finished its initial list (caches synced).
+    let pending_syncs = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
     for scope in scopes {
         let api: Api<WorkspaceStartRequest> = match &scope {
             Some(ns) => Api::namespaced(ctx.kube.clone(), ns),
             None => Api::all(ctx.kube.clone()),
         };
         let (reader, writer) = reflector::store();
-        readers.push(reader.clone());
+        let synced = Arc::clone(&pending_syncs);
+        let health = health.clone();
+        let mut counted = false;
         let stream = watcher(api, watcher::Config::default().page_size(500))
             .default_backoff()
+            .inspect(move |ev| match ev {
+                Ok(watcher::Event::InitDone) if !counted => {
+                    counted = true;
+                    if synced.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                        tracing::info!("caches synced; ready");
+                        health.set_ready(true);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "watching WorkspaceStartRequests failed; retrying"),
+                _ => {}
+            })
             .modify(|o: &mut WorkspaceStartRequest| {
                 o.managed_fields_mut().clear();
                 o.annotations_mut()
@@ -642,14 +656,5 @@ pub async fn run(
             });
         controllers.push(c);
     }
-    tokio::spawn(async move {
-        for r in readers {
-            if r.wait_until_ready().await.is_err() {
-                return;
-            }
-        }
-        tracing::info!("caches synced; ready");
-        health.set_ready(true);
-    });
     futures::future::join_all(controllers).await;
 }

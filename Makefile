@@ -1,0 +1,45 @@
+# workspace-start-operator — developer entry points. See README.md.
+SHELL := /bin/bash
+WSO_CACHE ?= $(HOME)/.cache/workspace-start-operator
+export WSO_CACHE
+CRD := crds/workspacestartrequests.coder.com.yaml
+CHART_CRD := charts/workspace-start-operator/crds/workspacestartrequests.coder.com.yaml
+
+.PHONY: all build tools crd test unit e2e chart-test demo bench lint
+
+all: build
+
+## build: compile the operator, coder-sim and envtest
+build:
+	cargo build --workspace --bins
+
+## tools: build kube-apiserver + etcd and fetch kubectl + helm into $(WSO_CACHE)/bin (once)
+tools:
+	scripts/control-plane-bins.sh >/dev/null
+
+## crd: regenerate the CRD from the Rust types (checked in; tests fail on drift)
+crd:
+	cargo run -q --bin workspace-start-operator -- crd > $(CRD)
+	cp $(CRD) $(CHART_CRD)
+
+## test: every test: unit, simulator contract, control plane, end-to-end, chart, GitOps
+test: tools
+	cargo test --workspace --no-fail-fast
+	scripts/test-chart.sh
+
+## unit: fast tests only (no control plane)
+unit:
+	cargo test --lib --bins
+
+## demo: local control plane + coder-sim + operator + sample requests, until Ready
+demo: tools
+	scripts/demo.sh
+
+## bench: throughput/latency/cost benchmark against the real API server and coder-sim
+bench: tools
+	scripts/bench.sh
+
+## lint: rustfmt and clippy
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
