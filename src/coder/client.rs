@@ -157,7 +157,7 @@ impl CoderClient {
         path: &str,
         body: Option<&dyn erased::Body>,
     ) -> Result<T, CoderError> {
-        self.inner.limiter.acquire(endpoint).await;
+        self.inner.limiter.acquire(path).await;
         let mut req = self
             .inner
             .http
@@ -207,7 +207,7 @@ impl CoderClient {
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.inner
                     .limiter
-                    .back_off(endpoint, retry_after.unwrap_or(Duration::from_secs(60)));
+                    .back_off(path, retry_after.unwrap_or(Duration::from_secs(60)));
             }
             return Err(err);
         }
@@ -326,11 +326,12 @@ impl CoderClient {
         id: Uuid,
     ) -> Result<impl Stream<Item = Result<Workspace, CoderError>> + Send + use<>, CoderError> {
         const ENDPOINT: &str = "/api/v2/workspaces/{id}/watch";
-        self.inner.limiter.acquire(ENDPOINT).await;
+        let path = format!("/api/v2/workspaces/{id}/watch");
+        self.inner.limiter.acquire(&path).await;
         let resp = self
             .inner
             .stream_http
-            .get(format!("{}/api/v2/workspaces/{id}/watch", self.inner.base))
+            .get(format!("{}{path}", self.inner.base))
             .header(SESSION_TOKEN_HEADER, self.inner.token.expose())
             .header(header::ACCEPT, "text/event-stream")
             .send()

@@ -1,5 +1,8 @@
 //! Client-side token buckets that keep the operator under Coder's per-user, per-endpoint rate
 //! limit (default 512 requests/minute), and honour `Retry-After` after a 429.
+//!
+//! Coder keys its limiter by user and URL path (go-chi/httprate `KeyByEndpoint`), so the
+//! buckets here are keyed by the request path too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 pub struct RateLimiter {
     per_minute: f64,
     burst: f64,
-    buckets: Mutex<HashMap<&'static str, Bucket>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
 }
 
 #[derive(Debug)]
@@ -31,8 +34,8 @@ impl RateLimiter {
         }
     }
 
-    /// Waits until a request to `endpoint` may be sent.
-    pub async fn acquire(&self, endpoint: &'static str) {
+    /// Waits until a request to `path` may be sent.
+    pub async fn acquire(&self, endpoint: &str) {
         if self.per_minute <= 0.0 {
             return;
         }
@@ -46,9 +49,15 @@ impl RateLimiter {
     }
 
     /// Takes a token if one is available; otherwise returns how long to wait.
-    fn try_take(&self, endpoint: &'static str, now: Instant) -> Option<Duration> {
+    fn try_take(&self, endpoint: &str, now: Instant) -> Option<Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(endpoint).or_insert(Bucket {
+        if buckets.len() > 4096 {
+            // Forget idle buckets (they would be full again anyway).
+            buckets.retain(|_, b| {
+                now.duration_since(b.last) < Duration::from_secs(60) || b.blocked_until.is_some()
+            });
+        }
+        let b = buckets.entry(endpoint.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             last: now,
             blocked_until: None,
@@ -70,11 +79,11 @@ impl RateLimiter {
         }
     }
 
-    /// Blocks `endpoint` for `delay` after Coder answered 429.
-    pub fn back_off(&self, endpoint: &'static str, delay: Duration) {
+    /// Blocks `path` for `delay` after Coder answered 429.
+    pub fn back_off(&self, endpoint: &str, delay: Duration) {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(endpoint).or_insert(Bucket {
+        let b = buckets.entry(endpoint.to_owned()).or_insert(Bucket {
             tokens: 0.0,
             last: now,
             blocked_until: None,
