@@ -227,6 +227,8 @@ fn fault_spec(f: &Fault) -> FaultSpec {
         Fault::Reset => FaultSpec::Reset,
         Fault::CommitThenFail => FaultSpec::CommitThenFail,
         Fault::Slow(d) => FaultSpec::Slow(crate::scenario::DurationSpec(*d)),
+        Fault::CommitThenHang => FaultSpec::CommitThenHang,
+        Fault::RateLimited(s) => FaultSpec::RateLimited(*s),
         Fault::Times(n, inner) => FaultSpec::Times {
             n: *n,
             fault: Box::new(fault_spec(inner)),

@@ -31,6 +31,11 @@ pub enum Fault {
     CommitThenFail,
     /// Delay the request by this long, then handle it normally.
     Slow(Duration),
+    /// Run the handler (commit the change), then never answer (until the
+    /// server shuts down): a client that gives up or dies mid-request.
+    CommitThenHang,
+    /// Answer 429 with `Retry-After` of this many seconds, handler not run.
+    RateLimited(u64),
     /// Apply the inner fault to the next `n` requests only, then remove it.
     Times(u32, Box<Fault>),
 }
@@ -50,6 +55,8 @@ pub(crate) enum Action {
     Reset,
     CommitThenFail,
     Slow(Duration),
+    CommitThenHang,
+    RateLimited(u64),
 }
 
 /// Takes the action for the next request on a route and updates `Times`
@@ -80,13 +87,16 @@ fn leaf(f: &Fault) -> Action {
         Fault::Reset => Action::Reset,
         Fault::CommitThenFail => Action::CommitThenFail,
         Fault::Slow(d) => Action::Slow(*d),
+        Fault::CommitThenHang => Action::CommitThenHang,
+        Fault::RateLimited(s) => Action::RateLimited(*s),
         Fault::Times(_, inner) => leaf(inner),
     }
 }
 
 /// Serializable form of [`Fault`] used by the admin API and scenarios:
 /// `{"status": 503}`, `"hang"`, `"reset"`, `"commit_then_fail"`,
-/// `{"slow": "750ms"}`, `{"times": {"n": 2, "fault": "reset"}}`.
+/// `{"slow": "750ms"}`, `"commit_then_hang"`, `{"rate_limited": 2}`,
+/// `{"times": {"n": 2, "fault": "reset"}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultSpec {
@@ -100,6 +110,10 @@ pub enum FaultSpec {
     CommitThenFail,
     /// See [`Fault::Slow`].
     Slow(DurationSpec),
+    /// See [`Fault::CommitThenHang`].
+    CommitThenHang,
+    /// See [`Fault::RateLimited`].
+    RateLimited(u64),
     /// See [`Fault::Times`].
     Times {
         /// Number of requests affected.
@@ -117,6 +131,8 @@ impl From<FaultSpec> for Fault {
             FaultSpec::Reset => Fault::Reset,
             FaultSpec::CommitThenFail => Fault::CommitThenFail,
             FaultSpec::Slow(d) => Fault::Slow(d.0),
+            FaultSpec::CommitThenHang => Fault::CommitThenHang,
+            FaultSpec::RateLimited(s) => Fault::RateLimited(s),
             FaultSpec::Times { n, fault } => Fault::Times(n, Box::new(Fault::from(*fault))),
         }
     }
@@ -285,7 +301,7 @@ mod tests {
     #[test]
     fn spec_parses_all_forms() {
         let s: Vec<FaultSpec> = serde_json::from_str(
-            r#"[{"status":503},"hang","reset","commit_then_fail",{"slow":"750ms"},{"times":{"n":2,"fault":"reset"}}]"#,
+            r#"[{"status":503},"hang","reset","commit_then_fail",{"slow":"750ms"},{"times":{"n":2,"fault":"reset"}},"commit_then_hang",{"rate_limited":2}]"#,
         )
         .expect("valid");
         let f: Vec<Fault> = s.into_iter().map(Fault::from).collect();
@@ -298,6 +314,8 @@ mod tests {
                 Fault::CommitThenFail,
                 Fault::Slow(Duration::from_millis(750)),
                 Fault::times(2, Fault::Reset),
+                Fault::CommitThenHang,
+                Fault::RateLimited(2),
             ]
         );
     }

@@ -271,6 +271,7 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
     }
 
     let mut commit_then_fail = false;
+    let mut commit_then_hang = false;
     match action {
         None => {}
         Some(Action::Status(code)) => return with_headers(fault_response(code)),
@@ -291,6 +292,18 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
         }
         Some(Action::Slow(d)) => tokio::time::sleep(d).await,
         Some(Action::CommitThenFail) => commit_then_fail = true,
+        Some(Action::CommitThenHang) => commit_then_hang = true,
+        Some(Action::RateLimited(secs)) => {
+            let mut resp = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("You've been rate limited for sending more than {limit} requests in 1m0s."),
+                None,
+            );
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return with_headers(resp);
+        }
     }
 
     if !PUBLIC_ROUTES.contains(&route.as_str()) {
@@ -325,6 +338,16 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
     }
 
     let resp = next.run(req).await;
+    if commit_then_hang {
+        drop(resp);
+        let mut rx = app.shutdown.clone();
+        let _ = rx.wait_for(|v| *v).await;
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "coder-sim is shutting down.",
+            None,
+        );
+    }
     if commit_then_fail {
         return with_headers(error(
             StatusCode::INTERNAL_SERVER_ERROR,
