@@ -296,7 +296,9 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
         Some(Action::RateLimited(secs)) => {
             let mut resp = error(
                 StatusCode::TOO_MANY_REQUESTS,
-                &format!("You've been rate limited for sending more than {limit} requests in 1m0s."),
+                &format!(
+                    "You've been rate limited for sending more than {limit} requests in 1m0s."
+                ),
                 None,
             );
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

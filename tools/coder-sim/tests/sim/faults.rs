@@ -117,13 +117,20 @@ async fn commit_then_hang_creates_the_build_and_never_answers() {
     sim.set_fault(POST_BUILDS, Fault::times(1, Fault::CommitThenHang));
     let api = Api::new(&srv, Some(&alice.token));
     let res = api
-        .req(reqwest::Method::POST, &format!("/api/v2/workspaces/{ws}/builds"))
+        .req(
+            reqwest::Method::POST,
+            &format!("/api/v2/workspaces/{ws}/builds"),
+        )
         .json(&serde_json::json!({"transition": "start"}))
         .timeout(Duration::from_millis(500))
         .send()
         .await;
     assert!(res.expect_err("must time out").is_timeout());
-    assert_eq!(sim.builds_posted(ws), 1, "the build was committed before the hang");
+    assert_eq!(
+        sim.builds_posted(ws),
+        1,
+        "the build was committed before the hang"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +138,10 @@ async fn rate_limited_sets_retry_after() {
     let srv = server().await;
     let sim = srv.sim();
     let alice = sim.add_user("alice");
-    sim.set_fault("GET /api/v2/users/me", Fault::times(1, Fault::RateLimited(2)));
+    sim.set_fault(
+        "GET /api/v2/users/me",
+        Fault::times(1, Fault::RateLimited(2)),
+    );
     let api = Api::new(&srv, Some(&alice.token));
     let r = api.get("/api/v2/users/me").await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
