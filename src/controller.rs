@@ -412,7 +412,25 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
         None => None,
     };
 
-    let (obs, key) = observe(ctx, &conn, wsr, &prev, true).await;
+    let (mut obs, key) = observe(ctx, &conn, wsr, &prev, true).await;
+    // First pass: the workspace was unknown until now. Take its lock and re-read the shared
+    // cache, where a request that held the lock may have recorded a build it just started.
+    let late_lock = match (&lock, &key) {
+        (None, Some(k)) => Some((k, ctx.watches.workspace_lock(k))),
+        _ => None,
+    };
+    let _late_guard = match &late_lock {
+        Some((_, l)) => Some(l.lock().await),
+        None => None,
+    };
+    if let (Some((k, _)), Observation::Workspace { chat_owner, .. }) = (&late_lock, &obs)
+        && let Some(ws) = ctx.watches.latest(k)
+    {
+        obs = Observation::Workspace {
+            chat_owner: *chat_owner,
+            workspace: Box::new(ws),
+        };
+    }
     let poll = |key: &Option<WorkspaceKey>| match key {
         Some(k) if ctx.watches.is_live(k) => ctx.settings.backstop_poll,
         _ => ctx.settings.poll,

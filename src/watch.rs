@@ -98,6 +98,12 @@ impl Watches {
         (e.live || at.elapsed() < self.fresh_for).then(|| ws.clone())
     }
 
+    /// The workspace as last seen, however old (at least as new as the caller's own read).
+    pub fn latest(&self, key: &WorkspaceKey) -> Option<Workspace> {
+        let entries = self.lock_entries();
+        entries.get(key)?.latest.as_ref().map(|(ws, _)| ws.clone())
+    }
+
     /// True while a stream delivers events for the workspace.
     pub fn is_live(&self, key: &WorkspaceKey) -> bool {
         self.lock_entries().get(key).is_some_and(|e| e.live)
