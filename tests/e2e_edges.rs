@@ -1,0 +1,533 @@
+//! End-to-end edge cases against a real kube-apiserver + etcd, coder-sim and the operator binary
+//! running as the Helm chart's ServiceAccount: ownership, credentials, Coder outages and races,
+//! API-server validation, TTL, secrecy of tokens, chat API eras, template versions, parameters.
+//! One test per behaviour.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use coder_sim::{BuildScript, ChatEra, Fault, SimConfig, Transition, UserSpec, WorkspaceSeed};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+use support::{Env, ready};
+use workspace_start_operator::crd::{Outcome, Phase, WorkspaceStartRequest};
+
+const T: Duration = Duration::from_secs(30);
+const WS_GET: &str = "GET /api/v2/workspaces/{id}";
+const BUILD_POST: &str = "POST /api/v2/workspaces/{id}/builds";
+
+fn stopped(env: &Env, owner: uuid::Uuid, name: &str) -> uuid::Uuid {
+    env.sim.sim().add_workspace(WorkspaceSeed::new(owner, name))
+}
+
+/// A condition's (status, reason).
+fn cond(w: &WorkspaceStartRequest, type_: &str) -> (String, String) {
+    w.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
+
+fn phase(w: &WorkspaceStartRequest) -> Option<Phase> {
+    w.status.as_ref().and_then(|s| s.phase)
+}
+
+/// Asserts the request failed with `reason`.
+async fn assert_failed(env: &Env, name: &str, reason: &str) -> WorkspaceStartRequest {
+    let w = env.wait_terminal(name, T).await;
+    assert_eq!(phase(&w), Some(Phase::Failed), "{name}: {:?}", w.status);
+    assert_eq!(ready(&w), ("False".into(), reason.into()), "{name}");
+    assert_eq!(cond(&w, "Stalled"), ("True".into(), reason.into()), "{name}");
+    w
+}
+
+/// Polls `pred` until it holds (panics after `timeout`).
+async fn eventually(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates a Secret in the test namespace from string data.
+async fn secret(env: &Env, name: &str, data: &[(&str, &str)]) {
+    let data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let s: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": env.ns},
+        "stringData": data,
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(env.admin.clone(), &env.ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_mismatch_fails_and_starts_nothing() {
+    let mut env = Env::new("e2e-owner").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let bob = sim.add_user("bob");
+    let ws = stopped(&env, env.alice.id, "mine");
+    let chat = sim.add_chat(env.alice.id, Some(ws));
+    env.create(
+        "by-id",
+        json!({"workspace": {"id": ws.to_string()}, "ownerId": bob.id.to_string()}),
+    )
+    .await;
+    env.create(
+        "by-chat",
+        json!({"chatId": chat.to_string(), "ownerId": bob.id.to_string()}),
+    )
+    .await;
+    for name in ["by-id", "by-chat"] {
+        assert_failed(&env, name, "OwnerMismatch").await;
+    }
+    // The matching owner is accepted (the guard is not simply always failing).
+    env.create(
+        "match",
+        json!({"chatId": chat.to_string(), "ownerId": env.alice.id.to_string()}),
+    )
+    .await;
+    let w = env.wait_terminal("match", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert_eq!(sim.builds_created(ws), 1, "only the matching request started a build");
+    let evs = env.events("by-id").await;
+    assert!(evs.iter().any(|e| e.0 == "Warning" && e.1 == "OwnerMismatch"), "{evs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_coder_token_fails_unauthorized() {
+    let mut env = Env::new("e2e-badtoken").await;
+    std::fs::write(env.token_file(), "not-a-valid-coder-token\n").expect("token file");
+    env.start_operator(&[]).await;
+    let ws = stopped(&env, env.alice.id, "dev");
+    env.create_for_workspace("u", ws).await;
+    assert_failed(&env, "u", "CoderUnauthorized").await;
+    assert_eq!(env.sim.sim().builds_created(ws), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_the_token_cannot_see_fails() {
+    let mut env = Env::new("e2e-hidden").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let bob = sim.add_user("bob");
+    let ws = stopped(&env, bob.id, "bobs-box");
+    env.create_for_workspace("by-id", ws).await;
+    env.create("by-name", json!({"workspace": {"owner": "bob", "name": "bobs-box"}}))
+        .await;
+    for name in ["by-id", "by-name"] {
+        assert_failed(&env, name, "WorkspaceDeleted").await;
+    }
+    assert_eq!(sim.builds_created(ws), 0, "nothing started");
+    assert_eq!(sim.count(BUILD_POST), 0, "no start build was even requested");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coder_down_then_back_recovers() {
+    let mut env = Env::new("e2e-down").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let ws = stopped(&env, env.alice.id, "flaky");
+    sim.set_fault(WS_GET, Fault::Status(503));
+    env.create_for_workspace("d", ws).await;
+    let w = env
+        .wait_for("d", T, |w| cond(w, "Reconciling") == ("True".into(), "CoderUnavailable".into()))
+        .await;
+    assert_ne!(phase(&w), Some(Phase::Failed));
+    assert_eq!(ready(&w), ("False".into(), "CoderUnavailable".into()));
+    assert_eq!(cond(&w, "Stalled").0, "False");
+    assert_eq!(sim.builds_created(ws), 0);
+    let evs = env.events("d").await;
+    assert!(evs.iter().any(|e| e.0 == "Warning" && e.1 == "CoderUnavailable"), "{evs:?}");
+
+    sim.clear_faults();
+    let w = env.wait_terminal("d", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert_eq!(cond(&w, "Reconciling").0, "False");
+    assert_eq!(sim.builds_created(ws), 1, "exactly one build");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_on_start_joins_the_active_build() {
+    let mut env = Env::new("e2e-409").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+
+    // A real race: our POST is in flight when someone else starts a build, so Coder answers
+    // 409 "A workspace build is already active." and the operator joins that build.
+    let raced = stopped(&env, env.alice.id, "raced");
+    sim.set_fault(BUILD_POST, Fault::times(1, Fault::Slow(Duration::from_millis(1500))));
+    env.create_for_workspace("race", raced).await;
+    eventually("the start build POST", T, || sim.count(BUILD_POST) >= 1).await;
+    sim.script_next_build(
+        raced,
+        BuildScript::default().with_job(Duration::from_secs(2), Duration::from_secs(1)),
+    );
+    sim.start_build(raced, Transition::Start);
+    let w = env.wait_terminal("race", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert_eq!(w.status.as_ref().and_then(|s| s.outcome), Some(Outcome::InProgress));
+    assert_eq!(sim.builds_created(raced), 1, "joined the other build");
+    assert_eq!(sim.builds_posted(raced), 0, "the operator's POST created nothing");
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.build.as_ref()).map(|b| b.id.clone()),
+        sim.latest_build_id(raced).map(|b| b.to_string())
+    );
+
+    // A bare 409 whose build is already gone: the re-read finds the workspace stopped and the
+    // operator starts it once.
+    sim.clear_faults();
+    let bare = stopped(&env, env.alice.id, "bare");
+    sim.set_fault(BUILD_POST, Fault::times(1, Fault::Status(409)));
+    env.create_for_workspace("bare", bare).await;
+    let w = env.wait_terminal("bare", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert_eq!(sim.builds_created(bare), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_for_one_workspace_share_one_build() {
+    let mut env = Env::new("e2e-many").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let ws = stopped(&env, env.alice.id, "shared");
+    let names: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    for n in &names {
+        env.create_for_workspace(n, ws).await;
+    }
+    for n in &names {
+        let w = env.wait_terminal(n, T).await;
+        assert_eq!(ready(&w), ("True".into(), "Ready".into()), "{n}");
+    }
+    assert_eq!(sim.builds_created(ws), 1, "one build shared by all requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_rejected_with_clear_messages() {
+    let env = Env::new("e2e-invalid").await;
+    let wsr = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: coder.com/v1alpha1\nkind: WorkspaceStartRequest\nmetadata:\n  name: {name}\nspec:\n{spec}"
+        )
+    };
+    let uuid = "9d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11";
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "neither",
+            "  agentName: main\n".to_owned(),
+            &["exactly one of spec.chatId or spec.workspace must be set"],
+        ),
+        (
+            "both",
+            format!("  chatId: {uuid}\n  workspace:\n    id: {uuid}\n"),
+            &["exactly one of spec.chatId or spec.workspace must be set"],
+        ),
+        (
+            "bad-uuid",
+            "  chatId: not-a-uuid\n".to_owned(),
+            &["spec.chatId", "chatId must be a UUID"],
+        ),
+        (
+            "owner-only",
+            "  workspace:\n    owner: alice\n".to_owned(),
+            &["spec.workspace", "workspace needs either id, or both owner and name"],
+        ),
+        (
+            "bad-timeout",
+            format!("  chatId: {uuid}\n  timeouts:\n    build: ten minutes\n"),
+            &["spec.timeouts.build", "should match"],
+        ),
+        (
+            "negative-ttl",
+            format!("  chatId: {uuid}\n  ttlSecondsAfterFinished: -1\n"),
+            &["spec.ttlSecondsAfterFinished", "should be greater than or equal to 0"],
+        ),
+    ];
+    for (name, spec, fragments) in &cases {
+        let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr(name, spec)));
+        assert!(!ok, "{name}: accepted an invalid spec: {out}");
+        assert!(out.contains("is invalid"), "{name}: {out}");
+        for f in *fragments {
+            assert!(out.contains(f), "{name}: missing {f:?} in: {out}");
+        }
+        let (exists, _) = env.kubectl(&["get", "wsr", name], None);
+        assert!(!exists, "{name}: object was created");
+    }
+
+    // A valid request is accepted; changing its spec afterwards is refused.
+    let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr("edit", &format!("  chatId: {uuid}\n"))));
+    assert!(ok, "{out}");
+    let other = "1d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11";
+    let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr("edit", &format!("  chatId: {other}\n"))));
+    assert!(!ok, "spec edit accepted: {out}");
+    assert!(
+        out.contains("spec is immutable: a WorkspaceStartRequest is one-shot; create a new request instead"),
+        "{out}"
+    );
+    let w = env.wsrs().get("edit").await.expect("get");
+    assert_eq!(w.spec.chat_id.as_deref(), Some(uuid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coder_ref_secret_cases() {
+    let mut env = Env::new("e2e-coderref").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let bob = sim.add_user("bob");
+    let target = stopped(&env, bob.id, "bobs-box");
+    let untouched = stopped(&env, bob.id, "untouched");
+    let url = env.sim.url();
+    secret(&env, "no-token", &[("url", &url)]).await;
+    secret(&env, "bob-creds", &[("url", &url), ("token", &bob.token)]).await;
+
+    env.create(
+        "missing",
+        json!({"workspace": {"id": untouched.to_string()}, "coderRef": {"name": "does-not-exist"}}),
+    )
+    .await;
+    env.create(
+        "invalid",
+        json!({"workspace": {"id": untouched.to_string()}, "coderRef": {"name": "no-token"}}),
+    )
+    .await;
+    env.create(
+        "bob",
+        json!({"workspace": {"id": target.to_string()}, "coderRef": {"name": "bob-creds"}}),
+    )
+    .await;
+    assert_failed(&env, "missing", "SecretNotFound").await;
+    assert_failed(&env, "invalid", "SecretInvalid").await;
+    // alice's operator-wide token cannot see bob's workspace: Ready proves bob's credentials
+    // from the Secret were used.
+    let w = env.wait_terminal("bob", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.workspace.as_ref()).and_then(|w| w.owner_name.clone()),
+        Some("bob".into())
+    );
+    assert_eq!(sim.builds_created(target), 1);
+    assert_eq!(sim.builds_created(untouched), 0, "nothing started for the failures");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_deletes_finished_requests() {
+    let mut env = Env::new("e2e-ttl").await;
+    env.start_operator(&[]).await;
+    let ws = stopped(&env, env.alice.id, "brief");
+    env.create(
+        "ttl",
+        json!({"workspace": {"id": ws.to_string()}, "ttlSecondsAfterFinished": 1}),
+    )
+    .await;
+    // Without a TTL the request stays.
+    env.create_for_workspace("keep", ws).await;
+    let w = env.wait_phase("ttl", Phase::Ready, T).await;
+    let done = w
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.clone())
+        .expect("completionTime");
+    let deadline = Instant::now() + T;
+    while env.wsrs().get_opt("ttl").await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "request was not deleted after its TTL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone_after = jiff::Timestamp::now().duration_since(done.0);
+    assert!(
+        gone_after >= jiff::SignedDuration::from_millis(900),
+        "deleted before its TTL ({gone_after:?} after completion)"
+    );
+    env.wait_phase("keep", Phase::Ready, T).await;
+    assert!(env.wsrs().get_opt("keep").await.expect("get").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_appear_in_logs_events_or_status() {
+    let mut env = Env::new("e2e-secrecy").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let bob = sim.add_user("bob");
+    let mallory = sim.add_user_spec(UserSpec {
+        username: "mallory".into(),
+        token: Some("mallory-0123456789-suspended-token".into()),
+        ..Default::default()
+    });
+    sim.set_user_status(mallory.id, "suspended");
+    let bogus = "bogus-4f1c9e2a7b-not-a-token";
+    let url = env.sim.url();
+    secret(&env, "bob-creds", &[("url", &url), ("token", &bob.token)]).await;
+    secret(&env, "bogus-creds", &[("url", &url), ("token", bogus)]).await;
+    secret(&env, "mallory-creds", &[("url", &url), ("token", &mallory.token)]).await;
+
+    let mine = stopped(&env, env.alice.id, "mine");
+    let bobs = stopped(&env, bob.id, "bobs");
+    sim.script_next_build(mine, BuildScript::failed(None, "terraform: leaked-output"));
+    env.create_for_workspace("alice-fails", mine).await;
+    env.create(
+        "bob-ok",
+        json!({"workspace": {"id": bobs.to_string()}, "coderRef": {"name": "bob-creds"},
+               "parameters": [{"name": "password", "value": "param-value-s3cr3t"}]}),
+    )
+    .await;
+    env.create(
+        "bogus",
+        json!({"workspace": {"id": bobs.to_string()}, "coderRef": {"name": "bogus-creds"}}),
+    )
+    .await;
+    env.create(
+        "suspended",
+        json!({"workspace": {"id": bobs.to_string()}, "coderRef": {"name": "mallory-creds"}}),
+    )
+    .await;
+    assert_failed(&env, "alice-fails", "BuildFailed").await;
+    let w = env.wait_terminal("bob-ok", T).await;
+    assert_eq!(ready(&w).1, "Ready");
+    assert_failed(&env, "bogus", "CoderUnauthorized").await;
+    assert_failed(&env, "suspended", "CoderUnauthorized").await;
+
+    // The operator-wide token turns bad (rotated); the file is re-read per request.
+    let stale = "stale-7d3e5a9c1b-rotated-away";
+    std::fs::write(env.token_file(), format!("{stale}\n")).expect("token file");
+    env.create_for_workspace("stale", mine).await;
+    assert_failed(&env, "stale", "CoderUnauthorized").await;
+
+    let tokens = [
+        env.alice.token.clone(),
+        bob.token.clone(),
+        mallory.token.clone(),
+        bogus.to_owned(),
+        stale.to_owned(),
+    ];
+    // Coder tokens are `<id>-<secret>`: the secret half must not leak either.
+    let mut needles: Vec<String> = tokens.to_vec();
+    for t in &tokens {
+        if let Some((_, secret)) = t.split_once('-')
+            && secret.len() >= 16
+        {
+            needles.push(secret.to_owned());
+        }
+    }
+    needles.push("param-value-s3cr3t".into());
+    needles.push("leaked-output".into());
+
+    let logs = env.operator().logs();
+    assert!(!logs.is_empty(), "no operator log");
+    let events: Vec<Event> = Api::<Event>::namespaced(env.admin.clone(), &env.ns)
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items;
+    assert!(!events.is_empty());
+    let notes: String = events
+        .iter()
+        .map(|e| format!("{} {}\n", e.reason.clone().unwrap_or_default(), e.note.clone().unwrap_or_default()))
+        .collect();
+    let statuses: String = env
+        .wsrs()
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|w| serde_json::to_string(&w.status).expect("json"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let metrics = env.operator().metrics().await;
+    assert!(!metrics.is_empty(), "no /metrics");
+    for (what, text) in [("log", &logs), ("events", &notes), ("status", &statuses), ("metrics", &metrics)] {
+        for n in &needles {
+            assert!(!text.contains(n.as_str()), "{what} contains secret {n:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experimental_chat_path_and_wrapped_shape_work() {
+    for (era, route) in [
+        (ChatEra::Experimental, "GET /api/experimental/chats/{id}"),
+        (ChatEra::ExperimentalWrapped, "GET /api/experimental/chats/{id}"),
+    ] {
+        let mut env = Env::with_sim(
+            "e2e-era",
+            SimConfig {
+                chat_era: era,
+                ..Default::default()
+            },
+        )
+        .await;
+        env.start_operator(&[]).await;
+        let sim = env.sim.sim();
+        let ws = stopped(&env, env.alice.id, "dev");
+        let chat = sim.add_chat(env.alice.id, Some(ws));
+        env.create("c", json!({"chatId": chat.to_string()})).await;
+        let w = env.wait_terminal("c", T).await;
+        assert_eq!(ready(&w), ("True".into(), "Ready".into()), "{era:?}");
+        assert_eq!(
+            w.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone()),
+            Some(ws.to_string()),
+            "{era:?}"
+        );
+        assert!(sim.count(route) >= 1, "{era:?}: {:?}", sim.counters());
+        assert_eq!(sim.builds_created(ws), 1, "{era:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_requiring_active_version_is_started_on_it() {
+    let mut env = Env::new("e2e-tplver").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "outdated").require_active_version(true));
+    let before = sim.workspace_json(ws);
+    assert_eq!(before["outdated"], json!(true), "seed is outdated: {before}");
+    let active = before["template_active_version_id"].clone();
+    assert_ne!(before["latest_build"]["template_version_id"], active);
+
+    env.create_for_workspace("v", ws).await;
+    let w = env.wait_terminal("v", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    let after = sim.workspace_json(ws);
+    assert_eq!(after["latest_build"]["transition"], json!("start"));
+    assert_eq!(after["latest_build"]["template_version_id"], active, "{after}");
+    assert_eq!(after["outdated"], json!(false));
+    assert_eq!(sim.builds_created(ws), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_are_passed_to_the_build() {
+    let mut env = Env::new("e2e-params").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let ws = stopped(&env, env.alice.id, "param");
+    env.create(
+        "p",
+        json!({"workspace": {"id": ws.to_string()},
+               "parameters": [{"name": "region", "value": "eu-west"}, {"name": "cpus", "value": "4"}]}),
+    )
+    .await;
+    let w = env.wait_terminal("p", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    let build = sim.latest_build_id(ws).expect("a build");
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.build.as_ref()).map(|b| b.id.clone()),
+        Some(build.to_string())
+    );
+    assert_eq!(
+        sim.build_parameters(build),
+        vec![("region".to_owned(), "eu-west".to_owned()), ("cpus".to_owned(), "4".to_owned())]
+    );
+}
