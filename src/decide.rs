@@ -392,9 +392,16 @@ fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace
             next.st.build = Some(build_info(lb));
             if lb.transition == Transition::Start {
                 next.st.outcome = Some(Outcome::Queued);
-            } else {
-                // Someone else's stop/delete build came first: our request did not land.
+            } else if lb.build_number == base + 1 {
+                // Someone else's stop/delete build took the next number: ours did not land.
                 next.st.build_requested_at = None;
+            } else {
+                // Several builds since: ours may have landed and been stopped. Never POST a
+                // second start build on a maybe.
+                return next.fail(
+                    reasons::BUILD_SUPERSEDED,
+                    "another build (stop or delete) replaced the start build",
+                );
             }
         }
     } else if next.st.outcome.is_some() && followed_id.as_deref() != Some(lb_id.as_str()) {

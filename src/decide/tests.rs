@@ -313,6 +313,11 @@ fn every_branch() {
             .status(requested_after(1)),
         case("stop_build_won_race_waits", seen(build(2, T::Stop, J::Running, vec![])), Starting, reasons::WAITING_FOR_STOP, Requeue)
             .status(requested_after(1)),
+        case("stop_build_won_race_then_starts", seen(build(2, T::Stop, J::Succeeded, vec![])), Starting, reasons::START_REQUESTED, Start)
+            .status(requested_after(1)),
+        // Result lost and two builds since (ours may be the first): never POST on a maybe.
+        case("lost_post_then_stopped_fails", seen(build(3, T::Stop, J::Succeeded, vec![])), Failed, reasons::BUILD_SUPERSEDED, Finish)
+            .status(requested_after(1)),
         // Agents.
         case("agent_connecting_waits", with_agents(vec![agent("main", "connecting", "created")]), WaitingForAgent, reasons::WAITING_FOR_AGENT, Requeue),
         case("agent_starting_waits", with_agents(vec![agent("main", "connected", "starting")]), WaitingForAgent, reasons::WAITING_FOR_AGENT, Requeue),

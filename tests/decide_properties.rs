@@ -1,0 +1,537 @@
+//! Property test for the pure state machine: random Coder histories (job status × transition ×
+//! agent lifecycle × unavailability × lost POST results) are fed through `decide` the way the
+//! controller does (carry the status forward, write it before the POST, simulate the POST's
+//! fate), and three promises are checked:
+//!
+//! (a) never two start builds created by the operator for one request, unless the first POST
+//!     provably did not land;
+//! (b) the request ends Ready or Failed no later than its deadline from `spec.timeouts` plus one
+//!     step (every `decide` call at or after the deadline is terminal);
+//! (c) once terminal, the status never changes.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use proptest::prelude::*;
+use uuid::Uuid;
+use workspace_start_operator::coder::types::{
+    Agent, JobStatus, ProvisionerJob, Resource, Transition, Workspace, WorkspaceBuild,
+};
+use workspace_start_operator::crd::{
+    BuildInfo, Outcome, Phase, Timeouts, WorkspaceSelector, WorkspaceStartRequestSpec,
+    WorkspaceStartRequestStatus,
+};
+use workspace_start_operator::decide::{Action, Input, Observation, decide};
+
+const WS: u128 = 0xe3f4_0000_0000_4000_8000_0000_0000_0001;
+const OWNER: u128 = 0x51aa_0000_0000_4000_8000_0000_0000_0002;
+/// The longest step between two reconciles (also the longest simulated backoff).
+const MAX_STEP_MS: u64 = 5_000;
+const POLL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome3 {
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Final {
+    Ready,
+    StartError,
+    StartTimeout,
+}
+
+/// How one build behaves over time (all durations in ms).
+#[derive(Debug, Clone)]
+struct Script {
+    pending: i64,
+    running: i64,
+    outcome: Outcome3,
+    /// `None`: the build has no agent.
+    agent: Option<(i64, i64, Final)>,
+}
+
+#[derive(Debug, Clone)]
+struct SimBuild {
+    number: i64,
+    transition: Transition,
+    created: i64,
+    script: Script,
+}
+
+impl SimBuild {
+    fn job(&self, now: i64) -> JobStatus {
+        let t = now - self.created;
+        if t < self.script.pending {
+            JobStatus::Pending
+        } else if t < self.script.pending + self.script.running {
+            if self.script.outcome == Outcome3::Canceled && t >= self.script.pending + self.script.running / 2 {
+                JobStatus::Canceling
+            } else {
+                JobStatus::Running
+            }
+        } else {
+            match self.script.outcome {
+                Outcome3::Succeeded => JobStatus::Succeeded,
+                Outcome3::Failed => JobStatus::Failed,
+                Outcome3::Canceled => JobStatus::Canceled,
+            }
+        }
+    }
+
+    fn to_coder(&self, now: i64) -> WorkspaceBuild {
+        let job = self.job(now);
+        let mut agents = Vec::new();
+        if self.transition == Transition::Start
+            && job == JobStatus::Succeeded
+            && let Some((connect, ready, fin)) = self.script.agent
+        {
+            let since = now - (self.created + self.script.pending + self.script.running);
+            let (status, lifecycle) = if since < connect {
+                ("connecting", "created")
+            } else if since < connect + ready {
+                ("connected", "starting")
+            } else {
+                (
+                    "connected",
+                    match fin {
+                        Final::Ready => "ready",
+                        Final::StartError => "start_error",
+                        Final::StartTimeout => "start_timeout",
+                    },
+                )
+            };
+            agents.push(Agent {
+                id: Uuid::from_u128(0xa000 + self.number as u128),
+                name: "main".into(),
+                parent_id: None,
+                status: status.into(),
+                lifecycle_state: lifecycle.into(),
+                ready_at: None,
+            });
+        }
+        WorkspaceBuild {
+            id: Uuid::from_u128(0xb000 + self.number as u128),
+            build_number: self.number,
+            transition: self.transition,
+            status: String::new(),
+            template_version_id: None,
+            created_at: None,
+            job: ProvisionerJob {
+                id: Uuid::from_u128(0xf000 + self.number as u128),
+                status: job,
+                error_code: (self.script.outcome == Outcome3::Failed).then(|| "SOME_CODE".into()),
+                completed_at: None,
+            },
+            resources: vec![Resource { agents }],
+        }
+    }
+}
+
+/// What happens to one start build POST.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Post {
+    /// 201: the controller records the build.
+    Landed,
+    /// The build was created but the answer was lost (commit-then-fail 500, timeout, crash).
+    LostAfterCommit,
+    /// The request never reached Coder (connection refused, reset before commit, crash).
+    LostBeforeCommit,
+    /// The build was created, the answer lost, and then someone else stopped the workspace
+    /// before the operator looked again.
+    LostThenStopped,
+    /// 409: someone else's start build became active between our read and our POST.
+    Conflict,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    dt_ms: u64,
+    unavailable: bool,
+    post: Post,
+}
+
+#[derive(Debug, Clone)]
+enum Initial {
+    Stopped,
+    Running(Script),
+    FailedStart,
+    /// A stop build that started this long ago.
+    ActiveStop(Script, i64),
+    /// Someone else's start build that started this long ago.
+    ActiveStart(Script, i64),
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    build_timeout_s: u64,
+    agent_timeout_s: u64,
+    initial: Initial,
+    scripts: Vec<Script>,
+    steps: Vec<Step>,
+}
+
+fn script() -> impl Strategy<Value = Script> {
+    let outcome = prop_oneof![
+        6 => Just(Outcome3::Succeeded),
+        1 => Just(Outcome3::Failed),
+        1 => Just(Outcome3::Canceled),
+    ];
+    let fin = prop_oneof![
+        6 => Just(Final::Ready),
+        1 => Just(Final::StartError),
+        1 => Just(Final::StartTimeout),
+    ];
+    let agent = prop_oneof![
+        1 => Just(None),
+        8 => (0i64..20_000, 0i64..30_000, fin).prop_map(Some),
+        // An agent that never connects (within any timeout we use).
+        1 => Just(Some((10_000_000, 0, Final::Ready))),
+    ];
+    (0i64..20_000, 0i64..60_000, outcome, agent).prop_map(|(pending, running, outcome, agent)| Script {
+        pending,
+        running,
+        outcome,
+        agent,
+    })
+}
+
+fn post() -> impl Strategy<Value = Post> {
+    prop_oneof![
+        5 => Just(Post::Landed),
+        2 => Just(Post::LostAfterCommit),
+        2 => Just(Post::LostBeforeCommit),
+        1 => Just(Post::LostThenStopped),
+        1 => Just(Post::Conflict),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (100u64..MAX_STEP_MS, prop::bool::weighted(0.2), post()).prop_map(|(dt_ms, unavailable, post)| Step {
+        dt_ms,
+        unavailable,
+        post,
+    })
+}
+
+fn initial() -> impl Strategy<Value = Initial> {
+    prop_oneof![
+        3 => Just(Initial::Stopped),
+        1 => script().prop_map(Initial::Running),
+        1 => Just(Initial::FailedStart),
+        1 => (script(), 0i64..30_000).prop_map(|(s, a)| Initial::ActiveStop(s, a)),
+        1 => (script(), 0i64..30_000).prop_map(|(s, a)| Initial::ActiveStart(s, a)),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        prop_oneof![Just(30u64), Just(60), Just(120), Just(600)],
+        prop_oneof![Just(30u64), Just(60), Just(120), Just(600)],
+        initial(),
+        prop::collection::vec(script(), 4),
+        prop::collection::vec(step(), 1..120),
+    )
+        .prop_map(|(b, a, initial, scripts, steps)| Case {
+            build_timeout_s: b,
+            agent_timeout_s: a,
+            initial,
+            scripts,
+            steps,
+        })
+}
+
+fn done(ms: i64) -> Script {
+    Script {
+        pending: 0,
+        running: ms,
+        outcome: Outcome3::Succeeded,
+        agent: Some((0, 0, Final::Ready)),
+    }
+}
+
+struct World {
+    builds: Vec<SimBuild>,
+    scripts: std::vec::IntoIter<Script>,
+    /// Builds created by the operator's POSTs (landed, whether or not it learnt the result).
+    operator_builds: usize,
+}
+
+impl World {
+    fn new(initial: &Initial, scripts: Vec<Script>) -> World {
+        let past = -3_600_000;
+        let first = match initial {
+            // The running workspace's agent may still be starting, or have failed.
+            Initial::Running(s) => Script {
+                outcome: Outcome3::Succeeded,
+                ..s.clone()
+            },
+            _ => done(1000),
+        };
+        let created = match initial {
+            Initial::Running(s) => -(s.pending + s.running + 5_000),
+            _ => past,
+        };
+        let mut builds = vec![SimBuild {
+            number: 1,
+            transition: Transition::Start,
+            created,
+            script: first,
+        }];
+        let mut push = |transition, created, script| {
+            let number = builds.len() as i64 + 1;
+            builds.push(SimBuild {
+                number,
+                transition,
+                created,
+                script,
+            });
+        };
+        match initial {
+            Initial::Stopped => push(Transition::Stop, past, done(1000)),
+            Initial::Running(_) => {}
+            Initial::FailedStart => push(
+                Transition::Start,
+                past,
+                Script {
+                    outcome: Outcome3::Failed,
+                    ..done(1000)
+                },
+            ),
+            Initial::ActiveStop(s, age) => push(
+                Transition::Stop,
+                -age,
+                Script {
+                    outcome: Outcome3::Succeeded,
+                    ..s.clone()
+                },
+            ),
+            Initial::ActiveStart(s, age) => push(Transition::Start, -age, s.clone()),
+        }
+        World {
+            builds,
+            scripts: scripts.into_iter(),
+            operator_builds: 0,
+        }
+    }
+
+    fn latest(&self) -> &SimBuild {
+        self.builds.last().expect("history")
+    }
+
+    fn active(&self, now: i64) -> bool {
+        self.latest().job(now).is_active()
+    }
+
+    fn create(&mut self, transition: Transition, now: i64) -> WorkspaceBuild {
+        let script = self.scripts.next().unwrap_or_else(|| done(1000));
+        let b = SimBuild {
+            number: self.latest().number + 1,
+            transition,
+            created: now,
+            script,
+        };
+        let wb = b.to_coder(now);
+        self.builds.push(b);
+        wb
+    }
+
+    fn observe(&self, now: i64) -> Observation {
+        Observation::Workspace {
+            chat_owner: None,
+            workspace: Box::new(Workspace {
+                id: Uuid::from_u128(WS),
+                name: "dev".into(),
+                owner_id: Uuid::from_u128(OWNER),
+                owner_name: "alice".into(),
+                template_active_version_id: None,
+                template_require_active_version: false,
+                dormant_at: None,
+                latest_build: self.latest().to_coder(now),
+            }),
+        }
+    }
+}
+
+fn ts(t0: Timestamp, ms: i64) -> Timestamp {
+    t0.checked_add(SignedDuration::from_millis(ms)).expect("time")
+}
+
+fn build_info(b: &WorkspaceBuild) -> BuildInfo {
+    BuildInfo {
+        id: b.id.to_string(),
+        number: b.build_number,
+        transition: b.transition.as_str().to_owned(),
+        job_status: b.job.status.as_str().to_owned(),
+        error_code: b.job.error_code.clone(),
+    }
+}
+
+/// Totals over all generated cases, printed once.
+static STATS: std::sync::Mutex<[u64; 6]> = std::sync::Mutex::new([0; 6]);
+
+fn run(case: &Case) -> Result<(), TestCaseError> {
+    let t0 = Timestamp::from_second(1_780_000_000).expect("t0");
+    let spec = WorkspaceStartRequestSpec {
+        workspace: Some(WorkspaceSelector {
+            id: Some(Uuid::from_u128(WS).to_string()),
+            ..Default::default()
+        }),
+        timeouts: Some(Timeouts {
+            build: Some(format!("{}s", case.build_timeout_s)),
+            agent: Some(format!("{}s", case.agent_timeout_s)),
+        }),
+        ..Default::default()
+    };
+    let mut world = World::new(&case.initial, case.scripts.clone());
+    let mut status = WorkspaceStartRequestStatus::default();
+    let mut now: i64 = 0;
+    // Deadline: build timeout, then agent timeout (measured from when the build was seen to
+    // succeed, which is before the build deadline plus one step), plus one step.
+    let deadline =
+        (case.build_timeout_s + case.agent_timeout_s) as i64 * 1000 + 2 * MAX_STEP_MS as i64;
+    let mut posts = 0u64;
+    let mut lost_posts = 0u64;
+    let mut unavailable = 0u64;
+    let mut first_landed_post: Option<i64> = None;
+    let mut terminal_at = None;
+    // Generated steps first, then a calm tail (Coder available, POSTs land) until terminal.
+    let calm = Step {
+        dt_ms: MAX_STEP_MS,
+        unavailable: false,
+        post: Post::Landed,
+    };
+    for i in 0..10_000usize {
+        let step = case.steps.get(i).unwrap_or(&calm);
+        let obs = if step.unavailable {
+            unavailable += 1;
+            Observation::CoderUnavailable
+        } else {
+            world.observe(now)
+        };
+        let input = Input {
+            spec: &spec,
+            generation: Some(1),
+            status: &status,
+            observation: obs,
+            now: ts(t0, now),
+            poll: POLL,
+        };
+        let d = decide(&input);
+        if let Some(at) = terminal_at {
+            // (c) terminal is forever.
+            prop_assert_eq!(&d.status, &status, "terminal status changed (terminal since {} ms)", at);
+            prop_assert_eq!(&d.action, &Action::Finish);
+            if i >= case.steps.len() + 3 {
+                break;
+            }
+            now += step.dt_ms as i64;
+            continue;
+        }
+        // (b) a decide call at or after the deadline ends the request.
+        if now >= deadline {
+            prop_assert!(
+                d.status.phase.is_some_and(Phase::is_terminal),
+                "not terminal at {} ms (deadline {} ms): {:?} {:?}",
+                now,
+                deadline,
+                d.status.phase,
+                d.status.message
+            );
+        }
+        let mut next_in = step.dt_ms;
+        match &d.action {
+            Action::StartBuild { .. } => {
+                // The controller writes status (with buildRequestedAt) before the POST.
+                prop_assert!(d.status.build_requested_at.is_some(), "POST without buildRequestedAt");
+                prop_assert!(!world.active(now), "start decided while a build is active");
+                // (a) never a second landed POST.
+                prop_assert!(
+                    first_landed_post.is_none(),
+                    "second start build POST at {} ms; the first one landed at {:?} ms",
+                    now,
+                    first_landed_post
+                );
+                posts += 1;
+                status = d.status.clone();
+                match step.post {
+                    Post::Landed => {
+                        let b = world.create(Transition::Start, now);
+                        world.operator_builds += 1;
+                        first_landed_post = Some(now);
+                        status.build = Some(build_info(&b));
+                        status.outcome = Some(Outcome::Queued);
+                    }
+                    Post::LostAfterCommit => {
+                        world.create(Transition::Start, now);
+                        world.operator_builds += 1;
+                        first_landed_post = Some(now);
+                        lost_posts += 1;
+                    }
+                    Post::LostBeforeCommit => lost_posts += 1,
+                    Post::LostThenStopped => {
+                        world.create(Transition::Start, now);
+                        world.operator_builds += 1;
+                        first_landed_post = Some(now);
+                        lost_posts += 1;
+                        world.create(Transition::Stop, now + 1);
+                    }
+                    Post::Conflict => {
+                        // Someone else's start build won the race; the controller clears
+                        // buildRequestedAt and joins it on the next read.
+                        world.create(Transition::Start, now);
+                        status.build_requested_at = None;
+                    }
+                }
+            }
+            Action::Requeue(r) => {
+                prop_assert!(*r <= POLL.max(Duration::from_millis(100)), "requeue {:?} beyond poll", r);
+                next_in = next_in.min(r.as_millis() as u64);
+                status = d.status.clone();
+            }
+            Action::Retry => status = d.status.clone(),
+            Action::Finish => {
+                prop_assert!(d.status.phase.is_some_and(Phase::is_terminal), "Finish without terminal phase");
+                status = d.status.clone();
+                terminal_at = Some(now);
+            }
+        }
+        now += next_in as i64;
+    }
+    let Some(end) = terminal_at else {
+        return Err(TestCaseError::fail(format!("never terminal; status {status:?}")));
+    };
+    prop_assert!(end <= deadline, "terminal at {} ms, after the deadline {} ms", end, deadline);
+    prop_assert!(world.operator_builds <= 1, "{} operator builds", world.operator_builds);
+    if status.phase == Some(Phase::Ready) {
+        let b = world.latest();
+        prop_assert_eq!(b.transition, Transition::Start);
+    }
+    let mut s = STATS.lock().unwrap_or_else(|p| p.into_inner());
+    s[0] += 1;
+    s[1] += posts;
+    s[2] += lost_posts;
+    s[3] += unavailable;
+    s[4] += u64::from(status.phase == Some(Phase::Ready));
+    s[5] += world.operator_builds.saturating_sub(1) as u64;
+    Ok(())
+}
+
+#[test]
+fn any_coder_history_ends_once_without_double_builds() {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
+    if let Err(e) = runner.run(&case(), |c| run(&c)) {
+        panic!("{e}");
+    }
+    let s = *STATS.lock().unwrap_or_else(|p| p.into_inner());
+    eprintln!(
+        "decide properties: {} histories, {} start POSTs ({} with lost result), {} unavailable reads, {} Ready, {} duplicate builds",
+        s[0], s[1], s[2], s[3], s[4], s[5]
+    );
+}
