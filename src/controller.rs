@@ -18,13 +18,13 @@ use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
 use crate::coder::CoderError;
-use crate::coder::types::{Workspace, WorkspaceBuild};
+use crate::coder::types::Workspace;
 use crate::conditions::{self, reasons, types};
 use crate::connect::{Connection, Connections, ResolveError};
 use crate::crd::{
-    BuildInfo, FIELD_MANAGER, Outcome, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus,
+    FIELD_MANAGER, Outcome, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus,
 };
-use crate::decide::{self, Action, Decision, Input, Observation};
+use crate::decide::{self, Action, Decision, Input, Observation, build_info};
 use crate::metrics::{ControllerLabels, Health, Metrics, PhaseLabels, CONTROLLER};
 use crate::watch::{WorkspaceKey, Watches};
 
@@ -166,16 +166,6 @@ fn phase_name(p: Phase) -> &'static str {
         Phase::WaitingForAgent => "WaitingForAgent",
         Phase::Ready => "Ready",
         Phase::Failed => "Failed",
-    }
-}
-
-fn build_info(b: &WorkspaceBuild) -> BuildInfo {
-    BuildInfo {
-        id: b.id.to_string(),
-        number: b.build_number,
-        transition: b.transition.as_str().to_owned(),
-        job_status: b.job.status.as_str().to_owned(),
-        error_code: b.job.error_code.clone(),
     }
 }
 

@@ -14,8 +14,15 @@ pub const FIELD_MANAGER: &str = "workspace-start-operator";
 /// CEL fragment: a lower- or upper-case hyphenated UUID.
 const UUID_RULE: &str = "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
 
+/// CEL: a positive Go-style duration. The `matches` guard short-circuits, so a malformed value
+/// is reported with this rule's message instead of a CEL "type conversion error".
+const POSITIVE_DURATION_RULE: &str =
+    "self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) > duration('0s')";
+
 /// Asks the operator to start one Coder workspace, either the workspace bound to a chat or a
 /// workspace named directly. A request is one-shot, like a Job: its spec cannot change.
+// Several printcolumn(...) entries trip clippy::duplicated_attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "coder.com",
@@ -128,12 +135,12 @@ pub struct Timeouts {
     /// Time allowed for the build, from the request's start. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeouts.build must be a positive duration such as 10m"))]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message("timeouts.build must be a positive duration such as 10m"))]
     pub build: Option<String>,
     /// Time allowed for the agent to become ready after the build succeeded. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("timeouts.agent must be a positive duration such as 10m"))]
+    #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message("timeouts.agent must be a positive duration such as 10m"))]
     pub agent: Option<String>,
 }
 

@@ -148,7 +148,8 @@ fn until(now: Timestamp, deadline: Timestamp) -> Duration {
     Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
-fn build_info(b: &WorkspaceBuild) -> BuildInfo {
+/// The status block for a Coder build (never its job's error text).
+pub fn build_info(b: &WorkspaceBuild) -> BuildInfo {
     BuildInfo {
         id: b.id.to_string(),
         number: b.build_number,
