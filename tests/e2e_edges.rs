@@ -249,7 +249,12 @@ async fn invalid_specs_are_rejected_with_clear_messages() {
         (
             "bad-timeout",
             format!("  chatId: {uuid}\n  timeouts:\n    build: ten minutes\n"),
-            &["spec.timeouts.build", "should match"],
+            &["spec.timeouts.build", "should match", "timeouts.build must be a positive duration such as 10m"],
+        ),
+        (
+            "zero-timeout",
+            format!("  chatId: {uuid}\n  timeouts:\n    agent: 0s\n"),
+            &["spec.timeouts.agent", "timeouts.agent must be a positive duration such as 10m"],
         ),
         (
             "negative-ttl",
@@ -261,6 +266,7 @@ async fn invalid_specs_are_rejected_with_clear_messages() {
         let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr(name, spec)));
         assert!(!ok, "{name}: accepted an invalid spec: {out}");
         assert!(out.contains("is invalid"), "{name}: {out}");
+        assert!(!out.contains("type conversion error"), "{name}: CEL error leaked: {out}");
         for f in *fragments {
             assert!(out.contains(f), "{name}: missing {f:?} in: {out}");
         }
@@ -269,7 +275,7 @@ async fn invalid_specs_are_rejected_with_clear_messages() {
     }
 
     // A valid request is accepted; changing its spec afterwards is refused.
-    let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr("edit", &format!("  chatId: {uuid}\n"))));
+    let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr("edit", &format!("  chatId: {uuid}\n  timeouts:\n    build: 1m30s\n    agent: 1.5h\n"))));
     assert!(ok, "{out}");
     let other = "1d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11";
     let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr("edit", &format!("  chatId: {other}\n"))));
