@@ -1,0 +1,684 @@
+//! Operability of the running operator against the real API server: `/healthz`, `/readyz` (503
+//! until the caches sync), `/metrics` (controller-runtime names, Coder call counters, phases,
+//! time to Ready; valid OpenMetrics text), JSON logs and the log level flag/env.
+
+mod opproc;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use coder_sim::WorkspaceSeed;
+use opproc::{Launch, Proc, eventually};
+use support::{Env, RELEASE, ready, render_chart};
+use workspace_start_operator::crd::Phase;
+
+const T: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------------------------
+// A small OpenMetrics / Prometheus text-format checker.
+
+/// Label pairs in exposition order.
+type Labels = Vec<(String, String)>;
+
+/// One sample: metric name, labels (in order), value.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: Labels,
+    value: f64,
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut cs = s.chars();
+    cs.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut cs = s.chars();
+    cs.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn parse_value(s: &str) -> Result<f64, String> {
+    match s {
+        "+Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        "NaN" => Ok(f64::NAN),
+        _ => s
+            .parse::<f64>()
+            .map_err(|e| format!("bad value {s:?}: {e}")),
+    }
+}
+
+/// Parses `{a="x",b="y\"z"}` at the start of `s`; returns the labels and the rest.
+fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
+    let mut rest = s.strip_prefix('{').ok_or("labels must start with {")?;
+    let mut out = Vec::new();
+    loop {
+        if let Some(r) = rest.strip_prefix('}') {
+            return Ok((out, r));
+        }
+        let eq = rest
+            .find('=')
+            .ok_or_else(|| format!("label without '=' in {s:?}"))?;
+        let name = &rest[..eq];
+        if !is_label_name(name) {
+            return Err(format!("bad label name {name:?}"));
+        }
+        let mut chars = rest[eq + 1..].char_indices();
+        if chars.next().map(|c| c.1) != Some('"') {
+            return Err(format!("label value of {name} not quoted"));
+        }
+        let mut value = String::new();
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in chars {
+            if escaped {
+                match c {
+                    '\\' | '"' => value.push(c),
+                    'n' => value.push('\n'),
+                    _ => return Err(format!("bad escape \\{c} in label {name}")),
+                }
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                end = Some(eq + 1 + i + 1);
+                break;
+            } else {
+                value.push(c);
+            }
+        }
+        let end = end.ok_or_else(|| format!("unterminated label value of {name}"))?;
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("duplicate label {name}"));
+        }
+        out.push((name.to_owned(), value));
+        rest = &rest[end..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+}
+
+/// Checks the exposition line by line and returns its samples. Rules: `# HELP`/`# TYPE`/`# UNIT`
+/// metadata before the family's samples, known types, sample names matching their family
+/// (counters `_total`/`_created`, histograms `_bucket`/`_count`/`_sum`/`_created`), valid names,
+/// labels and values, no duplicate series, histograms with cumulative buckets ending in
+/// `le="+Inf"` equal to `_count`, and exactly one trailing `# EOF`.
+fn check_exposition(text: &str) -> Result<Vec<Sample>, String> {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.last() != Some(&"# EOF") {
+        return Err("the exposition must end with # EOF".into());
+    }
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    let mut samples = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (n, line) in lines[..lines.len() - 1].iter().enumerate() {
+        let at = |e: String| format!("line {}: {e}: {line:?}", n + 1);
+        if line.is_empty() {
+            return Err(at("empty line".into()));
+        }
+        if let Some(meta) = line.strip_prefix("# ") {
+            let mut parts = meta.splitn(3, ' ');
+            let (kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            if !is_metric_name(name) {
+                return Err(at(format!("bad metric name {name:?}")));
+            }
+            match kind {
+                "HELP" | "UNIT" => {}
+                "TYPE" => {
+                    let t = parts.next().unwrap_or("");
+                    if ![
+                        "counter",
+                        "gauge",
+                        "histogram",
+                        "summary",
+                        "unknown",
+                        "info",
+                        "stateset",
+                        "gaugehistogram",
+                    ]
+                    .contains(&t)
+                    {
+                        return Err(at(format!("unknown type {t:?}")));
+                    }
+                    if types.insert(name.to_owned(), t.to_owned()).is_some() {
+                        return Err(at(format!("family {name} declared twice")));
+                    }
+                    current = Some((name.to_owned(), t.to_owned()));
+                }
+                "EOF" => return Err(at("# EOF before the end".into())),
+                _ => return Err(at(format!("unknown metadata {kind:?}"))),
+            }
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).ok_or_else(|| at("no value".into()))?;
+        let name = &line[..name_end];
+        if !is_metric_name(name) {
+            return Err(at(format!("bad metric name {name:?}")));
+        }
+        let (labels, rest) = if line[name_end..].starts_with('{') {
+            parse_labels(&line[name_end..]).map_err(at)?
+        } else {
+            (Vec::new(), &line[name_end..])
+        };
+        let rest = rest
+            .strip_prefix(' ')
+            .ok_or_else(|| at("no space before the value".into()))?;
+        // value [timestamp] [# exemplar]
+        let rest = rest.split(" # ").next().unwrap_or(rest);
+        let mut fields = rest.split(' ');
+        let value = parse_value(fields.next().unwrap_or("")).map_err(at)?;
+        if let Some(ts) = fields.next() {
+            ts.parse::<f64>()
+                .map_err(|e| at(format!("bad timestamp: {e}")))?;
+        }
+        if fields.next().is_some() {
+            return Err(at("trailing fields".into()));
+        }
+        let (family, t) = current
+            .clone()
+            .ok_or_else(|| at("sample before any # TYPE".into()))?;
+        let suffixes: &[&str] = match t.as_str() {
+            "counter" => &["_total", "_created"],
+            "histogram" | "gaugehistogram" => {
+                &["_bucket", "_count", "_sum", "_created", "_gcount", "_gsum"]
+            }
+            "summary" => &["", "_count", "_sum", "_created"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        if !suffixes.iter().any(|s| name == format!("{family}{s}")) {
+            return Err(at(format!(
+                "sample {name} does not belong to {t} family {family}"
+            )));
+        }
+        if t == "counter" && value < 0.0 {
+            return Err(at("negative counter".into()));
+        }
+        let key = format!("{name}{labels:?}");
+        if !seen.insert(key) {
+            return Err(at("duplicate series".into()));
+        }
+        samples.push(Sample {
+            name: name.to_owned(),
+            labels,
+            value,
+        });
+    }
+    // Histograms: cumulative buckets, +Inf bucket == _count.
+    for (family, t) in &types {
+        if t != "histogram" {
+            continue;
+        }
+        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for s in samples
+            .iter()
+            .filter(|s| s.name == format!("{family}_bucket"))
+        {
+            let le = s
+                .labels
+                .iter()
+                .find(|l| l.0 == "le")
+                .ok_or_else(|| format!("{family}_bucket without le"))?;
+            let rest: Vec<_> = s.labels.iter().filter(|l| l.0 != "le").collect();
+            series
+                .entry(format!("{rest:?}"))
+                .or_default()
+                .push((parse_value(&le.1)?, s.value));
+        }
+        for (ls, buckets) in series {
+            if buckets
+                .windows(2)
+                .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
+            {
+                return Err(format!(
+                    "{family}{ls}: buckets not increasing/cumulative: {buckets:?}"
+                ));
+            }
+            let inf = buckets.last().filter(|b| b.0.is_infinite()).map(|b| b.1);
+            let count = samples
+                .iter()
+                .find(|s| {
+                    s.name == format!("{family}_count")
+                        && format!("{:?}", s.labels.iter().collect::<Vec<_>>()) == ls
+                })
+                .map(|s| s.value);
+            if inf.is_none() || inf != count {
+                return Err(format!(
+                    "{family}{ls}: +Inf bucket {inf:?} != _count {count:?}"
+                ));
+            }
+        }
+    }
+    Ok(samples)
+}
+
+/// The value of the series `name` whose labels include `labels` (exactly one must match).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let m: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .collect();
+    match m.as_slice() {
+        [one] => Some(one.value),
+        [] => None,
+        many => panic!("{name}{labels:?} matches {} series: {many:?}", many.len()),
+    }
+}
+
+#[test]
+fn exposition_checker_rejects_malformed_text() {
+    let good = "# HELP x_total A counter.\n# TYPE x counter\nx_total{a=\"b\\\"c\"} 1\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_count 2\nh_sum 3.5\n# EOF\n";
+    let s = check_exposition(good).expect("valid");
+    assert_eq!(value(&s, "x_total", &[("a", "b\"c")]), Some(1.0));
+    for bad in [
+        "# TYPE x counter\nx_total 1\n",             // no EOF
+        "# TYPE x counter\nx 1\n# EOF\n",            // counter without _total
+        "x_total 1\n# EOF\n",                        // no TYPE
+        "# TYPE x counter\nx_total{a=b} 1\n# EOF\n", // unquoted label
+        "# TYPE x counter\nx_total one\n# EOF\n",    // bad value
+        "# TYPE x gauge\nx 1\nx 2\n# EOF\n",         // duplicate series
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n# EOF\n", // not cumulative
+        "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_count 3\n# EOF\n", // +Inf != count
+    ] {
+        assert!(check_exposition(bad).is_err(), "accepted: {bad:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const C: (&str, &str) = ("controller", "workspacestartrequest");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_after_a_request_is_ready() {
+    let mut env = Env::new("obs-metrics").await;
+    env.start_operator(&["--concurrency=7"]).await;
+    let addr = env.operator().metrics_addr.clone();
+    let get = |path: &'static str| {
+        let url = format!("http://{addr}{path}");
+        async move {
+            let r = reqwest::get(url).await.expect("GET");
+            let code = r.status().as_u16();
+            let ctype = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (code, ctype, r.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+
+    // Before any request: the controller's gauges and zeroed series are already exported.
+    let (code, ctype, text) = get("/metrics").await;
+    assert_eq!(code, 200);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    let s = check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        value(&s, "controller_runtime_max_concurrent_reconciles", &[C]),
+        Some(7.0),
+        "{text}"
+    );
+
+    let sim = env.sim.sim();
+    let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "dev"));
+    env.create_for_workspace("obs", ws).await;
+    let w = env.wait_phase("obs", Phase::Ready, T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+
+    // The Ready reconcile records its metrics right after writing the status: poll briefly.
+    let op = env.operator.as_ref().expect("operator");
+    let (s, text) = eventually("metrics of the finished request", T, || async {
+        let text = op.metrics().await;
+        let s = check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        // Settled: no reconcile in flight, and every finished one fully recorded.
+        let total: f64 = ["success", "error", "requeue", "requeue_after"]
+            .iter()
+            .filter_map(|r| {
+                value(
+                    &s,
+                    "controller_runtime_reconcile_total",
+                    &[C, ("result", r)],
+                )
+            })
+            .sum();
+        let ttr = value(
+            &s,
+            "workspace_start_operator_time_to_ready_seconds_count",
+            &[],
+        );
+        let done = ttr == Some(1.0)
+            && value(&s, "controller_runtime_active_workers", &[C]) == Some(0.0)
+            && value(&s, "controller_runtime_reconcile_time_seconds_count", &[C]) == Some(total);
+        done.then_some((s, text))
+    })
+    .await;
+    let v = |name: &str, labels: &[(&str, &str)]| {
+        value(&s, name, labels).unwrap_or_else(|| panic!("missing {name}{labels:?} in\n{text}"))
+    };
+
+    // controller-runtime names.
+    let success = v(
+        "controller_runtime_reconcile_total",
+        &[C, ("result", "success")],
+    );
+    assert!(success >= 1.0, "{text}");
+    let total: f64 = ["success", "error", "requeue", "requeue_after"]
+        .iter()
+        .map(|r| v("controller_runtime_reconcile_total", &[C, ("result", r)]))
+        .sum();
+    assert!(total >= 2.0, "a start takes several reconciles: {text}");
+    assert_eq!(
+        v("controller_runtime_reconcile_time_seconds_count", &[C]),
+        total,
+        "{text}"
+    );
+    assert!(
+        v(
+            "controller_runtime_reconcile_time_seconds_bucket",
+            &[C, ("le", "+Inf")]
+        ) == total
+    );
+    assert!(v("controller_runtime_reconcile_time_seconds_sum", &[C]) > 0.0);
+    assert_eq!(
+        v("controller_runtime_reconcile_errors_total", &[C]),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(v("controller_runtime_active_workers", &[C]), 0.0);
+    assert_eq!(v("controller_runtime_max_concurrent_reconciles", &[C]), 7.0);
+
+    // Coder calls by endpoint and status: exactly one start build POST, answered 201.
+    let post = ("endpoint", "/api/v2/workspaces/{id}/builds");
+    assert_eq!(
+        v(
+            "workspace_start_operator_coder_requests_total",
+            &[post, ("code", "201")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        v(
+            "workspace_start_operator_coder_requests_total",
+            &[("endpoint", "/api/v2/workspaces/{id}"), ("code", "200")]
+        ) >= 1.0
+    );
+    assert_eq!(v("workspace_start_operator_start_builds_total", &[]), 1.0);
+
+    // Requests by phase, time to Ready.
+    assert_eq!(
+        v("workspace_start_operator_requests", &[("phase", "Ready")]),
+        1.0,
+        "{text}"
+    );
+    for p in ["Pending", "Starting", "WaitingForAgent", "Failed"] {
+        assert_eq!(
+            value(&s, "workspace_start_operator_requests", &[("phase", p)]).unwrap_or(0.0),
+            0.0,
+            "{p}: {text}"
+        );
+    }
+    assert_eq!(
+        v("workspace_start_operator_time_to_ready_seconds_count", &[]),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "workspace_start_operator_time_to_ready_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        1.0
+    );
+    assert!(v("workspace_start_operator_time_to_ready_seconds_sum", &[]) < T.as_secs_f64());
+
+    // Still healthy and ready afterwards.
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+}
+
+/// `/readyz` is 503 while the WorkspaceStartRequest cache cannot sync (here: the ServiceAccount
+/// has no RBAC yet, so the initial list is Forbidden) while `/healthz` stays 200; it turns 200
+/// once the chart's Role is applied and the watcher's retry lists successfully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_until_caches_sync() {
+    let env = Env::new("obs-ready").await;
+    let plane = env.plane;
+    let ns = plane.create_namespace("obs-norbac").await.expect("ns");
+    let (_, kubeconfig) = plane
+        .service_account_client(&ns, RELEASE)
+        .await
+        .expect("SA");
+    let op = Proc::spawn(Launch {
+        kubeconfig: &kubeconfig,
+        dir: env.dir.path(),
+        args: vec![
+            format!("--namespaces={ns}"),
+            format!("--coder-url={}", env.sim.url()),
+            format!("--coder-token-file={}", env.token_file().display()),
+        ],
+        env: vec![("POD_NAMESPACE".into(), ns.clone())],
+    });
+    op.wait_status("/healthz", 200, T).await;
+    // Unready while the list is forbidden: wait for the failure in the log, then sample a while.
+    eventually("the forbidden list in the log", T, || async {
+        op.logs()
+            .contains("watching WorkspaceStartRequests failed")
+            .then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            op.get("/readyz").await.map(|r| r.0),
+            Some(503),
+            "{}",
+            op.logs()
+        );
+        assert_eq!(op.get("/healthz").await.map(|r| r.0), Some(200));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        op.get("/readyz")
+            .await
+            .is_some_and(|r| r.1.contains("not synced"))
+    );
+
+    plane
+        .apply_yaml(&render_chart(&ns, &env.sim.url(), &[]), &ns)
+        .await
+        .expect("apply chart RBAC");
+    // kube-runtime's default watcher backoff is at most 30 s between retries.
+    op.wait_status("/readyz", 200, Duration::from_secs(45))
+        .await;
+    assert_eq!(op.get("/healthz").await.map(|r| r.0), Some(200));
+}
+
+/// Parses a JSON log: one object per line, each with `level`, `message`, `timestamp`, `target`.
+fn json_lines(log: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+            let o = v
+                .as_object()
+                .unwrap_or_else(|| panic!("not an object: {l:?}"))
+                .clone();
+            for k in ["level", "message", "timestamp", "target"] {
+                assert!(o.contains_key(k), "no {k:?} in {l:?}");
+            }
+            assert!(o["message"].is_string() && o["level"].is_string(), "{l:?}");
+            o
+        })
+        .collect()
+}
+
+fn levels(lines: &[serde_json::Map<String, serde_json::Value>]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for l in lines {
+        *m.entry(l["level"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let env = Env::new("obs-json").await;
+    let mut op = Proc::spawn(Launch {
+        kubeconfig: &env.sa_kubeconfig,
+        dir: env.dir.path(),
+        args: vec![
+            format!("--namespaces={}", env.ns),
+            format!("--coder-url={}", env.sim.url()),
+            format!("--coder-token-file={}", env.token_file().display()),
+            "--poll-ms=300".into(),
+            "--log-format=json".into(),
+            "--log-level=info".into(),
+        ],
+        env: vec![("POD_NAMESPACE".into(), env.ns.clone())],
+    });
+    op.wait_status("/readyz", 200, T).await;
+    let ws = env
+        .sim
+        .sim()
+        .add_workspace(WorkspaceSeed::new(env.alice.id, "dev"));
+    env.create_for_workspace("j", ws).await;
+    env.wait_phase("j", Phase::Ready, T).await;
+    eventually("the finish log line", T, || async {
+        op.logs().contains("request finished").then_some(())
+    })
+    .await;
+    let status = op.terminate().await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "clean exit on SIGTERM: {status:?}"
+    );
+
+    let lines = json_lines(&op.logs());
+    let msgs: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
+    for m in [
+        "starting workspace-start-operator",
+        "caches synced; ready",
+        "request finished",
+        "shutdown requested",
+    ] {
+        assert!(msgs.contains(&m), "missing {m:?} in {msgs:?}");
+    }
+    // Event fields are flattened next to the message (queryable in log stores).
+    let fin = lines
+        .iter()
+        .find(|l| l["message"] == "request finished")
+        .expect("finish line");
+    assert!(
+        fin.get("request")
+            .and_then(|v| v.as_str())
+            .is_some_and(|r| r.contains('j')),
+        "{fin:?}"
+    );
+    let lv = levels(&lines);
+    assert!(
+        lv.keys()
+            .all(|l| ["INFO", "WARN", "ERROR"].contains(&l.as_str())),
+        "info level: {lv:?}"
+    );
+}
+
+/// `--log-level` and `WSO_LOG_LEVEL` (and `WSO_LOG_FORMAT`): debug lines appear only at debug,
+/// and the flag wins over the environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_from_flag_and_env() {
+    let env = Env::new("obs-level").await;
+    let base = |extra: &[&str]| {
+        let mut args = vec![
+            format!("--namespaces={}", env.ns),
+            format!("--coder-url={}", env.sim.url()),
+            format!("--coder-token-file={}", env.token_file().display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let env_vars = |level: Option<&str>| {
+        let mut v = vec![
+            ("POD_NAMESPACE".to_owned(), env.ns.clone()),
+            ("WSO_LOG_FORMAT".to_owned(), "json".to_owned()),
+        ];
+        if let Some(l) = level {
+            v.push(("WSO_LOG_LEVEL".to_owned(), l.to_owned()));
+        }
+        v
+    };
+    // No request is created: three operators on one namespace only list and watch.
+    let mut procs = vec![
+        // (name, process, expect debug lines)
+        (
+            "WSO_LOG_LEVEL=debug",
+            Proc::spawn(Launch {
+                kubeconfig: &env.sa_kubeconfig,
+                dir: env.dir.path(),
+                args: base(&[]),
+                env: env_vars(Some("debug")),
+            }),
+            true,
+        ),
+        (
+            "--log-level=debug",
+            Proc::spawn(Launch {
+                kubeconfig: &env.sa_kubeconfig,
+                dir: env.dir.path(),
+                args: base(&["--log-level=debug"]),
+                env: env_vars(None),
+            }),
+            true,
+        ),
+        (
+            "--log-level=info over WSO_LOG_LEVEL=debug",
+            Proc::spawn(Launch {
+                kubeconfig: &env.sa_kubeconfig,
+                dir: env.dir.path(),
+                args: base(&["--log-level=info"]),
+                env: env_vars(Some("debug")),
+            }),
+            false,
+        ),
+        (
+            "default level",
+            Proc::spawn(Launch {
+                kubeconfig: &env.sa_kubeconfig,
+                dir: env.dir.path(),
+                args: base(&[]),
+                env: env_vars(None),
+            }),
+            false,
+        ),
+    ];
+    for (_, p, _) in &procs {
+        p.wait_status("/readyz", 200, T).await;
+    }
+    // Give every process the same work after readiness (a few scrapes), then stop them.
+    for (_, p, _) in &procs {
+        for _ in 0..3 {
+            let _ = p.get("/metrics").await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (name, p, debug) in &mut procs {
+        p.terminate().await;
+        let lines = json_lines(&p.logs());
+        let lv = levels(&lines);
+        assert!(lv.contains_key("INFO"), "{name}: {lv:?}");
+        assert_eq!(lv.contains_key("DEBUG"), *debug, "{name}: levels {lv:?}");
+    }
+}
