@@ -172,6 +172,23 @@ impl Metrics {
             "1 while this replica is the leader",
             leader.clone(),
         );
+        // Export every series at zero from the start, as controller-runtime does, so rates and
+        // alerts (e.g. on reconcile errors) have a baseline instead of a missing series.
+        let c = ControllerLabels {
+            controller: CONTROLLER,
+        };
+        for result in ["success", "error", "requeue", "requeue_after"] {
+            let _ = reconcile_total.get_or_create(&ResultLabels {
+                controller: CONTROLLER,
+                result,
+            });
+        }
+        let _ = reconcile_errors.get_or_create(&c);
+        let _ = reconcile_time.get_or_create(&c);
+        let _ = active_workers.get_or_create(&c);
+        for phase in ["Pending", "Starting", "WaitingForAgent", "Ready", "Failed"] {
+            let _ = requests_by_phase.get_or_create(&PhaseLabels { phase });
+        }
         Metrics {
             registry,
             reconcile_total,
@@ -302,6 +319,11 @@ mod tests {
             "controller_runtime_reconcile_total{controller=\"workspacestartrequest\",result=\"success\"} 1",
             "controller_runtime_reconcile_time_seconds_bucket",
             "workspace_start_operator_coder_requests_total{endpoint=\"/api/v2/workspaces/{id}\",code=\"200\"} 1",
+            // Zero-initialized like controller-runtime.
+            "controller_runtime_reconcile_total{controller=\"workspacestartrequest\",result=\"error\"} 0",
+            "controller_runtime_reconcile_errors_total{controller=\"workspacestartrequest\"} 0",
+            "controller_runtime_active_workers{controller=\"workspacestartrequest\"} 0",
+            "workspace_start_operator_requests{phase=\"Failed\"} 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
