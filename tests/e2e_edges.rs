@@ -42,7 +42,11 @@ async fn assert_failed(env: &Env, name: &str, reason: &str) -> WorkspaceStartReq
     let w = env.wait_terminal(name, T).await;
     assert_eq!(phase(&w), Some(Phase::Failed), "{name}: {:?}", w.status);
     assert_eq!(ready(&w), ("False".into(), reason.into()), "{name}");
-    assert_eq!(cond(&w, "Stalled"), ("True".into(), reason.into()), "{name}");
+    assert_eq!(
+        cond(&w, "Stalled"),
+        ("True".into(), reason.into()),
+        "{name}"
+    );
     w
 }
 
@@ -103,9 +107,17 @@ async fn owner_mismatch_fails_and_starts_nothing() {
     .await;
     let w = env.wait_terminal("match", T).await;
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
-    assert_eq!(sim.builds_created(ws), 1, "only the matching request started a build");
+    assert_eq!(
+        sim.builds_created(ws),
+        1,
+        "only the matching request started a build"
+    );
     let evs = env.events("by-id").await;
-    assert!(evs.iter().any(|e| e.0 == "Warning" && e.1 == "OwnerMismatch"), "{evs:?}");
+    assert!(
+        evs.iter()
+            .any(|e| e.0 == "Warning" && e.1 == "OwnerMismatch"),
+        "{evs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,13 +139,20 @@ async fn workspace_the_token_cannot_see_fails() {
     let bob = sim.add_user("bob");
     let ws = stopped(&env, bob.id, "bobs-box");
     env.create_for_workspace("by-id", ws).await;
-    env.create("by-name", json!({"workspace": {"owner": "bob", "name": "bobs-box"}}))
-        .await;
+    env.create(
+        "by-name",
+        json!({"workspace": {"owner": "bob", "name": "bobs-box"}}),
+    )
+    .await;
     for name in ["by-id", "by-name"] {
         assert_failed(&env, name, "WorkspaceDeleted").await;
     }
     assert_eq!(sim.builds_created(ws), 0, "nothing started");
-    assert_eq!(sim.count(BUILD_POST), 0, "no start build was even requested");
+    assert_eq!(
+        sim.count(BUILD_POST),
+        0,
+        "no start build was even requested"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,14 +164,20 @@ async fn coder_down_then_back_recovers() {
     sim.set_fault(WS_GET, Fault::Status(503));
     env.create_for_workspace("d", ws).await;
     let w = env
-        .wait_for("d", T, |w| cond(w, "Reconciling") == ("True".into(), "CoderUnavailable".into()))
+        .wait_for("d", T, |w| {
+            cond(w, "Reconciling") == ("True".into(), "CoderUnavailable".into())
+        })
         .await;
     assert_ne!(phase(&w), Some(Phase::Failed));
     assert_eq!(ready(&w), ("False".into(), "CoderUnavailable".into()));
     assert_eq!(cond(&w, "Stalled").0, "False");
     assert_eq!(sim.builds_created(ws), 0);
     let evs = env.events("d").await;
-    assert!(evs.iter().any(|e| e.0 == "Warning" && e.1 == "CoderUnavailable"), "{evs:?}");
+    assert!(
+        evs.iter()
+            .any(|e| e.0 == "Warning" && e.1 == "CoderUnavailable"),
+        "{evs:?}"
+    );
 
     sim.clear_faults();
     let w = env.wait_terminal("d", T).await;
@@ -170,7 +195,10 @@ async fn conflict_on_start_joins_the_active_build() {
     // A real race: our POST is in flight when someone else starts a build, so Coder answers
     // 409 "A workspace build is already active." and the operator joins that build.
     let raced = stopped(&env, env.alice.id, "raced");
-    sim.set_fault(BUILD_POST, Fault::times(1, Fault::Slow(Duration::from_millis(1500))));
+    sim.set_fault(
+        BUILD_POST,
+        Fault::times(1, Fault::Slow(Duration::from_millis(1500))),
+    );
     env.create_for_workspace("race", raced).await;
     eventually("the start build POST", T, || sim.count(BUILD_POST) >= 1).await;
     sim.script_next_build(
@@ -180,11 +208,21 @@ async fn conflict_on_start_joins_the_active_build() {
     sim.start_build(raced, Transition::Start);
     let w = env.wait_terminal("race", T).await;
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
-    assert_eq!(w.status.as_ref().and_then(|s| s.outcome), Some(Outcome::InProgress));
-    assert_eq!(sim.builds_created(raced), 1, "joined the other build");
-    assert_eq!(sim.builds_posted(raced), 0, "the operator's POST created nothing");
     assert_eq!(
-        w.status.as_ref().and_then(|s| s.build.as_ref()).map(|b| b.id.clone()),
+        w.status.as_ref().and_then(|s| s.outcome),
+        Some(Outcome::InProgress)
+    );
+    assert_eq!(sim.builds_created(raced), 1, "joined the other build");
+    assert_eq!(
+        sim.builds_posted(raced),
+        0,
+        "the operator's POST created nothing"
+    );
+    assert_eq!(
+        w.status
+            .as_ref()
+            .and_then(|s| s.build.as_ref())
+            .map(|b| b.id.clone()),
         sim.latest_build_id(raced).map(|b| b.to_string())
     );
 
@@ -215,9 +253,17 @@ async fn many_requests_for_one_workspace_share_one_build() {
         assert_eq!(ready(&w), ("True".into(), "Ready".into()), "{n}");
         builds.insert(w.status.and_then(|s| s.build).map(|b| b.id));
     }
-    assert_eq!(sim.builds_created(ws), 1, "one build shared by all requests");
+    assert_eq!(
+        sim.builds_created(ws),
+        1,
+        "one build shared by all requests"
+    );
     let latest = sim.latest_build_id(ws).map(|b| b.to_string());
-    assert_eq!(builds.into_iter().collect::<Vec<_>>(), vec![latest], "every request reports that build");
+    assert_eq!(
+        builds.into_iter().collect::<Vec<_>>(),
+        vec![latest],
+        "every request reports that build"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,29 +294,45 @@ async fn invalid_specs_are_rejected_with_clear_messages() {
         (
             "owner-only",
             "  workspace:\n    owner: alice\n".to_owned(),
-            &["spec.workspace", "workspace needs either id, or both owner and name"],
+            &[
+                "spec.workspace",
+                "workspace needs either id, or both owner and name",
+            ],
         ),
         (
             "bad-timeout",
             format!("  chatId: {uuid}\n  timeouts:\n    build: ten minutes\n"),
-            &["spec.timeouts.build", "should match", "timeouts.build must be a positive duration such as 10m"],
+            &[
+                "spec.timeouts.build",
+                "should match",
+                "timeouts.build must be a positive duration such as 10m",
+            ],
         ),
         (
             "zero-timeout",
             format!("  chatId: {uuid}\n  timeouts:\n    agent: 0s\n"),
-            &["spec.timeouts.agent", "timeouts.agent must be a positive duration such as 10m"],
+            &[
+                "spec.timeouts.agent",
+                "timeouts.agent must be a positive duration such as 10m",
+            ],
         ),
         (
             "negative-ttl",
             format!("  chatId: {uuid}\n  ttlSecondsAfterFinished: -1\n"),
-            &["spec.ttlSecondsAfterFinished", "should be greater than or equal to 0"],
+            &[
+                "spec.ttlSecondsAfterFinished",
+                "should be greater than or equal to 0",
+            ],
         ),
     ];
     for (name, spec, fragments) in &cases {
         let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr(name, spec)));
         assert!(!ok, "{name}: accepted an invalid spec: {out}");
         assert!(out.contains("is invalid"), "{name}: {out}");
-        assert!(!out.contains("type conversion error"), "{name}: CEL error leaked: {out}");
+        assert!(
+            !out.contains("type conversion error"),
+            "{name}: CEL error leaked: {out}"
+        );
         for f in *fragments {
             assert!(out.contains(f), "{name}: missing {f:?} in: {out}");
         }
@@ -279,13 +341,24 @@ async fn invalid_specs_are_rejected_with_clear_messages() {
     }
 
     // A valid request is accepted; changing its spec afterwards is refused.
-    let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr("edit", &format!("  chatId: {uuid}\n  timeouts:\n    build: 1m30s\n    agent: 1.5h\n"))));
+    let (ok, out) = env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&wsr(
+            "edit",
+            &format!("  chatId: {uuid}\n  timeouts:\n    build: 1m30s\n    agent: 1.5h\n"),
+        )),
+    );
     assert!(ok, "{out}");
     let other = "1d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11";
-    let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr("edit", &format!("  chatId: {other}\n"))));
+    let (ok, out) = env.kubectl(
+        &["apply", "-f", "-"],
+        Some(&wsr("edit", &format!("  chatId: {other}\n"))),
+    );
     assert!(!ok, "spec edit accepted: {out}");
     assert!(
-        out.contains("spec is immutable: a WorkspaceStartRequest is one-shot; create a new request instead"),
+        out.contains(
+            "spec is immutable: a WorkspaceStartRequest is one-shot; create a new request instead"
+        ),
         "{out}"
     );
     let w = env.wsrs().get("edit").await.expect("get");
@@ -326,11 +399,18 @@ async fn coder_ref_secret_cases() {
     let w = env.wait_terminal("bob", T).await;
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
     assert_eq!(
-        w.status.as_ref().and_then(|s| s.workspace.as_ref()).and_then(|w| w.owner_name.clone()),
+        w.status
+            .as_ref()
+            .and_then(|s| s.workspace.as_ref())
+            .and_then(|w| w.owner_name.clone()),
         Some("bob".into())
     );
     assert_eq!(sim.builds_created(target), 1);
-    assert_eq!(sim.builds_created(untouched), 0, "nothing started for the failures");
+    assert_eq!(
+        sim.builds_created(untouched),
+        0,
+        "nothing started for the failures"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +433,10 @@ async fn ttl_deletes_finished_requests() {
         .expect("completionTime");
     let deadline = Instant::now() + T;
     while env.wsrs().get_opt("ttl").await.expect("get").is_some() {
-        assert!(Instant::now() < deadline, "request was not deleted after its TTL");
+        assert!(
+            Instant::now() < deadline,
+            "request was not deleted after its TTL"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let gone_after = jiff::Timestamp::now().duration_since(done.0);
@@ -381,7 +464,12 @@ async fn tokens_never_appear_in_logs_events_or_status() {
     let url = env.sim.url();
     secret(&env, "bob-creds", &[("url", &url), ("token", &bob.token)]).await;
     secret(&env, "bogus-creds", &[("url", &url), ("token", bogus)]).await;
-    secret(&env, "mallory-creds", &[("url", &url), ("token", &mallory.token)]).await;
+    secret(
+        &env,
+        "mallory-creds",
+        &[("url", &url), ("token", &mallory.token)],
+    )
+    .await;
 
     let mine = stopped(&env, env.alice.id, "mine");
     let bobs = stopped(&env, bob.id, "bobs");
@@ -445,7 +533,10 @@ async fn tokens_never_appear_in_logs_events_or_status() {
     needles.push("leaked-output".into());
 
     let logs = env.operator().logs();
-    assert!(logs.contains("Coder unavailable"), "the outage was not logged:\n{logs}");
+    assert!(
+        logs.contains("Coder unavailable"),
+        "the outage was not logged:\n{logs}"
+    );
     let events: Vec<Event> = Api::<Event>::namespaced(env.admin.clone(), &env.ns)
         .list(&ListParams::default())
         .await
@@ -454,7 +545,13 @@ async fn tokens_never_appear_in_logs_events_or_status() {
     assert!(!events.is_empty());
     let notes: String = events
         .iter()
-        .map(|e| format!("{} {}\n", e.reason.clone().unwrap_or_default(), e.note.clone().unwrap_or_default()))
+        .map(|e| {
+            format!(
+                "{} {}\n",
+                e.reason.clone().unwrap_or_default(),
+                e.note.clone().unwrap_or_default()
+            )
+        })
         .collect();
     let statuses: String = env
         .wsrs()
@@ -468,7 +565,12 @@ async fn tokens_never_appear_in_logs_events_or_status() {
         .join("\n");
     let metrics = env.operator().metrics().await;
     assert!(!metrics.is_empty(), "no /metrics");
-    for (what, text) in [("log", &logs), ("events", &notes), ("status", &statuses), ("metrics", &metrics)] {
+    for (what, text) in [
+        ("log", &logs),
+        ("events", &notes),
+        ("status", &statuses),
+        ("metrics", &metrics),
+    ] {
         for n in &needles {
             assert!(!text.contains(n.as_str()), "{what} contains secret {n:?}");
         }
@@ -479,7 +581,10 @@ async fn tokens_never_appear_in_logs_events_or_status() {
 async fn experimental_chat_path_and_wrapped_shape_work() {
     for (era, route) in [
         (ChatEra::Experimental, "GET /api/experimental/chats/{id}"),
-        (ChatEra::ExperimentalWrapped, "GET /api/experimental/chats/{id}"),
+        (
+            ChatEra::ExperimentalWrapped,
+            "GET /api/experimental/chats/{id}",
+        ),
     ] {
         let mut env = Env::with_sim(
             "e2e-era",
@@ -497,7 +602,10 @@ async fn experimental_chat_path_and_wrapped_shape_work() {
         let w = env.wait_terminal("c", T).await;
         assert_eq!(ready(&w), ("True".into(), "Ready".into()), "{era:?}");
         assert_eq!(
-            w.status.as_ref().and_then(|s| s.workspace.as_ref()).map(|w| w.id.clone()),
+            w.status
+                .as_ref()
+                .and_then(|s| s.workspace.as_ref())
+                .map(|w| w.id.clone()),
             Some(ws.to_string()),
             "{era:?}"
         );
@@ -511,9 +619,14 @@ async fn template_requiring_active_version_is_started_on_it() {
     let mut env = Env::new("e2e-tplver").await;
     env.start_operator(&[]).await;
     let sim = env.sim.sim();
-    let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "outdated").require_active_version(true));
+    let ws = sim
+        .add_workspace(WorkspaceSeed::new(env.alice.id, "outdated").require_active_version(true));
     let before = sim.workspace_json(ws);
-    assert_eq!(before["outdated"], json!(true), "seed is outdated: {before}");
+    assert_eq!(
+        before["outdated"],
+        json!(true),
+        "seed is outdated: {before}"
+    );
     let active = before["template_active_version_id"].clone();
     assert_ne!(before["latest_build"]["template_version_id"], active);
 
@@ -522,7 +635,10 @@ async fn template_requiring_active_version_is_started_on_it() {
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
     let after = sim.workspace_json(ws);
     assert_eq!(after["latest_build"]["transition"], json!("start"));
-    assert_eq!(after["latest_build"]["template_version_id"], active, "{after}");
+    assert_eq!(
+        after["latest_build"]["template_version_id"], active,
+        "{after}"
+    );
     assert_eq!(after["outdated"], json!(false));
     assert_eq!(sim.builds_created(ws), 1);
 }
@@ -543,11 +659,17 @@ async fn parameters_are_passed_to_the_build() {
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
     let build = sim.latest_build_id(ws).expect("a build");
     assert_eq!(
-        w.status.as_ref().and_then(|s| s.build.as_ref()).map(|b| b.id.clone()),
+        w.status
+            .as_ref()
+            .and_then(|s| s.build.as_ref())
+            .map(|b| b.id.clone()),
         Some(build.to_string())
     );
     assert_eq!(
         sim.build_parameters(build),
-        vec![("region".to_owned(), "eu-west".to_owned()), ("cpus".to_owned(), "4".to_owned())]
+        vec![
+            ("region".to_owned(), "eu-west".to_owned()),
+            ("cpus".to_owned(), "4".to_owned())
+        ]
     );
 }
