@@ -110,6 +110,9 @@ check "reject: bad log format" reject "/logging/format" "${url[@]}" --set coder.
 check "reject: non-http coder.url" reject "/coder/url" --set coder.url=coder.example.com --set coder.existingSecret=s
 check "reject: secretNamespaces outside watchNamespaces" reject "is not in watchNamespaces" "${url[@]}" \
   --set coder.existingSecret=s --set 'watchNamespaces={a}' --set 'rbac.secretNamespaces={b}'
+check "reject: ServiceMonitor interval that is not a Prometheus duration" reject "/serviceMonitor/interval" "${url[@]}" \
+  --set coder.existingSecret=s --set serviceMonitor.enabled=true --set 'serviceMonitor.interval=30 seconds'
+check "reject: concurrency beyond the CLI's u16" reject "/concurrency" "${url[@]}" --set coder.existingSecret=s --set concurrency=70000
 check "reject: ServiceMonitor without metrics Service" reject "needs metrics.service.enabled" "${url[@]}" \
   --set coder.existingSecret=s --set serviceMonitor.enabled=true --set metrics.service.enabled=false
 
