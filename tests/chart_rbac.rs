@@ -548,4 +548,35 @@ async fn every_ci_values_file_passes_server_side_dry_run() {
             assert!(out.contains("networkpolicy.networking.k8s.io/"), "{out}");
         }
     }
+
+    // The longest release name Helm allows (53 characters) still renders valid object names
+    // (a Service name is a DNS-1035 label of at most 63 characters).
+    let release = "a-very-long-release-name-for-the-coder-start-operator";
+    assert_eq!(release.len(), 53);
+    let yaml = helm_template(
+        release,
+        &rel,
+        &[
+            "--set=coder.url=https://coder.example.com".into(),
+            "--set=coder.token=x".into(),
+            "--set=serviceMonitor.enabled=true".into(),
+            "--set=networkPolicy.enabled=true".into(),
+            "--set=leaderElection.enabled=true".into(),
+            "--set=rbac.secretNamespaces={team-a}".into(),
+        ],
+    );
+    let (ok, out) = kubectl_admin(
+        plane,
+        &[
+            "apply",
+            "--dry-run=server",
+            "--validate=strict",
+            "-o",
+            "name",
+            "-f",
+            "-",
+        ],
+        Some(&yaml),
+    );
+    assert!(ok, "long release name: server dry run failed:\n{out}");
 }
