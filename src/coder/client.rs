@@ -144,6 +144,20 @@ impl CoderClient {
         &self.inner.base
     }
 
+    /// Maps a transport failure (timeout, refused, reset) to an error and counts it.
+    fn transport_error(&self, endpoint: &'static str, e: reqwest::Error) -> CoderError {
+        let err = if e.is_timeout() {
+            CoderError::Timeout { endpoint }
+        } else {
+            CoderError::Connect {
+                endpoint,
+                source: e.without_url(),
+            }
+        };
+        self.observe(endpoint, &err.status_label());
+        err
+    }
+
     fn observe(&self, endpoint: &'static str, status: &str) {
         if let Some(o) = &self.inner.observer {
             o(endpoint, status);
@@ -169,38 +183,16 @@ impl CoderClient {
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(b.to_json());
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => {
-                let err = if e.is_timeout() {
-                    CoderError::Timeout { endpoint }
-                } else {
-                    CoderError::Connect {
-                        endpoint,
-                        source: e.without_url(),
-                    }
-                };
-                self.observe(endpoint, &err.status_label());
-                return Err(err);
-            }
-        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(endpoint, e))?;
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let bytes = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                let err = if e.is_timeout() {
-                    CoderError::Timeout { endpoint }
-                } else {
-                    CoderError::Connect {
-                        endpoint,
-                        source: e.without_url(),
-                    }
-                };
-                self.observe(endpoint, &err.status_label());
-                return Err(err);
-            }
-        };
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(endpoint, e))?;
         self.observe(endpoint, status.as_str());
         if !status.is_success() {
             let err = CoderError::from_response(endpoint, status.as_u16(), retry_after, &bytes);
@@ -336,18 +328,7 @@ impl CoderClient {
             .header(header::ACCEPT, "text/event-stream")
             .send()
             .await
-            .map_err(|e| {
-                let err = if e.is_timeout() {
-                    CoderError::Timeout { endpoint: ENDPOINT }
-                } else {
-                    CoderError::Connect {
-                        endpoint: ENDPOINT,
-                        source: e.without_url(),
-                    }
-                };
-                self.observe(ENDPOINT, &err.status_label());
-                err
-            })?;
+            .map_err(|e| self.transport_error(ENDPOINT, e))?;
         let status = resp.status();
         self.observe(ENDPOINT, status.as_str());
         if !status.is_success() {
