@@ -473,6 +473,8 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
                 // Unknown whether Coder created the build (commit-then-fail, timeout): the next
                 // pass re-reads the workspace and adopts a newer build if there is one.
                 tracing::warn!(request = %oref, error = %e, "start build request failed; will re-read");
+                // A cached read from before the POST would make the next pass POST again.
+                ctx.watches.invalidate(&ws_key);
                 let delay = ctx.backoff(&oref, e.retry_after());
                 return Ok(KubeAction::requeue(delay));
             }
