@@ -33,8 +33,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Flags of `run`.
+/// Flags of `run`. A flag given twice takes its last value (wrappers can append overrides).
 #[derive(Parser, Debug, Clone)]
+#[command(args_override_self = true)]
 pub struct RunArgs {
     /// Operator-wide Coder URL (used by requests without spec.coderRef).
     #[arg(long, env = "CODER_URL")]
