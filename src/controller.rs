@@ -85,6 +85,8 @@ pub struct Context {
     pub settings: Settings,
     failures: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, u32>>,
     phases: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Phase>>,
+    /// (uid, resourceVersion) of each object's last status write by this process.
+    written: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, (String, String)>>,
 }
 
 impl Context {
@@ -112,6 +114,7 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
             phases: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         })
     }
 
@@ -126,6 +129,35 @@ impl Context {
         let base = Duration::from_secs(1u64 << (n - 1).min(8)).min(Duration::from_secs(300));
         let jitter = rand::rng().random_range(0.8..1.2);
         base.mul_f64(jitter).max(min.unwrap_or_default())
+    }
+
+    /// Remembers the object version our status write produced.
+    fn remember(&self, obj: &ObjectRef<WorkspaceStartRequest>, wsr: &WorkspaceStartRequest) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match (wsr.uid(), wsr.resource_version()) {
+            (Some(uid), Some(rv)) => {
+                w.insert(obj.clone(), (uid, rv));
+            }
+            _ => {
+                w.remove(obj);
+            }
+        }
+    }
+
+    fn forget(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(obj);
+    }
+
+    /// True when the cached object is not the version our last status write produced (the
+    /// reflector lags behind our own write, or someone changed the object since).
+    fn maybe_stale(&self, obj: &ObjectRef<WorkspaceStartRequest>, wsr: &WorkspaceStartRequest) -> bool {
+        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        w.get(obj).is_some_and(|(uid, rv)| {
+            wsr.uid().as_deref() == Some(uid.as_str()) && wsr.resource_version().as_deref() != Some(rv.as_str())
+        })
     }
 
     fn reset_backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
@@ -267,6 +299,7 @@ fn coder_failure(e: CoderError) -> Observation {
 
 /// Writes the status by server-side apply when it changed.
 async fn apply_status(
+    ctx: &Context,
     api: &Api<WorkspaceStartRequest>,
     wsr: &WorkspaceStartRequest,
     old: &WorkspaceStartRequestStatus,
@@ -280,16 +313,18 @@ async fn apply_status(
         "kind": WorkspaceStartRequest::kind(&()),
         "status": new,
     });
-    api.patch_status(
-        &wsr.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::StatusPatch {
-        name: wsr.name_any(),
-        source,
-    })?;
+    let written = api
+        .patch_status(
+            &wsr.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::StatusPatch {
+            name: wsr.name_any(),
+            source,
+        })?;
+    ctx.remember(&ObjectRef::from_obj(wsr), &written);
     Ok(())
 }
 
@@ -353,13 +388,34 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
     let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
+    // The reflector can lag behind our own last status write (a Coder watch event triggers a
+    // reconcile right after it). Deciding on that stale status could repeat a start build the
+    // fresh status says was already requested: read the object from the API server instead.
+    let fresh;
+    let wsr = if ctx.maybe_stale(&oref, wsr) {
+        match api.get_opt(&wsr.name_any()).await? {
+            Some(o) => {
+                ctx.remember(&oref, &o);
+                fresh = o;
+                &fresh
+            }
+            None => {
+                ctx.forget(&oref);
+                return Ok(KubeAction::await_change());
+            }
+        }
+    } else {
+        wsr
+    };
     let prev = wsr.status.clone().unwrap_or_default();
     if wsr.meta().deletion_timestamp.is_some() {
+        ctx.forget(&oref);
         ctx.watches.unfollow(&oref);
         ctx.track_phase(&oref, None);
         return Ok(KubeAction::await_change());
     }
     if prev.phase.is_some_and(Phase::is_terminal) {
+        ctx.forget(&oref);
         ctx.watches.unfollow(&oref);
         ctx.reset_backoff(&oref);
         ctx.track_phase(&oref, prev.phase);
@@ -439,7 +495,7 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
             workspace,
         });
         // Record the request BEFORE the POST: after a crash we re-read, never re-POST blindly.
-        apply_status(&api, wsr, &written, &decision.status).await?;
+        apply_status(ctx, &api, wsr, &written, &decision.status).await?;
         publish_transition(ctx, wsr, &written, &decision.status).await;
         written = decision.status.clone();
         ctx.metrics.start_builds.inc();
@@ -529,7 +585,7 @@ async fn conclude(
     conn: Option<&Connection>,
 ) -> Result<KubeAction, Error> {
     {
-        apply_status(api, wsr, prev, &decision.status).await?;
+        apply_status(ctx, api, wsr, prev, &decision.status).await?;
         publish_transition(ctx, wsr, prev, &decision.status).await;
         ctx.track_phase(oref, decision.status.phase);
         match decision.action {
