@@ -67,7 +67,9 @@ impl SimBuild {
         if t < self.script.pending {
             JobStatus::Pending
         } else if t < self.script.pending + self.script.running {
-            if self.script.outcome == Outcome3::Canceled && t >= self.script.pending + self.script.running / 2 {
+            if self.script.outcome == Outcome3::Canceled
+                && t >= self.script.pending + self.script.running / 2
+            {
                 JobStatus::Canceling
             } else {
                 JobStatus::Running
@@ -190,11 +192,13 @@ fn script() -> impl Strategy<Value = Script> {
         // An agent that never connects (within any timeout we use).
         1 => Just(Some((10_000_000, 0, Final::Ready))),
     ];
-    (0i64..20_000, 0i64..60_000, outcome, agent).prop_map(|(pending, running, outcome, agent)| Script {
-        pending,
-        running,
-        outcome,
-        agent,
+    (0i64..20_000, 0i64..60_000, outcome, agent).prop_map(|(pending, running, outcome, agent)| {
+        Script {
+            pending,
+            running,
+            outcome,
+            agent,
+        }
     })
 }
 
@@ -209,11 +213,13 @@ fn post() -> impl Strategy<Value = Post> {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (100u64..MAX_STEP_MS, prop::bool::weighted(0.2), post()).prop_map(|(dt_ms, unavailable, post)| Step {
-        dt_ms,
-        unavailable,
-        post,
-    })
+    (100u64..MAX_STEP_MS, prop::bool::weighted(0.2), post()).prop_map(
+        |(dt_ms, unavailable, post)| Step {
+            dt_ms,
+            unavailable,
+            post,
+        },
+    )
 }
 
 fn initial() -> impl Strategy<Value = Initial> {
@@ -356,7 +362,8 @@ impl World {
 }
 
 fn ts(t0: Timestamp, ms: i64) -> Timestamp {
-    t0.checked_add(SignedDuration::from_millis(ms)).expect("time")
+    t0.checked_add(SignedDuration::from_millis(ms))
+        .expect("time")
 }
 
 fn build_info(b: &WorkspaceBuild) -> BuildInfo {
@@ -422,7 +429,12 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         let d = decide(&input);
         if let Some(at) = terminal_at {
             // (c) terminal is forever.
-            prop_assert_eq!(&d.status, &status, "terminal status changed (terminal since {} ms)", at);
+            prop_assert_eq!(
+                &d.status,
+                &status,
+                "terminal status changed (terminal since {} ms)",
+                at
+            );
             prop_assert_eq!(&d.action, &Action::Finish);
             if i >= case.steps.len() + 3 {
                 break;
@@ -445,7 +457,10 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         match &d.action {
             Action::StartBuild { .. } => {
                 // The controller writes status (with buildRequestedAt) before the POST.
-                prop_assert!(d.status.build_requested_at.is_some(), "POST without buildRequestedAt");
+                prop_assert!(
+                    d.status.build_requested_at.is_some(),
+                    "POST without buildRequestedAt"
+                );
                 prop_assert!(!world.active(now), "start decided while a build is active");
                 // (a) never a second landed POST.
                 prop_assert!(
@@ -487,13 +502,20 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
                 }
             }
             Action::Requeue(r) => {
-                prop_assert!(*r <= POLL.max(Duration::from_millis(100)), "requeue {:?} beyond poll", r);
+                prop_assert!(
+                    *r <= POLL.max(Duration::from_millis(100)),
+                    "requeue {:?} beyond poll",
+                    r
+                );
                 next_in = next_in.min(r.as_millis() as u64);
                 status = d.status.clone();
             }
             Action::Retry => status = d.status.clone(),
             Action::Finish => {
-                prop_assert!(d.status.phase.is_some_and(Phase::is_terminal), "Finish without terminal phase");
+                prop_assert!(
+                    d.status.phase.is_some_and(Phase::is_terminal),
+                    "Finish without terminal phase"
+                );
                 status = d.status.clone();
                 terminal_at = Some(now);
             }
@@ -501,10 +523,21 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         now += next_in as i64;
     }
     let Some(end) = terminal_at else {
-        return Err(TestCaseError::fail(format!("never terminal; status {status:?}")));
+        return Err(TestCaseError::fail(format!(
+            "never terminal; status {status:?}"
+        )));
     };
-    prop_assert!(end <= deadline, "terminal at {} ms, after the deadline {} ms", end, deadline);
-    prop_assert!(world.operator_builds <= 1, "{} operator builds", world.operator_builds);
+    prop_assert!(
+        end <= deadline,
+        "terminal at {} ms, after the deadline {} ms",
+        end,
+        deadline
+    );
+    prop_assert!(
+        world.operator_builds <= 1,
+        "{} operator builds",
+        world.operator_builds
+    );
     if status.phase == Some(Phase::Ready) {
         let b = world.latest();
         prop_assert_eq!(b.transition, Transition::Start);
@@ -521,7 +554,10 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
 
 #[test]
 fn any_coder_history_ends_once_without_double_builds() {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases,
         ..ProptestConfig::default()
