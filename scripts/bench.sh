@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Benchmark: workspace-start-operator (release build) against a real kube-apiserver + etcd and
+# an in-process coder-sim. Prints one table per run and a summary (also written to $BENCH_OUT,
+# default target/bench/summary.md).
+#
+#   BENCH_N="100 1000"        sizes (default "100 1000 5000")
+#   BENCH_SHAPES="shared"     shared (10 requests per workspace) and/or unique (default both)
+#   BENCH_MODES="watch"       watch (--coder-watch=true) and/or poll (default both)
+#   BENCH_OPERATOR_ARGS=...   extra operator flags, e.g. "--concurrency=32"
+#   BENCH_ARGS=...            extra wso-bench flags, e.g. "--running-ms 2000" (see --help)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+n=${BENCH_N:-100 1000 5000}
+shapes=${BENCH_SHAPES:-shared unique}
+modes=${BENCH_MODES:-watch poll}
+export BENCH_N=${n// /,} BENCH_SHAPES=${shapes// /,} BENCH_MODES=${modes// /,}
+export BENCH_OUT=${BENCH_OUT:-$here/target/bench/summary.md}
+mkdir -p "$(dirname "$BENCH_OUT")"
+
+# The control-plane binaries (kube-apiserver, etcd) come from the cache `make tools` fills.
+scripts/control-plane-bins.sh >/dev/null
+
+cargo build --release --bin workspace-start-operator -p workspace-start-operator
+cargo build --release --bin wso-bench -p wso-bench
+# Many watch streams and connections at N=5000.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# shellcheck disable=SC2086
+exec target/release/wso-bench --operator-bin "$here/target/release/workspace-start-operator" ${BENCH_ARGS:-}
