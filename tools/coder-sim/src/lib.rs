@@ -3,7 +3,7 @@
 //!
 //! It speaks the JSON of `shared/reference/coder-api.md`: buildinfo, users,
 //! chats (per API era), workspaces, builds with a clock-driven provisioner
-//! job and agent lifecycle, the `/watch` SSE stream, per-user per-route rate
+//! job and agent lifecycle, the `/watch` SSE stream, per-user per-path rate
 //! limiting, fault injection and request counters.
 //!
 //! ```no_run
@@ -72,7 +72,7 @@ pub struct SimConfig {
     pub version: String,
     /// Chat API era.
     pub chat_era: ChatEra,
-    /// Requests per user (or IP) per route per minute; default 512, `<= 0`
+    /// Requests per user (or IP) per URL path per minute; default 512, `<= 0`
     /// disables rate limiting.
     pub rate_limit_per_minute: i64,
 }

@@ -25,7 +25,7 @@ struct Args {
     /// Chat API era: v2, experimental or experimental-wrapped.
     #[arg(long, env = "CODER_SIM_CHAT_ERA", value_parser = parse_era)]
     chat_era: Option<ChatEra>,
-    /// Requests per user per route per minute (<= 0 disables).
+    /// Requests per user per URL path per minute (<= 0 disables).
     #[arg(long, env = "CODER_SIM_RATE_LIMIT", allow_negative_numbers = true)]
     rate_limit: Option<i64>,
 }

@@ -1,5 +1,6 @@
-//! Per-user (else per-IP) per-route rate limiting, like coderd's
-//! `httpmw.RateLimit` (go-chi/httprate keyed by user and endpoint).
+//! Per-user (else per-IP) per-path rate limiting, like coderd's
+//! `httpmw.RateLimit` (go-chi/httprate keyed by user and `KeyByEndpoint`,
+//! which is the request's URL path without the method).
 //!
 //! Windows are one minute long and start at a key's first request (not at
 //! wall-clock minute boundaries), which keeps tests deterministic.
@@ -16,7 +17,7 @@ pub(crate) struct Verdict {
     pub reset: i64,
 }
 
-/// Fixed-window counters keyed by (user-or-IP, route key).
+/// Fixed-window counters keyed by (user-or-IP, URL path).
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     limit: i64,
@@ -40,13 +41,13 @@ impl RateLimiter {
     }
 
     /// Counts one request at unix time `now` (seconds); `None` if disabled.
-    pub fn check(&mut self, who: &str, route: &str, now: i64) -> Option<Verdict> {
+    pub fn check(&mut self, who: &str, path: &str, now: i64) -> Option<Verdict> {
         if self.limit <= 0 {
             return None;
         }
         let entry = self
             .windows
-            .entry((who.to_owned(), route.to_owned()))
+            .entry((who.to_owned(), path.to_owned()))
             .or_insert((now, 0));
         if now >= entry.0 + WINDOW_SECS {
             *entry = (now, 0);
@@ -75,24 +76,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_per_key_and_route() {
+    fn limits_per_key_and_path() {
         let mut rl = RateLimiter::new(2);
         assert!(
-            rl.check("a", "GET /x", 100)
+            rl.check("a", "/x", 100)
                 .is_some_and(|v| v.allowed && v.remaining == 1)
         );
         assert!(
-            rl.check("a", "GET /x", 100)
+            rl.check("a", "/x", 100)
                 .is_some_and(|v| v.allowed && v.remaining == 0)
         );
         assert!(
-            rl.check("a", "GET /x", 101)
+            rl.check("a", "/x", 101)
                 .is_some_and(|v| !v.allowed && v.reset == 160)
         );
-        assert!(rl.check("a", "GET /y", 101).is_some_and(|v| v.allowed));
-        assert!(rl.check("b", "GET /x", 101).is_some_and(|v| v.allowed));
+        assert!(rl.check("a", "/y", 101).is_some_and(|v| v.allowed));
+        assert!(rl.check("b", "/x", 101).is_some_and(|v| v.allowed));
         assert!(
-            rl.check("a", "GET /x", 160)
+            rl.check("a", "/x", 160)
                 .is_some_and(|v| v.allowed && v.remaining == 1)
         );
     }
@@ -100,6 +101,6 @@ mod tests {
     #[test]
     fn disabled() {
         let mut rl = RateLimiter::new(0);
-        assert_eq!(rl.check("a", "GET /x", 1), None);
+        assert_eq!(rl.check("a", "/x", 1), None);
     }
 }

@@ -205,6 +205,9 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
         .get::<ConnectInfo<ConnInfo>>()
         .map(|c| c.0.clone());
     let token = session_token(&req);
+    // Coder's limiter keys by user and URL path (httprate.KeyByEndpoint = r.URL.Path, no
+    // method): every workspace, chat and build has its own budget per user.
+    let limit_key = req.uri().path().to_owned();
     let bypass = req
         .headers()
         .get("X-Coder-Bypass-Ratelimit")
@@ -236,7 +239,7 @@ async fn api_middleware(State(app): State<App>, mut req: Request, next: Next) ->
                 ),
             };
             if let Some(key) = key {
-                verdict = st.ratelimit.check(&key, &route, now_s);
+                verdict = st.ratelimit.check(&key, &limit_key, now_s);
             }
         }
         let mut slot = st.faults.remove(&route);

@@ -84,7 +84,7 @@ pub struct ServerDoc {
     pub version: Option<String>,
     /// `v2`, `experimental` or `experimental_wrapped`.
     pub chat_era: Option<ChatEra>,
-    /// Requests per user per route per minute; `<= 0` disables.
+    /// Requests per user per URL path per minute; `<= 0` disables.
     pub rate_limit_per_minute: Option<i64>,
 }
 

@@ -1,4 +1,4 @@
-//! Per-user per-route rate limiting.
+//! Per-user per-path rate limiting (Coder keys by user and URL path).
 
 use coder_sim::{SimConfig, WorkspaceSeed};
 use reqwest::StatusCode;
@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::common::*;
 
 #[tokio::test]
-async fn limit_per_user_per_route_with_retry_after() {
+async fn limit_per_user_per_path_with_retry_after() {
     let srv = server_with(SimConfig {
         rate_limit_per_minute: 3,
         ..SimConfig::default()
@@ -33,8 +33,14 @@ async fn limit_per_user_per_route_with_retry_after() {
         r.body,
         json!({"message": "You've been rate limited for sending more than 3 requests in 1m0s."})
     );
-    // Another route has its own budget; another user too; healthz is exempt.
+    // Another route has its own budget; so has another workspace on the same route (the key
+    // is the URL path); another user too; healthz is exempt.
     assert_eq!(api.get("/api/v2/users/me").await.status, StatusCode::OK);
+    let other = sim.add_workspace(WorkspaceSeed::new(alice.id, "other"));
+    assert_eq!(
+        api.get(&format!("/api/v2/workspaces/{other}")).await.status,
+        StatusCode::OK
+    );
     assert_eq!(
         api.with_token(&bob.token).get(&path).await.status,
         StatusCode::NOT_FOUND
@@ -42,8 +48,8 @@ async fn limit_per_user_per_route_with_retry_after() {
     for _ in 0..5 {
         assert_eq!(api.get("/healthz").await.status, StatusCode::OK);
     }
-    // Rate-limited requests are still counted.
-    assert_eq!(sim.count("GET /api/v2/workspaces/{id}"), 5);
+    // Rate-limited requests are still counted (counters are per route template).
+    assert_eq!(sim.count("GET /api/v2/workspaces/{id}"), 6);
 }
 
 #[tokio::test]
@@ -91,4 +97,25 @@ async fn disabled_when_not_positive() {
         assert_eq!(r.status, StatusCode::OK);
         assert!(r.header("X-RateLimit-Limit").is_none());
     }
+}
+
+#[tokio::test]
+async fn methods_on_one_path_share_a_budget() {
+    // httprate.KeyByEndpoint is the URL path alone: GET and POST …/builds count together.
+    let srv = server_with(SimConfig {
+        rate_limit_per_minute: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let sim = srv.sim();
+    let alice = sim.add_user("alice");
+    let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
+    let api = Api::new(&srv, Some(&alice.token));
+    let path = format!("/api/v2/workspaces/{ws}/builds");
+    assert_eq!(api.get(&path).await.status, StatusCode::OK);
+    assert_eq!(api.get(&path).await.status, StatusCode::OK);
+    let r = api
+        .send(api.req(reqwest::Method::POST, &path).json(&json!({"transition": "start"})))
+        .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
 }
