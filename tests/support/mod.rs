@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use coder_sim::{SimConfig, SimServer, SimUser};
 use envtest::ControlPlane;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
 
 /// Release name used when rendering the chart (fixes the ServiceAccount name).
@@ -118,7 +118,8 @@ pub struct ControlPlaneBins;
 impl ControlPlaneBins {
     /// The bin dir (same lookup as the envtest crate).
     pub fn dir() -> PathBuf {
-        envtest::locate_bin_dir().expect("control-plane binaries: run scripts/control-plane-bins.sh")
+        envtest::locate_bin_dir()
+            .expect("control-plane binaries: run scripts/control-plane-bins.sh")
     }
     /// helm.
     pub fn helm() -> PathBuf {
@@ -193,7 +194,10 @@ impl Env {
         let mut cmd = tokio::process::Command::new(operator_bin());
         cmd.arg("run")
             .arg(format!("--coder-url={}", self.sim.url()))
-            .arg(format!("--coder-token-file={}", self.token_file().display()))
+            .arg(format!(
+                "--coder-token-file={}",
+                self.token_file().display()
+            ))
             .arg(format!("--namespaces={}", self.ns))
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
             .arg("--poll-ms=300")
@@ -261,13 +265,25 @@ impl Env {
     }
 
     /// Creates a request for `workspace` by id.
-    pub async fn create_for_workspace(&self, name: &str, workspace: uuid::Uuid) -> WorkspaceStartRequest {
-        self.create(name, serde_json::json!({"workspace": {"id": workspace.to_string()}}))
-            .await
+    pub async fn create_for_workspace(
+        &self,
+        name: &str,
+        workspace: uuid::Uuid,
+    ) -> WorkspaceStartRequest {
+        self.create(
+            name,
+            serde_json::json!({"workspace": {"id": workspace.to_string()}}),
+        )
+        .await
     }
 
     /// Waits until the request reaches `phase`.
-    pub async fn wait_phase(&self, name: &str, phase: Phase, timeout: Duration) -> WorkspaceStartRequest {
+    pub async fn wait_phase(
+        &self,
+        name: &str,
+        phase: Phase,
+        timeout: Duration,
+    ) -> WorkspaceStartRequest {
         self.wait_for(name, timeout, |w| {
             w.status.as_ref().and_then(|s| s.phase) == Some(phase)
         })
@@ -299,7 +315,11 @@ impl Env {
                 return w;
             }
             if Instant::now() > deadline {
-                let logs = self.operator.as_ref().map(Operator::logs).unwrap_or_default();
+                let logs = self
+                    .operator
+                    .as_ref()
+                    .map(Operator::logs)
+                    .unwrap_or_default();
                 panic!(
                     "timed out waiting for {name}; status: {}\noperator log tail:\n{}",
                     serde_json::to_string_pretty(&w.status).unwrap_or_default(),
@@ -337,12 +357,19 @@ impl Env {
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
         use std::io::Write;
         let mut cmd = std::process::Command::new(ControlPlaneBins::kubectl());
-        cmd.arg(format!("--kubeconfig={}", self.plane.admin_kubeconfig().display()))
-            .arg(format!("--namespace={}", self.ns))
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg(format!(
+            "--kubeconfig={}",
+            self.plane.admin_kubeconfig().display()
+        ))
+        .arg(format!("--namespace={}", self.ns))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl");
         if let (Some(input), Some(mut si)) = (stdin, child.stdin.take()) {
             si.write_all(input.as_bytes()).expect("kubectl stdin");
@@ -364,7 +391,11 @@ impl Drop for Env {
         if std::thread::panicking()
             && let Some(op) = &self.operator
         {
-            eprintln!("--- operator log ({}) ---\n{}", op.log.display(), tail(&op.logs(), 80));
+            eprintln!(
+                "--- operator log ({}) ---\n{}",
+                op.log.display(),
+                tail(&op.logs(), 80)
+            );
         }
     }
 }
