@@ -902,6 +902,10 @@ impl State {
 pub(crate) struct Shared {
     state: Mutex<State>,
     changed: watch::Sender<u64>,
+    /// Per-workspace wake-ups for changes that concern one workspace only (a POSTed build), so
+    /// N watchers do not all re-render on every build of N workspaces (Coder filters its
+    /// owner-scoped pubsub events by workspace id too).
+    changed_ws: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
 }
 
 /// Handle to the simulator state. Cheap to clone; all clones share state.
@@ -950,6 +954,7 @@ impl Sim {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 changed,
+                changed_ws: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -966,6 +971,23 @@ impl Sim {
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()
+    }
+
+    /// Wakes only the watch streams of `workspace`.
+    pub(crate) fn notify_workspace(&self, workspace: Uuid) {
+        let map = self.shared.changed_ws.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = map.get(&workspace) {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// Subscribes to [`Sim::notify_workspace`] wake-ups of `workspace`.
+    pub(crate) fn subscribe_workspace(&self, workspace: Uuid) -> watch::Receiver<u64> {
+        let mut map = self.shared.changed_ws.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        map.entry(workspace)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     /// Adds an active member with a random id and token.

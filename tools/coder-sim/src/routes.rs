@@ -740,7 +740,7 @@ async fn post_build(
         _ => Value::Null,
     };
     drop(st);
-    app.sim.notify();
+    app.sim.notify_workspace(ws_id);
     reply(StatusCode::CREATED, body)
 }
 
@@ -849,6 +849,7 @@ struct WatchStream {
     app: App,
     ws: Uuid,
     changed: tokio::sync::watch::Receiver<u64>,
+    changed_ws: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     last: Option<String>,
     queue: VecDeque<Bytes>,
@@ -905,6 +906,7 @@ impl WatchStream {
                 r = self.changed.changed() => {
                     if r.is_err() { self.done = true; }
                 }
+                _ = self.changed_ws.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = tokio::time::sleep_until(self.next_ping) => {
                     self.next_ping += PING_INTERVAL;
@@ -931,11 +933,14 @@ async fn watch(State(app): State<App>, a: Act, Path(id): Path<String>) -> Respon
     };
     let mut changed = app.sim.subscribe();
     changed.mark_unchanged();
+    let mut changed_ws = app.sim.subscribe_workspace(ws);
+    changed_ws.mark_unchanged();
     let state = WatchStream {
         shutdown: app.shutdown.clone(),
         app,
         ws,
         changed,
+        changed_ws,
         last: None,
         queue: VecDeque::from([frame("ping", None)]),
         err_seq,
