@@ -14,7 +14,6 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use rand::Rng;
-use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
 use crate::coder::CoderError;
@@ -453,7 +452,7 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
             workspace: id,
         });
     let lock = lock_key.as_ref().map(|k| ctx.watches.workspace_lock(k));
-    let _guard = match &lock {
+    let guard = match &lock {
         Some(l) => Some(l.lock().await),
         None => None,
     };
@@ -465,7 +464,7 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
         (None, Some(k)) => Some((k, ctx.watches.workspace_lock(k))),
         _ => None,
     };
-    let _late_guard = match &late_lock {
+    let late_guard = match &late_lock {
         Some((_, l)) => Some(l.lock().await),
         None => None,
     };
@@ -561,6 +560,10 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
             }
         }
     }
+    // The start (if any) is recorded in the shared cache: let the next request for this
+    // workspace decide while this one writes its status and Event.
+    drop(late_guard);
+    drop(guard);
     conclude(wsr, ctx, &api, &oref, &written, decision, key, Some(&conn)).await
 }
 
@@ -703,12 +706,9 @@ pub async fn run(
             .reflect(writer)
             .applied_objects();
         let scope_ns = scope.clone();
-        let triggers = BroadcastStream::new(ctx.watches.subscribe()).filter_map(move |r| {
-            let ns = scope_ns.clone();
-            async move {
-                r.ok()
-                    .filter(|o| ns.is_none() || o.namespace.as_deref() == ns.as_deref())
-            }
+        let triggers = ctx.watches.subscribe().filter(move |o| {
+            let keep = scope_ns.is_none() || o.namespace.as_deref() == scope_ns.as_deref();
+            futures::future::ready(keep)
         });
         let c = Controller::for_stream(stream, reader)
             .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))

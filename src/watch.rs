@@ -6,12 +6,14 @@
 //! stream is live, reconciles read the workspace from here instead of calling Coder.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
 
 use crate::coder::CoderClient;
@@ -51,24 +53,38 @@ impl Entry {
 /// The shared streams, cache and per-workspace locks.
 pub struct Watches {
     entries: Mutex<HashMap<WorkspaceKey, Entry>>,
-    triggers: broadcast::Sender<ObjectRef<WorkspaceStartRequest>>,
+    /// One lossless channel per controller: a dropped trigger would leave a request waiting
+    /// for the backstop poll (a bounded broadcast drops events when the controller lags).
+    triggers: Mutex<Vec<mpsc::UnboundedSender<ObjectRef<WorkspaceStartRequest>>>>,
     metrics: Arc<Metrics>,
     enabled: bool,
     fresh_for: Duration,
+    /// Open streams (tasks), and the cap beyond which requests fall back to polling.
+    streams: AtomicUsize,
+    max_streams: AtomicUsize,
 }
 
 impl Watches {
     /// Creates the registry. `enabled = false` means poll only; `fresh_for` is how long a
     /// polled read may be shared by other requests for the same workspace.
     pub fn new(enabled: bool, fresh_for: Duration, metrics: Arc<Metrics>) -> Arc<Watches> {
-        let (triggers, _) = broadcast::channel(8192);
+        let triggers = Mutex::new(Vec::new());
         Arc::new(Watches {
             entries: Mutex::new(HashMap::new()),
             triggers,
             metrics,
             enabled,
             fresh_for,
+            streams: AtomicUsize::new(0),
+            max_streams: AtomicUsize::new(usize::MAX),
         })
+    }
+
+    /// Caps concurrent watch streams (each holds a connection and buffers); requests for
+    /// further workspaces poll until a stream slot frees up. 0 = no cap.
+    pub fn set_max_streams(&self, max: usize) {
+        let max = if max == 0 { usize::MAX } else { max };
+        self.max_streams.store(max, Ordering::Relaxed);
     }
 
     fn lock_entries(&self) -> std::sync::MutexGuard<'_, HashMap<WorkspaceKey, Entry>> {
@@ -76,8 +92,23 @@ impl Watches {
     }
 
     /// Reconcile triggers for the controller (`reconcile_on`).
-    pub fn subscribe(&self) -> broadcast::Receiver<ObjectRef<WorkspaceStartRequest>> {
-        self.triggers.subscribe()
+    pub fn subscribe(&self) -> UnboundedReceiverStream<ObjectRef<WorkspaceStartRequest>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.triggers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        UnboundedReceiverStream::new(rx)
+    }
+
+    fn trigger(&self, subs: Vec<ObjectRef<WorkspaceStartRequest>>) {
+        let mut triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
+        triggers.retain(|tx| !tx.is_closed());
+        for tx in triggers.iter() {
+            for s in &subs {
+                let _ = tx.send(s.clone());
+            }
+        }
     }
 
     /// The lock that serialises observe → decide → start for one workspace, so that many
@@ -148,15 +179,22 @@ impl Watches {
             let mut entries = self.lock_entries();
             let e = entries.entry(key.clone()).or_insert_with(Entry::new);
             e.subscribers.insert(obj);
-            let start = !e.streaming;
-            e.streaming = true;
+            let start = !e.streaming
+                && self.streams.load(Ordering::Relaxed) < self.max_streams.load(Ordering::Relaxed);
+            if start {
+                e.streaming = true;
+                self.streams.fetch_add(1, Ordering::Relaxed);
+            }
             start
         };
         if start {
             let this = Arc::clone(self);
             let key = key.clone();
             let client = client.clone();
-            tokio::spawn(async move { this.stream(key, client).await });
+            tokio::spawn(async move {
+                Arc::clone(&this).stream(key, client).await;
+                this.streams.fetch_sub(1, Ordering::Relaxed);
+            });
         }
     }
 
@@ -218,9 +256,7 @@ impl Watches {
                                         }
                                     }
                                     let Some(subs) = self.subscribers(&key) else { break };
-                                    for s in subs {
-                                        let _ = self.triggers.send(s);
-                                    }
+                                    self.trigger(subs);
                                 }
                                 Some(Err(e)) => {
                                     tracing::debug!(workspace = %key.workspace, error = %e, "watch stream error");
