@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// Follow in-flight workspaces with Coder's watch stream (false = poll only).
     #[arg(long, env = "WSO_CODER_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pub coder_watch: bool,
+    /// Maximum concurrent Coder watch streams (one per in-flight workspace); requests for
+    /// further workspaces poll (--poll-ms) until a stream frees up. 0 = unlimited.
+    #[arg(long, env = "WSO_MAX_WATCH_STREAMS", default_value_t = 2000)]
+    pub max_watch_streams: usize,
     /// Poll interval while waiting without a live watch stream, in milliseconds.
     #[arg(long, env = "WSO_POLL_MS", default_value_t = 2000)]
     pub poll_ms: u64,

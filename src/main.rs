@@ -123,6 +123,7 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         Duration::from_millis(args.poll_ms / 2),
         Arc::clone(&metrics),
     );
+    watches.set_max_streams(args.max_watch_streams);
     let connections = Connections::new(
         kube.clone(),
         args.coder_url.clone(),
