@@ -525,6 +525,19 @@ async fn run_one(
             lags.push(seen_at.duration_since(ready_at).as_secs_f64() * 1000.0);
         }
     }
+    if let Some(f) = std::env::var_os("BENCH_LAGS_FILE") {
+        let mut rows: Vec<(f64, &String)> = requests
+            .iter()
+            .filter_map(|(name, ws, _)| {
+                let at = agent_ready.get(ws).copied().flatten()?;
+                let seen_at = seen.get(name)?;
+                Some((seen_at.duration_since(at).as_secs_f64() * 1000.0, name))
+            })
+            .collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let text: String = rows.iter().map(|(l, n)| format!("{n} {l:.0}\n")).collect();
+        let _ = std::fs::write(f, text);
+    }
     lags.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
         if lags.is_empty() {
