@@ -9,7 +9,6 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{self, Action as KubeAction, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -23,6 +22,7 @@ use crate::connect::{Connection, Connections, ResolveError};
 use crate::crd::{
     FIELD_MANAGER, Outcome, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus,
 };
+use crate::events::{EventPublisher, EventType};
 use crate::decide::{self, Action, Decision, Input, Observation, build_info};
 use crate::metrics::{ControllerLabels, Health, Metrics, PhaseLabels, CONTROLLER};
 use crate::watch::{WorkspaceKey, Watches};
@@ -76,17 +76,30 @@ pub struct Context {
     pub connections: Connections,
     /// Shared watch streams and read cache.
     pub watches: Arc<Watches>,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Event publisher.
+    pub events: EventPublisher,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Timing.
     pub settings: Settings,
     failures: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, u32>>,
     phases: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Phase>>,
-    /// (uid, resourceVersion) of each object's last status write by this process.
-    written: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, (String, String)>>,
+    /// Each object's last status write by this process.
+    written: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Written>>,
 }
+
+/// A status this process wrote: the operator is the only writer of status, so while the
+/// reflector has not caught up with it, this is the request's real status.
+struct Written {
+    uid: String,
+    resource_version: String,
+    status: WorkspaceStartRequestStatus,
+    at: Instant,
+}
+
+/// Progress-only status changes (job pending → running, agent connecting → connected) are
+/// written at most this often per request; phase and reason changes are written at once.
+const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Context {
     /// Builds the context.
@@ -97,18 +110,12 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Context> {
-        let recorder = Recorder::new(
-            kube.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        );
+        let events = EventPublisher::new(kube.clone(), FIELD_MANAGER, std::env::var("POD_NAME").ok());
         Arc::new(Context {
             kube,
             connections,
             watches,
-            recorder,
+            events,
             metrics,
             settings,
             failures: Mutex::new(HashMap::new()),
@@ -130,12 +137,25 @@ impl Context {
         base.mul_f64(jitter).max(min.unwrap_or_default())
     }
 
-    /// Remembers the object version our status write produced.
-    fn remember(&self, obj: &ObjectRef<WorkspaceStartRequest>, wsr: &WorkspaceStartRequest) {
+    /// Remembers the status our write produced (and the object version it made).
+    fn remember(
+        &self,
+        obj: &ObjectRef<WorkspaceStartRequest>,
+        written: &WorkspaceStartRequest,
+        status: &WorkspaceStartRequestStatus,
+    ) {
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match (wsr.uid(), wsr.resource_version()) {
-            (Some(uid), Some(rv)) => {
-                w.insert(obj.clone(), (uid, rv));
+        match (written.uid(), written.resource_version()) {
+            (Some(uid), Some(resource_version)) => {
+                w.insert(
+                    obj.clone(),
+                    Written {
+                        uid,
+                        resource_version,
+                        status: status.clone(),
+                        at: Instant::now(),
+                    },
+                );
             }
             _ => {
                 w.remove(obj);
@@ -150,13 +170,30 @@ impl Context {
             .remove(obj);
     }
 
-    /// True when the cached object is not the version our last status write produced (the
-    /// reflector lags behind our own write, or someone changed the object since).
-    fn maybe_stale(&self, obj: &ObjectRef<WorkspaceStartRequest>, wsr: &WorkspaceStartRequest) -> bool {
+    /// The status to decide on: ours, when the cached object is not the version our last
+    /// status write produced (the reflector lags behind our own write; deciding on the stale
+    /// status could repeat a start build the newer status says was already requested).
+    fn current_status(
+        &self,
+        obj: &ObjectRef<WorkspaceStartRequest>,
+        wsr: &WorkspaceStartRequest,
+    ) -> WorkspaceStartRequestStatus {
         let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        w.get(obj).is_some_and(|(uid, rv)| {
-            wsr.uid().as_deref() == Some(uid.as_str()) && wsr.resource_version().as_deref() != Some(rv.as_str())
-        })
+        match w.get(obj) {
+            Some(e)
+                if wsr.uid().as_deref() == Some(e.uid.as_str())
+                    && wsr.resource_version().as_deref() != Some(e.resource_version.as_str()) =>
+            {
+                e.status.clone()
+            }
+            _ => wsr.status.clone().unwrap_or_default(),
+        }
+    }
+
+    /// How long ago this process last wrote the object's status.
+    fn since_last_write(&self, obj: &ObjectRef<WorkspaceStartRequest>) -> Option<Duration> {
+        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        w.get(obj).map(|e| e.at.elapsed())
     }
 
     fn reset_backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
@@ -323,8 +360,22 @@ async fn apply_status(
             name: wsr.name_any(),
             source,
         })?;
-    ctx.remember(&ObjectRef::from_obj(wsr), &written);
+    ctx.remember(&ObjectRef::from_obj(wsr), &written, new);
     Ok(())
+}
+
+/// True when `new` differs from `old` only in progress detail: same phase, Ready reason,
+/// outcome, build followed and start request.
+fn progress_only(old: &WorkspaceStartRequestStatus, new: &WorkspaceStartRequestStatus) -> bool {
+    let reason = |s: &WorkspaceStartRequestStatus| {
+        conditions::get(&s.conditions, types::READY).map(|c| c.reason.clone())
+    };
+    old.phase == new.phase
+        && reason(old) == reason(new)
+        && old.outcome == new.outcome
+        && old.build.as_ref().map(|b| &b.id) == new.build.as_ref().map(|b| &b.id)
+        && old.build_requested_at == new.build_requested_at
+        && old.workspace == new.workspace
 }
 
 /// Publishes an Event when the Ready reason changes (one per transition).
@@ -344,18 +395,17 @@ async fn publish_transition(
         return;
     }
     let warning = new.phase == Some(Phase::Failed) || new_reason == reasons::CODER_UNAVAILABLE;
-    let ev = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: new_reason,
-        note: new.message.clone(),
-        action: new.phase.map_or("Reconcile", phase_name).to_owned(),
-        secondary: None,
+    let type_ = if warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &wsr.object_ref(&())).await {
+    let action = new.phase.map_or("Reconcile", phase_name);
+    if let Err(e) = ctx
+        .events
+        .publish(wsr, type_, &new_reason, action, new.message.as_deref())
+        .await
+    {
         tracing::warn!(error = %e, "cannot publish event");
     }
 }
@@ -387,26 +437,7 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
     let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
-    // The reflector can lag behind our own last status write (a Coder watch event triggers a
-    // reconcile right after it). Deciding on that stale status could repeat a start build the
-    // fresh status says was already requested: read the object from the API server instead.
-    let fresh;
-    let wsr = if ctx.maybe_stale(&oref, wsr) {
-        match api.get_opt(&wsr.name_any()).await? {
-            Some(o) => {
-                ctx.remember(&oref, &o);
-                fresh = o;
-                &fresh
-            }
-            None => {
-                ctx.forget(&oref);
-                return Ok(KubeAction::await_change());
-            }
-        }
-    } else {
-        wsr
-    };
-    let prev = wsr.status.clone().unwrap_or_default();
+    let prev = ctx.current_status(&oref, wsr);
     if wsr.meta().deletion_timestamp.is_some() {
         ctx.forget(&oref);
         ctx.watches.unfollow(&oref);
@@ -414,7 +445,11 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
         return Ok(KubeAction::await_change());
     }
     if prev.phase.is_some_and(Phase::is_terminal) {
-        ctx.forget(&oref);
+        // Keep our record until the cache shows the terminal status itself, so a lagging
+        // (older) version of the object cannot be mistaken for an unfinished request.
+        if wsr.status.as_ref().and_then(|st| st.phase).is_some_and(Phase::is_terminal) {
+            ctx.forget(&oref);
+        }
         ctx.watches.unfollow(&oref);
         ctx.reset_backoff(&oref);
         ctx.track_phase(&oref, prev.phase);
@@ -588,8 +623,20 @@ async fn conclude(
     conn: Option<&Connection>,
 ) -> Result<KubeAction, Error> {
     {
-        apply_status(ctx, api, wsr, prev, &decision.status).await?;
-        publish_transition(ctx, wsr, prev, &decision.status).await;
+        // Progress detail alone (job or agent state within the same phase and reason) is
+        // written at most every PROGRESS_WRITE_INTERVAL, to spare the API server under load.
+        let defer = match (&decision.action, ctx.since_last_write(oref)) {
+            (Action::Requeue(_), Some(since))
+                if since < PROGRESS_WRITE_INTERVAL && progress_only(prev, &decision.status) =>
+            {
+                Some(PROGRESS_WRITE_INTERVAL - since)
+            }
+            _ => None,
+        };
+        if defer.is_none() {
+            apply_status(ctx, api, wsr, prev, &decision.status).await?;
+            publish_transition(ctx, wsr, prev, &decision.status).await;
+        }
         ctx.track_phase(oref, decision.status.phase);
         match decision.action {
             Action::Finish => {
@@ -616,7 +663,7 @@ async fn conclude(
                 if let (Some(k), Some(c)) = (&key, conn) {
                     ctx.watches.follow(k, &c.client, oref.clone());
                 }
-                Ok(KubeAction::requeue(d))
+                Ok(KubeAction::requeue(defer.map_or(d, |w| w.min(d))))
             }
             Action::Retry => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
             // A start decided outside the POST loop (second 409 round): try again shortly.

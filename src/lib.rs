@@ -7,6 +7,7 @@ pub mod coder;
 pub mod conditions;
 pub mod crd;
 pub mod decide;
+pub mod events;
 pub mod config;
 pub mod connect;
 pub mod controller;
