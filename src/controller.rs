@@ -379,7 +379,7 @@ fn progress_only(old: &WorkspaceStartRequestStatus, new: &WorkspaceStartRequestS
 }
 
 /// Publishes an Event when the Ready reason changes (one per transition).
-async fn publish_transition(
+fn publish_transition(
     ctx: &Context,
     wsr: &WorkspaceStartRequest,
     old: &WorkspaceStartRequestStatus,
@@ -401,13 +401,8 @@ async fn publish_transition(
         EventType::Normal
     };
     let action = new.phase.map_or("Reconcile", phase_name);
-    if let Err(e) = ctx
-        .events
-        .publish(wsr, type_, &new_reason, action, new.message.as_deref())
-        .await
-    {
-        tracing::warn!(error = %e, "cannot publish event");
-    }
+    ctx.events
+        .publish_in_background(wsr, type_, &new_reason, action, new.message.as_deref());
 }
 
 /// Reconciles one request.
@@ -530,7 +525,7 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
         });
         // Record the request BEFORE the POST: after a crash we re-read, never re-POST blindly.
         apply_status(ctx, &api, wsr, &written, &decision.status).await?;
-        publish_transition(ctx, wsr, &written, &decision.status).await;
+        publish_transition(ctx, wsr, &written, &decision.status);
         written = decision.status.clone();
         ctx.metrics.start_builds.inc();
         tracing::info!(request = %oref, workspace = %workspace, "requesting start build");
@@ -635,7 +630,7 @@ async fn conclude(
         };
         if defer.is_none() {
             apply_status(ctx, api, wsr, prev, &decision.status).await?;
-            publish_transition(ctx, wsr, prev, &decision.status).await;
+            publish_transition(ctx, wsr, prev, &decision.status);
         }
         ctx.track_phase(oref, decision.status.phase);
         match decision.action {

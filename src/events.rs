@@ -43,15 +43,37 @@ impl EventPublisher {
         }
     }
 
-    /// Records `reason` (and `note`) for `wsr`.
-    pub async fn publish(
+    /// Records `reason` (and `note`) for `wsr` in the background, so a reconcile never waits
+    /// for its Event; failures are logged.
+    pub fn publish_in_background(
         &self,
         wsr: &WorkspaceStartRequest,
         type_: EventType,
         reason: &str,
         action: &str,
         note: Option<&str>,
-    ) -> Result<(), kube::Error> {
+    ) {
+        let ev = self.event(wsr, type_, reason, action, note);
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let ns = ev.metadata.namespace.clone().unwrap_or_default();
+            if let Err(e) = Api::<Event>::namespaced(client, &ns)
+                .create(&PostParams::default(), &ev)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot publish event");
+            }
+        });
+    }
+
+    fn event(
+        &self,
+        wsr: &WorkspaceStartRequest,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: Option<&str>,
+    ) -> Event {
         let ns = wsr.namespace().unwrap_or_default();
         let now = Timestamp::now();
         let note = note.map(|n| {
@@ -61,10 +83,10 @@ impl EventPublisher {
             }
             n[..end].to_owned()
         });
-        let ev = Event {
+        Event {
             metadata: ObjectMeta {
                 name: Some(format!("{}.{:x}", wsr.name_any(), now.as_nanosecond())),
-                namespace: Some(ns.clone()),
+                namespace: Some(ns),
                 ..ObjectMeta::default()
             },
             event_time: Some(MicroTime(now)),
@@ -82,10 +104,6 @@ impl EventPublisher {
             reporting_controller: Some(self.controller.clone()),
             reporting_instance: Some(self.instance.clone()),
             ..Event::default()
-        };
-        Api::<Event>::namespaced(self.client.clone(), &ns)
-            .create(&PostParams::default(), &ev)
-            .await
-            .map(|_| ())
+        }
     }
 }

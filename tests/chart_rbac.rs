@@ -460,15 +460,23 @@ async fn operator_in_cluster_mode_reconciles_every_namespace_and_reads_only_allo
     assert_eq!(sim.sim().builds_created(ws2), 1);
 
     // Events were written in each request's own namespace (events.k8s.io create via ClusterRole).
+    // Events are published in the background: allow them a moment to land.
     let evs: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(admin.clone(), &app);
-    let reasons: Vec<String> = evs
-        .list(&Default::default())
-        .await
-        .expect("events")
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reasons = loop {
+        let reasons: Vec<String> = evs
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        if reasons.iter().any(|r| r == "Ready") || std::time::Instant::now() > deadline {
+            break reasons;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(reasons.iter().any(|r| r == "Ready"), "{reasons:?}");
 
     // No RBAC denials other than the Secret we meant to be denied.

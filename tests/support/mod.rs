@@ -330,8 +330,25 @@ impl Env {
         }
     }
 
-    /// Events recorded for the request, oldest first: (type, reason, note).
+    /// Events recorded for the request, oldest first: (type, reason, note). Events are
+    /// published in the background, so this waits (up to 10 s) until the event for the
+    /// request's current Ready reason is visible.
     pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let current = self.wsrs().get_opt(name).await.ok().flatten().map(|w| ready(&w).1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let evs = self.list_events(name).await;
+            let seen = current
+                .as_ref()
+                .is_none_or(|r| r.is_empty() || evs.iter().any(|e| &e.1 == r));
+            if seen || Instant::now() > deadline {
+                return evs;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn list_events(&self, name: &str) -> Vec<(String, String, String)> {
         let api: Api<Event> = Api::namespaced(self.admin.clone(), &self.ns);
         let mut evs: Vec<Event> = api
             .list(&ListParams::default())
