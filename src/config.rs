@@ -44,7 +44,12 @@ pub struct RunArgs {
     #[arg(long, env = "CODER_TOKEN_FILE")]
     pub coder_token_file: Option<PathBuf>,
     /// Namespaces to watch, comma-separated; empty watches all namespaces.
-    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     pub namespaces: Vec<String>,
     /// Maximum concurrent reconciles.
     #[arg(long, env = "WSO_CONCURRENCY", default_value_t = 16)]
@@ -53,7 +58,11 @@ pub struct RunArgs {
     #[arg(long, env = "WSO_LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
     /// Lease name for leader election.
-    #[arg(long, env = "WSO_LEASE_NAME", default_value = "workspace-start-operator")]
+    #[arg(
+        long,
+        env = "WSO_LEASE_NAME",
+        default_value = "workspace-start-operator"
+    )]
     pub lease_name: String,
     /// Namespace of the Lease (the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]

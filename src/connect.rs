@@ -77,7 +77,10 @@ impl Connections {
                     Ok(None) => {
                         return Err(misconfigured(
                             reasons::SECRET_NOT_FOUND,
-                            format!("Secret {:?} (spec.coderRef) does not exist in this namespace", r.name),
+                            format!(
+                                "Secret {:?} (spec.coderRef) does not exist in this namespace",
+                                r.name
+                            ),
                         ));
                     }
                     Err(kube::Error::Api(s)) if s.code == 403 => {
@@ -104,11 +107,15 @@ impl Connections {
                 let (Some(url), Some(token)) = (field("url"), field("token")) else {
                     return Err(misconfigured(
                         reasons::SECRET_INVALID,
-                        format!("Secret {:?} (spec.coderRef) needs non-empty keys \"url\" and \"token\"", r.name),
+                        format!(
+                            "Secret {:?} (spec.coderRef) needs non-empty keys \"url\" and \"token\"",
+                            r.name
+                        ),
                     ));
                 };
-                self.client(&url, SessionToken::new(token))
-                    .map_err(|e| misconfigured(reasons::SECRET_INVALID, format!("Secret {:?}: {e}", r.name)))
+                self.client(&url, SessionToken::new(token)).map_err(|e| {
+                    misconfigured(reasons::SECRET_INVALID, format!("Secret {:?}: {e}", r.name))
+                })
             }
             None => {
                 let (Some(url), Some(file)) = (&self.default_url, &self.default_token_file) else {

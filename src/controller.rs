@@ -22,10 +22,10 @@ use crate::connect::{Connection, Connections, ResolveError};
 use crate::crd::{
     FIELD_MANAGER, Outcome, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus,
 };
-use crate::events::{EventPublisher, EventType};
 use crate::decide::{self, Action, Decision, Input, Observation, build_info};
-use crate::metrics::{ControllerLabels, Health, Metrics, PhaseLabels, CONTROLLER};
-use crate::watch::{WorkspaceKey, Watches};
+use crate::events::{EventPublisher, EventType};
+use crate::metrics::{CONTROLLER, ControllerLabels, Health, Metrics, PhaseLabels};
+use crate::watch::{Watches, WorkspaceKey};
 
 /// Errors that make a reconcile retry with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +110,8 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Context> {
-        let events = EventPublisher::new(kube.clone(), FIELD_MANAGER, std::env::var("POD_NAME").ok());
+        let events =
+            EventPublisher::new(kube.clone(), FIELD_MANAGER, std::env::var("POD_NAME").ok());
         Arc::new(Context {
             kube,
             connections,
@@ -215,13 +216,17 @@ impl Context {
         if let Some(o) = old {
             self.metrics
                 .requests_by_phase
-                .get_or_create(&PhaseLabels { phase: phase_name(o) })
+                .get_or_create(&PhaseLabels {
+                    phase: phase_name(o),
+                })
                 .dec();
         }
         if let Some(p) = phase {
             self.metrics
                 .requests_by_phase
-                .get_or_create(&PhaseLabels { phase: phase_name(p) })
+                .get_or_create(&PhaseLabels {
+                    phase: phase_name(p),
+                })
                 .inc();
         }
     }
@@ -426,7 +431,10 @@ pub async fn reconcile(
     res
 }
 
-async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Result<KubeAction, Error> {
+async fn reconcile_inner(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Arc<Context>,
+) -> Result<KubeAction, Error> {
     let oref = ObjectRef::from_obj(wsr);
     let ns = wsr
         .namespace()
@@ -442,7 +450,12 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
     if prev.phase.is_some_and(Phase::is_terminal) {
         // Keep our record until the cache shows the terminal status itself, so a lagging
         // (older) version of the object cannot be mistaken for an unfinished request.
-        if wsr.status.as_ref().and_then(|st| st.phase).is_some_and(Phase::is_terminal) {
+        if wsr
+            .status
+            .as_ref()
+            .and_then(|st| st.phase)
+            .is_some_and(Phase::is_terminal)
+        {
             ctx.forget(&oref);
         }
         ctx.watches.unfollow(&oref);
@@ -565,27 +578,51 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
             }
             Err(e) => {
                 let (reason, message) = match &e {
-                    CoderError::Unauthorized { .. } => (reasons::CODER_UNAUTHORIZED, "Coder rejected the session token (401)".to_owned()),
-                    CoderError::Forbidden { .. } => (reasons::CODER_FORBIDDEN, "the Coder token may not start this workspace (403)".to_owned()),
-                    CoderError::NotFound { .. } | CoderError::Gone { .. } => (reasons::WORKSPACE_DELETED, "workspace was deleted".to_owned()),
-                    CoderError::Invalid { status, validations, .. } => (
+                    CoderError::Unauthorized { .. } => (
+                        reasons::CODER_UNAUTHORIZED,
+                        "Coder rejected the session token (401)".to_owned(),
+                    ),
+                    CoderError::Forbidden { .. } => (
+                        reasons::CODER_FORBIDDEN,
+                        "the Coder token may not start this workspace (403)".to_owned(),
+                    ),
+                    CoderError::NotFound { .. } | CoderError::Gone { .. } => (
+                        reasons::WORKSPACE_DELETED,
+                        "workspace was deleted".to_owned(),
+                    ),
+                    CoderError::Invalid {
+                        status,
+                        validations,
+                        ..
+                    } => (
                         reasons::BUILD_REJECTED,
                         format!(
                             "Coder refused the start build ({status}); fields: {}",
-                            validations.iter().map(|v| v.field.as_str()).collect::<Vec<_>>().join(", ")
+                            validations
+                                .iter()
+                                .map(|v| v.field.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ),
-                    other => (reasons::BUILD_REJECTED, format!("Coder refused the start build ({})", other.status_label())),
+                    other => (
+                        reasons::BUILD_REJECTED,
+                        format!("Coder refused the start build ({})", other.status_label()),
+                    ),
                 };
                 let st = decision.status.clone();
-                decision = decide::reject(&Input {
-                    spec: &wsr.spec,
-                    generation: wsr.meta().generation,
-                    status: &st,
-                    observation: Observation::CoderUnavailable,
-                    now: Timestamp::now(),
-                    poll: ctx.settings.poll,
-                }, reason, &message);
+                decision = decide::reject(
+                    &Input {
+                        spec: &wsr.spec,
+                        generation: wsr.meta().generation,
+                        status: &st,
+                        observation: Observation::CoderUnavailable,
+                        now: Timestamp::now(),
+                        poll: ctx.settings.poll,
+                    },
+                    reason,
+                    &message,
+                );
                 break;
             }
         }
@@ -597,11 +634,32 @@ async fn reconcile_inner(wsr: &WorkspaceStartRequest, ctx: &Arc<Context>) -> Res
     conclude(wsr, ctx, &api, &oref, &written, decision, key, Some(&conn)).await
 }
 
-fn set_progress(st: &mut WorkspaceStartRequestStatus, wsr: &WorkspaceStartRequest, reason: &str, msg: &str) {
+fn set_progress(
+    st: &mut WorkspaceStartRequestStatus,
+    wsr: &WorkspaceStartRequest,
+    reason: &str,
+    msg: &str,
+) {
     let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
     let generation = wsr.meta().generation;
-    conditions::set(&mut st.conditions, types::READY, "False", reason, msg, generation, &now);
-    conditions::set(&mut st.conditions, types::RECONCILING, "True", reason, msg, generation, &now);
+    conditions::set(
+        &mut st.conditions,
+        types::READY,
+        "False",
+        reason,
+        msg,
+        generation,
+        &now,
+    );
+    conditions::set(
+        &mut st.conditions,
+        types::RECONCILING,
+        "True",
+        reason,
+        msg,
+        generation,
+        &now,
+    );
 }
 
 /// Writes the decided status, emits the Event, follows or unfollows the watch, and returns the
@@ -673,14 +731,20 @@ async fn finished(
     api: &Api<WorkspaceStartRequest>,
     status: &WorkspaceStartRequestStatus,
 ) -> Result<KubeAction, Error> {
-    let (Some(ttl), Some(done)) = (wsr.spec.ttl_seconds_after_finished, status.completion_time.as_ref()) else {
+    let (Some(ttl), Some(done)) = (
+        wsr.spec.ttl_seconds_after_finished,
+        status.completion_time.as_ref(),
+    ) else {
         return Ok(KubeAction::await_change());
     };
     let expires = done.0 + jiff::SignedDuration::from_secs(ttl.max(0));
     let now = Timestamp::now();
     if now >= expires {
         tracing::info!(request = %wsr.name_any(), "deleting finished request (ttlSecondsAfterFinished)");
-        match api.delete(&wsr.name_any(), &DeleteParams::background()).await {
+        match api
+            .delete(&wsr.name_any(), &DeleteParams::background())
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -737,7 +801,9 @@ pub async fn run(
                         health.set_ready(true);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "watching WorkspaceStartRequests failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching WorkspaceStartRequests failed; retrying")
+                }
                 _ => {}
             })
             .modify(|o: &mut WorkspaceStartRequest| {

@@ -12,7 +12,8 @@ pub const GROUP: &str = "coder.com";
 pub const FIELD_MANAGER: &str = "workspace-start-operator";
 
 /// CEL fragment: a lower- or upper-case hyphenated UUID.
-const UUID_RULE: &str = "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
+const UUID_RULE: &str =
+    "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
 
 /// CEL: a positive Go-style duration. The `matches` guard short-circuits, so a malformed value
 /// is reported with this rule's message instead of a CEL "type conversion error".
@@ -35,11 +36,32 @@ const POSITIVE_DURATION_RULE: &str =
     status = "WorkspaceStartRequestStatus",
     doc = "WorkspaceStartRequest asks for one Coder workspace to be started and reports when its agent is ready.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Workspace", type_ = "string", json_path = ".status.workspace.name"),
-    printcolumn(name = "Agent", type_ = "string", json_path = ".status.agent.lifecycleState"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Workspace",
+        type_ = "string",
+        json_path = ".status.workspace.name"
+    ),
+    printcolumn(
+        name = "Agent",
+        type_ = "string",
+        json_path = ".status.agent.lifecycleState"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.chatId) != has(self.workspace)").message("exactly one of spec.chatId or spec.workspace must be set"))]
@@ -134,12 +156,18 @@ pub struct BuildParameter {
 pub struct Timeouts {
     /// Time allowed for the build, from the request's start. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
     #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message("timeouts.build must be a positive duration such as 10m"))]
     pub build: Option<String>,
     /// Time allowed for the agent to become ready after the build succeeded. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$"))]
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
     #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message("timeouts.agent must be a positive duration such as 10m"))]
     pub agent: Option<String>,
 }

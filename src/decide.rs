@@ -135,8 +135,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 fn timeout(v: Option<&String>) -> Duration {
-    v.and_then(|s| parse_duration(s))
-        .unwrap_or(DEFAULT_TIMEOUT)
+    v.and_then(|s| parse_duration(s)).unwrap_or(DEFAULT_TIMEOUT)
 }
 
 fn plus(t: Timestamp, d: Duration) -> Timestamp {
@@ -200,7 +199,10 @@ pub fn select_agent<'a>(
             reasons::AGENT_SELECTION_ERROR,
             format!(
                 "multiple agents match the chat suffix {CHAT_AGENT_SUFFIX:?}: {}; only one agent should use this suffix",
-                many.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -236,7 +238,13 @@ impl<'a> Next<'a> {
         );
     }
 
-    fn progressing(mut self, phase: Phase, reason: &str, message: &str, action: Action) -> Decision {
+    fn progressing(
+        mut self,
+        phase: Phase,
+        reason: &str,
+        message: &str,
+        action: Action,
+    ) -> Decision {
         self.st.phase = Some(phase);
         self.st.message = Some(message.to_owned());
         self.cond(types::READY, "False", reason, message);
@@ -292,13 +300,24 @@ impl<'a> Next<'a> {
     fn build_deadline(&self) -> Timestamp {
         plus(
             self.start_time(),
-            timeout(self.input.spec.timeouts.as_ref().and_then(|t| t.build.as_ref())),
+            timeout(
+                self.input
+                    .spec
+                    .timeouts
+                    .as_ref()
+                    .and_then(|t| t.build.as_ref()),
+            ),
         )
     }
 
     /// Requeue after the poll interval, but no later than the deadline.
     fn wait(&self, deadline: Timestamp) -> Action {
-        Action::Requeue(self.input.poll.min(until(self.input.now, deadline)).max(Duration::from_millis(100)))
+        Action::Requeue(
+            self.input
+                .poll
+                .min(until(self.input.now, deadline))
+                .max(Duration::from_millis(100)),
+        )
     }
 }
 
@@ -367,8 +386,13 @@ pub fn reject(input: &Input<'_>, reason: &str, message: &str) -> Decision {
 
 fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace) -> Decision {
     let input = next.input;
-    let spec_owner = input.spec.owner_id.as_deref().and_then(|s| Uuid::parse_str(s).ok());
-    let owner_mismatch = spec_owner.is_some_and(|o| ws.owner_id != o || chat_owner.is_some_and(|c| c != o))
+    let spec_owner = input
+        .spec
+        .owner_id
+        .as_deref()
+        .and_then(|s| Uuid::parse_str(s).ok());
+    let owner_mismatch = spec_owner
+        .is_some_and(|o| ws.owner_id != o || chat_owner.is_some_and(|c| c != o))
         || chat_owner.is_some_and(|c| c != ws.owner_id);
     if owner_mismatch {
         return next.fail(
@@ -417,8 +441,8 @@ fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace
     }
 
     let requested = next.st.build_requested_at.is_some();
-    let following = next.st.outcome.is_some()
-        && next.st.build.as_ref().is_some_and(|b| b.id == lb_id);
+    let following =
+        next.st.outcome.is_some() && next.st.build.as_ref().is_some_and(|b| b.id == lb_id);
     if ws.dormant_at.is_some() && !following {
         return next.fail(
             reasons::WORKSPACE_DORMANT,
@@ -444,7 +468,11 @@ fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace
             if t == Transition::Start {
                 next.st.outcome.get_or_insert(Outcome::InProgress);
                 next.st.build = Some(build_info(lb));
-                let msg = format!("waiting for start build #{} ({})", lb.build_number, j.as_str());
+                let msg = format!(
+                    "waiting for start build #{} ({})",
+                    lb.build_number,
+                    j.as_str()
+                );
                 next.progressing(Phase::Starting, reasons::BUILD_IN_PROGRESS, &msg, wait)
             } else {
                 if !requested {
@@ -477,7 +505,12 @@ fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace
             next.st.outcome.get_or_insert(Outcome::AlreadyRunning);
             next.st.build = Some(build_info(lb));
             let msg = format!("build #{} succeeded", lb.build_number);
-            next.cond(types::BUILD_SUCCEEDED, "True", reasons::BUILD_SUCCEEDED, &msg);
+            next.cond(
+                types::BUILD_SUCCEEDED,
+                "True",
+                reasons::BUILD_SUCCEEDED,
+                &msg,
+            );
             decide_agent(next, lb)
         }
         (j @ (JobStatus::Failed | JobStatus::Canceled), _) if following => {
@@ -549,7 +582,13 @@ fn agent_deadline(next: &Next<'_>) -> Timestamp {
         .map_or(next.input.now, |c| c.last_transition_time.0);
     plus(
         since,
-        timeout(next.input.spec.timeouts.as_ref().and_then(|t| t.agent.as_ref())),
+        timeout(
+            next.input
+                .spec
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.agent.as_ref()),
+        ),
     )
 }
 
@@ -598,7 +637,12 @@ fn decide_agent(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
                 agent.name, agent.status, agent.lifecycle_state
             );
             let wait = next.wait(deadline);
-            next.progressing(Phase::WaitingForAgent, reasons::WAITING_FOR_AGENT, &msg, wait)
+            next.progressing(
+                Phase::WaitingForAgent,
+                reasons::WAITING_FOR_AGENT,
+                &msg,
+                wait,
+            )
         }
         other => {
             let msg = format!("the agent is not starting (lifecycle {other})");

@@ -5,11 +5,11 @@
 
 pub mod coder;
 pub mod conditions;
-pub mod crd;
-pub mod decide;
-pub mod events;
 pub mod config;
 pub mod connect;
 pub mod controller;
+pub mod crd;
+pub mod decide;
+pub mod events;
 pub mod metrics;
 pub mod watch;

@@ -130,7 +130,13 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         args.coder_token_file.clone(),
         opts,
     );
-    let ctx = Context::new(kube.clone(), connections, watches, Arc::clone(&metrics), settings);
+    let ctx = Context::new(
+        kube.clone(),
+        connections,
+        watches,
+        Arc::clone(&metrics),
+        settings,
+    );
     let namespaces = args.watched_namespaces();
     tracing::info!(
         namespaces = ?namespaces,
@@ -181,7 +187,10 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
                 }
             }
         };
-        let stop = futures::future::select(lost.boxed(), shutdown.clone()).map(|_| ()).boxed().shared();
+        let stop = futures::future::select(lost.boxed(), shutdown.clone())
+            .map(|_| ())
+            .boxed()
+            .shared();
         controller::run(Arc::clone(&ctx), namespaces, health.clone(), stop).await;
         let still_leader = *leader.borrow();
         metrics.leader.set(0);
@@ -194,7 +203,13 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
             Err(MainError::LostLease)
         }
     } else {
-        controller::run(Arc::clone(&ctx), namespaces, health.clone(), shutdown.clone()).await;
+        controller::run(
+            Arc::clone(&ctx),
+            namespaces,
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await;
         Ok(())
     };
     result?;

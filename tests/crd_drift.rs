@@ -7,8 +7,9 @@ fn checked_in_crd_matches_the_rust_types() {
         "crds/workspacestartrequests.coder.com.yaml",
         "charts/workspace-start-operator/crds/workspacestartrequests.coder.com.yaml",
     ] {
-        let file = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
-            .unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let file =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
+                .unwrap_or_else(|e| panic!("read {path}: {e}"));
         assert!(
             file == generated,
             "{path} is stale: run `make crd` and commit the result"

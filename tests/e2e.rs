@@ -25,7 +25,8 @@ async fn stopped_workspace_is_started_and_becomes_ready() {
     let sim = env.sim.sim();
     let ws = stopped(&env, "dev");
     let chat = sim.add_chat(env.alice.id, Some(ws));
-    env.create("start", json!({"chatId": chat.to_string()})).await;
+    env.create("start", json!({"chatId": chat.to_string()}))
+        .await;
 
     let w = env.wait_terminal("start", T).await;
     let st = w.status.clone().expect("status");
@@ -33,23 +34,41 @@ async fn stopped_workspace_is_started_and_becomes_ready() {
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
     assert_eq!(st.outcome, Some(Outcome::Queued));
     assert_eq!(st.workspace.as_ref().map(|w| w.name.as_str()), Some("dev"));
-    assert_eq!(st.build.as_ref().map(|b| b.transition.as_str()), Some("start"));
-    assert_eq!(st.build.as_ref().map(|b| b.job_status.as_str()), Some("succeeded"));
+    assert_eq!(
+        st.build.as_ref().map(|b| b.transition.as_str()),
+        Some("start")
+    );
+    assert_eq!(
+        st.build.as_ref().map(|b| b.job_status.as_str()),
+        Some("succeeded")
+    );
     let agent = st.agent.expect("agent");
-    assert_eq!((agent.status.as_str(), agent.lifecycle_state.as_deref()), ("connected", Some("ready")));
+    assert_eq!(
+        (agent.status.as_str(), agent.lifecycle_state.as_deref()),
+        ("connected", Some("ready"))
+    );
     assert!(st.build_requested_at.is_some() && st.completion_time.is_some());
     assert_eq!(sim.builds_created(ws), 1, "exactly one start build");
 
     // Progress is visible as Events, one per transition.
     let reasons: Vec<String> = env.events("start").await.into_iter().map(|e| e.1).collect();
     for r in ["StartRequested", "BuildInProgress", "Ready"] {
-        assert!(reasons.contains(&r.to_owned()), "missing event {r} in {reasons:?}");
+        assert!(
+            reasons.contains(&r.to_owned()),
+            "missing event {r} in {reasons:?}"
+        );
     }
 
     // Printer columns.
     let (ok, out) = env.kubectl(&["get", "wsr", "start"], None);
     assert!(ok, "{out}");
-    assert!(out.contains("PHASE") && out.contains("WORKSPACE") && out.contains("Ready") && out.contains("dev"), "{out}");
+    assert!(
+        out.contains("PHASE")
+            && out.contains("WORKSPACE")
+            && out.contains("Ready")
+            && out.contains("dev"),
+        "{out}"
+    );
 
     // Terminal requests cost nothing: no further Coder calls.
     let before = sim.counters().values().sum::<u64>();
@@ -68,7 +87,11 @@ async fn chat_without_workspace_fails() {
     assert_eq!(ready(&w), ("False".into(), "ChatHasNoWorkspace".into()));
     assert_eq!(w.status.and_then(|s| s.phase), Some(Phase::Failed));
     let evs = env.events("c").await;
-    assert!(evs.iter().any(|e| e.0 == "Warning" && e.1 == "ChatHasNoWorkspace"), "{evs:?}");
+    assert!(
+        evs.iter()
+            .any(|e| e.0 == "Warning" && e.1 == "ChatHasNoWorkspace"),
+        "{evs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,11 +104,20 @@ async fn deleted_workspace_fails() {
     let by_name = stopped(&env, "gone2");
     sim.delete_workspace(by_name);
     let chat = sim.add_chat(env.alice.id, Some(by_id));
-    env.create("by-chat", json!({"chatId": chat.to_string()})).await;
-    env.create("by-name", json!({"workspace": {"owner": "alice", "name": "gone2"}})).await;
+    env.create("by-chat", json!({"chatId": chat.to_string()}))
+        .await;
+    env.create(
+        "by-name",
+        json!({"workspace": {"owner": "alice", "name": "gone2"}}),
+    )
+    .await;
     for name in ["by-chat", "by-name"] {
         let w = env.wait_terminal(name, T).await;
-        assert_eq!(ready(&w), ("False".into(), "WorkspaceDeleted".into()), "{name}");
+        assert_eq!(
+            ready(&w),
+            ("False".into(), "WorkspaceDeleted".into()),
+            "{name}"
+        );
     }
 }
 
@@ -94,13 +126,21 @@ async fn already_running_workspace_is_ready_without_a_build() {
     let mut env = Env::new("e2e-running").await;
     env.start_operator(&[]).await;
     let sim = env.sim.sim();
-    let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "live").state(InitialState::Running));
+    let ws =
+        sim.add_workspace(WorkspaceSeed::new(env.alice.id, "live").state(InitialState::Running));
     let before = sim.builds_created(ws);
     env.create_for_workspace("r", ws).await;
     let w = env.wait_terminal("r", T).await;
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
-    assert_eq!(w.status.and_then(|s| s.outcome), Some(Outcome::AlreadyRunning));
-    assert_eq!(sim.builds_created(ws), before, "no build for a running workspace");
+    assert_eq!(
+        w.status.and_then(|s| s.outcome),
+        Some(Outcome::AlreadyRunning)
+    );
+    assert_eq!(
+        sim.builds_created(ws),
+        before,
+        "no build for a running workspace"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,14 +149,21 @@ async fn joins_a_build_in_progress() {
     env.start_operator(&[]).await;
     let sim = env.sim.sim();
     let ws = stopped(&env, "busy");
-    sim.script_next_build(ws, BuildScript::default().with_job(Duration::from_secs(1), Duration::from_secs(2)));
+    sim.script_next_build(
+        ws,
+        BuildScript::default().with_job(Duration::from_secs(1), Duration::from_secs(2)),
+    );
     sim.start_build(ws, Transition::Start);
     let before = sim.builds_created(ws);
     env.create_for_workspace("j", ws).await;
     let w = env.wait_terminal("j", T).await;
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
     assert_eq!(w.status.and_then(|s| s.outcome), Some(Outcome::InProgress));
-    assert_eq!(sim.builds_created(ws), before, "joined, did not start another build");
+    assert_eq!(
+        sim.builds_created(ws),
+        before,
+        "joined, did not start another build"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,8 +171,12 @@ async fn stop_build_in_progress_is_awaited_then_started() {
     let mut env = Env::new("e2e-stop").await;
     env.start_operator(&[]).await;
     let sim = env.sim.sim();
-    let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "stopping").state(InitialState::Running));
-    sim.script_next_build(ws, BuildScript::default().with_job(Duration::from_millis(500), Duration::from_secs(2)));
+    let ws = sim
+        .add_workspace(WorkspaceSeed::new(env.alice.id, "stopping").state(InitialState::Running));
+    sim.script_next_build(
+        ws,
+        BuildScript::default().with_job(Duration::from_millis(500), Duration::from_secs(2)),
+    );
     sim.start_build(ws, Transition::Stop);
     env.create_for_workspace("s", ws).await;
     let w = env
@@ -145,9 +196,24 @@ async fn build_and_agent_failures_have_clear_reasons() {
     let sim = env.sim.sim();
     let fast = Duration::from_millis(100);
     let cases: Vec<(&str, BuildScript, Vec<AgentSeed>, &str)> = vec![
-        ("failed", BuildScript::failed(None, "terraform apply: secret-output-xyz"), vec![AgentSeed::new("main")], "BuildFailed"),
-        ("quota", BuildScript::insufficient_quota(), vec![AgentSeed::new("main")], "InsufficientQuota"),
-        ("canceled", BuildScript::canceled(), vec![AgentSeed::new("main")], "BuildCanceled"),
+        (
+            "failed",
+            BuildScript::failed(None, "terraform apply: secret-output-xyz"),
+            vec![AgentSeed::new("main")],
+            "BuildFailed",
+        ),
+        (
+            "quota",
+            BuildScript::insufficient_quota(),
+            vec![AgentSeed::new("main")],
+            "InsufficientQuota",
+        ),
+        (
+            "canceled",
+            BuildScript::canceled(),
+            vec![AgentSeed::new("main")],
+            "BuildCanceled",
+        ),
         (
             "agent-error",
             BuildScript::default().with_agent(fast, fast, LifecycleState::StartError),
@@ -164,13 +230,20 @@ async fn build_and_agent_failures_have_clear_reasons() {
         (
             "two-chat-agents",
             BuildScript::default(),
-            vec![AgentSeed::new("a-coderd-chat"), AgentSeed::new("b-coderd-chat")],
+            vec![
+                AgentSeed::new("a-coderd-chat"),
+                AgentSeed::new("b-coderd-chat"),
+            ],
             "AgentSelectionError",
         ),
     ];
     let mut ids = Vec::new();
     for (name, script, agents, _) in &cases {
-        let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, name).agents(agents.clone()).script(script.clone()));
+        let ws = sim.add_workspace(
+            WorkspaceSeed::new(env.alice.id, name)
+                .agents(agents.clone())
+                .script(script.clone()),
+        );
         env.create_for_workspace(name, ws).await;
         ids.push(ws);
     }
@@ -181,7 +254,10 @@ async fn build_and_agent_failures_have_clear_reasons() {
         assert_eq!(sim.builds_created(ws), 1, "{name}: one attempt only");
         // Job error text (may hold Terraform secrets) never reaches the status.
         let text = serde_json::to_string(&st).expect("json");
-        assert!(!text.contains("secret-output-xyz"), "{name}: job error copied into status");
+        assert!(
+            !text.contains("secret-output-xyz"),
+            "{name}: job error copied into status"
+        );
         if *reason == "NoAgent" {
             assert_eq!(st.phase, Some(Phase::Ready));
             assert_eq!(st.agent.map(|a| a.status), Some("no_agent".into()));
@@ -189,7 +265,10 @@ async fn build_and_agent_failures_have_clear_reasons() {
             assert_eq!(st.phase, Some(Phase::Failed), "{name}");
         }
         if *reason == "InsufficientQuota" {
-            assert_eq!(st.build.and_then(|b| b.error_code), Some("INSUFFICIENT_QUOTA".into()));
+            assert_eq!(
+                st.build.and_then(|b| b.error_code),
+                Some("INSUFFICIENT_QUOTA".into())
+            );
         }
     }
 }
@@ -200,7 +279,10 @@ async fn kubectl_wait_for_ready_returns_when_ready() {
     env.start_operator(&[]).await;
     let ws = stopped(&env, "waited");
     env.create_for_workspace("w", ws).await;
-    let (ok, out) = env.kubectl(&["wait", "--for=condition=Ready", "wsr/w", "--timeout=30s"], None);
+    let (ok, out) = env.kubectl(
+        &["wait", "--for=condition=Ready", "wsr/w", "--timeout=30s"],
+        None,
+    );
     assert!(ok, "kubectl wait failed: {out}");
     assert!(out.contains("condition met"), "{out}");
 }

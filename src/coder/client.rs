@@ -224,7 +224,11 @@ impl CoderClient {
     /// `GET {chat path}/{id}`: tries `/api/v2/chats` first and falls back to
     /// `/api/experimental/chats` (Coder before v2.37); remembers the path that answered.
     pub async fn get_chat(&self, id: Uuid) -> Result<Chat, CoderError> {
-        let known = *self.inner.chat_path.lock().unwrap_or_else(|p| p.into_inner());
+        let known = *self
+            .inner
+            .chat_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let order: &[ChatPath] = match known {
             Some(ChatPath::V2) => &[ChatPath::V2],
             Some(ChatPath::Experimental) => &[ChatPath::Experimental],
@@ -239,9 +243,16 @@ impl CoderClient {
                     format!("/api/experimental/chats/{id}"),
                 ),
             };
-            match self.call::<ChatResponse>(Method::GET, endpoint, &path, None).await {
+            match self
+                .call::<ChatResponse>(Method::GET, endpoint, &path, None)
+                .await
+            {
                 Ok(c) => {
-                    *self.inner.chat_path.lock().unwrap_or_else(|p| p.into_inner()) = Some(*p);
+                    *self
+                        .inner
+                        .chat_path
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(*p);
                     return Ok(c.into_chat());
                 }
                 // A 404 on the first probe may mean "this Coder has no such route": try the next.
@@ -401,7 +412,10 @@ impl SseParser {
 /// Returns (frame length, separator length) of the first complete frame.
 fn find_frame_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, 4));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -459,7 +473,9 @@ mod tests {
     #[test]
     fn sse_frames_split_across_chunks() {
         let ws = r#"{"id":"e3f4c0de-0000-4000-8000-000000000001","name":"dev","owner_id":"51aa0000-0000-4000-8000-000000000002","owner_name":"alice","latest_build":{"id":"6f1c0000-0000-4000-8000-000000000003","build_number":2,"transition":"start","status":"starting","job":{"id":"7a000000-0000-4000-8000-000000000004","status":"running"},"resources":[]}}"#;
-        let stream = format!("event: ping\n\nevent: data\ndata: {ws}\n\nevent: error\ndata: {{\"message\":\"boom\"}}\n\n");
+        let stream = format!(
+            "event: ping\n\nevent: data\ndata: {ws}\n\nevent: error\ndata: {{\"message\":\"boom\"}}\n\n"
+        );
         let mut p = SseParser::default();
         let (a, b) = stream.as_bytes().split_at(40);
         let mut out = p.push(a);

@@ -195,7 +195,10 @@ impl JobStatus {
 
     /// Pending, running or canceling: a new build would get 409.
     pub fn is_active(self) -> bool {
-        matches!(self, JobStatus::Pending | JobStatus::Running | JobStatus::Canceling)
+        matches!(
+            self,
+            JobStatus::Pending | JobStatus::Running | JobStatus::Canceling
+        )
     }
 }
 

@@ -27,7 +27,12 @@ fn agent(name: &str, status: &str, lifecycle: &str) -> Agent {
     }
 }
 
-fn build(number: i64, transition: Transition, job: JobStatus, agents: Vec<Agent>) -> WorkspaceBuild {
+fn build(
+    number: i64,
+    transition: Transition,
+    job: JobStatus,
+    agents: Vec<Agent>,
+) -> WorkspaceBuild {
     WorkspaceBuild {
         id: Uuid::from_u128(0xb000 + number as u128),
         build_number: number,
@@ -88,7 +93,12 @@ fn status_started_at(secs: i64) -> WorkspaceStartRequestStatus {
 fn requested_after(base: i64) -> WorkspaceStartRequestStatus {
     WorkspaceStartRequestStatus {
         build_requested_at: Some(Time(t(0))),
-        build: Some(build_info(&build(base, Transition::Stop, JobStatus::Succeeded, vec![]))),
+        build: Some(build_info(&build(
+            base,
+            Transition::Stop,
+            JobStatus::Succeeded,
+            vec![],
+        ))),
         ..status_started_at(0)
     }
 }
@@ -97,7 +107,12 @@ fn requested_after(base: i64) -> WorkspaceStartRequestStatus {
 fn following(n: i64) -> WorkspaceStartRequestStatus {
     WorkspaceStartRequestStatus {
         outcome: Some(Outcome::Queued),
-        build: Some(build_info(&build(n, Transition::Start, JobStatus::Running, vec![]))),
+        build: Some(build_info(&build(
+            n,
+            Transition::Start,
+            JobStatus::Running,
+            vec![],
+        ))),
         ..requested_after(n - 1)
     }
 }
@@ -138,7 +153,13 @@ struct Case {
     outcome: Option<Outcome>,
 }
 
-fn case(name: &'static str, obs: Observation, phase: Phase, reason: &'static str, action: Act) -> Case {
+fn case(
+    name: &'static str,
+    obs: Observation,
+    phase: Phase,
+    reason: &'static str,
+    action: Act,
+) -> Case {
     Case {
         name,
         spec: spec(),
@@ -223,29 +244,86 @@ fn every_branch() {
     sub.parent_id = Some(Uuid::new_v4());
     let cases = vec![
         // Coder answers that end the request.
-        case("chat_not_found", Observation::ChatNotFound, Failed, reasons::CHAT_NOT_FOUND, Finish),
-        case("chat_without_workspace", Observation::ChatHasNoWorkspace, Failed, reasons::CHAT_HAS_NO_WORKSPACE, Finish),
-        case("workspace_deleted", Observation::WorkspaceGone, Failed, reasons::WORKSPACE_DELETED, Finish),
-        case("bad_token", Observation::Unauthorized, Failed, reasons::CODER_UNAUTHORIZED, Finish),
-        case("token_not_allowed", Observation::Forbidden, Failed, reasons::CODER_FORBIDDEN, Finish),
+        case(
+            "chat_not_found",
+            Observation::ChatNotFound,
+            Failed,
+            reasons::CHAT_NOT_FOUND,
+            Finish,
+        ),
+        case(
+            "chat_without_workspace",
+            Observation::ChatHasNoWorkspace,
+            Failed,
+            reasons::CHAT_HAS_NO_WORKSPACE,
+            Finish,
+        ),
+        case(
+            "workspace_deleted",
+            Observation::WorkspaceGone,
+            Failed,
+            reasons::WORKSPACE_DELETED,
+            Finish,
+        ),
+        case(
+            "bad_token",
+            Observation::Unauthorized,
+            Failed,
+            reasons::CODER_UNAUTHORIZED,
+            Finish,
+        ),
+        case(
+            "token_not_allowed",
+            Observation::Forbidden,
+            Failed,
+            reasons::CODER_FORBIDDEN,
+            Finish,
+        ),
         case(
             "missing_secret",
-            Observation::Misconfigured { reason: reasons::SECRET_NOT_FOUND, message: "x".into() },
+            Observation::Misconfigured {
+                reason: reasons::SECRET_NOT_FOUND,
+                message: "x".into(),
+            },
             Failed,
             reasons::SECRET_NOT_FOUND,
             Finish,
         ),
         // Coder unavailable: retry until the deadline, then fail.
-        case("coder_down_retries", Observation::CoderUnavailable, Pending, reasons::CODER_UNAVAILABLE, Retry),
-        case("coder_down_past_deadline", Observation::CoderUnavailable, Failed, reasons::CODER_UNAVAILABLE, Finish)
-            .status(status_started_at(0))
-            .at(601),
-        case("coder_down_while_waiting_for_agent", Observation::CoderUnavailable, WaitingForAgent, reasons::CODER_UNAVAILABLE, Retry)
-            .status(waiting_for_agent(500))
-            .at(900),
+        case(
+            "coder_down_retries",
+            Observation::CoderUnavailable,
+            Pending,
+            reasons::CODER_UNAVAILABLE,
+            Retry,
+        ),
+        case(
+            "coder_down_past_deadline",
+            Observation::CoderUnavailable,
+            Failed,
+            reasons::CODER_UNAVAILABLE,
+            Finish,
+        )
+        .status(status_started_at(0))
+        .at(601),
+        case(
+            "coder_down_while_waiting_for_agent",
+            Observation::CoderUnavailable,
+            WaitingForAgent,
+            reasons::CODER_UNAVAILABLE,
+            Retry,
+        )
+        .status(waiting_for_agent(500))
+        .at(900),
         // Confused deputy guards.
-        case("owner_mismatch_spec", seen(build(1, T::Stop, J::Succeeded, vec![])), Failed, reasons::OWNER_MISMATCH, Finish)
-            .spec(owner_spec),
+        case(
+            "owner_mismatch_spec",
+            seen(build(1, T::Stop, J::Succeeded, vec![])),
+            Failed,
+            reasons::OWNER_MISMATCH,
+            Finish,
+        )
+        .spec(owner_spec),
         case(
             "owner_mismatch_chat_vs_workspace",
             Observation::Workspace {
@@ -258,89 +336,331 @@ fn every_branch() {
         ),
         case(
             "dormant_workspace",
-            Observation::Workspace { chat_owner: None, workspace: Box::new(dormant) },
+            Observation::Workspace {
+                chat_owner: None,
+                workspace: Box::new(dormant),
+            },
             Failed,
             reasons::WORKSPACE_DORMANT,
             Finish,
         ),
         // Latest build states.
-        case("stopped_starts", seen(build(1, T::Stop, J::Succeeded, vec![])), Starting, reasons::START_REQUESTED, Start),
-        case("failed_build_starts", seen(build(1, T::Start, J::Failed, vec![])), Starting, reasons::START_REQUESTED, Start),
-        case("canceled_build_starts", seen(build(1, T::Start, J::Canceled, vec![])), Starting, reasons::START_REQUESTED, Start),
-        case("unknown_job_starts", seen(build(1, T::Start, J::Unknown, vec![])), Starting, reasons::START_REQUESTED, Start),
-        case("failed_delete_starts", seen(build(1, T::Delete, J::Failed, vec![])), Starting, reasons::START_REQUESTED, Start),
-        case("pending_start_joins", seen(build(3, T::Start, J::Pending, vec![])), Starting, reasons::BUILD_IN_PROGRESS, Requeue)
-            .outcome(Outcome::InProgress),
-        case("running_start_joins", seen(build(3, T::Start, J::Running, vec![])), Starting, reasons::BUILD_IN_PROGRESS, Requeue)
-            .outcome(Outcome::InProgress),
-        case("canceling_build_waits", seen(build(3, T::Start, J::Canceling, vec![])), Starting, reasons::BUILD_IN_PROGRESS, Requeue)
-            .outcome(Outcome::InProgress),
-        case("running_stop_waits_then_starts", seen(build(3, T::Stop, J::Running, vec![])), Starting, reasons::WAITING_FOR_STOP, Requeue),
-        case("deleting_workspace_fails", seen(build(3, T::Delete, J::Running, vec![])), Failed, reasons::WORKSPACE_DELETED, Finish),
-        case("deleted_build_fails", seen(build(3, T::Delete, J::Succeeded, vec![])), Failed, reasons::WORKSPACE_DELETED, Finish),
-        case("already_running_ready", with_agents(ready_agent()), Ready, reasons::READY, Finish)
-            .outcome(Outcome::AlreadyRunning),
-        case("build_timeout", seen(build(3, T::Start, J::Running, vec![])), Failed, reasons::BUILD_TIMEOUT, Finish)
-            .status(following(3))
-            .at(601),
-        case("stopped_after_deadline_fails", seen(build(1, T::Stop, J::Succeeded, vec![])), Failed, reasons::BUILD_TIMEOUT, Finish)
-            .status(status_started_at(0))
-            .at(700),
-        // Our build ends badly: one attempt only.
-        case("our_build_failed", failed_with(None), Failed, reasons::BUILD_FAILED, Finish).status(following(2)),
-        case("our_build_quota", failed_with(Some("INSUFFICIENT_QUOTA")), Failed, reasons::INSUFFICIENT_QUOTA, Finish)
-            .status(following(2)),
-        case("our_build_canceled", seen(build(2, T::Start, J::Canceled, vec![])), Failed, reasons::BUILD_CANCELED, Finish)
-            .status(following(2)),
-        case("joined_build_failed", failed_with(None), Failed, reasons::BUILD_FAILED, Finish).status(
-            WorkspaceStartRequestStatus { outcome: Some(Outcome::InProgress), build_requested_at: None, ..following(2) },
-        ),
-        case("our_build_job_unknown_waits", seen(build(2, T::Start, J::Unknown, vec![])), Starting, reasons::BUILD_IN_PROGRESS, Requeue)
-            .status(following(2)),
-        case("superseded_by_stop", seen(build(3, T::Stop, J::Pending, vec![])), Failed, reasons::BUILD_SUPERSEDED, Finish)
-            .status(following(2)),
-        case("newer_start_build_is_followed", seen(build(3, T::Start, J::Running, vec![])), Starting, reasons::BUILD_IN_PROGRESS, Requeue)
-            .status(following(2))
-            .outcome(Outcome::Queued),
-        // Crash recovery around the POST.
-        case("crash_after_post_adopts_build", seen(build(2, T::Start, J::Running, vec![])), Starting, reasons::BUILD_IN_PROGRESS, Requeue)
-            .status(requested_after(1))
-            .outcome(Outcome::Queued),
-        case("crash_after_post_build_done", with_agents(ready_agent()), Ready, reasons::READY, Finish)
-            .status(requested_after(1))
-            .outcome(Outcome::Queued),
-        case("crash_before_post_requests_again", seen(build(1, T::Stop, J::Succeeded, vec![])), Starting, reasons::START_REQUESTED, Start)
-            .status(requested_after(1)),
-        case("stop_build_won_race_waits", seen(build(2, T::Stop, J::Running, vec![])), Starting, reasons::WAITING_FOR_STOP, Requeue)
-            .status(requested_after(1)),
-        case("stop_build_won_race_then_starts", seen(build(2, T::Stop, J::Succeeded, vec![])), Starting, reasons::START_REQUESTED, Start)
-            .status(requested_after(1)),
-        // Result lost and two builds since (ours may be the first): never POST on a maybe.
-        case("lost_post_then_stopped_fails", seen(build(3, T::Stop, J::Succeeded, vec![])), Failed, reasons::BUILD_SUPERSEDED, Finish)
-            .status(requested_after(1)),
-        // Agents.
-        case("agent_connecting_waits", with_agents(vec![agent("main", "connecting", "created")]), WaitingForAgent, reasons::WAITING_FOR_AGENT, Requeue),
-        case("agent_starting_waits", with_agents(vec![agent("main", "connected", "starting")]), WaitingForAgent, reasons::WAITING_FOR_AGENT, Requeue),
-        case("agent_ready_but_disconnected_waits", with_agents(vec![agent("main", "disconnected", "ready")]), WaitingForAgent, reasons::WAITING_FOR_AGENT, Requeue),
-        case("agent_start_error", with_agents(vec![agent("main", "connected", "start_error")]), Failed, reasons::AGENT_START_ERROR, Finish),
-        case("agent_start_timeout", with_agents(vec![agent("main", "connected", "start_timeout")]), Failed, reasons::AGENT_TIMEOUT, Finish),
-        case("agent_shutting_down", with_agents(vec![agent("main", "connected", "shutting_down")]), Failed, reasons::AGENT_START_ERROR, Finish),
-        case("agent_deadline", with_agents(vec![agent("main", "connecting", "created")]), Failed, reasons::AGENT_TIMEOUT, Finish)
-            .status(waiting_for_agent(100))
-            .at(701),
-        case("no_agent_is_ready", with_agents(vec![]), Ready, reasons::NO_AGENT, Finish),
-        case("only_sub_agents", with_agents(vec![sub.clone()]), Failed, reasons::AGENT_SELECTION_ERROR, Finish),
         case(
-            "two_chat_agents",
-            with_agents(vec![agent("a-coderd-chat", "connected", "ready"), agent("b-coderd-chat", "connected", "ready")]),
+            "stopped_starts",
+            seen(build(1, T::Stop, J::Succeeded, vec![])),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        ),
+        case(
+            "failed_build_starts",
+            seen(build(1, T::Start, J::Failed, vec![])),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        ),
+        case(
+            "canceled_build_starts",
+            seen(build(1, T::Start, J::Canceled, vec![])),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        ),
+        case(
+            "unknown_job_starts",
+            seen(build(1, T::Start, J::Unknown, vec![])),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        ),
+        case(
+            "failed_delete_starts",
+            seen(build(1, T::Delete, J::Failed, vec![])),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        ),
+        case(
+            "pending_start_joins",
+            seen(build(3, T::Start, J::Pending, vec![])),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        )
+        .outcome(Outcome::InProgress),
+        case(
+            "running_start_joins",
+            seen(build(3, T::Start, J::Running, vec![])),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        )
+        .outcome(Outcome::InProgress),
+        case(
+            "canceling_build_waits",
+            seen(build(3, T::Start, J::Canceling, vec![])),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        )
+        .outcome(Outcome::InProgress),
+        case(
+            "running_stop_waits_then_starts",
+            seen(build(3, T::Stop, J::Running, vec![])),
+            Starting,
+            reasons::WAITING_FOR_STOP,
+            Requeue,
+        ),
+        case(
+            "deleting_workspace_fails",
+            seen(build(3, T::Delete, J::Running, vec![])),
+            Failed,
+            reasons::WORKSPACE_DELETED,
+            Finish,
+        ),
+        case(
+            "deleted_build_fails",
+            seen(build(3, T::Delete, J::Succeeded, vec![])),
+            Failed,
+            reasons::WORKSPACE_DELETED,
+            Finish,
+        ),
+        case(
+            "already_running_ready",
+            with_agents(ready_agent()),
+            Ready,
+            reasons::READY,
+            Finish,
+        )
+        .outcome(Outcome::AlreadyRunning),
+        case(
+            "build_timeout",
+            seen(build(3, T::Start, J::Running, vec![])),
+            Failed,
+            reasons::BUILD_TIMEOUT,
+            Finish,
+        )
+        .status(following(3))
+        .at(601),
+        case(
+            "stopped_after_deadline_fails",
+            seen(build(1, T::Stop, J::Succeeded, vec![])),
+            Failed,
+            reasons::BUILD_TIMEOUT,
+            Finish,
+        )
+        .status(status_started_at(0))
+        .at(700),
+        // Our build ends badly: one attempt only.
+        case(
+            "our_build_failed",
+            failed_with(None),
+            Failed,
+            reasons::BUILD_FAILED,
+            Finish,
+        )
+        .status(following(2)),
+        case(
+            "our_build_quota",
+            failed_with(Some("INSUFFICIENT_QUOTA")),
+            Failed,
+            reasons::INSUFFICIENT_QUOTA,
+            Finish,
+        )
+        .status(following(2)),
+        case(
+            "our_build_canceled",
+            seen(build(2, T::Start, J::Canceled, vec![])),
+            Failed,
+            reasons::BUILD_CANCELED,
+            Finish,
+        )
+        .status(following(2)),
+        case(
+            "joined_build_failed",
+            failed_with(None),
+            Failed,
+            reasons::BUILD_FAILED,
+            Finish,
+        )
+        .status(WorkspaceStartRequestStatus {
+            outcome: Some(Outcome::InProgress),
+            build_requested_at: None,
+            ..following(2)
+        }),
+        case(
+            "our_build_job_unknown_waits",
+            seen(build(2, T::Start, J::Unknown, vec![])),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        )
+        .status(following(2)),
+        case(
+            "superseded_by_stop",
+            seen(build(3, T::Stop, J::Pending, vec![])),
+            Failed,
+            reasons::BUILD_SUPERSEDED,
+            Finish,
+        )
+        .status(following(2)),
+        case(
+            "newer_start_build_is_followed",
+            seen(build(3, T::Start, J::Running, vec![])),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        )
+        .status(following(2))
+        .outcome(Outcome::Queued),
+        // Crash recovery around the POST.
+        case(
+            "crash_after_post_adopts_build",
+            seen(build(2, T::Start, J::Running, vec![])),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        )
+        .status(requested_after(1))
+        .outcome(Outcome::Queued),
+        case(
+            "crash_after_post_build_done",
+            with_agents(ready_agent()),
+            Ready,
+            reasons::READY,
+            Finish,
+        )
+        .status(requested_after(1))
+        .outcome(Outcome::Queued),
+        case(
+            "crash_before_post_requests_again",
+            seen(build(1, T::Stop, J::Succeeded, vec![])),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        )
+        .status(requested_after(1)),
+        case(
+            "stop_build_won_race_waits",
+            seen(build(2, T::Stop, J::Running, vec![])),
+            Starting,
+            reasons::WAITING_FOR_STOP,
+            Requeue,
+        )
+        .status(requested_after(1)),
+        case(
+            "stop_build_won_race_then_starts",
+            seen(build(2, T::Stop, J::Succeeded, vec![])),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        )
+        .status(requested_after(1)),
+        // Result lost and two builds since (ours may be the first): never POST on a maybe.
+        case(
+            "lost_post_then_stopped_fails",
+            seen(build(3, T::Stop, J::Succeeded, vec![])),
+            Failed,
+            reasons::BUILD_SUPERSEDED,
+            Finish,
+        )
+        .status(requested_after(1)),
+        // Agents.
+        case(
+            "agent_connecting_waits",
+            with_agents(vec![agent("main", "connecting", "created")]),
+            WaitingForAgent,
+            reasons::WAITING_FOR_AGENT,
+            Requeue,
+        ),
+        case(
+            "agent_starting_waits",
+            with_agents(vec![agent("main", "connected", "starting")]),
+            WaitingForAgent,
+            reasons::WAITING_FOR_AGENT,
+            Requeue,
+        ),
+        case(
+            "agent_ready_but_disconnected_waits",
+            with_agents(vec![agent("main", "disconnected", "ready")]),
+            WaitingForAgent,
+            reasons::WAITING_FOR_AGENT,
+            Requeue,
+        ),
+        case(
+            "agent_start_error",
+            with_agents(vec![agent("main", "connected", "start_error")]),
+            Failed,
+            reasons::AGENT_START_ERROR,
+            Finish,
+        ),
+        case(
+            "agent_start_timeout",
+            with_agents(vec![agent("main", "connected", "start_timeout")]),
+            Failed,
+            reasons::AGENT_TIMEOUT,
+            Finish,
+        ),
+        case(
+            "agent_shutting_down",
+            with_agents(vec![agent("main", "connected", "shutting_down")]),
+            Failed,
+            reasons::AGENT_START_ERROR,
+            Finish,
+        ),
+        case(
+            "agent_deadline",
+            with_agents(vec![agent("main", "connecting", "created")]),
+            Failed,
+            reasons::AGENT_TIMEOUT,
+            Finish,
+        )
+        .status(waiting_for_agent(100))
+        .at(701),
+        case(
+            "no_agent_is_ready",
+            with_agents(vec![]),
+            Ready,
+            reasons::NO_AGENT,
+            Finish,
+        ),
+        case(
+            "only_sub_agents",
+            with_agents(vec![sub.clone()]),
             Failed,
             reasons::AGENT_SELECTION_ERROR,
             Finish,
         ),
-        case("agent_name_not_found", with_agents(ready_agent()), Failed, reasons::AGENT_NOT_FOUND, Finish)
-            .spec(WorkspaceStartRequestSpec { agent_name: Some("gpu".into()), ..spec() }),
+        case(
+            "two_chat_agents",
+            with_agents(vec![
+                agent("a-coderd-chat", "connected", "ready"),
+                agent("b-coderd-chat", "connected", "ready"),
+            ]),
+            Failed,
+            reasons::AGENT_SELECTION_ERROR,
+            Finish,
+        ),
+        case(
+            "agent_name_not_found",
+            with_agents(ready_agent()),
+            Failed,
+            reasons::AGENT_NOT_FOUND,
+            Finish,
+        )
+        .spec(WorkspaceStartRequestSpec {
+            agent_name: Some("gpu".into()),
+            ..spec()
+        }),
         // Terminal requests cost nothing and never change.
-        case("terminal_is_final", Observation::CoderUnavailable, Ready, "", Finish).status(WorkspaceStartRequestStatus {
+        case(
+            "terminal_is_final",
+            Observation::CoderUnavailable,
+            Ready,
+            "",
+            Finish,
+        )
+        .status(WorkspaceStartRequestStatus {
             phase: Some(Ready),
             ..Default::default()
         }),
@@ -351,22 +671,38 @@ fn every_branch() {
         let got = (d.status.phase, ready_reason(&d), act(&d.action));
         let want = (Some(c.phase), c.reason.to_string(), c.action);
         if got != want || (c.outcome.is_some() && d.status.outcome != c.outcome) {
-            failures.push(format!("{}: got {:?} outcome {:?}, want {:?} outcome {:?}", c.name, got, d.status.outcome, want, c.outcome));
+            failures.push(format!(
+                "{}: got {:?} outcome {:?}, want {:?} outcome {:?}",
+                c.name, got, d.status.outcome, want, c.outcome
+            ));
         }
     }
-    assert!(failures.is_empty(), "failing rows:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "failing rows:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn names_selected(agents: Vec<Agent>) -> Option<String> {
     let b = build(1, Transition::Start, JobStatus::Succeeded, agents);
-    select_agent(&b, None).ok().flatten().map(|a| a.name.clone())
+    select_agent(&b, None)
+        .ok()
+        .flatten()
+        .map(|a| a.name.clone())
 }
 
 #[test]
 fn agent_selection_follows_the_chat_tool() {
     let a = |n: &str| agent(n, "connected", "ready");
-    assert_eq!(names_selected(vec![a("zeta"), a("Alpha"), a("beta")]), Some("Alpha".into()));
-    assert_eq!(names_selected(vec![a("alpha"), a("main-CODERD-chat")]), Some("main-CODERD-chat".into()));
+    assert_eq!(
+        names_selected(vec![a("zeta"), a("Alpha"), a("beta")]),
+        Some("Alpha".into())
+    );
+    assert_eq!(
+        names_selected(vec![a("alpha"), a("main-CODERD-chat")]),
+        Some("main-CODERD-chat".into())
+    );
     let mut child = a("child-coderd-chat");
     child.parent_id = Some(Uuid::new_v4());
     assert_eq!(names_selected(vec![a("root"), child]), Some("root".into()));
@@ -377,7 +713,10 @@ fn start_request_carries_parameters_and_active_version() {
     let mut ws = workspace(build(1, Transition::Stop, JobStatus::Succeeded, vec![]));
     ws.template_require_active_version = true;
     let spec = WorkspaceStartRequestSpec {
-        parameters: vec![BuildParameter { name: "region".into(), value: "eu".into() }],
+        parameters: vec![BuildParameter {
+            name: "region".into(),
+            value: "eu".into(),
+        }],
         ..spec()
     };
     let status = WorkspaceStartRequestStatus::default();
@@ -385,15 +724,26 @@ fn start_request_carries_parameters_and_active_version() {
         spec: &spec,
         generation: Some(1),
         status: &status,
-        observation: Observation::Workspace { chat_owner: None, workspace: Box::new(ws) },
+        observation: Observation::Workspace {
+            chat_owner: None,
+            workspace: Box::new(ws),
+        },
         now: t(0),
         poll: Duration::from_secs(2),
     });
-    let Action::StartBuild { workspace, request } = d.action else { panic!("want StartBuild, got {:?}", d.action) };
+    let Action::StartBuild { workspace, request } = d.action else {
+        panic!("want StartBuild, got {:?}", d.action)
+    };
     assert_eq!(workspace, uuid(WS));
     assert_eq!(request.transition, Transition::Start);
     assert_eq!(request.template_version_id, Some(uuid(ACTIVE_VERSION)));
-    assert_eq!(request.rich_parameter_values, vec![ParameterValue { name: "region".into(), value: "eu".into() }]);
+    assert_eq!(
+        request.rich_parameter_values,
+        vec![ParameterValue {
+            name: "region".into(),
+            value: "eu".into()
+        }]
+    );
     // The status remembers the build seen before the request and when it was made.
     assert_eq!(d.status.build.as_ref().map(|b| b.number), Some(1));
     assert_eq!(d.status.build_requested_at, Some(Time(t(0))));
@@ -403,7 +753,10 @@ fn start_request_carries_parameters_and_active_version() {
 #[test]
 fn requeue_never_sleeps_past_the_deadline() {
     let spec = WorkspaceStartRequestSpec {
-        timeouts: Some(Timeouts { build: Some("30s".into()), agent: None }),
+        timeouts: Some(Timeouts {
+            build: Some("30s".into()),
+            agent: None,
+        }),
         ..spec()
     };
     let status = status_started_at(0);
@@ -420,7 +773,13 @@ fn requeue_never_sleeps_past_the_deadline() {
 
 #[test]
 fn conditions_follow_kstatus() {
-    let c = case("x", with_agents(ready_agent()), Phase::Ready, reasons::READY, Act::Finish);
+    let c = case(
+        "x",
+        with_agents(ready_agent()),
+        Phase::Ready,
+        reasons::READY,
+        Act::Finish,
+    );
     let d = run(&c);
     let st = |ty| conditions::get(&d.status.conditions, ty).map(|c| c.status.clone());
     assert_eq!(st(types::READY).as_deref(), Some("True"));
@@ -431,13 +790,25 @@ fn conditions_follow_kstatus() {
     assert!(d.status.completion_time.is_some());
     assert_eq!(d.status.observed_generation, Some(1));
 
-    let c = case("y", failed_with(Some("INSUFFICIENT_QUOTA")), Phase::Failed, reasons::INSUFFICIENT_QUOTA, Act::Finish)
-        .status(following(2));
+    let c = case(
+        "y",
+        failed_with(Some("INSUFFICIENT_QUOTA")),
+        Phase::Failed,
+        reasons::INSUFFICIENT_QUOTA,
+        Act::Finish,
+    )
+    .status(following(2));
     let d = run(&c);
     let st = |ty| conditions::get(&d.status.conditions, ty).map(|c| c.status.clone());
     assert_eq!(st(types::STALLED).as_deref(), Some("True"));
     assert_eq!(st(types::BUILD_SUCCEEDED).as_deref(), Some("False"));
-    assert_eq!(d.status.build.as_ref().and_then(|b| b.error_code.as_deref()), Some("INSUFFICIENT_QUOTA"));
+    assert_eq!(
+        d.status
+            .build
+            .as_ref()
+            .and_then(|b| b.error_code.as_deref()),
+        Some("INSUFFICIENT_QUOTA")
+    );
 }
 
 #[test]

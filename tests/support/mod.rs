@@ -334,7 +334,13 @@ impl Env {
     /// published in the background, so this waits (up to 10 s) until the event for the
     /// request's current Ready reason is visible.
     pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
-        let current = self.wsrs().get_opt(name).await.ok().flatten().map(|w| ready(&w).1);
+        let current = self
+            .wsrs()
+            .get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .map(|w| ready(&w).1);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let evs = self.list_events(name).await;

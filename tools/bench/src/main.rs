@@ -31,13 +31,28 @@ const WATCH_ROUTE: &str = "GET /api/v2/workspaces/{id}/watch";
 #[command(about = "Benchmark workspace-start-operator against a real API server and coder-sim")]
 struct Args {
     /// Request counts, comma-separated.
-    #[arg(long, env = "BENCH_N", value_delimiter = ',', default_value = "100,1000,5000")]
+    #[arg(
+        long,
+        env = "BENCH_N",
+        value_delimiter = ',',
+        default_value = "100,1000,5000"
+    )]
     n: Vec<usize>,
     /// Shapes: `shared` (10 requests per workspace) and/or `unique` (one per workspace).
-    #[arg(long, env = "BENCH_SHAPES", value_delimiter = ',', default_value = "shared,unique")]
+    #[arg(
+        long,
+        env = "BENCH_SHAPES",
+        value_delimiter = ',',
+        default_value = "shared,unique"
+    )]
     shapes: Vec<String>,
     /// Modes: `watch` (--coder-watch=true) and/or `poll` (--coder-watch=false).
-    #[arg(long, env = "BENCH_MODES", value_delimiter = ',', default_value = "watch,poll")]
+    #[arg(
+        long,
+        env = "BENCH_MODES",
+        value_delimiter = ',',
+        default_value = "watch,poll"
+    )]
     modes: Vec<String>,
     /// Requests per workspace in the `shared` shape.
     #[arg(long, default_value_t = 10)]
@@ -341,7 +356,9 @@ async fn run_one(
         other => bail!("unknown mode {other}"),
     };
     let admin = plane.admin_client();
-    let ns = plane.create_namespace(&format!("bench-{shape}-{n}-{mode}")).await?;
+    let ns = plane
+        .create_namespace(&format!("bench-{shape}-{n}-{mode}"))
+        .await?;
     let sim_server = SimServer::start(SimConfig {
         rate_limit_per_minute: args.sim_rate_limit,
         ..SimConfig::default()
@@ -360,7 +377,9 @@ async fn run_one(
     let n_ws = n.div_ceil(per_ws);
     let workspaces: Vec<Uuid> = (0..n_ws)
         .map(|i| {
-            sim.add_workspace(WorkspaceSeed::new(user.id, &format!("ws-{i}")).script(script.clone()))
+            sim.add_workspace(
+                WorkspaceSeed::new(user.id, &format!("ws-{i}")).script(script.clone()),
+            )
         })
         .collect();
     // Request i -> (name, workspace, spec).
@@ -476,7 +495,10 @@ async fn run_one(
             break;
         }
         if fails > 0 && ready + fails >= n {
-            bail!("{fails} requests failed: {:?}", failed.lock().unwrap().iter().take(5).collect::<Vec<_>>());
+            bail!(
+                "{fails} requests failed: {:?}",
+                failed.lock().unwrap().iter().take(5).collect::<Vec<_>>()
+            );
         }
         if Instant::now() > deadline {
             bail!(
@@ -594,7 +616,8 @@ async fn run_one(
 }
 
 fn short_route(r: &str) -> String {
-    r.replace("/api/v2/", "/").replace("/api/experimental/", "/x/")
+    r.replace("/api/v2/", "/")
+        .replace("/api/experimental/", "/x/")
 }
 
 fn run_detail(r: &RunResult) -> String {
@@ -609,14 +632,23 @@ fn run_detail(r: &RunResult) -> String {
         r.mode == "watch"
     );
     let _ = writeln!(s, "| figure | value |\n|---|---|");
-    let _ = writeln!(s, "| wall time until all Ready | {:.2} s |", r.wall.as_secs_f64());
+    let _ = writeln!(
+        s,
+        "| wall time until all Ready | {:.2} s |",
+        r.wall.as_secs_f64()
+    );
     let _ = writeln!(
         s,
         "| Ready lag p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |",
         r.lag_p50_ms, r.lag_p99_ms, r.lag_max_ms
     );
     for (route, c) in &r.coder_by_route {
-        let _ = writeln!(s, "| Coder `{}` per request | {:.3} ({c}) |", route, *c as f64 / n);
+        let _ = writeln!(
+            s,
+            "| Coder `{}` per request | {:.3} ({c}) |",
+            route,
+            *c as f64 / n
+        );
     }
     let _ = writeln!(
         s,
@@ -636,7 +668,11 @@ fn run_detail(r: &RunResult) -> String {
         r.api_total / n,
         r.api_total
     );
-    let _ = writeln!(s, "| operator peak RSS (VmHWM) | {:.1} MiB |", r.rss_kib as f64 / 1024.0);
+    let _ = writeln!(
+        s,
+        "| operator peak RSS (VmHWM) | {:.1} MiB |",
+        r.rss_kib as f64 / 1024.0
+    );
     let _ = writeln!(s, "| operator CPU (user+sys) | {:.2} s |", r.cpu_s);
     s
 }
@@ -647,13 +683,21 @@ fn summary(args: &Args, rs: &[RunResult]) -> String {
         s,
         "\n## Summary\n\nScript per build: pending {} ms, running {} ms, agent connect {} ms + ready {} ms; \
          requests name their workspace by `{}`; coder-sim rate limit {}/min per user and URL path.\n",
-        args.pending_ms, args.running_ms, args.agent_connect_ms, args.agent_ready_ms, args.target, args.sim_rate_limit
+        args.pending_ms,
+        args.running_ms,
+        args.agent_connect_ms,
+        args.agent_ready_ms,
+        args.target,
+        args.sim_rate_limit
     );
     let _ = writeln!(
         s,
         "| N | shape | workspaces | watch | wall s | lag p50 ms | lag p99 ms | Coder req/req | by endpoint (per request) | 429s | API req/req | RSS MiB | CPU s |"
     );
-    let _ = writeln!(s, "|---:|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---:|---|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
     for r in rs {
         let n = r.n as f64;
         let by: Vec<String> = r
@@ -695,7 +739,13 @@ fn summary(args: &Args, rs: &[RunResult]) -> String {
              | N | shape | lag p50 poll/watch | lag p99 poll/watch | Coder req poll/watch | wall poll/watch |\n|---:|---|---:|---:|---:|---:|"
         );
         for (w, p) in pairs {
-            let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.1}×", a / b) } else { "–".into() };
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.1}×", a / b)
+                } else {
+                    "–".into()
+                }
+            };
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {} |",

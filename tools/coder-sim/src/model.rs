@@ -975,7 +975,11 @@ impl Sim {
 
     /// Wakes only the watch streams of `workspace`.
     pub(crate) fn notify_workspace(&self, workspace: Uuid) {
-        let map = self.shared.changed_ws.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self
+            .shared
+            .changed_ws
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = map.get(&workspace) {
             tx.send_modify(|v| *v = v.wrapping_add(1));
         }
@@ -983,7 +987,11 @@ impl Sim {
 
     /// Subscribes to [`Sim::notify_workspace`] wake-ups of `workspace`.
     pub(crate) fn subscribe_workspace(&self, workspace: Uuid) -> watch::Receiver<u64> {
-        let mut map = self.shared.changed_ws.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .shared
+            .changed_ws
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         map.retain(|_, tx| tx.receiver_count() > 0);
         map.entry(workspace)
             .or_insert_with(|| watch::channel(0).0)

@@ -115,7 +115,10 @@ async fn methods_on_one_path_share_a_budget() {
     assert_eq!(api.get(&path).await.status, StatusCode::OK);
     assert_eq!(api.get(&path).await.status, StatusCode::OK);
     let r = api
-        .send(api.req(reqwest::Method::POST, &path).json(&json!({"transition": "start"})))
+        .send(
+            api.req(reqwest::Method::POST, &path)
+                .json(&json!({"transition": "start"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
 }
