@@ -21,7 +21,8 @@ helm_sha256=b66cb19f2b31f9d427632ea6c4b4a1ff89b74ecaeaee323cd166da41a7af53bd
 mkdir -p "$cache"
 log() { echo "control-plane-bins: $*" >&2; }
 
-key() { sha256sum "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-16; }
+# Content only (not paths), so every clone of the same commit shares the cached binaries.
+key() { cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-16; }
 
 build_go() { # name module-dir package out extra-ldflags
   local name=$1 dir=$2 pkg=$3 out=$4 ldflags=$5
