@@ -8,13 +8,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use coder_sim::{BuildScript, Fault, LifecycleState, SimConfig, SimServer, WorkspaceSeed};
+use coder_sim::{BuildScript, Fault, LifecycleState, SimConfig, WorkspaceSeed};
 use envtest::ControlPlane;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::{Env, RELEASE, ready, render_chart, repo};
+use support::{Env, RELEASE, ready, render_chart};
 use workspace_start_operator::crd::{Outcome, Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(60);
@@ -257,33 +257,7 @@ async fn private_env(prefix: &str) -> (Env, &'static ControlPlane) {
     let plane: &'static ControlPlane = Box::leak(Box::new(
         ControlPlane::start().await.expect("private control plane"),
     ));
-    plane
-        .install_crds(&repo().join("crds"))
-        .await
-        .expect("install CRDs");
-    let ns = plane.create_namespace(prefix).await.expect("namespace");
-    let sim = SimServer::start(SimConfig::default())
-        .await
-        .expect("coder-sim");
-    let alice = sim.sim().add_user("alice");
-    let yaml = render_chart(&ns, &sim.url(), &[]);
-    plane.apply_yaml(&yaml, &ns).await.expect("apply chart");
-    let (_, sa_kubeconfig) = plane
-        .service_account_client(&ns, RELEASE)
-        .await
-        .expect("SA token");
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("token"), format!("{}\n", alice.token)).expect("token file");
-    let env = Env {
-        plane,
-        admin: plane.admin_client(),
-        ns,
-        sim,
-        alice,
-        sa_kubeconfig,
-        dir,
-        operator: None,
-    };
+    let env = Env::on_plane(plane, prefix, SimConfig::default()).await;
     (env, plane)
 }
 

@@ -145,8 +145,11 @@ impl Env {
 
     /// Like [`Env::new`] with a custom simulator configuration.
     pub async fn with_sim(prefix: &str, cfg: SimConfig) -> Env {
-        let _ = tracing_init();
-        let plane = ControlPlane::shared().await;
+        Self::on_plane(ControlPlane::shared().await, prefix, cfg).await
+    }
+
+    /// Like [`Env::with_sim`] on a given control plane (e.g. a private one a test restarts).
+    pub async fn on_plane(plane: &'static ControlPlane, prefix: &str, cfg: SimConfig) -> Env {
         plane
             .install_crds(&repo().join("crds"))
             .await
@@ -434,10 +437,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-fn tracing_init() -> Result<(), ()> {
-    Ok(())
 }
 
 /// The Ready condition's (status, reason).
