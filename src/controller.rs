@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{self, Action as KubeAction, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -25,6 +25,7 @@ use crate::crd::{
 use crate::decide::{self, Action, Decision, Input, Observation, build_info};
 use crate::events::{EventPublisher, EventType};
 use crate::metrics::{CONTROLLER, ControllerLabels, Health, Metrics, PhaseLabels};
+use crate::status::StatusWriter;
 use crate::watch::{Watches, WorkspaceKey};
 
 /// Errors that make a reconcile retry with backoff.
@@ -84,22 +85,9 @@ pub struct Context {
     pub settings: Settings,
     failures: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, u32>>,
     phases: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Phase>>,
-    /// Each object's last status write by this process.
-    written: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Written>>,
+    /// Status writes, and the last status this process wrote per request.
+    status: StatusWriter,
 }
-
-/// A status this process wrote: the operator is the only writer of status, so while the
-/// reflector has not caught up with it, this is the request's real status.
-struct Written {
-    uid: String,
-    resource_version: String,
-    status: WorkspaceStartRequestStatus,
-    at: Instant,
-}
-
-/// Progress-only status changes (job pending → running, agent connecting → connected) are
-/// written at most this often per request; phase and reason changes are written at once.
-const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Context {
     /// Builds the context.
@@ -121,7 +109,7 @@ impl Context {
             settings,
             failures: Mutex::new(HashMap::new()),
             phases: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
+            status: StatusWriter::default(),
         })
     }
 
@@ -136,65 +124,6 @@ impl Context {
         let base = Duration::from_secs(1u64 << (n - 1).min(8)).min(Duration::from_secs(300));
         let jitter = rand::rng().random_range(0.8..1.2);
         base.mul_f64(jitter).max(min.unwrap_or_default())
-    }
-
-    /// Remembers the status our write produced (and the object version it made).
-    fn remember(
-        &self,
-        obj: &ObjectRef<WorkspaceStartRequest>,
-        written: &WorkspaceStartRequest,
-        status: &WorkspaceStartRequestStatus,
-    ) {
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match (written.uid(), written.resource_version()) {
-            (Some(uid), Some(resource_version)) => {
-                w.insert(
-                    obj.clone(),
-                    Written {
-                        uid,
-                        resource_version,
-                        status: status.clone(),
-                        at: Instant::now(),
-                    },
-                );
-            }
-            _ => {
-                w.remove(obj);
-            }
-        }
-    }
-
-    fn forget(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
-        self.written
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(obj);
-    }
-
-    /// The status to decide on: ours, when the cached object is not the version our last
-    /// status write produced (the reflector lags behind our own write; deciding on the stale
-    /// status could repeat a start build the newer status says was already requested).
-    fn current_status(
-        &self,
-        obj: &ObjectRef<WorkspaceStartRequest>,
-        wsr: &WorkspaceStartRequest,
-    ) -> WorkspaceStartRequestStatus {
-        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match w.get(obj) {
-            Some(e)
-                if wsr.uid().as_deref() == Some(e.uid.as_str())
-                    && wsr.resource_version().as_deref() != Some(e.resource_version.as_str()) =>
-            {
-                e.status.clone()
-            }
-            _ => wsr.status.clone().unwrap_or_default(),
-        }
-    }
-
-    /// How long ago this process last wrote the object's status.
-    fn since_last_write(&self, obj: &ObjectRef<WorkspaceStartRequest>) -> Option<Duration> {
-        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        w.get(obj).map(|e| e.at.elapsed())
     }
 
     fn reset_backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
@@ -338,7 +267,7 @@ fn coder_failure(e: CoderError) -> Observation {
     }
 }
 
-/// Writes the status by server-side apply when it changed.
+/// Writes the status through the context's [`StatusWriter`].
 async fn apply_status(
     ctx: &Context,
     api: &Api<WorkspaceStartRequest>,
@@ -346,41 +275,13 @@ async fn apply_status(
     old: &WorkspaceStartRequestStatus,
     new: &WorkspaceStartRequestStatus,
 ) -> Result<(), Error> {
-    if old == new {
-        return Ok(());
-    }
-    let patch = serde_json::json!({
-        "apiVersion": WorkspaceStartRequest::api_version(&()),
-        "kind": WorkspaceStartRequest::kind(&()),
-        "status": new,
-    });
-    let written = api
-        .patch_status(
-            &wsr.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
+    ctx.status
+        .apply(api, wsr, old, new)
         .await
         .map_err(|source| Error::StatusPatch {
             name: wsr.name_any(),
             source,
-        })?;
-    ctx.remember(&ObjectRef::from_obj(wsr), &written, new);
-    Ok(())
-}
-
-/// True when `new` differs from `old` only in progress detail: same phase, Ready reason,
-/// outcome, build followed and start request.
-fn progress_only(old: &WorkspaceStartRequestStatus, new: &WorkspaceStartRequestStatus) -> bool {
-    let reason = |s: &WorkspaceStartRequestStatus| {
-        conditions::get(&s.conditions, types::READY).map(|c| c.reason.clone())
-    };
-    old.phase == new.phase
-        && reason(old) == reason(new)
-        && old.outcome == new.outcome
-        && old.build.as_ref().map(|b| &b.id) == new.build.as_ref().map(|b| &b.id)
-        && old.build_requested_at == new.build_requested_at
-        && old.workspace == new.workspace
+        })
 }
 
 /// Publishes an Event when the Ready reason changes (one per transition).
@@ -440,9 +341,9 @@ async fn reconcile_inner(
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
     let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
-    let prev = ctx.current_status(&oref, wsr);
+    let prev = ctx.status.current(&oref, wsr);
     if wsr.meta().deletion_timestamp.is_some() {
-        ctx.forget(&oref);
+        ctx.status.forget(&oref);
         ctx.watches.unfollow(&oref);
         ctx.track_phase(&oref, None);
         return Ok(KubeAction::await_change());
@@ -456,7 +357,7 @@ async fn reconcile_inner(
             .and_then(|st| st.phase)
             .is_some_and(Phase::is_terminal)
         {
-            ctx.forget(&oref);
+            ctx.status.forget(&oref);
         }
         ctx.watches.unfollow(&oref);
         ctx.reset_backoff(&oref);
@@ -677,13 +578,9 @@ async fn conclude(
 ) -> Result<KubeAction, Error> {
     {
         // Progress detail alone (job or agent state within the same phase and reason) is
-        // written at most every PROGRESS_WRITE_INTERVAL, to spare the API server under load.
-        let defer = match (&decision.action, ctx.since_last_write(oref)) {
-            (Action::Requeue(_), Some(since))
-                if since < PROGRESS_WRITE_INTERVAL && progress_only(prev, &decision.status) =>
-            {
-                Some(PROGRESS_WRITE_INTERVAL - since)
-            }
+        // written at most once a second, to spare the API server under load.
+        let defer = match &decision.action {
+            Action::Requeue(_) => ctx.status.defer(oref, prev, &decision.status),
             _ => None,
         };
         if defer.is_none() {

@@ -12,4 +12,5 @@ pub mod crd;
 pub mod decide;
 pub mod events;
 pub mod metrics;
+pub mod status;
 pub mod watch;
