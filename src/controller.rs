@@ -126,6 +126,15 @@ impl Context {
         base.mul_f64(jitter).max(min.unwrap_or_default())
     }
 
+    /// Forgets everything kept for a deleted request (status memory, watch subscription,
+    /// backoff, phase gauge).
+    fn forget_request(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+        self.status.forget(obj);
+        self.watches.unfollow(obj);
+        self.reset_backoff(obj);
+        self.track_phase(obj, None);
+    }
+
     fn reset_backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
         self.failures
             .lock()
@@ -343,9 +352,7 @@ async fn reconcile_inner(
     let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
     let prev = ctx.status.current(&oref, wsr);
     if wsr.meta().deletion_timestamp.is_some() {
-        ctx.status.forget(&oref);
-        ctx.watches.unfollow(&oref);
-        ctx.track_phase(&oref, None);
+        ctx.forget_request(&oref);
         return Ok(KubeAction::await_change());
     }
     if prev.phase.is_some_and(Phase::is_terminal) {
@@ -688,6 +695,7 @@ pub async fn run(
         let synced = Arc::clone(&pending_syncs);
         let health = health.clone();
         let mut counted = false;
+        let gone = Arc::clone(&ctx);
         let stream = watcher(api, watcher::Config::default().page_size(500))
             .default_backoff()
             .inspect(move |ev| match ev {
@@ -698,6 +706,8 @@ pub async fn run(
                         health.set_ready(true);
                     }
                 }
+                // Deleted requests are never reconciled again: drop what we keep for them.
+                Ok(watcher::Event::Delete(obj)) => gone.forget_request(&ObjectRef::from_obj(obj)),
                 Err(e) => {
                     tracing::warn!(error = %e, "watching WorkspaceStartRequests failed; retrying")
                 }

@@ -286,3 +286,33 @@ async fn kubectl_wait_for_ready_returns_when_ready() {
     assert!(ok, "kubectl wait failed: {out}");
     assert!(out.contains("condition met"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_requests_leave_the_phase_gauge() {
+    let mut env = Env::new("e2e-gauge").await;
+    env.start_operator(&[]).await;
+    let ws = stopped(&env, "gauge");
+    env.create_for_workspace("g", ws).await;
+    env.wait_phase("g", Phase::Ready, T).await;
+    let gauge = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("workspace_start_operator_requests{phase=\"Ready\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_owned())
+    };
+    let deadline = std::time::Instant::now() + T;
+    while gauge(&env.operator().metrics().await).as_deref() != Some("1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Ready gauge never reached 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.delete("g").await;
+    while gauge(&env.operator().metrics().await).as_deref() != Some("0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a deleted request still counts in the Ready gauge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
