@@ -18,10 +18,10 @@ use workspace_start_operator::coder::types::{
     Agent, JobStatus, ProvisionerJob, Resource, Transition, Workspace, WorkspaceBuild,
 };
 use workspace_start_operator::crd::{
-    BuildInfo, Outcome, Phase, Timeouts, WorkspaceSelector, WorkspaceStartRequestSpec,
+    Outcome, Phase, Timeouts, WorkspaceSelector, WorkspaceStartRequestSpec,
     WorkspaceStartRequestStatus,
 };
-use workspace_start_operator::decide::{Action, Input, Observation, decide};
+use workspace_start_operator::decide::{Action, Input, Observation, build_info, decide};
 
 const WS: u128 = 0xe3f4_0000_0000_4000_8000_0000_0000_0001;
 const OWNER: u128 = 0x51aa_0000_0000_4000_8000_0000_0000_0002;
@@ -364,16 +364,6 @@ impl World {
 fn ts(t0: Timestamp, ms: i64) -> Timestamp {
     t0.checked_add(SignedDuration::from_millis(ms))
         .expect("time")
-}
-
-fn build_info(b: &WorkspaceBuild) -> BuildInfo {
-    BuildInfo {
-        id: b.id.to_string(),
-        number: b.build_number,
-        transition: b.transition.as_str().to_owned(),
-        job_status: b.job.status.as_str().to_owned(),
-        error_code: b.job.error_code.clone(),
-    }
 }
 
 /// Totals over all generated cases, printed once.
