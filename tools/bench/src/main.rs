@@ -261,6 +261,7 @@ fn sum_metric(text: &str, name: &str, filter: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn start_operator(
     args: &Args,
     plane: &envtest::ControlPlane,
