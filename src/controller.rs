@@ -236,20 +236,26 @@ async fn observe(
         connection: conn.key.clone(),
         workspace: id,
     };
-    let result: Result<Workspace, CoderError> = match &target {
-        Target::Id(id) => {
-            let key = key_for(*id);
-            match ctx.watches.cached(&key).filter(|_| use_cache) {
-                Some(ws) => Ok(ws),
-                None => conn.client.get_workspace(*id).await,
-            }
-        }
-        Target::Name { owner, name } => conn.client.get_workspace_by_name(owner, name).await,
+    let cached = match &target {
+        Target::Id(id) if use_cache => ctx.watches.cached(&key_for(*id)),
+        _ => None,
+    };
+    let result: Result<Workspace, CoderError> = match (cached, &target) {
+        (Some(ws), _) => Ok(ws),
+        (None, Target::Id(id)) => conn.client.get_workspace(*id).await.inspect(|ws| {
+            // Only a fresh read refreshes the shared cache (re-storing a cached value would
+            // keep stale data "fresh" for as long as requests keep reading it).
+            ctx.watches.store(&key_for(ws.id), ws);
+        }),
+        (None, Target::Name { owner, name }) => conn
+            .client
+            .get_workspace_by_name(owner, name)
+            .await
+            .inspect(|ws| ctx.watches.store(&key_for(ws.id), ws)),
     };
     match result {
         Ok(ws) => {
             let key = key_for(ws.id);
-            ctx.watches.store(&key, &ws);
             (
                 Observation::Workspace {
                     chat_owner,
