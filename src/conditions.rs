@@ -118,6 +118,11 @@ pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition
     conditions.iter().find(|c| c.type_ == type_)
 }
 
+/// The `Ready` condition's reason, if the condition is set.
+pub fn ready_reason(conditions: &[Condition]) -> Option<&str> {
+    get(conditions, types::READY).map(|c| c.reason.as_str())
+}
+
 /// True when the condition is present with status `True`.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == "True")

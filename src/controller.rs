@@ -17,12 +17,10 @@ use uuid::Uuid;
 
 use crate::coder::CoderError;
 use crate::coder::types::Workspace;
-use crate::conditions::{self, reasons, types};
+use crate::conditions::{self, reasons};
 use crate::connect::{Connection, Connections, ResolveError};
-use crate::crd::{
-    FIELD_MANAGER, Outcome, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus,
-};
-use crate::decide::{self, Action, Decision, Input, Observation, build_info};
+use crate::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
+use crate::decide::{self, Action, Decision, Input, Observation};
 use crate::events::{EventPublisher, EventType};
 use crate::metrics::{CONTROLLER, ControllerLabels, Health, Metrics, PhaseLabels};
 use crate::status::StatusWriter;
@@ -306,13 +304,10 @@ fn publish_transition(
     old: &WorkspaceStartRequestStatus,
     new: &WorkspaceStartRequestStatus,
 ) {
-    let reason = |s: &WorkspaceStartRequestStatus| {
-        conditions::get(&s.conditions, types::READY).map(|c| c.reason.clone())
-    };
-    let (Some(new_reason), old_reason) = (reason(new), reason(old)) else {
+    let Some(new_reason) = conditions::ready_reason(&new.conditions) else {
         return;
     };
-    if old_reason.as_deref() == Some(new_reason.as_str()) {
+    if conditions::ready_reason(&old.conditions) == Some(new_reason) {
         return;
     }
     let warning = new.phase == Some(Phase::Failed) || new_reason == reasons::CODER_UNAVAILABLE;
@@ -323,7 +318,7 @@ fn publish_transition(
     };
     let action = new.phase.map_or("Reconcile", phase_name);
     ctx.events
-        .publish_in_background(wsr, type_, &new_reason, action, new.message.as_deref());
+        .publish_in_background(wsr, type_, new_reason, action, new.message.as_deref());
 }
 
 /// Reconciles one request.
@@ -379,14 +374,7 @@ async fn reconcile_inner(
     }
 
     let input = |status: &'_ WorkspaceStartRequestStatus, obs: Observation, poll: Duration| {
-        decide::decide(&Input {
-            spec: &wsr.spec,
-            generation: wsr.meta().generation,
-            status,
-            observation: obs,
-            now: Timestamp::now(),
-            poll,
-        })
+        decide::decide(&input_for(wsr, status, obs, poll))
     };
 
     let conn = match ctx.connections.resolve(wsr).await {
@@ -459,16 +447,12 @@ async fn reconcile_inner(
         match conn.client.create_build(workspace, &request).await {
             Ok(build) => {
                 ctx.watches.store_build(&ws_key, &build);
-                let mut st = decision.status.clone();
-                st.build = Some(build_info(&build));
-                st.outcome = Some(Outcome::Queued);
-                let msg = format!("start build #{} queued", build.build_number);
-                st.message = Some(msg.clone());
-                set_progress(&mut st, wsr, reasons::BUILD_IN_PROGRESS, &msg);
-                decision = Decision {
-                    status: st,
-                    action: Action::Requeue(poll(&Some(ws_key.clone()))),
-                };
+                let st = decision.status.clone();
+                let poll = poll(&Some(ws_key.clone()));
+                decision = decide::queued(
+                    &input_for(wsr, &st, Observation::CoderUnavailable, poll),
+                    &build,
+                );
                 key = Some(ws_key);
                 break;
             }
@@ -526,14 +510,7 @@ async fn reconcile_inner(
                 };
                 let st = decision.status.clone();
                 decision = decide::reject(
-                    &Input {
-                        spec: &wsr.spec,
-                        generation: wsr.meta().generation,
-                        status: &st,
-                        observation: Observation::CoderUnavailable,
-                        now: Timestamp::now(),
-                        poll: ctx.settings.poll,
-                    },
+                    &input_for(wsr, &st, Observation::CoderUnavailable, ctx.settings.poll),
                     reason,
                     &message,
                 );
@@ -548,32 +525,21 @@ async fn reconcile_inner(
     conclude(wsr, ctx, &api, &oref, &written, decision, key, Some(&conn)).await
 }
 
-fn set_progress(
-    st: &mut WorkspaceStartRequestStatus,
-    wsr: &WorkspaceStartRequest,
-    reason: &str,
-    msg: &str,
-) {
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now());
-    let generation = wsr.meta().generation;
-    conditions::set(
-        &mut st.conditions,
-        types::READY,
-        "False",
-        reason,
-        msg,
-        generation,
-        &now,
-    );
-    conditions::set(
-        &mut st.conditions,
-        types::RECONCILING,
-        "True",
-        reason,
-        msg,
-        generation,
-        &now,
-    );
+/// The [`decide`] input for `wsr` with `status`, at the current time.
+fn input_for<'a>(
+    wsr: &'a WorkspaceStartRequest,
+    status: &'a WorkspaceStartRequestStatus,
+    observation: Observation,
+    poll: Duration,
+) -> Input<'a> {
+    Input {
+        spec: &wsr.spec,
+        generation: wsr.meta().generation,
+        status,
+        observation,
+        now: Timestamp::now(),
+        poll,
+    }
 }
 
 /// Writes the decided status, emits the Event, follows or unfollows the watch, and returns the
@@ -589,49 +555,47 @@ async fn conclude(
     key: Option<WorkspaceKey>,
     conn: Option<&Connection>,
 ) -> Result<KubeAction, Error> {
-    {
-        // Progress detail alone (job or agent state within the same phase and reason) is
-        // written at most once a second, to spare the API server under load.
-        let defer = match &decision.action {
-            Action::Requeue(_) => ctx.status.defer(oref, prev, &decision.status),
-            _ => None,
-        };
-        if defer.is_none() {
-            apply_status(ctx, api, wsr, prev, &decision.status).await?;
-            publish_transition(ctx, wsr, prev, &decision.status);
-        }
-        ctx.track_phase(oref, decision.status.phase);
-        match decision.action {
-            Action::Finish => {
-                ctx.watches.unfollow(oref);
-                ctx.reset_backoff(oref);
-                let failed = decision.status.phase == Some(Phase::Failed);
-                if failed {
-                    let reason = conditions::get(&decision.status.conditions, types::READY)
-                        .map(|c| c.reason.clone())
-                        .unwrap_or_default();
-                    ctx.metrics
-                        .failures
-                        .get_or_create(&crate::metrics::ReasonLabels { reason })
-                        .inc();
-                } else if let Some(created) = wsr.meta().creation_timestamp.as_ref() {
-                    let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
-                    ctx.metrics.time_to_ready.observe(secs.max(0.0));
-                }
-                tracing::info!(request = %oref, phase = ?decision.status.phase, "request finished");
-                finished(wsr, api, &decision.status).await
+    // Progress detail alone (job or agent state within the same phase and reason) is
+    // written at most once a second, to spare the API server under load.
+    let defer = match &decision.action {
+        Action::Requeue(_) => ctx.status.defer(oref, prev, &decision.status),
+        _ => None,
+    };
+    if defer.is_none() {
+        apply_status(ctx, api, wsr, prev, &decision.status).await?;
+        publish_transition(ctx, wsr, prev, &decision.status);
+    }
+    ctx.track_phase(oref, decision.status.phase);
+    match decision.action {
+        Action::Finish => {
+            ctx.watches.unfollow(oref);
+            ctx.reset_backoff(oref);
+            let failed = decision.status.phase == Some(Phase::Failed);
+            if failed {
+                let reason = conditions::ready_reason(&decision.status.conditions)
+                    .unwrap_or_default()
+                    .to_owned();
+                ctx.metrics
+                    .failures
+                    .get_or_create(&crate::metrics::ReasonLabels { reason })
+                    .inc();
+            } else if let Some(created) = wsr.meta().creation_timestamp.as_ref() {
+                let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
+                ctx.metrics.time_to_ready.observe(secs.max(0.0));
             }
-            Action::Requeue(d) => {
-                ctx.reset_backoff(oref);
-                if let (Some(k), Some(c)) = (&key, conn) {
-                    ctx.watches.follow(k, &c.client, oref.clone());
-                }
-                Ok(KubeAction::requeue(defer.map_or(d, |w| w.min(d))))
-            }
-            Action::Retry => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
-            // A start decided outside the POST loop (second 409 round): try again shortly.
-            Action::StartBuild { .. } => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
+            tracing::info!(request = %oref, phase = ?decision.status.phase, "request finished");
+            finished(wsr, api, &decision.status).await
         }
+        Action::Requeue(d) => {
+            ctx.reset_backoff(oref);
+            if let (Some(k), Some(c)) = (&key, conn) {
+                ctx.watches.follow(k, &c.client, oref.clone());
+            }
+            Ok(KubeAction::requeue(defer.map_or(d, |w| w.min(d))))
+        }
+        Action::Retry => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
+        // A start decided outside the POST loop (second 409 round): try again shortly.
+        Action::StartBuild { .. } => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
     }
 }
 

@@ -378,8 +378,19 @@ pub fn decide(input: &Input<'_>) -> Decision {
     }
 }
 
+/// Records the start build Coder just created (201): Starting, outcome Queued, following it.
+/// The input's observation is not used.
+pub fn queued(input: &Input<'_>, build: &WorkspaceBuild) -> Decision {
+    let mut next = Next::new(input);
+    next.st.build = Some(build_info(build));
+    next.st.outcome = Some(Outcome::Queued);
+    let msg = format!("start build #{} queued", build.build_number);
+    let wait = Action::Requeue(input.poll);
+    next.progressing(Phase::Starting, reasons::BUILD_IN_PROGRESS, &msg, wait)
+}
+
 /// Fails the request with `reason` and a fixed message (used when Coder refuses the start
-/// build request itself).
+/// build request itself). The input's observation is not used.
 pub fn reject(input: &Input<'_>, reason: &str, message: &str) -> Decision {
     Next::new(input).fail(reason, message)
 }

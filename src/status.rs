@@ -11,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
-use crate::conditions::{self, types};
+use crate::conditions;
 use crate::crd::{FIELD_MANAGER, WorkspaceStartRequest, WorkspaceStartRequestStatus};
 
 /// Progress-only status changes (job pending → running, agent connecting → connected) are
@@ -132,11 +132,8 @@ impl StatusWriter {
 /// True when `new` differs from `old` only in progress detail: same phase, Ready reason,
 /// outcome, build followed, start request and workspace.
 pub fn progress_only(old: &WorkspaceStartRequestStatus, new: &WorkspaceStartRequestStatus) -> bool {
-    let reason = |s: &WorkspaceStartRequestStatus| {
-        conditions::get(&s.conditions, types::READY).map(|c| c.reason.clone())
-    };
     old.phase == new.phase
-        && reason(old) == reason(new)
+        && conditions::ready_reason(&old.conditions) == conditions::ready_reason(&new.conditions)
         && old.outcome == new.outcome
         && old.build.as_ref().map(|b| &b.id) == new.build.as_ref().map(|b| &b.id)
         && old.build_requested_at == new.build_requested_at

@@ -821,3 +821,28 @@ fn go_durations() {
     assert_eq!(parse_duration("m"), None);
     assert_eq!(parse_duration(""), None);
 }
+
+#[test]
+fn queued_build_is_followed_as_our_own() {
+    let st = requested_after(1);
+    let input = Input {
+        spec: &spec(),
+        generation: Some(1),
+        status: &st,
+        observation: Observation::CoderUnavailable,
+        now: t(1),
+        poll: Duration::from_secs(2),
+    };
+    let b = build(2, Transition::Start, JobStatus::Pending, vec![]);
+    let d = queued(&input, &b);
+    assert_eq!(d.action, Action::Requeue(Duration::from_secs(2)));
+    assert_eq!(d.status.phase, Some(Phase::Starting));
+    assert_eq!(d.status.outcome, Some(Outcome::Queued));
+    assert_eq!(d.status.build.as_ref().map(|b| b.number), Some(2));
+    assert_eq!(d.status.build_requested_at, st.build_requested_at);
+    assert_eq!(ready_reason(&d), reasons::BUILD_IN_PROGRESS);
+    assert!(conditions::is_true(
+        &d.status.conditions,
+        types::RECONCILING
+    ));
+}
