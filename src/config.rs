@@ -51,9 +51,19 @@ pub struct RunArgs {
         default_value = ""
     )]
     pub namespaces: Vec<String>,
-    /// Maximum concurrent reconciles.
+    /// Maximum concurrent reconciles of requests not yet started (reading Coder, requesting the
+    /// start build).
     #[arg(long, env = "WSO_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
+    /// Maximum concurrent reconciles of started requests (following build and agent); kept
+    /// apart so a burst of new requests never delays the ones about to become Ready.
+    #[arg(long, env = "WSO_FOLLOW_CONCURRENCY", default_value_t = 256)]
+    pub follow_concurrency: u16,
+    /// Maximum API writes in flight other than final (Ready/Failed) statuses: status writes and
+    /// Event creates. Final statuses skip this limit, so they reach the API server first;
+    /// progress finding every slot taken waits for a later pass.
+    #[arg(long, env = "WSO_WRITE_SLOTS", default_value_t = 1)]
+    pub write_slots: u16,
     /// Elect a leader through a Lease; only the leader reconciles.
     #[arg(long, env = "WSO_LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{self, Action as KubeAction, Controller};
@@ -13,8 +13,10 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use rand::Rng;
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use crate::admission::StartQueue;
 use crate::coder::CoderError;
 use crate::coder::types::Workspace;
 use crate::conditions::{self, reasons};
@@ -25,6 +27,14 @@ use crate::events::{EventPublisher, EventType};
 use crate::metrics::{CONTROLLER, ControllerLabels, Health, Metrics, PhaseLabels};
 use crate::status::StatusWriter;
 use crate::watch::{Watches, WorkspaceKey};
+
+/// How long a progress write waits for a write slot before it is left for a later pass: long
+/// enough for one write in flight on an idle API server, short enough not to hold the request
+/// (and a final status right behind it) when the API server is busy.
+const PROGRESS_SLOT_WAIT: Duration = Duration::from_millis(25);
+
+/// How often unused workspace entries are dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Errors that make a reconcile retry with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +63,17 @@ pub struct Settings {
     pub poll: Duration,
     /// Backstop poll interval while a watch stream is live.
     pub backstop_poll: Duration,
-    /// Maximum concurrent reconciles.
+    /// Maximum concurrent reconciles of requests not yet started (reading Coder, requesting
+    /// the build).
     pub concurrency: u16,
+    /// Maximum concurrent reconciles of requests already started or finished (following the
+    /// build and agent). Kept apart from `concurrency` so a burst of new requests never delays
+    /// the ones about to become Ready.
+    pub follow_concurrency: u16,
+    /// Maximum API writes in flight other than final (Ready/Failed) statuses: status writes and
+    /// Event creates. Final statuses skip the queue; progress finding no slot waits for a later
+    /// pass.
+    pub write_slots: u16,
 }
 
 impl Default for Settings {
@@ -63,6 +82,8 @@ impl Default for Settings {
             poll: Duration::from_secs(2),
             backstop_poll: Duration::from_secs(30),
             concurrency: 16,
+            follow_concurrency: 256,
+            write_slots: 1,
         }
     }
 }
@@ -85,6 +106,12 @@ pub struct Context {
     phases: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Phase>>,
     /// Status writes, and the last status this process wrote per request.
     status: StatusWriter,
+    /// Slots for reconciles of requests not yet started, and the queue waiting for one.
+    starts: Arc<StartQueue>,
+    /// Slots for reconciles of requests already started or finished.
+    follow_slots: Semaphore,
+    /// Slots for API writes other than final statuses (status writes and Events).
+    write_slots: Arc<Semaphore>,
 }
 
 impl Context {
@@ -96,18 +123,27 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Context> {
-        let events =
-            EventPublisher::new(kube.clone(), FIELD_MANAGER, std::env::var("POD_NAME").ok());
+        let write_slots = Arc::new(Semaphore::new(usize::from(settings.write_slots.max(1))));
+        let events = EventPublisher::start(
+            kube.clone(),
+            FIELD_MANAGER,
+            std::env::var("POD_NAME").ok(),
+            metrics.events_dropped.clone(),
+            Arc::clone(&write_slots),
+        );
         Arc::new(Context {
             kube,
             connections,
             watches,
             events,
             metrics,
-            settings,
             failures: Mutex::new(HashMap::new()),
             phases: Mutex::new(HashMap::new()),
             status: StatusWriter::default(),
+            starts: StartQueue::new(usize::from(settings.concurrency)),
+            follow_slots: Semaphore::new(usize::from(settings.follow_concurrency.max(1))),
+            write_slots,
+            settings,
         })
     }
 
@@ -127,6 +163,7 @@ impl Context {
     /// Forgets everything kept for a deleted request (status memory, watch subscription,
     /// backoff, phase gauge).
     fn forget_request(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+        self.starts.forget(obj);
         self.status.forget(obj);
         self.watches.unfollow(obj);
         self.reset_backoff(obj);
@@ -185,13 +222,15 @@ enum Target {
 }
 
 /// Reads the chat (first time only) and the workspace, mapping Coder errors to observations.
+/// Also returns the workspace's key and the sequence number of the read in the shared cache
+/// (0 without a workspace).
 async fn observe(
     ctx: &Context,
     conn: &Connection,
     wsr: &WorkspaceStartRequest,
     status: &WorkspaceStartRequestStatus,
     use_cache: bool,
-) -> (Observation, Option<WorkspaceKey>) {
+) -> (Observation, Option<WorkspaceKey>, u64) {
     let mut chat_owner = None;
     let known = status
         .workspace
@@ -201,33 +240,33 @@ async fn observe(
         Target::Id(id)
     } else if let Some(chat) = &wsr.spec.chat_id {
         let Ok(chat_id) = Uuid::parse_str(chat) else {
-            return (Observation::ChatNotFound, None);
+            return (Observation::ChatNotFound, None, 0);
         };
         match conn.client.get_chat(chat_id).await {
             Ok(c) => {
                 chat_owner = Some(c.owner_id);
                 match c.workspace_id {
                     Some(w) => Target::Id(w),
-                    None => return (Observation::ChatHasNoWorkspace, None),
+                    None => return (Observation::ChatHasNoWorkspace, None, 0),
                 }
             }
-            Err(CoderError::NotFound { .. }) => return (Observation::ChatNotFound, None),
-            Err(e) => return (coder_failure(e), None),
+            Err(CoderError::NotFound { .. }) => return (Observation::ChatNotFound, None, 0),
+            Err(e) => return (coder_failure(e), None, 0),
         }
     } else if let Some(sel) = &wsr.spec.workspace {
         match (&sel.id, &sel.owner, &sel.name) {
             (Some(id), _, _) => match Uuid::parse_str(id) {
                 Ok(id) => Target::Id(id),
-                Err(_) => return (Observation::WorkspaceGone, None),
+                Err(_) => return (Observation::WorkspaceGone, None, 0),
             },
             (None, Some(owner), Some(name)) => Target::Name {
                 owner: owner.clone(),
                 name: name.clone(),
             },
-            _ => return (Observation::WorkspaceGone, None),
+            _ => return (Observation::WorkspaceGone, None, 0),
         }
     } else {
-        return (Observation::ChatNotFound, None);
+        return (Observation::ChatNotFound, None, 0);
     };
 
     let key_for = |id: Uuid| WorkspaceKey {
@@ -238,21 +277,25 @@ async fn observe(
         Target::Id(id) if use_cache => ctx.watches.cached(&key_for(*id)),
         _ => None,
     };
-    let result: Result<Workspace, CoderError> = match (cached, &target) {
-        (Some(ws), _) => Ok(ws),
-        (None, Target::Id(id)) => conn.client.get_workspace(*id).await.inspect(|ws| {
-            // Only a fresh read refreshes the shared cache (re-storing a cached value would
-            // keep stale data "fresh" for as long as requests keep reading it).
-            ctx.watches.store(&key_for(ws.id), ws);
-        }),
-        (None, Target::Name { owner, name }) => conn
-            .client
-            .get_workspace_by_name(owner, name)
-            .await
-            .inspect(|ws| ctx.watches.store(&key_for(ws.id), ws)),
+    // Only a fresh read refreshes the shared cache (re-storing a cached value would keep
+    // stale data "fresh" for as long as requests keep reading it).
+    let result: Result<(Workspace, u64), CoderError> = match cached {
+        Some(read) => Ok(read),
+        None => {
+            let fetched = match &target {
+                Target::Id(id) => conn.client.get_workspace(*id).await,
+                Target::Name { owner, name } => {
+                    conn.client.get_workspace_by_name(owner, name).await
+                }
+            };
+            fetched.map(|ws| {
+                let seq = ctx.watches.store(&key_for(ws.id), &ws);
+                (ws, seq)
+            })
+        }
     };
     match result {
-        Ok(ws) => {
+        Ok((ws, seq)) => {
             let key = key_for(ws.id);
             (
                 Observation::Workspace {
@@ -260,12 +303,13 @@ async fn observe(
                     workspace: Box::new(ws),
                 },
                 Some(key),
+                seq,
             )
         }
         Err(CoderError::Gone { .. } | CoderError::NotFound { .. }) => {
-            (Observation::WorkspaceGone, None)
+            (Observation::WorkspaceGone, None, 0)
         }
-        Err(e) => (coder_failure(e), None),
+        Err(e) => (coder_failure(e), None, 0),
     }
 }
 
@@ -321,17 +365,47 @@ fn publish_transition(
         .publish_in_background(wsr, type_, new_reason, action, new.message.as_deref());
 }
 
-/// Reconciles one request.
+/// True while a request has neither requested nor joined a build and is not finished: its
+/// reconcile reads Coder and may request the start build.
+fn not_started(status: &WorkspaceStartRequestStatus) -> bool {
+    !status.phase.is_some_and(Phase::is_terminal)
+        && status.build.is_none()
+        && status.build_requested_at.is_none()
+}
+
+/// Reconciles one request once a slot of its kind is free (see [`Settings::follow_concurrency`]).
+/// A request not yet started whose turn has not come joins the start queue and is triggered
+/// again when a slot is reserved for it.
 pub async fn reconcile(
     wsr: Arc<WorkspaceStartRequest>,
     ctx: Arc<Context>,
 ) -> Result<KubeAction, Error> {
+    let oref = ObjectRef::from_obj(&*wsr);
+    let starting =
+        wsr.meta().deletion_timestamp.is_none() && not_started(&ctx.status.current(&oref, &wsr));
+    let mut _start = None;
+    let mut _follow = None;
+    if starting {
+        let permit = ctx.starts.try_start(&oref);
+        ctx.metrics
+            .waiting_to_start
+            .set(i64::try_from(ctx.starts.waiting()).unwrap_or(i64::MAX));
+        match permit {
+            Some(permit) => _start = Some(permit),
+            None => return Ok(KubeAction::await_change()),
+        }
+    } else {
+        ctx.starts.forget(&oref);
+        // The semaphore is never closed; without a permit the reconcile just runs.
+        _follow = ctx.follow_slots.acquire().await.ok();
+    }
     let started = Instant::now();
     let labels = ControllerLabels {
         controller: CONTROLLER,
     };
     ctx.metrics.active_workers.get_or_create(&labels).inc();
-    let res = reconcile_inner(&wsr, &ctx).await;
+    // Boxed: reconciles waiting for a follow slot stay small.
+    let res = Box::pin(reconcile_inner(&wsr, &ctx)).await;
     ctx.metrics.active_workers.get_or_create(&labels).dec();
     let result = match &res {
         Err(_) => "error",
@@ -402,7 +476,7 @@ async fn reconcile_inner(
         None => None,
     };
 
-    let (mut obs, key) = observe(ctx, &conn, wsr, &prev, true).await;
+    let (mut obs, key, mut seen) = observe(ctx, &conn, wsr, &prev, true).await;
     // First pass: the workspace was unknown until now. Take its lock and re-read the shared
     // cache, where a request that held the lock may have recorded a build it just started.
     let late_lock = match (&lock, &key) {
@@ -414,8 +488,9 @@ async fn reconcile_inner(
         None => None,
     };
     if let (Some((k, _)), Observation::Workspace { chat_owner, .. }) = (&late_lock, &obs)
-        && let Some(ws) = ctx.watches.latest(k)
+        && let Some((ws, seq)) = ctx.watches.latest(k)
     {
+        seen = seq;
         obs = Observation::Workspace {
             chat_owner: *chat_owner,
             workspace: Box::new(ws),
@@ -439,14 +514,18 @@ async fn reconcile_inner(
             workspace,
         });
         // Record the request BEFORE the POST: after a crash we re-read, never re-POST blindly.
+        let slot = ctx.write_slots.acquire().await.ok();
         apply_status(ctx, &api, wsr, &written, &decision.status).await?;
+        drop(slot);
         publish_transition(ctx, wsr, &written, &decision.status);
         written = decision.status.clone();
         ctx.metrics.start_builds.inc();
         tracing::info!(request = %oref, workspace = %workspace, "requesting start build");
         match conn.client.create_build(workspace, &request).await {
             Ok(build) => {
-                ctx.watches.store_build(&ws_key, &build);
+                if let Some(seq) = ctx.watches.store_build(&ws_key, &build) {
+                    seen = seq;
+                }
                 let st = decision.status.clone();
                 let poll = poll(&Some(ws_key.clone()));
                 decision = decide::queued(
@@ -461,8 +540,9 @@ async fn reconcile_inner(
                 let mut st = decision.status.clone();
                 st.build_requested_at = None;
                 ctx.watches.invalidate(&ws_key);
-                let (obs, k) = observe(ctx, &conn, wsr, &st, false).await;
+                let (obs, k, seq) = observe(ctx, &conn, wsr, &st, false).await;
                 key = k;
+                seen = seq;
                 decision = input(&st, obs, poll(&key));
             }
             Err(e) if e.is_transient() => {
@@ -522,7 +602,8 @@ async fn reconcile_inner(
     // workspace decide while this one writes its status and Event.
     drop(late_guard);
     drop(guard);
-    conclude(wsr, ctx, &api, &oref, &written, decision, key, Some(&conn)).await
+    let read = key.map(|k| (k, seen));
+    conclude(wsr, ctx, &api, &oref, &written, decision, read, Some(&conn)).await
 }
 
 /// The [`decide`] input for `wsr` with `status`, at the current time.
@@ -542,8 +623,8 @@ fn input_for<'a>(
     }
 }
 
-/// Writes the decided status, emits the Event, follows or unfollows the watch, and returns the
-/// requeue.
+/// Writes the decided status, emits the Event, follows or unfollows the watch of `read` (the
+/// workspace and the cache sequence number decided on), and returns the requeue.
 #[allow(clippy::too_many_arguments)]
 async fn conclude(
     wsr: &WorkspaceStartRequest,
@@ -552,15 +633,32 @@ async fn conclude(
     oref: &ObjectRef<WorkspaceStartRequest>,
     prev: &WorkspaceStartRequestStatus,
     decision: Decision,
-    key: Option<WorkspaceKey>,
+    read: Option<(WorkspaceKey, u64)>,
     conn: Option<&Connection>,
 ) -> Result<KubeAction, Error> {
-    // Progress detail alone (job or agent state within the same phase and reason) is
-    // written at most once a second, to spare the API server under load.
-    let defer = match &decision.action {
-        Action::Requeue(_) => ctx.status.defer(oref, prev, &decision.status),
-        _ => None,
-    };
+    // Final statuses go to the API server at once. Every other write takes a write slot (shared
+    // with Events), so at most `write_slots` of them are in flight ahead of a final status.
+    // Progress (a started request's status that is not final) waits for a slot only briefly:
+    // when the API server is busy it is left to a later pass (the next watch event or poll),
+    // where newer progress replaces it. Progress detail alone is also written at most once a
+    // second.
+    let progress = matches!(decision.action, Action::Requeue(_)) && !not_started(prev);
+    let mut defer = None;
+    let mut _write_slot = None;
+    if prev != &decision.status && !matches!(decision.action, Action::Finish) {
+        if !progress {
+            _write_slot = ctx.write_slots.acquire().await.ok();
+        } else if let Some(wait) = ctx.status.defer(oref, prev, &decision.status) {
+            defer = Some(wait);
+        } else if let Ok(Ok(slot)) =
+            tokio::time::timeout(PROGRESS_SLOT_WAIT, ctx.write_slots.acquire()).await
+        {
+            _write_slot = Some(slot);
+        } else {
+            ctx.metrics.progress_writes_postponed.inc();
+            defer = Some(Duration::MAX);
+        }
+    }
     if defer.is_none() {
         apply_status(ctx, api, wsr, prev, &decision.status).await?;
         publish_transition(ctx, wsr, prev, &decision.status);
@@ -588,8 +686,8 @@ async fn conclude(
         }
         Action::Requeue(d) => {
             ctx.reset_backoff(oref);
-            if let (Some(k), Some(c)) = (&key, conn) {
-                ctx.watches.follow(k, &c.client, oref.clone());
+            if let (Some((k, seen)), Some(c)) = (&read, conn) {
+                ctx.watches.follow(k, &c.client, oref.clone(), *seen);
             }
             Ok(KubeAction::requeue(defer.map_or(d, |w| w.min(d))))
         }
@@ -652,7 +750,19 @@ pub async fn run(
         .get_or_create(&ControllerLabels {
             controller: CONTROLLER,
         })
-        .set(i64::from(ctx.settings.concurrency));
+        .set(i64::from(ctx.settings.concurrency) + i64::from(ctx.settings.follow_concurrency));
+    // Unused workspace entries (requests that finished without following a stream).
+    let sweeper = tokio::spawn({
+        let watches = Arc::downgrade(&ctx.watches);
+        async move {
+            let mut every = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                let Some(w) = watches.upgrade() else { return };
+                w.sweep();
+            }
+        }
+    });
     let mut controllers = Vec::new();
     // Ready once every scope's watcher finished its initial list (caches synced).
     let pending_syncs = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
@@ -689,14 +799,23 @@ pub async fn run(
                     .remove("kubectl.kubernetes.io/last-applied-configuration");
             })
             .reflect(writer)
-            .applied_objects();
+            .applied_objects()
+            // The echo of our own status write carries nothing to act on (the reconcile that
+            // wrote it already requeued); skipping it halves the reconciles.
+            .try_filter({
+                let ctx = Arc::clone(&ctx);
+                move |o| futures::future::ready(!ctx.status.is_echo(o))
+            });
         let scope_ns = scope.clone();
-        let triggers = ctx.watches.subscribe().filter(move |o| {
+        let triggers = futures::stream::select(ctx.watches.subscribe(), ctx.starts.subscribe());
+        let triggers = triggers.filter(move |o| {
             let keep = scope_ns.is_none() || o.namespace.as_deref() == scope_ns.as_deref();
             futures::future::ready(keep)
         });
         let c = Controller::for_stream(stream, reader)
-            .with_config(controller::Config::default().concurrency(ctx.settings.concurrency))
+            // Unbounded here: `reconcile` takes a start or follow slot instead, so reconciles of
+            // started requests never queue behind a burst of new ones.
+            .with_config(controller::Config::default().concurrency(0))
             .reconcile_on(triggers)
             .graceful_shutdown_on(shutdown.clone())
             .run(reconcile, error_policy, Arc::clone(&ctx))
@@ -708,4 +827,5 @@ pub async fn run(
         controllers.push(c);
     }
     futures::future::join_all(controllers).await;
+    sweeper.abort();
 }

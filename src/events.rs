@@ -4,17 +4,31 @@
 //! and scans that cache on each publish; with thousands of requests in flight that cost tens of
 //! MiB and O(n) work per event. The operator emits one event per transition and never repeats
 //! one, so it needs no series: each event is a plain create.
+//!
+//! Events are the least urgent API writes: they go through a bounded queue served by a few
+//! workers, so a burst of transitions never crowds out status writes at the API server. When the
+//! queue is full the event is dropped and counted (as client-go's event broadcaster does).
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::crd::WorkspaceStartRequest;
 
 /// Largest note the API server accepts (1 kB).
 const MAX_NOTE: usize = 1024;
+
+/// Events waiting to be sent; beyond this they are dropped.
+pub const QUEUE_CAPACITY: usize = 1024;
+
+/// Concurrent Event creates.
+const WORKERS: usize = 1;
 
 /// Event severity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,23 +42,47 @@ pub enum EventType {
 /// Creates Events as `reportingController` / `reportingInstance`.
 #[derive(Clone)]
 pub struct EventPublisher {
-    client: kube::Client,
+    queue: mpsc::Sender<Event>,
+    dropped: Counter,
     controller: String,
     instance: String,
 }
 
 impl EventPublisher {
-    /// A publisher for `controller` running as `instance` (the pod name).
-    pub fn new(client: kube::Client, controller: &str, instance: Option<String>) -> EventPublisher {
+    /// A publisher for `controller` running as `instance` (the pod name); starts its workers
+    /// on the current tokio runtime. Each create takes one of `slots` (shared with the status
+    /// writes that are not final). Events dropped on a full queue are counted in `dropped`.
+    pub fn start(
+        client: kube::Client,
+        controller: &str,
+        instance: Option<String>,
+        dropped: Counter,
+        slots: Arc<Semaphore>,
+    ) -> EventPublisher {
+        let (queue, rx) = mpsc::channel::<Event>(QUEUE_CAPACITY);
+        tokio::spawn(
+            tokio_stream::wrappers::ReceiverStream::new(rx).for_each_concurrent(
+                WORKERS,
+                move |ev| {
+                    let client = client.clone();
+                    let slots = Arc::clone(&slots);
+                    async move {
+                        let _slot = slots.acquire().await.ok();
+                        send(&client, &ev).await
+                    }
+                },
+            ),
+        );
         EventPublisher {
-            client,
+            queue,
+            dropped,
             controller: controller.to_owned(),
             instance: instance.unwrap_or_else(|| controller.to_owned()),
         }
     }
 
-    /// Records `reason` (and `note`) for `wsr` in the background, so a reconcile never waits
-    /// for its Event; failures are logged.
+    /// Queues `reason` (and `note`) for `wsr`, so a reconcile never waits for its Event; a
+    /// full queue drops it (counted), send failures are logged.
     pub fn publish_in_background(
         &self,
         wsr: &WorkspaceStartRequest,
@@ -54,16 +92,10 @@ impl EventPublisher {
         note: Option<&str>,
     ) {
         let ev = self.event(wsr, type_, reason, action, note);
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let ns = ev.metadata.namespace.clone().unwrap_or_default();
-            if let Err(e) = Api::<Event>::namespaced(client, &ns)
-                .create(&PostParams::default(), &ev)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot publish event");
-            }
-        });
+        if self.queue.try_send(ev).is_err() {
+            self.dropped.inc();
+            tracing::debug!(request = %wsr.name_any(), reason, "event queue full; event dropped");
+        }
     }
 
     fn event(
@@ -105,5 +137,16 @@ impl EventPublisher {
             reporting_instance: Some(self.instance.clone()),
             ..Event::default()
         }
+    }
+}
+
+/// Creates one Event; failures are logged.
+async fn send(client: &kube::Client, ev: &Event) {
+    let ns = ev.metadata.namespace.as_deref().unwrap_or_default();
+    if let Err(e) = Api::<Event>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), ev)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot publish event");
     }
 }

@@ -3,6 +3,7 @@
 //! Data flows one way: [`controller`] observes Coder through [`coder`], asks the pure
 //! [`decide`] state machine what to do, acts, and writes the status (see [`conditions`]).
 
+pub mod admission;
 pub mod coder;
 pub mod conditions;
 pub mod config;

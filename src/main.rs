@@ -117,6 +117,8 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         poll: Duration::from_millis(args.poll_ms),
         backstop_poll: Duration::from_millis(args.backstop_poll_ms),
         concurrency: args.concurrency,
+        follow_concurrency: args.follow_concurrency,
+        write_slots: args.write_slots,
     };
     let watches = Watches::new(
         args.coder_watch,

@@ -82,6 +82,13 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     /// `workspace_start_operator_leader`: 1 while this replica holds the lease.
     pub leader: Gauge,
+    /// `workspace_start_operator_events_dropped_total`: Events dropped on a full queue.
+    pub events_dropped: Counter,
+    /// `workspace_start_operator_progress_writes_postponed_total`: progress writes left for a
+    /// later pass because the API server was busy.
+    pub progress_writes_postponed: Counter,
+    /// `workspace_start_operator_requests_waiting_to_start`: new requests queued for a start slot.
+    pub waiting_to_start: Gauge,
 }
 
 impl Default for Metrics {
@@ -112,6 +119,9 @@ impl Metrics {
         let start_builds = Counter::default();
         let watch_streams = Gauge::default();
         let leader = Gauge::default();
+        let events_dropped = Counter::default();
+        let progress_writes_postponed = Counter::default();
+        let waiting_to_start = Gauge::default();
         registry.register(
             "controller_runtime_reconcile",
             "Total number of reconciliations per controller",
@@ -172,6 +182,21 @@ impl Metrics {
             "1 while this replica is the leader",
             leader.clone(),
         );
+        registry.register(
+            "workspace_start_operator_events_dropped",
+            "Events dropped because the event queue was full",
+            events_dropped.clone(),
+        );
+        registry.register(
+            "workspace_start_operator_progress_writes_postponed",
+            "Progress status writes left for a later pass because the API server was busy",
+            progress_writes_postponed.clone(),
+        );
+        registry.register(
+            "workspace_start_operator_requests_waiting_to_start",
+            "New requests waiting for a start slot (--concurrency)",
+            waiting_to_start.clone(),
+        );
         // Export every series at zero from the start, as controller-runtime does, so rates and
         // alerts (e.g. on reconcile errors) have a baseline instead of a missing series.
         let c = ControllerLabels {
@@ -203,6 +228,9 @@ impl Metrics {
             start_builds,
             watch_streams,
             leader,
+            events_dropped,
+            progress_writes_postponed,
+            waiting_to_start,
         }
     }
 

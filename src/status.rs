@@ -115,6 +115,23 @@ impl StatusWriter {
         }
     }
 
+    /// True when `wsr` is the watch echo of this process's last status write (same object and
+    /// resourceVersion): it carries nothing new, so it needs no reconcile. Once the echo of a
+    /// terminal status arrives the cache holds that status, and the memory of it is dropped.
+    pub fn is_echo(&self, wsr: &WorkspaceStartRequest) -> bool {
+        let obj = ObjectRef::from_obj(wsr);
+        let mut w = self.lock();
+        let Some(e) = w.get(&obj) else {
+            return false;
+        };
+        let echo = wsr.uid().as_deref() == Some(e.uid.as_str())
+            && wsr.resource_version().as_deref() == Some(e.resource_version.as_str());
+        if echo && e.status.phase.is_some_and(crate::crd::Phase::is_terminal) {
+            w.remove(&obj);
+        }
+        echo
+    }
+
     /// How long to hold back writing `new` over `old`: `Some` when the change is progress
     /// detail only and this process wrote the object less than [`PROGRESS_WRITE_INTERVAL`] ago.
     pub fn defer(

@@ -6,7 +6,7 @@
 //! stream is live, reconciles read the workspace from here instead of calling Coder.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,13 @@ pub struct WorkspaceKey {
 struct Entry {
     subscribers: HashSet<ObjectRef<WorkspaceStartRequest>>,
     latest: Option<(Workspace, Instant)>,
+    /// Changes whenever `latest` does (values from [`Watches::next_seq`], never reused).
+    seq: u64,
     live: bool,
     streaming: bool,
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the stream task when its last subscriber leaves, so it ends at once.
+    stop: Arc<tokio::sync::Notify>,
 }
 
 impl Entry {
@@ -43,9 +47,11 @@ impl Entry {
         Entry {
             subscribers: HashSet::new(),
             latest: None,
+            seq: 0,
             live: false,
             streaming: false,
             lock: Arc::new(tokio::sync::Mutex::new(())),
+            stop: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
@@ -53,6 +59,8 @@ impl Entry {
 /// The shared streams, cache and per-workspace locks.
 pub struct Watches {
     entries: Mutex<HashMap<WorkspaceKey, Entry>>,
+    /// The workspace each request follows (locked after `entries` when both are needed).
+    following: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, WorkspaceKey>>,
     /// One lossless channel per controller: a dropped trigger would leave a request waiting
     /// for the backstop poll (a bounded broadcast drops events when the controller lags).
     triggers: Mutex<Vec<mpsc::UnboundedSender<ObjectRef<WorkspaceStartRequest>>>>,
@@ -62,6 +70,8 @@ pub struct Watches {
     /// Open streams (tasks), and the cap beyond which requests fall back to polling.
     streams: AtomicUsize,
     max_streams: AtomicUsize,
+    /// Source of [`Entry::seq`] values.
+    seqs: AtomicU64,
 }
 
 impl Watches {
@@ -71,12 +81,14 @@ impl Watches {
         let triggers = Mutex::new(Vec::new());
         Arc::new(Watches {
             entries: Mutex::new(HashMap::new()),
+            following: Mutex::new(HashMap::new()),
             triggers,
             metrics,
             enabled,
             fresh_for,
             streams: AtomicUsize::new(0),
             max_streams: AtomicUsize::new(usize::MAX),
+            seqs: AtomicU64::new(1),
         })
     }
 
@@ -85,6 +97,10 @@ impl Watches {
     pub fn set_max_streams(&self, max: usize) {
         let max = if max == 0 { usize::MAX } else { max };
         self.max_streams.store(max, Ordering::Relaxed);
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seqs.fetch_add(1, Ordering::Relaxed)
     }
 
     fn lock_entries(&self) -> std::sync::MutexGuard<'_, HashMap<WorkspaceKey, Entry>> {
@@ -121,18 +137,21 @@ impl Watches {
             .clone()
     }
 
-    /// The workspace as last seen, if the stream is live or the read is fresh enough to share.
-    pub fn cached(&self, key: &WorkspaceKey) -> Option<Workspace> {
+    /// The workspace as last seen, if the stream is live or the read is fresh enough to share,
+    /// with its sequence number (for [`Watches::follow`]).
+    pub fn cached(&self, key: &WorkspaceKey) -> Option<(Workspace, u64)> {
         let entries = self.lock_entries();
         let e = entries.get(key)?;
         let (ws, at) = e.latest.as_ref()?;
-        (e.live || at.elapsed() < self.fresh_for).then(|| ws.clone())
+        (e.live || at.elapsed() < self.fresh_for).then(|| (ws.clone(), e.seq))
     }
 
-    /// The workspace as last seen, however old (at least as new as the caller's own read).
-    pub fn latest(&self, key: &WorkspaceKey) -> Option<Workspace> {
+    /// The workspace as last seen, however old (at least as new as the caller's own read), with
+    /// its sequence number.
+    pub fn latest(&self, key: &WorkspaceKey) -> Option<(Workspace, u64)> {
         let entries = self.lock_entries();
-        entries.get(key)?.latest.as_ref().map(|(ws, _)| ws.clone())
+        let e = entries.get(key)?;
+        e.latest.as_ref().map(|(ws, _)| (ws.clone(), e.seq))
     }
 
     /// True while a stream delivers events for the workspace.
@@ -140,53 +159,80 @@ impl Watches {
         self.lock_entries().get(key).is_some_and(|e| e.live)
     }
 
-    /// Stores a workspace read by a GET.
-    pub fn store(&self, key: &WorkspaceKey, ws: &Workspace) {
+    /// Stores a workspace read by a GET; returns its sequence number.
+    pub fn store(&self, key: &WorkspaceKey, ws: &Workspace) -> u64 {
+        let seq = self.next_seq();
         let mut entries = self.lock_entries();
         let e = entries.entry(key.clone()).or_insert_with(Entry::new);
         e.latest = Some((ws.clone(), Instant::now()));
+        e.seq = seq;
+        seq
     }
 
-    /// Records a build the operator just created as the workspace's latest build.
-    pub fn store_build(&self, key: &WorkspaceKey, build: &WorkspaceBuild) {
+    /// Records a build the operator just created as the workspace's latest build; returns the
+    /// new sequence number when the cache changed.
+    pub fn store_build(&self, key: &WorkspaceKey, build: &WorkspaceBuild) -> Option<u64> {
+        let seq = self.next_seq();
         let mut entries = self.lock_entries();
-        if let Some((ws, at)) = entries.get_mut(key).and_then(|e| e.latest.as_mut())
-            && ws.latest_build.build_number < build.build_number
-        {
-            ws.latest_build = build.clone();
-            *at = Instant::now();
+        let e = entries.get_mut(key)?;
+        let (ws, at) = e.latest.as_mut()?;
+        if ws.latest_build.build_number >= build.build_number {
+            return None;
         }
+        ws.latest_build = build.clone();
+        *at = Instant::now();
+        e.seq = seq;
+        Some(seq)
     }
 
     /// Forgets the cached read (after a 409, to re-read Coder).
     pub fn invalidate(&self, key: &WorkspaceKey) {
+        let seq = self.next_seq();
         if let Some(e) = self.lock_entries().get_mut(key) {
             e.latest = None;
+            e.seq = seq;
         }
     }
 
-    /// Subscribes `obj` to the workspace's stream, starting the stream if needed.
+    /// Subscribes `obj` to the workspace's stream, starting the stream if needed. `seen` is the
+    /// sequence number of the read `obj` decided on: when the cache changed since (an event
+    /// arrived before `obj` subscribed), `obj` is triggered at once instead of missing it.
     pub fn follow(
         self: &Arc<Self>,
         key: &WorkspaceKey,
         client: &CoderClient,
         obj: ObjectRef<WorkspaceStartRequest>,
+        seen: u64,
     ) {
-        if !self.enabled {
-            return;
-        }
-        let start = {
+        // Poll only: no stream, but the subscription is recorded so `unfollow` frees the entry.
+        let (start, missed) = {
             let mut entries = self.lock_entries();
             let e = entries.entry(key.clone()).or_insert_with(Entry::new);
-            e.subscribers.insert(obj);
-            let start = !e.streaming
+            let missed = e.latest.is_some() && e.seq != seen;
+            e.subscribers.insert(obj.clone());
+            let before = self
+                .following
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(obj.clone(), key.clone());
+            if let Some(old) = before.filter(|old| old != key) {
+                Self::leave(&mut entries, &old, &obj);
+            }
+            let Some(e) = entries.get_mut(key) else {
+                return;
+            };
+            let start = self.enabled
+                && !e.streaming
                 && self.streams.load(Ordering::Relaxed) < self.max_streams.load(Ordering::Relaxed);
             if start {
                 e.streaming = true;
                 self.streams.fetch_add(1, Ordering::Relaxed);
             }
-            start
+            (start, missed && self.enabled)
         };
+        if missed {
+            self.trigger(vec![obj]);
+        }
         if start {
             let this = Arc::clone(self);
             let key = key.clone();
@@ -198,14 +244,54 @@ impl Watches {
         }
     }
 
-    /// Unsubscribes `obj` from every stream; streams without subscribers stop.
+    /// Unsubscribes `obj` from its stream; a stream without subscribers stops at once.
     pub fn unfollow(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
         let mut entries = self.lock_entries();
+        let key = self
+            .following
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(obj);
+        if let Some(key) = key {
+            Self::leave(&mut entries, &key, obj);
+        }
+    }
+
+    /// Removes `obj` from `key`'s subscribers; stops the stream when it was the last, and drops
+    /// the entry (and its cached read) when nothing uses it any more.
+    fn leave(
+        entries: &mut HashMap<WorkspaceKey, Entry>,
+        key: &WorkspaceKey,
+        obj: &ObjectRef<WorkspaceStartRequest>,
+    ) {
+        let Some(e) = entries.get_mut(key) else {
+            return;
+        };
+        e.subscribers.remove(obj);
+        if !e.subscribers.is_empty() {
+            return;
+        }
+        if e.streaming {
+            e.stop.notify_one();
+        } else if Arc::strong_count(&e.lock) == 1 {
+            entries.remove(key);
+        }
+    }
+
+    /// Drops entries nothing uses any more (no subscriber, no stream, no reconcile holding the
+    /// lock, no cached read fresh enough to share): those of requests that finished without
+    /// following a stream. Returns how many remain.
+    pub fn sweep(&self) -> usize {
+        let mut entries = self.lock_entries();
         entries.retain(|_, e| {
-            e.subscribers.remove(obj);
-            // Keep entries that still stream, or whose lock is held by a reconcile.
-            e.streaming || !e.subscribers.is_empty() || Arc::strong_count(&e.lock) > 1
+            e.streaming
+                || !e.subscribers.is_empty()
+                || Arc::strong_count(&e.lock) > 1
+                || e.latest
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() < self.fresh_for)
         });
+        entries.len()
     }
 
     fn subscribers(&self, key: &WorkspaceKey) -> Option<Vec<ObjectRef<WorkspaceStartRequest>>> {
@@ -228,6 +314,10 @@ impl Watches {
             Some(e) => {
                 e.streaming = false;
                 e.live = false;
+                // Nobody follows it and no reconcile holds its lock: forget it.
+                if Arc::strong_count(&e.lock) == 1 {
+                    entries.remove(key);
+                }
                 false
             }
             None => false,
@@ -236,6 +326,9 @@ impl Watches {
 
     async fn stream(self: Arc<Self>, key: WorkspaceKey, client: CoderClient) {
         let mut backoff = Duration::from_millis(500);
+        let Some(stop) = self.lock_entries().get(&key).map(|e| Arc::clone(&e.stop)) else {
+            return;
+        };
         while self.keep_streaming(&key) {
             match client.watch_workspace(key.workspace).await {
                 Ok(events) => {
@@ -252,6 +345,7 @@ impl Watches {
                                         let mut entries = self.lock_entries();
                                         if let Some(e) = entries.get_mut(&key) {
                                             e.latest = Some((ws, Instant::now()));
+                                            e.seq = self.next_seq();
                                             e.live = true;
                                         }
                                     }
@@ -265,6 +359,11 @@ impl Watches {
                                 None => break,
                             },
                             _ = idle.tick() => {
+                                if self.subscribers(&key).is_none() {
+                                    break;
+                                }
+                            }
+                            () = stop.notified() => {
                                 if self.subscribers(&key).is_none() {
                                     break;
                                 }

@@ -267,6 +267,35 @@ async fn many_requests_for_one_workspace_share_one_build() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_requests_beyond_the_start_slots_wait_their_turn() {
+    // One start slot and one write slot: eleven of twelve new requests queue, and each is
+    // triggered again when the slot frees up; none is lost or started twice.
+    let mut env = Env::new("e2e-queue").await;
+    env.start_operator(&["--concurrency=1", "--write-slots=1"])
+        .await;
+    let sim = env.sim.sim();
+    let workspaces: Vec<uuid::Uuid> = (0..12)
+        .map(|i| stopped(&env, env.alice.id, &format!("q{i}")))
+        .collect();
+    for (i, ws) in workspaces.iter().enumerate() {
+        env.create_for_workspace(&format!("q{i}"), *ws).await;
+    }
+    for (i, ws) in workspaces.iter().enumerate() {
+        let w = env.wait_terminal(&format!("q{i}"), T).await;
+        assert_eq!(ready(&w), ("True".into(), "Ready".into()), "q{i}");
+        assert_eq!(sim.builds_created(*ws), 1, "q{i}: exactly one start build");
+    }
+    let metrics = env.operator().metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "workspace_start_operator_requests_waiting_to_start 0"),
+        "start queue drained: {}",
+        support::tail(&metrics, 40)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_are_rejected_with_clear_messages() {
     let env = Env::new("e2e-invalid").await;
     let wsr = |name: &str, spec: &str| {

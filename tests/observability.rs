@@ -302,7 +302,8 @@ const C: (&str, &str) = ("controller", "workspacestartrequest");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_after_a_request_is_ready() {
     let mut env = Env::new("obs-metrics").await;
-    env.start_operator(&["--concurrency=7"]).await;
+    env.start_operator(&["--concurrency=7", "--follow-concurrency=5"])
+        .await;
     let addr = env.operator().metrics_addr.clone();
     let get = |path: &'static str| {
         let url = format!("http://{addr}{path}");
@@ -328,7 +329,7 @@ async fn health_and_metrics_after_a_request_is_ready() {
     let s = check_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert_eq!(
         value(&s, "controller_runtime_max_concurrent_reconciles", &[C]),
-        Some(7.0),
+        Some(12.0),
         "{text}"
     );
 
@@ -398,7 +399,10 @@ async fn health_and_metrics_after_a_request_is_ready() {
         "{text}"
     );
     assert_eq!(v("controller_runtime_active_workers", &[C]), 0.0);
-    assert_eq!(v("controller_runtime_max_concurrent_reconciles", &[C]), 7.0);
+    assert_eq!(
+        v("controller_runtime_max_concurrent_reconciles", &[C]),
+        12.0
+    );
 
     // Coder calls by endpoint and status: exactly one start build POST, answered 201.
     let post = ("endpoint", "/api/v2/workspaces/{id}/builds");
