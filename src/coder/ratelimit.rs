@@ -8,12 +8,24 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// How often buckets that refilled completely are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
 /// One token bucket per endpoint, all with the same rate.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+/// The buckets in use. A bucket idle long enough to be full again is dropped: a missing bucket
+/// is created full, so forgetting it changes nothing (and paths with ids, one per workspace or
+/// chat, do not pile up).
+#[derive(Debug)]
+struct Buckets {
+    map: HashMap<String, Bucket>,
+    swept: Instant,
 }
 
 #[derive(Debug)]
@@ -30,7 +42,10 @@ impl RateLimiter {
         RateLimiter {
             per_minute,
             burst: (per_minute / 10.0).max(1.0),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
     }
 
@@ -51,13 +66,14 @@ impl RateLimiter {
     /// Takes a token if one is available; otherwise returns how long to wait.
     fn try_take(&self, endpoint: &str, now: Instant) -> Option<Duration> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() > 4096 {
-            // Forget idle buckets (they would be full again anyway).
-            buckets.retain(|_, b| {
-                now.duration_since(b.last) < Duration::from_secs(60) || b.blocked_until.is_some()
+        if now.duration_since(buckets.swept) >= SWEEP_EVERY {
+            let refill = Duration::from_secs_f64(self.burst * 60.0 / self.per_minute);
+            buckets.map.retain(|_, b| {
+                now.duration_since(b.last) < refill || b.blocked_until.is_some_and(|u| u > now)
             });
+            buckets.swept = now;
         }
-        let b = buckets.entry(endpoint.to_owned()).or_insert(Bucket {
+        let b = buckets.map.entry(endpoint.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             last: now,
             blocked_until: None,
@@ -83,7 +99,7 @@ impl RateLimiter {
     pub fn back_off(&self, endpoint: &str, delay: Duration) {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry(endpoint.to_owned()).or_insert(Bucket {
+        let b = buckets.map.entry(endpoint.to_owned()).or_insert(Bucket {
             tokens: 0.0,
             last: now,
             blocked_until: None,
@@ -108,6 +124,27 @@ mod tests {
         assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO);
         // Other endpoints have their own bucket.
         assert_eq!(l.try_take("b", now), None);
+    }
+
+    #[test]
+    fn buckets_that_refilled_are_forgotten() {
+        let l = RateLimiter::new(600); // burst 60 refills in 6 s
+        let t0 = Instant::now();
+        for i in 0..10_000 {
+            assert_eq!(l.try_take(&format!("/workspaces/{i}"), t0), None);
+        }
+        assert_eq!(l.try_take("hot", t0 + Duration::from_secs(5)), None);
+        l.back_off("blocked", Duration::from_secs(60));
+        // One sweep later only buckets that are not full yet remain.
+        let later = t0 + Duration::from_secs(7);
+        assert_eq!(l.try_take("/workspaces/0", later), None);
+        let left: Vec<String> = {
+            let b = l.buckets.lock().expect("lock");
+            let mut k: Vec<String> = b.map.keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(left, ["/workspaces/0", "blocked", "hot"]);
     }
 
     #[test]
