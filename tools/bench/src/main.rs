@@ -3,7 +3,8 @@
 //!
 //! For every (size, shape, mode) it starts a fresh coder-sim, a fresh namespace and a fresh
 //! operator process (the release binary, admin kubeconfig), creates N WorkspaceStartRequests
-//! concurrently, waits until all are Ready (seen by a kube watch in this process) and prints:
+//! concurrently, waits until all are Ready (seen by a kube watch in this process), empties the
+//! namespace again (so runs do not slow each other down) and prints:
 //! wall time, Ready lag after the simulated agent became ready (p50/p99/max), Coder requests
 //! per request by endpoint (the watch route excluded), 429s, API-server requests per request
 //! (diff of `apiserver_request_total` for the operator's resources), operator peak RSS and CPU.
@@ -20,7 +21,8 @@ use clap::Parser;
 use coder_sim::{BuildScript, LifecycleState, SimConfig, SimServer, WorkspaceSeed};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::watcher;
 use uuid::Uuid;
 use workspace_start_operator::crd::WorkspaceStartRequest;
@@ -594,6 +596,13 @@ async fn run_one(
     }
     sim_server.shutdown().await;
     let _ = std::fs::remove_file(&token_file);
+    // Leave the API server as this run found it (there is no namespace controller to empty the
+    // namespace), so later runs do not pay for this run's objects.
+    let (dp, lp) = (DeleteParams::default(), ListParams::default());
+    api.delete_collection(&dp, &lp).await?;
+    Api::<Event>::namespaced(admin.clone(), &ns)
+        .delete_collection(&dp, &lp)
+        .await?;
 
     Ok(RunResult {
         shape: shape.to_owned(),
