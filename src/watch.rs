@@ -388,3 +388,108 @@ impl Watches {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coder::client::{ClientOptions, SessionToken};
+    use crate::coder::types::{JobStatus, ProvisionerJob, Transition};
+
+    fn workspace(id: Uuid, build_number: i64) -> Workspace {
+        Workspace {
+            id,
+            name: "dev".into(),
+            owner_id: Uuid::nil(),
+            owner_name: "alice".into(),
+            template_active_version_id: None,
+            template_require_active_version: false,
+            dormant_at: None,
+            latest_build: WorkspaceBuild {
+                id: Uuid::from_u128(build_number as u128),
+                build_number,
+                transition: Transition::Start,
+                status: String::new(),
+                template_version_id: None,
+                created_at: None,
+                job: ProvisionerJob {
+                    id: Uuid::nil(),
+                    status: JobStatus::Running,
+                    error_code: None,
+                    completed_at: None,
+                },
+                resources: vec![],
+            },
+        }
+    }
+
+    fn setup(enabled: bool) -> (Arc<Watches>, WorkspaceKey, CoderClient) {
+        let watches = Watches::new(enabled, Duration::from_secs(1), Arc::new(Metrics::new()));
+        let key = WorkspaceKey {
+            connection: "c".into(),
+            workspace: Uuid::from_u128(7),
+        };
+        // Nothing listens there: the stream task just retries in the background.
+        let client = CoderClient::new(
+            "http://127.0.0.1:9",
+            SessionToken::new("t"),
+            &ClientOptions::default(),
+        )
+        .expect("client");
+        (watches, key, client)
+    }
+
+    fn obj(name: &str) -> ObjectRef<WorkspaceStartRequest> {
+        ObjectRef::new(name).within("ns")
+    }
+
+    #[tokio::test]
+    async fn a_change_before_following_triggers_the_request_at_once() {
+        let (watches, key, client) = setup(true);
+        let mut triggers = watches.subscribe();
+        let seen = watches.store(&key, &workspace(key.workspace, 1));
+        // An event lands between the request's read and its follow().
+        watches.store(&key, &workspace(key.workspace, 2));
+        watches.follow(&key, &client, obj("late"), seen);
+        assert_eq!(triggers.next().await, Some(obj("late")));
+
+        // Following with the latest read triggers nothing.
+        let (_, latest) = watches.latest(&key).expect("cached");
+        watches.follow(&key, &client, obj("current"), latest);
+        let nothing = tokio::time::timeout(Duration::from_millis(50), triggers.next()).await;
+        assert!(nothing.is_err(), "unexpected trigger {nothing:?}");
+    }
+
+    #[tokio::test]
+    async fn our_own_build_does_not_count_as_missed() {
+        let (watches, key, client) = setup(true);
+        let mut triggers = watches.subscribe();
+        watches.store(&key, &workspace(key.workspace, 1));
+        let build = workspace(key.workspace, 2).latest_build;
+        let seen = watches
+            .store_build(&key, &build)
+            .expect("newer build recorded");
+        assert!(
+            watches.store_build(&key, &build).is_none(),
+            "same build again"
+        );
+        watches.follow(&key, &client, obj("starter"), seen);
+        let nothing = tokio::time::timeout(Duration::from_millis(50), triggers.next()).await;
+        assert!(nothing.is_err(), "unexpected trigger {nothing:?}");
+    }
+
+    #[tokio::test]
+    async fn the_last_unfollow_frees_the_entry_when_polling() {
+        let (watches, key, client) = setup(false);
+        let seen = watches.store(&key, &workspace(key.workspace, 1));
+        watches.follow(&key, &client, obj("a"), seen);
+        watches.follow(&key, &client, obj("b"), seen);
+        watches.unfollow(&obj("a"));
+        assert!(watches.latest(&key).is_some(), "b still follows");
+        watches.unfollow(&obj("b"));
+        assert!(
+            watches.latest(&key).is_none(),
+            "entry dropped with its last follower"
+        );
+        assert_eq!(watches.sweep(), 0);
+    }
+}
