@@ -20,9 +20,9 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Client;
 use kube::api::{Api, PostParams};
-use opproc::{Launch, Proc, helm_template, kubectl_admin};
+use opproc::{Launch, Proc, helm_template};
 use serde_json::json;
-use support::{ready, repo};
+use support::{kubectl_admin, ready, repo};
 use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
 
 /// The ServiceAccount name every test renders (fixed through `serviceAccount.name`).

@@ -1,14 +1,11 @@
 //! Helpers shared by `tests/chart_rbac.rs` and `tests/observability.rs`: rendering the chart with
-//! arbitrary values, running the operator binary with arbitrary flags and environment (as a given
-//! ServiceAccount kubeconfig), and kubectl as admin. Kept apart from `tests/support` so the shared
-//! harness stays untouched.
+//! arbitrary values, and running the operator binary with arbitrary flags and environment (as a
+//! given ServiceAccount kubeconfig), outside the `tests/support` harness's `Env`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-use envtest::ControlPlane;
 
 use crate::support::{ControlPlaneBins, operator_bin, repo, tail};
 
@@ -27,33 +24,6 @@ pub fn helm_template(release: &str, ns: &str, args: &[String]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf8")
-}
-
-/// Runs kubectl with the admin kubeconfig; returns (success, stdout+stderr).
-pub fn kubectl_admin(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(ControlPlaneBins::kubectl())
-        .arg(format!(
-            "--kubeconfig={}",
-            plane.admin_kubeconfig().display()
-        ))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    if let (Some(input), Some(mut si)) = (stdin, child.stdin.take()) {
-        si.write_all(input.as_bytes()).expect("kubectl stdin");
-    }
-    let out = child.wait_with_output().expect("kubectl output");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
 }
 
 /// An operator process started with exactly the given flags; killed on drop.

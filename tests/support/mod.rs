@@ -381,29 +381,11 @@ impl Env {
 
     /// Runs kubectl as admin in this namespace; returns (success, stdout+stderr).
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> (bool, String) {
-        use std::io::Write;
-        let mut cmd = std::process::Command::new(ControlPlaneBins::kubectl());
-        cmd.arg(format!(
-            "--kubeconfig={}",
-            self.plane.admin_kubeconfig().display()
-        ))
-        .arg(format!("--namespace={}", self.ns))
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl");
-        if let (Some(input), Some(mut si)) = (stdin, child.stdin.take()) {
-            si.write_all(input.as_bytes()).expect("kubectl stdin");
-        }
-        let out = child.wait_with_output().expect("kubectl output");
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        let ns = format!("--namespace={}", self.ns);
+        let args: Vec<&str> = std::iter::once(ns.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        kubectl_admin(self.plane, &args, stdin)
     }
 
     /// Deletes a request.
@@ -424,6 +406,33 @@ impl Drop for Env {
             );
         }
     }
+}
+
+/// Runs kubectl with the admin kubeconfig; returns (success, stdout+stderr).
+pub fn kubectl_admin(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(ControlPlaneBins::kubectl())
+        .arg(format!(
+            "--kubeconfig={}",
+            plane.admin_kubeconfig().display()
+        ))
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    if let (Some(input), Some(mut si)) = (stdin, child.stdin.take()) {
+        si.write_all(input.as_bytes()).expect("kubectl stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl output");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }
 
 /// The last `n` lines.
