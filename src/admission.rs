@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::crd::WorkspaceStartRequest;
+use crate::triggers::Triggers;
 
 type Obj = ObjectRef<WorkspaceStartRequest>;
 
@@ -33,7 +33,7 @@ struct State {
 pub struct StartQueue {
     limit: usize,
     state: Mutex<State>,
-    wake: Mutex<Vec<mpsc::UnboundedSender<Obj>>>,
+    wake: Triggers,
 }
 
 /// A start slot; dropping it admits the next waiting request.
@@ -55,7 +55,7 @@ impl StartQueue {
         Arc::new(StartQueue {
             limit: limit.max(1),
             state: Mutex::new(State::default()),
-            wake: Mutex::new(Vec::new()),
+            wake: Triggers::default(),
         })
     }
 
@@ -65,9 +65,7 @@ impl StartQueue {
 
     /// Triggers for the controller (`reconcile_on`): requests whose slot is reserved.
     pub fn subscribe(&self) -> UnboundedReceiverStream<Obj> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.wake.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
-        UnboundedReceiverStream::new(rx)
+        self.wake.subscribe()
     }
 
     /// A slot for `obj` if its turn has come; otherwise `obj` waits in the queue (once) and will
@@ -133,13 +131,7 @@ impl StartQueue {
             }
         }
         if !wake.is_empty() {
-            let mut senders = self.wake.lock().unwrap_or_else(|p| p.into_inner());
-            senders.retain(|tx| !tx.is_closed());
-            for o in wake {
-                for tx in senders.iter() {
-                    let _ = tx.send(o.clone());
-                }
-            }
+            self.wake.send(&wake);
         }
         admitted
     }

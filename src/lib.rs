@@ -14,4 +14,5 @@ pub mod decide;
 pub mod events;
 pub mod metrics;
 pub mod status;
+pub mod triggers;
 pub mod watch;

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
 
@@ -20,6 +19,7 @@ use crate::coder::CoderClient;
 use crate::coder::types::{Workspace, WorkspaceBuild};
 use crate::crd::WorkspaceStartRequest;
 use crate::metrics::Metrics;
+use crate::triggers::Triggers;
 
 /// Identifies a workspace on one Coder connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -61,9 +61,8 @@ pub struct Watches {
     entries: Mutex<HashMap<WorkspaceKey, Entry>>,
     /// The workspace each request follows (locked after `entries` when both are needed).
     following: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, WorkspaceKey>>,
-    /// One lossless channel per controller: a dropped trigger would leave a request waiting
-    /// for the backstop poll (a bounded broadcast drops events when the controller lags).
-    triggers: Mutex<Vec<mpsc::UnboundedSender<ObjectRef<WorkspaceStartRequest>>>>,
+    /// Reconciles of the subscribers of a workspace that changed.
+    triggers: Triggers,
     metrics: Arc<Metrics>,
     enabled: bool,
     fresh_for: Duration,
@@ -78,11 +77,10 @@ impl Watches {
     /// Creates the registry. `enabled = false` means poll only; `fresh_for` is how long a
     /// polled read may be shared by other requests for the same workspace.
     pub fn new(enabled: bool, fresh_for: Duration, metrics: Arc<Metrics>) -> Arc<Watches> {
-        let triggers = Mutex::new(Vec::new());
         Arc::new(Watches {
             entries: Mutex::new(HashMap::new()),
             following: Mutex::new(HashMap::new()),
-            triggers,
+            triggers: Triggers::default(),
             metrics,
             enabled,
             fresh_for,
@@ -109,22 +107,7 @@ impl Watches {
 
     /// Reconcile triggers for the controller (`reconcile_on`).
     pub fn subscribe(&self) -> UnboundedReceiverStream<ObjectRef<WorkspaceStartRequest>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.triggers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
-        UnboundedReceiverStream::new(rx)
-    }
-
-    fn trigger(&self, subs: Vec<ObjectRef<WorkspaceStartRequest>>) {
-        let mut triggers = self.triggers.lock().unwrap_or_else(|p| p.into_inner());
-        triggers.retain(|tx| !tx.is_closed());
-        for tx in triggers.iter() {
-            for s in &subs {
-                let _ = tx.send(s.clone());
-            }
-        }
+        self.triggers.subscribe()
     }
 
     /// The lock that serialises observe → decide → start for one workspace, so that many
@@ -231,7 +214,7 @@ impl Watches {
             (start, missed && self.enabled)
         };
         if missed {
-            self.trigger(vec![obj]);
+            self.triggers.send(&[obj]);
         }
         if start {
             let this = Arc::clone(self);
@@ -350,7 +333,7 @@ impl Watches {
                                         }
                                     }
                                     let Some(subs) = self.subscribers(&key) else { break };
-                                    self.trigger(subs);
+                                    self.triggers.send(&subs);
                                 }
                                 Some(Err(e)) => {
                                     tracing::debug!(workspace = %key.workspace, error = %e, "watch stream error");
