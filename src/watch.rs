@@ -54,6 +54,11 @@ impl Entry {
             stop: Arc::new(tokio::sync::Notify::new()),
         }
     }
+
+    /// Nobody follows it, no stream runs for it and no reconcile holds its lock.
+    fn unused(&self) -> bool {
+        self.subscribers.is_empty() && !self.streaming && Arc::strong_count(&self.lock) == 1
+    }
 }
 
 /// The shared streams, cache and per-workspace locks.
@@ -256,7 +261,7 @@ impl Watches {
         }
         if e.streaming {
             e.stop.notify_one();
-        } else if Arc::strong_count(&e.lock) == 1 {
+        } else if e.unused() {
             entries.remove(key);
         }
     }
@@ -267,9 +272,7 @@ impl Watches {
     pub fn sweep(&self) -> usize {
         let mut entries = self.lock_entries();
         entries.retain(|_, e| {
-            e.streaming
-                || !e.subscribers.is_empty()
-                || Arc::strong_count(&e.lock) > 1
+            !e.unused()
                 || e.latest
                     .as_ref()
                     .is_some_and(|(_, at)| at.elapsed() < self.fresh_for)
@@ -297,8 +300,7 @@ impl Watches {
             Some(e) => {
                 e.streaming = false;
                 e.live = false;
-                // Nobody follows it and no reconcile holds its lock: forget it.
-                if Arc::strong_count(&e.lock) == 1 {
+                if e.unused() {
                     entries.remove(key);
                 }
                 false
