@@ -381,8 +381,10 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<KubeAction, Error> {
     let oref = ObjectRef::from_obj(&*wsr);
-    let starting =
-        wsr.meta().deletion_timestamp.is_none() && not_started(&ctx.status.current(&oref, &wsr));
+    // Only this request's own reconciles change what `current` returns, and kube-runtime never
+    // runs two of them at once: `prev` stays valid while waiting for a slot.
+    let prev = ctx.status.current(&oref, &wsr);
+    let starting = wsr.meta().deletion_timestamp.is_none() && not_started(&prev);
     let mut _start = None;
     let mut _follow = None;
     if starting {
@@ -405,7 +407,7 @@ pub async fn reconcile(
     };
     ctx.metrics.active_workers.get_or_create(&labels).inc();
     // Boxed: reconciles waiting for a follow slot stay small.
-    let res = Box::pin(reconcile_inner(&wsr, &ctx)).await;
+    let res = Box::pin(reconcile_inner(&wsr, &ctx, &oref, prev)).await;
     ctx.metrics.active_workers.get_or_create(&labels).dec();
     let result = match &res {
         Err(_) => "error",
@@ -416,18 +418,19 @@ pub async fn reconcile(
     res
 }
 
+/// Reconciles `wsr` (`oref`), whose status to decide on is `prev`.
 async fn reconcile_inner(
     wsr: &WorkspaceStartRequest,
     ctx: &Arc<Context>,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    prev: WorkspaceStartRequestStatus,
 ) -> Result<KubeAction, Error> {
-    let oref = ObjectRef::from_obj(wsr);
     let ns = wsr
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
     let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
-    let prev = ctx.status.current(&oref, wsr);
     if wsr.meta().deletion_timestamp.is_some() {
-        ctx.forget_request(&oref);
+        ctx.forget_request(oref);
         return Ok(KubeAction::await_change());
     }
     if prev.phase.is_some_and(Phase::is_terminal) {
@@ -439,11 +442,11 @@ async fn reconcile_inner(
             .and_then(|st| st.phase)
             .is_some_and(Phase::is_terminal)
         {
-            ctx.status.forget(&oref);
+            ctx.status.forget(oref);
         }
-        ctx.watches.unfollow(&oref);
-        ctx.reset_backoff(&oref);
-        ctx.track_phase(&oref, prev.phase);
+        ctx.watches.unfollow(oref);
+        ctx.reset_backoff(oref);
+        ctx.track_phase(oref, prev.phase);
         return finished(wsr, &api, &prev).await;
     }
 
@@ -456,7 +459,7 @@ async fn reconcile_inner(
         Err(ResolveError::Kube(e)) => return Err(Error::Kube(e)),
         Err(ResolveError::Request(obs)) => {
             let d = input(&prev, obs, ctx.settings.poll);
-            return conclude(wsr, ctx, &api, &oref, &prev, d, None, None).await;
+            return conclude(wsr, ctx, &api, oref, &prev, d, None, None).await;
         }
     };
 
@@ -551,7 +554,7 @@ async fn reconcile_inner(
                 tracing::warn!(request = %oref, error = %e, "start build request failed; will re-read");
                 // A cached read from before the POST would make the next pass POST again.
                 ctx.watches.invalidate(&ws_key);
-                let delay = ctx.backoff(&oref, e.retry_after());
+                let delay = ctx.backoff(oref, e.retry_after());
                 return Ok(KubeAction::requeue(delay));
             }
             Err(e) => {
@@ -603,7 +606,7 @@ async fn reconcile_inner(
     drop(late_guard);
     drop(guard);
     let read = key.map(|k| (k, seen));
-    conclude(wsr, ctx, &api, &oref, &written, decision, read, Some(&conn)).await
+    conclude(wsr, ctx, &api, oref, &written, decision, read, Some(&conn)).await
 }
 
 /// The [`decide`] input for `wsr` with `status`, at the current time.
