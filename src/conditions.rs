@@ -76,6 +76,8 @@ pub mod reasons {
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     /// Failure: the Secret lacks `url`/`token` or they are invalid.
     pub const SECRET_INVALID: &str = "SecretInvalid";
+    /// Failure: the operator hit an internal error (a panic) while reconciling this request.
+    pub const INTERNAL_ERROR: &str = "InternalError";
 }
 
 /// Sets (or replaces) a condition by type, keeping `lastTransitionTime` when the status did not

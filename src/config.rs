@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Per-request timeout for Coder calls, in milliseconds.
     #[arg(long, env = "WSO_CODER_TIMEOUT_MS", default_value_t = 15000)]
     pub coder_timeout_ms: u64,
+    /// Test hook: the reconcile of the request with this name panics. Hidden; used by the
+    /// end-to-end test of panic containment.
+    #[arg(long, hide = true)]
+    pub test_panic_on: Option<String>,
 }
 
 impl RunArgs {

@@ -2,10 +2,11 @@
 //! server-side apply, with Events on every transition, per-object backoff and TTL cleanup.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::{self, Action as KubeAction, Controller};
@@ -32,6 +33,9 @@ use crate::watch::{Watches, WorkspaceKey};
 /// enough for one write in flight on an idle API server, short enough not to hold the request
 /// (and a final status right behind it) when the API server is busy.
 const PROGRESS_SLOT_WAIT: Duration = Duration::from_millis(25);
+
+/// The longest a finished request with a TTL waits before its expiry is checked again.
+const TTL_RECHECK: Duration = Duration::from_secs(24 * 3600);
 
 /// How often unused workspace entries are dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -74,6 +78,8 @@ pub struct Settings {
     /// Event creates. Final statuses skip the queue; progress finding no slot waits for a later
     /// pass.
     pub write_slots: u16,
+    /// Test hook: reconciling the request of this name panics (proves panic containment).
+    pub panic_on: Option<String>,
 }
 
 impl Default for Settings {
@@ -84,6 +90,7 @@ impl Default for Settings {
             concurrency: 16,
             follow_concurrency: 256,
             write_slots: 1,
+            panic_on: None,
         }
     }
 }
@@ -406,8 +413,16 @@ pub async fn reconcile(
         controller: CONTROLLER,
     };
     ctx.metrics.active_workers.get_or_create(&labels).inc();
-    // Boxed: reconciles waiting for a follow slot stay small.
-    let res = Box::pin(reconcile_inner(&wsr, &ctx, &oref, prev)).await;
+    // Boxed: reconciles waiting for a follow slot stay small. A panic fails this request
+    // only; every other request goes on.
+    let inner = AssertUnwindSafe(Box::pin(reconcile_inner(&wsr, &ctx, &oref, prev.clone())));
+    let res = match inner.catch_unwind().await {
+        Ok(res) => res,
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            contain_panic(&wsr, &ctx, &oref, &prev, &what).await
+        }
+    };
     ctx.metrics.active_workers.get_or_create(&labels).dec();
     let result = match &res {
         Err(_) => "error",
@@ -416,6 +431,42 @@ pub async fn reconcile(
     };
     ctx.metrics.observe_reconcile(result, started.elapsed());
     res
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// After a reconcile of `wsr` panicked: logs and counts it, and fails the request with
+/// `InternalError` (a finished request keeps its status) so it is not retried into the same
+/// panic.
+async fn contain_panic(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Arc<Context>,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    prev: &WorkspaceStartRequestStatus,
+    what: &str,
+) -> Result<KubeAction, Error> {
+    tracing::error!(request = %oref, panic = %what, "reconcile panicked; failing the request");
+    ctx.metrics.reconcile_panics.inc();
+    if prev.phase.is_some_and(Phase::is_terminal) {
+        return Ok(KubeAction::await_change());
+    }
+    let ns = wsr
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
+    let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
+    let decision = decide::reject(
+        &input_for(wsr, prev, Observation::CoderUnavailable, ctx.settings.poll),
+        reasons::INTERNAL_ERROR,
+        "the operator hit an internal error while reconciling this request (details in the operator log); it is not retried",
+    );
+    conclude(wsr, ctx, &api, oref, prev, decision, None, None).await
 }
 
 /// Reconciles `wsr` (`oref`), whose status to decide on is `prev`.
@@ -448,6 +499,10 @@ async fn reconcile_inner(
         ctx.reset_backoff(oref);
         ctx.track_phase(oref, prev.phase);
         return finished(wsr, &api, &prev).await;
+    }
+
+    if ctx.settings.panic_on.as_deref() == Some(wsr.name_any().as_str()) {
+        panic!("test hook: reconciling {oref} panics (--test-panic-on)");
     }
 
     let input = |status: &'_ WorkspaceStartRequestStatus, obs: Observation, poll: Duration| {
@@ -712,7 +767,11 @@ async fn finished(
     ) else {
         return Ok(KubeAction::await_change());
     };
-    let expires = done.0 + jiff::SignedDuration::from_secs(ttl.max(0));
+    let Some(expires) = decide::ttl_expiry(done.0, ttl) else {
+        // Only objects admitted before the CRD's maximum can get here: never delete them.
+        tracing::warn!(request = %wsr.name_any(), ttl, "ttlSecondsAfterFinished is out of range; not deleting");
+        return Ok(KubeAction::await_change());
+    };
     let now = Timestamp::now();
     if now >= expires {
         tracing::info!(request = %wsr.name_any(), "deleting finished request (ttlSecondsAfterFinished)");
@@ -727,7 +786,11 @@ async fn finished(
         return Ok(KubeAction::await_change());
     }
     let left = Duration::try_from(expires.duration_since(now)).unwrap_or(Duration::ZERO);
-    Ok(KubeAction::requeue(left + Duration::from_millis(100)))
+    // Look again at least daily (a long wait is re-armed then).
+    Ok(KubeAction::requeue(
+        left.min(TTL_RECHECK)
+            .saturating_add(Duration::from_millis(100)),
+    ))
 }
 
 /// Retry policy for errors returned by `reconcile`.

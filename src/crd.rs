@@ -15,10 +15,40 @@ pub const FIELD_MANAGER: &str = "workspace-start-operator";
 const UUID_RULE: &str =
     "self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')";
 
-/// CEL: a positive Go-style duration. The `matches` guard short-circuits, so a malformed value
-/// is reported with this rule's message instead of a CEL "type conversion error".
-const POSITIVE_DURATION_RULE: &str =
-    "self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) > duration('0s')";
+/// A Go-style duration as accepted here: at most 5 integer and 9 fraction digits per part and
+/// at most 32 characters, so no accepted value can overflow a duration anywhere.
+macro_rules! duration_regex {
+    () => {
+        "^([0-9]{1,5}([.][0-9]{1,9})?(ns|us|ms|s|m|h))+$"
+    };
+}
+
+/// The duration format as an OpenAPI pattern.
+const DURATION_PATTERN: &str = duration_regex!();
+
+/// CEL: the value has the Go duration format of [`DURATION_PATTERN`].
+const DURATION_FORMAT_RULE: &str = concat!("self.matches('", duration_regex!(), "')");
+
+/// CEL: a duration above zero and at most [`MAX_TIMEOUT`]. A malformed value passes this rule
+/// (the format rule reports it), so `duration()` never meets a value it cannot convert.
+const DURATION_RANGE_RULE: &str = concat!(
+    "!self.matches('",
+    duration_regex!(),
+    "') || (duration(self) > duration('0s') && duration(self) <= duration('24h'))"
+);
+
+/// The longest `timeouts.build` / `timeouts.agent` accepted.
+pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The longest `ttlSecondsAfterFinished` accepted: 30 days.
+pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
+
+/// CEL: a Secret name (DNS-1123 subdomain).
+const SECRET_NAME_RULE: &str =
+    "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+
+/// The most parameters a request may pass.
+pub const MAX_PARAMETERS: usize = 64;
 
 /// Asks the operator to start one Coder workspace, either the workspace bound to a chat or a
 /// workspace named directly. A request is one-shot, like a Job: its spec cannot change.
@@ -88,9 +118,11 @@ pub struct WorkspaceStartRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coder_ref: Option<CoderRef>,
 
-    /// Rich parameter values passed to the start build.
+    /// Rich parameter values passed to the start build (names unique, at most 64).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("parameter names must be unique"))]
     pub parameters: Vec<BuildParameter>,
 
     /// Agent that must become ready. Default: the chat tool's rule (root agents; the one whose
@@ -103,9 +135,11 @@ pub struct WorkspaceStartRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
 
-    /// Delete the request this many seconds after it finished (Ready or Failed).
+    /// Delete the request this many seconds after it finished (Ready or Failed); at most
+    /// 2592000 (30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 2_592_000))]
+    #[x_kube(validation = Rule::new("self <= 2592000").message("ttlSecondsAfterFinished must be at most 2592000 (30 days)"))]
     pub ttl_seconds_after_finished: Option<i64>,
 }
 
@@ -135,6 +169,7 @@ pub struct WorkspaceSelector {
 pub struct CoderRef {
     /// Secret name.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(SECRET_NAME_RULE).message("coderRef.name must be the name of a Secret in this namespace (lower-case letters, digits, '-' and '.'), e.g. coder-credentials"))]
     pub name: String,
 }
 
@@ -150,25 +185,21 @@ pub struct BuildParameter {
     pub value: String,
 }
 
-/// Deadlines, as Go-style durations such as `10m` or `90s`.
+/// Deadlines, as Go-style durations such as `10m` or `90s`, each above zero and at most 24h.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
     /// Time allowed for the build, from the request's start. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 32),
-        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
-    )]
-    #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message("timeouts.build must be a positive duration such as 10m"))]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(DURATION_FORMAT_RULE).message("timeouts.build must be a duration such as 10m, 90s or 1h30m"))]
+    #[x_kube(validation = Rule::new(DURATION_RANGE_RULE).message("timeouts.build must be more than 0s and at most 24h"))]
     pub build: Option<String>,
     /// Time allowed for the agent to become ready after the build succeeded. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(max = 32),
-        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
-    )]
-    #[x_kube(validation = Rule::new(POSITIVE_DURATION_RULE).message("timeouts.agent must be a positive duration such as 10m"))]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(DURATION_FORMAT_RULE).message("timeouts.agent must be a duration such as 10m, 90s or 1h30m"))]
+    #[x_kube(validation = Rule::new(DURATION_RANGE_RULE).message("timeouts.agent must be more than 0s and at most 24h"))]
     pub agent: Option<String>,
 }
 

@@ -99,39 +99,70 @@ pub struct Decision {
     pub action: Action,
 }
 
-/// Parses a Go-style duration (`10m`, `90s`, `1h30m`, `500ms`).
+/// Parses a Go duration (`10m`, `90s`, `1h30m`, `1.5h`, `500ms`) as Go's `time.ParseDuration`
+/// does for non-negative values: integer nanoseconds, fractions as Go rounds them, `None` for
+/// anything malformed or beyond Go's limit (about 2562047h). Never panics, whatever the input.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
     if s.is_empty() {
         return None;
     }
-    let mut total = Duration::ZERO;
     let mut rest = s;
+    let mut total: u64 = 0;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return None;
-        }
-        let value: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(value * unit).ok()?;
+        let (part, after) = duration_part(rest)?;
+        total = total.checked_add(part)?;
+        rest = after;
     }
-    Some(total)
+    // Go keeps durations in an i64 of nanoseconds.
+    (total <= i64::MAX as u64).then(|| Duration::from_nanos(total))
+}
+
+/// One `[0-9]*(.[0-9]*)?unit` part of a Go duration, in nanoseconds, and what follows it.
+fn duration_part(s: &str) -> Option<(u64, &str)> {
+    let digits = |t: &str| t.bytes().take_while(u8::is_ascii_digit).count();
+    let (int, rest) = s.split_at(digits(s));
+    let (frac, rest) = match rest.strip_prefix('.') {
+        Some(r) => r.split_at(digits(r)),
+        None => ("", rest),
+    };
+    if int.is_empty() && frac.is_empty() {
+        return None;
+    }
+    let unit_len = rest
+        .find(|c: char| c.is_ascii_digit() || c == '.')
+        .unwrap_or(rest.len());
+    let (unit, rest) = rest.split_at(unit_len);
+    let unit: u64 = match unit {
+        "ns" => 1,
+        "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ => return None,
+    };
+    let whole: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let mut ns = whole.checked_mul(unit)?;
+    if !frac.is_empty() {
+        // As Go: the fraction's leading digits while they fit an i64, scaled in floating point.
+        let (mut f, mut scale) = (0i64, 1f64);
+        for d in frac.bytes() {
+            let Some(next) = f
+                .checked_mul(10)
+                .and_then(|x| x.checked_add(i64::from(d - b'0')))
+            else {
+                break;
+            };
+            f = next;
+            scale *= 10.0;
+        }
+        // Below one `unit` (at most 3.6e12 ns): the cast cannot overflow.
+        ns = ns.checked_add((f as f64 * (unit as f64 / scale)) as u64)?;
+    }
+    Some((ns, rest))
 }
 
 fn timeout(v: Option<&String>) -> Duration {
@@ -141,6 +172,13 @@ fn timeout(v: Option<&String>) -> Duration {
 fn plus(t: Timestamp, d: Duration) -> Timestamp {
     t.checked_add(jiff::SignedDuration::try_from(d).unwrap_or(jiff::SignedDuration::MAX))
         .unwrap_or(Timestamp::MAX)
+}
+
+/// When a request that finished at `done` expires after `ttl_seconds` (negative counts as 0);
+/// `None` when that instant is out of range (a TTL the CRD's maximum now refuses).
+pub fn ttl_expiry(done: Timestamp, ttl_seconds: i64) -> Option<Timestamp> {
+    done.checked_add(jiff::SignedDuration::from_secs(ttl_seconds.max(0)))
+        .ok()
 }
 
 fn until(now: Timestamp, deadline: Timestamp) -> Duration {

@@ -119,6 +119,7 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         concurrency: args.concurrency,
         follow_concurrency: args.follow_concurrency,
         write_slots: args.write_slots,
+        panic_on: args.test_panic_on.clone(),
     };
     let watches = Watches::new(
         args.coder_watch,

@@ -89,6 +89,9 @@ pub struct Metrics {
     pub progress_writes_postponed: Counter,
     /// `workspace_start_operator_requests_waiting_to_start`: new requests queued for a start slot.
     pub waiting_to_start: Gauge,
+    /// `workspace_start_operator_reconcile_panics_total`: reconciles that panicked (each such
+    /// request ended Failed/InternalError; the others went on).
+    pub reconcile_panics: Counter,
 }
 
 impl Default for Metrics {
@@ -122,6 +125,7 @@ impl Metrics {
         let events_dropped = Counter::default();
         let progress_writes_postponed = Counter::default();
         let waiting_to_start = Gauge::default();
+        let reconcile_panics = Counter::default();
         registry.register(
             "controller_runtime_reconcile",
             "Total number of reconciliations per controller",
@@ -197,6 +201,11 @@ impl Metrics {
             "New requests waiting for a start slot (--concurrency)",
             waiting_to_start.clone(),
         );
+        registry.register(
+            "workspace_start_operator_reconcile_panics",
+            "Reconciles that panicked; the request ended Failed with reason InternalError",
+            reconcile_panics.clone(),
+        );
         // Export every series at zero from the start, as controller-runtime does, so rates and
         // alerts (e.g. on reconcile errors) have a baseline instead of a missing series.
         let c = ControllerLabels {
@@ -231,6 +240,7 @@ impl Metrics {
             events_dropped,
             progress_writes_postponed,
             waiting_to_start,
+            reconcile_panics,
         }
     }
 

@@ -8,10 +8,14 @@
 //! (b) the request ends Ready or Failed no later than its deadline from `spec.timeouts` plus one
 //!     step (every `decide` call at or after the deadline is terminal);
 //! (c) once terminal, the status never changes.
+//!
+//! A second property feeds `decide`, the duration parser and the TTL arithmetic any spec the
+//! CRD schema admits, any status and any Coder answer, at any time, and asserts none panics.
 
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use proptest::prelude::*;
 use uuid::Uuid;
 use workspace_start_operator::coder::types::{
@@ -21,7 +25,9 @@ use workspace_start_operator::crd::{
     Outcome, Phase, Timeouts, WorkspaceSelector, WorkspaceStartRequestSpec,
     WorkspaceStartRequestStatus,
 };
-use workspace_start_operator::decide::{Action, Input, Observation, build_info, decide};
+use workspace_start_operator::decide::{
+    Action, Input, Observation, build_info, decide, parse_duration, ttl_expiry,
+};
 
 const WS: u128 = 0xe3f4_0000_0000_4000_8000_0000_0000_0001;
 const OWNER: u128 = 0x51aa_0000_0000_4000_8000_0000_0000_0002;
@@ -560,4 +566,241 @@ fn any_coder_history_ends_once_without_double_builds() {
         "decide properties: {} histories, {} start POSTs ({} with lost result), {} unavailable reads, {} Ready, {} duplicate builds",
         s[0], s[1], s[2], s[3], s[4], s[5]
     );
+}
+
+/// A timestamp anywhere in jiff's range (the extremes included).
+fn any_time() -> impl Strategy<Value = Timestamp> {
+    prop_oneof![
+        Just(Timestamp::MIN),
+        Just(Timestamp::MAX),
+        (Timestamp::MIN.as_second()..=Timestamp::MAX.as_second())
+            .prop_map(|s| Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH)),
+        (1_700_000_000i64..1_900_000_000).prop_map(|s| Timestamp::from_second(s).expect("ts")),
+    ]
+}
+
+/// `spec.timeouts.*` values the CRD schema admits (pattern and length; the 24h maximum is left
+/// out on purpose, for objects admitted before it existed), and some it does not.
+fn any_timeout() -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        Just(None),
+        proptest::string::string_regex("([0-9]{1,5}(\\.[0-9]{1,9})?(ns|us|ms|s|m|h)){1,5}")
+            .expect("regex")
+            .prop_filter("maxLength 32", |s| s.len() <= 32)
+            .prop_map(Some),
+        ".{0,40}".prop_map(Some),
+    ]
+}
+
+/// Any spec the schema admits, plus TTLs beyond its maximum.
+fn any_spec() -> impl Strategy<Value = WorkspaceStartRequestSpec> {
+    (
+        any::<bool>(),
+        any_timeout(),
+        any_timeout(),
+        prop_oneof![
+            Just(None),
+            (0..=workspace_start_operator::crd::MAX_TTL_SECONDS).prop_map(Some),
+            any::<i64>().prop_map(Some),
+        ],
+        proptest::option::of("[a-z-]{1,20}"),
+        prop::collection::vec(("[a-z]{1,8}", ".{0,16}"), 0..4),
+    )
+        .prop_map(|(by_chat, build, agent, ttl, agent_name, params)| {
+            WorkspaceStartRequestSpec {
+                chat_id: by_chat.then(|| Uuid::from_u128(7).to_string()),
+                workspace: (!by_chat).then(|| WorkspaceSelector {
+                    id: Some(Uuid::from_u128(WS).to_string()),
+                    ..Default::default()
+                }),
+                owner_id: None,
+                coder_ref: None,
+                parameters: params
+                    .into_iter()
+                    .map(
+                        |(name, value)| workspace_start_operator::crd::BuildParameter {
+                            name,
+                            value,
+                        },
+                    )
+                    .collect(),
+                agent_name,
+                timeouts: Some(Timeouts { build, agent }),
+                ttl_seconds_after_finished: ttl,
+            }
+        })
+}
+
+fn any_job() -> impl Strategy<Value = JobStatus> {
+    prop_oneof![
+        Just(JobStatus::Pending),
+        Just(JobStatus::Running),
+        Just(JobStatus::Succeeded),
+        Just(JobStatus::Canceling),
+        Just(JobStatus::Canceled),
+        Just(JobStatus::Failed),
+        Just(JobStatus::Unknown),
+    ]
+}
+
+fn any_transition() -> impl Strategy<Value = Transition> {
+    prop_oneof![
+        Just(Transition::Start),
+        Just(Transition::Stop),
+        Just(Transition::Delete)
+    ]
+}
+
+/// Any workspace Coder could answer with (build numbers across the whole i64 range).
+fn any_observation() -> impl Strategy<Value = Observation> {
+    let agent = (
+        "[a-z-]{0,24}",
+        any::<bool>(),
+        prop_oneof![
+            Just("connecting"),
+            Just("connected"),
+            Just("timeout"),
+            Just("")
+        ],
+        prop_oneof![
+            Just("created"),
+            Just("starting"),
+            Just("ready"),
+            Just("start_error"),
+            Just("start_timeout"),
+            Just("off"),
+        ],
+    )
+        .prop_map(|(name, sub, status, lifecycle)| Agent {
+            id: Uuid::from_u128(0xa1),
+            name,
+            parent_id: sub.then(|| Uuid::from_u128(0xa0)),
+            status: status.into(),
+            lifecycle_state: lifecycle.into(),
+            ready_at: None,
+        });
+    (
+        any::<i64>(),
+        any_transition(),
+        any_job(),
+        prop::collection::vec(agent, 0..4),
+        any::<bool>(),
+        proptest::option::of(any_time()),
+    )
+        .prop_map(|(number, transition, job, agents, dormant, completed)| {
+            Observation::Workspace {
+                chat_owner: None,
+                workspace: Box::new(Workspace {
+                    id: Uuid::from_u128(WS),
+                    name: "dev".into(),
+                    owner_id: Uuid::from_u128(OWNER),
+                    owner_name: "alice".into(),
+                    template_active_version_id: None,
+                    template_require_active_version: dormant,
+                    dormant_at: dormant.then_some(Timestamp::UNIX_EPOCH),
+                    latest_build: WorkspaceBuild {
+                        id: Uuid::from_u128(number as u128),
+                        build_number: number,
+                        transition,
+                        status: String::new(),
+                        template_version_id: None,
+                        created_at: completed,
+                        job: ProvisionerJob {
+                            id: Uuid::from_u128(0xf1),
+                            status: job,
+                            error_code: None,
+                            completed_at: completed,
+                        },
+                        resources: vec![Resource { agents }],
+                    },
+                }),
+            }
+        })
+}
+
+/// Any status the operator may have written before (times anywhere in range, any build number).
+fn any_status() -> impl Strategy<Value = WorkspaceStartRequestStatus> {
+    (
+        prop_oneof![
+            Just(None),
+            Just(Some(Phase::Pending)),
+            Just(Some(Phase::Starting)),
+            Just(Some(Phase::WaitingForAgent)),
+        ],
+        proptest::option::of(any_time()),
+        proptest::option::of(any_time()),
+        proptest::option::of((any::<i64>(), any_transition(), any_job())),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(phase, start, succeeded, build, requested, queued)| {
+            let mut st = WorkspaceStartRequestStatus {
+                phase,
+                start_time: start.map(Time),
+                build_requested_at: start.filter(|_| requested).map(Time),
+                outcome: queued.then_some(Outcome::Queued),
+                build: build.map(|(number, transition, job)| {
+                    build_info(&WorkspaceBuild {
+                        id: Uuid::from_u128(number as u128),
+                        build_number: number,
+                        transition,
+                        status: String::new(),
+                        template_version_id: None,
+                        created_at: None,
+                        job: ProvisionerJob {
+                            id: Uuid::from_u128(0xf1),
+                            status: job,
+                            error_code: None,
+                            completed_at: None,
+                        },
+                        resources: vec![],
+                    })
+                }),
+                ..Default::default()
+            };
+            if let Some(t) = succeeded {
+                workspace_start_operator::conditions::set(
+                    &mut st.conditions,
+                    "BuildSucceeded",
+                    "True",
+                    "BuildSucceeded",
+                    "",
+                    Some(1),
+                    &Time(t),
+                );
+            }
+            st
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// No spec the API server admits, no status and no Coder answer makes `decide`, the
+    /// duration parser or the TTL arithmetic panic, at any time.
+    #[test]
+    fn schema_accepted_specs_never_panic(
+        spec in any_spec(),
+        status in any_status(),
+        observation in any_observation(),
+        now in any_time(),
+        done in any_time(),
+        poll_ms in any::<u64>(),
+    ) {
+        let input = Input {
+            spec: &spec,
+            generation: Some(1),
+            status: &status,
+            observation,
+            now,
+            poll: Duration::from_millis(poll_ms),
+        };
+        let _ = decide(&input);
+        if let Some(ttl) = spec.ttl_seconds_after_finished {
+            let _ = ttl_expiry(done, ttl);
+        }
+        for t in spec.timeouts.iter().flat_map(|t| [&t.build, &t.agent]).flatten() {
+            let _ = parse_duration(t);
+        }
+    }
 }

@@ -304,70 +304,140 @@ async fn invalid_specs_are_rejected_with_clear_messages() {
         )
     };
     let uuid = "9d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11";
+    let chat = format!("  chatId: {uuid}\n");
+    let params = |n: usize, value: &str| {
+        let mut s = chat.clone() + "  parameters:\n";
+        for i in 0..n {
+            s += &format!("  - name: p{i}\n    value: \"{value}\"\n");
+        }
+        s
+    };
+    // One row per schema rule: the spec, and every line the API server must answer with
+    // (after "is invalid: "), exactly.
     let cases: Vec<(&str, String, &[&str])> = vec![
         (
             "neither",
             "  agentName: main\n".to_owned(),
-            &["exactly one of spec.chatId or spec.workspace must be set"],
+            &[r#"spec: Invalid value: exactly one of spec.chatId or spec.workspace must be set"#],
         ),
         (
             "both",
-            format!("  chatId: {uuid}\n  workspace:\n    id: {uuid}\n"),
-            &["exactly one of spec.chatId or spec.workspace must be set"],
+            format!("{chat}  workspace:\n    id: {uuid}\n"),
+            &[r#"spec: Invalid value: exactly one of spec.chatId or spec.workspace must be set"#],
         ),
         (
             "bad-uuid",
             "  chatId: not-a-uuid\n".to_owned(),
-            &["spec.chatId", "chatId must be a UUID"],
+            &[
+                r#"spec.chatId: Invalid value: "not-a-uuid": chatId must be a UUID, e.g. 9d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11"#,
+            ],
         ),
         (
             "owner-only",
             "  workspace:\n    owner: alice\n".to_owned(),
             &[
-                "spec.workspace",
-                "workspace needs either id, or both owner and name",
+                r#"spec.workspace: Invalid value: workspace needs either id, or both owner and name"#,
             ],
         ),
         (
             "bad-timeout",
-            format!("  chatId: {uuid}\n  timeouts:\n    build: ten minutes\n"),
+            format!("{chat}  timeouts:\n    build: ten minutes\n"),
             &[
-                "spec.timeouts.build",
-                "should match",
-                "timeouts.build must be a positive duration such as 10m",
+                r#"spec.timeouts.build: Invalid value: "ten minutes": spec.timeouts.build in body should match '^([0-9]{1,5}([.][0-9]{1,9})?(ns|us|ms|s|m|h))+$'"#,
+                r#"spec.timeouts.build: Invalid value: "ten minutes": timeouts.build must be a duration such as 10m, 90s or 1h30m"#,
             ],
         ),
         (
             "zero-timeout",
-            format!("  chatId: {uuid}\n  timeouts:\n    agent: 0s\n"),
+            format!("{chat}  timeouts:\n    agent: 0s\n"),
             &[
-                "spec.timeouts.agent",
-                "timeouts.agent must be a positive duration such as 10m",
+                r#"spec.timeouts.agent: Invalid value: "0s": timeouts.agent must be more than 0s and at most 24h"#,
+            ],
+        ),
+        (
+            "long-timeout",
+            format!("{chat}  timeouts:\n    build: 24h1s\n"),
+            &[
+                r#"spec.timeouts.build: Invalid value: "24h1s": timeouts.build must be more than 0s and at most 24h"#,
+            ],
+        ),
+        (
+            "huge-timeout",
+            format!("{chat}  timeouts:\n    agent: 99999999999h\n"),
+            &[
+                r#"spec.timeouts.agent: Invalid value: "99999999999h": spec.timeouts.agent in body should match '^([0-9]{1,5}([.][0-9]{1,9})?(ns|us|ms|s|m|h))+$'"#,
+                r#"spec.timeouts.agent: Invalid value: "99999999999h": timeouts.agent must be a duration such as 10m, 90s or 1h30m"#,
             ],
         ),
         (
             "negative-ttl",
-            format!("  chatId: {uuid}\n  ttlSecondsAfterFinished: -1\n"),
+            format!("{chat}  ttlSecondsAfterFinished: -1\n"),
             &[
-                "spec.ttlSecondsAfterFinished",
-                "should be greater than or equal to 0",
+                "spec.ttlSecondsAfterFinished: Invalid value: -1: spec.ttlSecondsAfterFinished in body should be greater than or equal to 0",
             ],
         ),
+        (
+            "huge-ttl",
+            format!("{chat}  ttlSecondsAfterFinished: 9223372036854775807\n"),
+            &[
+                "spec.ttlSecondsAfterFinished: Invalid value: 9223372036854775807: spec.ttlSecondsAfterFinished in body should be less than or equal to 2592000",
+                "spec.ttlSecondsAfterFinished: Invalid value: 9223372036854775807: ttlSecondsAfterFinished must be at most 2592000 (30 days)",
+            ],
+        ),
+        (
+            "bad-secret-name",
+            format!("{chat}  coderRef:\n    name: coder admin\n"),
+            &[
+                r#"spec.coderRef.name: Invalid value: "coder admin": coderRef.name must be the name of a Secret in this namespace (lower-case letters, digits, '-' and '.'), e.g. coder-credentials"#,
+            ],
+        ),
+        (
+            "path-secret-name",
+            format!("{chat}  coderRef:\n    name: ../../demo/secrets/coder-admin\n"),
+            &[
+                r#"spec.coderRef.name: Invalid value: "../../demo/secrets/coder-admin": coderRef.name must be the name of a Secret in this namespace (lower-case letters, digits, '-' and '.'), e.g. coder-credentials"#,
+            ],
+        ),
+        (
+            "duplicate-parameter",
+            format!(
+                "{chat}  parameters:\n  - name: region\n    value: eu\n  - name: region\n    value: us\n"
+            ),
+            &[
+                r#"spec.parameters[1]: Duplicate value: {"name":"region"}"#,
+                r#"spec.parameters: Invalid value: parameter names must be unique"#,
+            ],
+        ),
+        (
+            "too-many-parameters",
+            params(65, "x"),
+            &["spec.parameters: Too many: 65: must have at most 64 items"],
+        ),
+        (
+            "long-parameter-value",
+            format!(
+                "{chat}  parameters:\n  - name: big\n    value: \"{}\"\n",
+                "x".repeat(4097)
+            ),
+            &["spec.parameters[0].value: Too long: may not be more than 4096 bytes"],
+        ),
     ];
-    for (name, spec, fragments) in &cases {
+    let mut wrong = Vec::new();
+    for (name, spec, lines) in &cases {
         let (ok, out) = env.kubectl(&["apply", "-f", "-"], Some(&wsr(name, spec)));
-        assert!(!ok, "{name}: accepted an invalid spec: {out}");
-        assert!(out.contains("is invalid"), "{name}: {out}");
+        let (exists, _) = env.kubectl(&["get", "wsr", name], None);
+        let missing: Vec<&&str> = lines.iter().filter(|l| !out.contains(**l)).collect();
+        if ok || exists || !out.contains("is invalid") || !missing.is_empty() {
+            wrong.push(format!(
+                "{name}: accepted={ok} created={exists} missing={missing:?}\n{out}"
+            ));
+        }
         assert!(
             !out.contains("type conversion error"),
             "{name}: CEL error leaked: {out}"
         );
-        for f in *fragments {
-            assert!(out.contains(f), "{name}: missing {f:?} in: {out}");
-        }
-        let (exists, _) = env.kubectl(&["get", "wsr", name], None);
-        assert!(!exists, "{name}: object was created");
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n---\n"));
 
     // A valid request is accepted; changing its spec afterwards is refused.
     let (ok, out) = env.kubectl(

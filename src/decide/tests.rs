@@ -811,15 +811,57 @@ fn conditions_follow_kstatus() {
     );
 }
 
+/// Go's `time.ParseDuration` (go1.26) on each input, in nanoseconds; `None` = Go's error.
+/// Signed values are the one deliberate difference: the CRD refuses a sign, and so does
+/// `parse_duration` (Go: "-1s" = -1e9, "+1s" = 1e9).
 #[test]
-fn go_durations() {
-    assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-    assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-    assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-    assert_eq!(parse_duration("10"), None);
-    assert_eq!(parse_duration("m"), None);
-    assert_eq!(parse_duration(""), None);
+fn go_durations_parse_as_go_does() {
+    let go: &[(&str, Option<u64>)] = &[
+        ("0", Some(0)),
+        ("10m", Some(600000000000)),
+        ("90s", Some(90000000000)),
+        ("1h30m", Some(5400000000000)),
+        ("30m1h", Some(5400000000000)),
+        ("1.5h", Some(5400000000000)),
+        ("1.5h30m", Some(7200000000000)),
+        ("500ms", Some(500000000)),
+        ("1.5s", Some(1500000000)),
+        (".5s", Some(500000000)),
+        ("5.s", Some(5000000000)),
+        ("1us", Some(1000)),
+        ("1\u{b5}s", Some(1000)),
+        ("1\u{3bc}s", Some(1000)),
+        ("3ns", Some(3)),
+        ("0.000000001s", Some(1)),
+        ("0.0000000001s", Some(0)),
+        ("1.0000000000000000000001s", Some(1000000000)),
+        ("1.123456789123456789123h", Some(4044444440844)),
+        ("2562047h", Some(9223369200000000000)),
+        ("2562048h", None),
+        ("2562047h47m16.854775807s", Some(9223372036854775807)),
+        ("2562047h47m16.854775808s", None),
+        ("9223372036854775807ns", Some(9223372036854775807)),
+        ("9223372036854775808ns", None),
+        ("99999999999999999999h", None),
+        ("10", None),
+        ("m", None),
+        ("", None),
+        ("1d", None),
+        ("1 s", None),
+        ("1h1h", Some(7200000000000)),
+        ("1\u{e9}", None),
+        ("0s", Some(0)),
+        ("00001h", Some(3600000000000)),
+        ("-1s", None),
+        ("+1s", None),
+    ];
+    for (input, want) in go {
+        assert_eq!(
+            parse_duration(input),
+            want.map(Duration::from_nanos),
+            "{input:?}"
+        );
+    }
 }
 
 #[test]
