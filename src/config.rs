@@ -111,6 +111,18 @@ pub struct RunArgs {
     /// Per-request timeout for Coder calls, in milliseconds.
     #[arg(long, env = "WSO_CODER_TIMEOUT_MS", default_value_t = 15000)]
     pub coder_timeout_ms: u64,
+    /// Largest Coder response body accepted, in bytes; a larger answer fails the request
+    /// with `CoderResponseInvalid`.
+    #[arg(long, env = "WSO_CODER_MAX_BODY_BYTES", default_value_t = 4 << 20)]
+    pub coder_max_body_bytes: usize,
+    /// Largest Coder watch stream frame, in bytes (also the most one stream buffers); a
+    /// larger frame closes the stream and its workspace is polled.
+    #[arg(long, env = "WSO_CODER_MAX_FRAME_BYTES", default_value_t = 1 << 20)]
+    pub coder_max_frame_bytes: usize,
+    /// A Coder watch stream that completes no frame (Coder pings every 15 s) for this many
+    /// milliseconds is closed and its workspace polled.
+    #[arg(long, env = "WSO_CODER_WATCH_IDLE_MS", default_value_t = 25000)]
+    pub coder_watch_idle_ms: u64,
     /// Test hook: the reconcile of the request with this name panics. Hidden; used by the
     /// end-to-end test of panic containment.
     #[arg(long, hide = true)]

@@ -112,6 +112,9 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         observer: Some(Arc::new(move |endpoint, code| {
             observer_metrics.observe_coder_call(endpoint, code)
         })),
+        max_body_bytes: args.coder_max_body_bytes,
+        max_frame_bytes: args.coder_max_frame_bytes,
+        watch_idle: Duration::from_millis(args.coder_watch_idle_ms),
     };
     let settings = Settings {
         poll: Duration::from_millis(args.poll_ms),

@@ -1,6 +1,7 @@
 //! HTTP client for the Coder REST API: session-token auth, request timeouts, typed JSON, error
 //! mapping, chat-path probing across Coder versions, rate limiting and the workspace watch stream.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use super::error::CoderError;
 use super::ratelimit::RateLimiter;
+use super::sse::{Frame, SseParser};
 use super::types::{
     BuildInfo, Chat, ChatResponse, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
 };
@@ -60,7 +62,21 @@ pub struct ClientOptions {
     pub requests_per_minute: u32,
     /// Metrics hook.
     pub observer: Option<CallObserver>,
+    /// Largest response body accepted; a larger answer is refused while it is read.
+    pub max_body_bytes: usize,
+    /// Largest watch stream frame (and so the most a stream buffers).
+    pub max_frame_bytes: usize,
+    /// A watch stream that completes no frame (not even a ping) for this long is closed, and
+    /// its workspace polled until a new stream delivers. Coder pings every 15 s.
+    pub watch_idle: Duration,
 }
+
+/// Default [`ClientOptions::max_body_bytes`]: 4 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
+/// Default [`ClientOptions::max_frame_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
+/// Default [`ClientOptions::watch_idle`]: Coder's 15 s heartbeat plus 10 s.
+pub const DEFAULT_WATCH_IDLE: Duration = Duration::from_secs(25);
 
 impl Default for ClientOptions {
     fn default() -> Self {
@@ -68,6 +84,9 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_secs(15),
             requests_per_minute: 400,
             observer: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            watch_idle: DEFAULT_WATCH_IDLE,
         }
     }
 }
@@ -86,6 +105,9 @@ struct Inner {
     chat_path: Mutex<Option<ChatPath>>,
     limiter: RateLimiter,
     observer: Option<CallObserver>,
+    max_body: usize,
+    max_frame: usize,
+    watch_idle: Duration,
 }
 
 impl fmt::Debug for CoderClient {
@@ -115,15 +137,18 @@ impl CoderClient {
         if token.expose().is_empty() {
             return Err(CoderError::Config("empty Coder session token".into()));
         }
+        // Redirects are not followed: the session token must reach only the configured URL.
         let http = reqwest::Client::builder()
             .timeout(opts.request_timeout)
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(16)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
         let stream_http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_secs(45))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
         Ok(CoderClient {
@@ -135,6 +160,9 @@ impl CoderClient {
                 chat_path: Mutex::new(None),
                 limiter: RateLimiter::new(opts.requests_per_minute),
                 observer: opts.observer.clone(),
+                max_body: opts.max_body_bytes,
+                max_frame: opts.max_frame_bytes,
+                watch_idle: opts.watch_idle,
             }),
         })
     }
@@ -189,12 +217,18 @@ impl CoderClient {
             .map_err(|e| self.transport_error(endpoint, e))?;
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(endpoint, e))?;
+        let (bytes, complete) = self.read_body(endpoint, resp).await?;
+        if status.is_success() && !complete {
+            let err = CoderError::TooLarge {
+                endpoint,
+                limit: self.inner.max_body,
+            };
+            self.observe(endpoint, &err.status_label());
+            return Err(err);
+        }
         self.observe(endpoint, status.as_str());
         if !status.is_success() {
+            // An error body beyond the limit is cut there: its message is all we read from it.
             let err = CoderError::from_response(endpoint, status.as_u16(), retry_after, &bytes);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.inner
@@ -207,6 +241,35 @@ impl CoderClient {
             endpoint,
             detail: e.to_string(),
         })
+    }
+
+    /// Reads a response body chunk by chunk, at most [`ClientOptions::max_body_bytes`] of it.
+    /// Returns the bytes and whether that was the whole body (false: it was larger, and the
+    /// rest was not read).
+    async fn read_body(
+        &self,
+        endpoint: &'static str,
+        mut resp: reqwest::Response,
+    ) -> Result<(Vec<u8>, bool), CoderError> {
+        let limit = self.inner.max_body;
+        let announced = resp.content_length().unwrap_or(0);
+        if announced > limit as u64 {
+            return Ok((Vec::new(), false));
+        }
+        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(endpoint, e))?
+        {
+            let room = limit - body.len();
+            if chunk.len() > room {
+                body.extend_from_slice(&chunk[..room]);
+                return Ok((body, false));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, true))
     }
 
     /// `GET /api/v2/buildinfo`.
@@ -323,7 +386,9 @@ impl CoderClient {
     }
 
     /// `GET /api/v2/workspaces/{id}/watch`: a Server-Sent Events stream yielding the full
-    /// workspace on connect and after every change. Ends when the connection closes.
+    /// workspace on connect and after every change. Ends when the connection closes, after a
+    /// frame larger than [`ClientOptions::max_frame_bytes`], or when no frame (not even a
+    /// ping) completed within [`ClientOptions::watch_idle`]; the last two end with an error.
     pub async fn watch_workspace(
         &self,
         id: Uuid,
@@ -344,7 +409,7 @@ impl CoderClient {
         self.observe(ENDPOINT, status.as_str());
         if !status.is_success() {
             let retry = retry_after(resp.headers());
-            let body = resp.bytes().await.unwrap_or_default();
+            let (body, _) = self.read_body(ENDPOINT, resp).await?;
             return Err(CoderError::from_response(
                 ENDPOINT,
                 status.as_u16(),
@@ -352,73 +417,100 @@ impl CoderClient {
                 &body,
             ));
         }
-        let mut parser = SseParser::default();
-        let stream = resp
-            .bytes_stream()
-            .map(move |chunk| match chunk {
-                Ok(bytes) => parser.push(&bytes),
-                Err(e) => vec![Err(CoderError::Connect {
-                    endpoint: ENDPOINT,
-                    source: e.without_url(),
-                })],
-            })
-            .flat_map(futures::stream::iter);
-        Ok(stream)
+        let state = WatchState {
+            bytes: Box::pin(resp.bytes_stream()),
+            parser: SseParser::new(self.inner.max_frame),
+            pending: VecDeque::new(),
+            idle: self.inner.watch_idle,
+            last_frame: tokio::time::Instant::now(),
+            done: false,
+        };
+        Ok(futures::stream::unfold(state, WatchState::next))
     }
 }
 
-/// Incremental parser for `event:`/`data:` frames separated by blank lines.
-#[derive(Default)]
-struct SseParser {
-    buf: Vec<u8>,
+/// Route template of the watch stream.
+const WATCH_ENDPOINT: &str = "/api/v2/workspaces/{id}/watch";
+
+/// A watch stream being read: the bytes, the frame parser and what it parsed but has not yet
+/// handed out.
+struct WatchState<S> {
+    bytes: S,
+    parser: SseParser,
+    pending: VecDeque<Result<Workspace, CoderError>>,
+    idle: Duration,
+    last_frame: tokio::time::Instant,
+    done: bool,
 }
 
-impl SseParser {
-    fn push(&mut self, bytes: &[u8]) -> Vec<Result<Workspace, CoderError>> {
-        const ENDPOINT: &str = "/api/v2/workspaces/{id}/watch";
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        while let Some(end) = find_frame_end(&self.buf) {
-            let frame: Vec<u8> = self.buf.drain(..end.0).collect();
-            self.buf.drain(..end.1);
-            let text = String::from_utf8_lossy(&frame);
-            let mut event = "";
-            let mut data = String::new();
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
+impl<S, B> WatchState<S>
+where
+    S: Stream<Item = reqwest::Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    /// The next workspace or error, and the state to go on from; `None` at the end.
+    async fn next(mut self) -> Option<(Result<Workspace, CoderError>, WatchState<S>)> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some((item, self));
+            }
+            if self.done {
+                return None;
+            }
+            let deadline = self.last_frame + self.idle;
+            let chunk = match tokio::time::timeout_at(deadline, self.bytes.next()).await {
+                Err(_) => Err(CoderError::WatchIdle {
+                    endpoint: WATCH_ENDPOINT,
+                    idle: self.idle,
+                }),
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => Err(CoderError::Connect {
+                    endpoint: WATCH_ENDPOINT,
+                    source: e.without_url(),
+                }),
+                Ok(Some(Ok(chunk))) => {
+                    self.parser
+                        .push(chunk.as_ref())
+                        .map_err(|e| CoderError::TooLarge {
+                            endpoint: WATCH_ENDPOINT,
+                            limit: e.limit,
+                        })
+                }
+            };
+            match chunk {
+                Err(e) => {
+                    self.done = true;
+                    return Some((Err(e), self));
+                }
+                Ok(frames) => {
+                    if !frames.is_empty() {
+                        self.last_frame = tokio::time::Instant::now();
+                    }
+                    self.pending
+                        .extend(frames.into_iter().filter_map(watch_item));
                 }
             }
-            match event {
-                "data" => out.push(serde_json::from_str(&data).map_err(|e| CoderError::Decode {
-                    endpoint: ENDPOINT,
-                    detail: e.to_string(),
-                })),
-                "error" => out.push(Err(CoderError::from_response(
-                    ENDPOINT,
-                    500,
-                    None,
-                    data.as_bytes(),
-                ))),
-                _ => {} // ping or unknown
-            }
         }
-        out
     }
 }
 
-/// Returns (frame length, separator length) of the first complete frame.
-fn find_frame_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| (p, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// What a watch frame means: a workspace (`data`), Coder's error (`error`), or nothing (pings
+/// and unknown events).
+fn watch_item(frame: Frame) -> Option<Result<Workspace, CoderError>> {
+    match frame.event.as_str() {
+        "data" => Some(
+            serde_json::from_slice(&frame.data).map_err(|e| CoderError::Decode {
+                endpoint: WATCH_ENDPOINT,
+                detail: e.to_string(),
+            }),
+        ),
+        "error" => Some(Err(CoderError::from_response(
+            WATCH_ENDPOINT,
+            500,
+            None,
+            &frame.data,
+        ))),
+        _ => None,
     }
 }
 
@@ -471,19 +563,25 @@ mod tests {
     }
 
     #[test]
-    fn sse_frames_split_across_chunks() {
+    fn watch_frames_become_workspaces_and_errors() {
         let ws = r#"{"id":"e3f4c0de-0000-4000-8000-000000000001","name":"dev","owner_id":"51aa0000-0000-4000-8000-000000000002","owner_name":"alice","latest_build":{"id":"6f1c0000-0000-4000-8000-000000000003","build_number":2,"transition":"start","status":"starting","job":{"id":"7a000000-0000-4000-8000-000000000004","status":"running"},"resources":[]}}"#;
-        let stream = format!(
-            "event: ping\n\nevent: data\ndata: {ws}\n\nevent: error\ndata: {{\"message\":\"boom\"}}\n\n"
-        );
-        let mut p = SseParser::default();
-        let (a, b) = stream.as_bytes().split_at(40);
-        let mut out = p.push(a);
-        out.extend(p.push(b));
-        assert_eq!(out.len(), 2);
-        let w = out.remove(0).expect("workspace");
+        let frame = |event: &str, data: &str| Frame {
+            event: event.into(),
+            data: data.as_bytes().to_vec(),
+        };
+        assert!(watch_item(frame("ping", "")).is_none());
+        let w = watch_item(frame("data", ws))
+            .expect("item")
+            .expect("workspace");
         assert_eq!(w.name, "dev");
-        assert!(matches!(out.remove(0), Err(CoderError::Server { .. })));
+        assert!(matches!(
+            watch_item(frame("error", r#"{"message":"boom"}"#)),
+            Some(Err(CoderError::Server { .. }))
+        ));
+        assert!(matches!(
+            watch_item(frame("data", "{not json")),
+            Some(Err(CoderError::Decode { .. }))
+        ));
     }
 
     #[test]

@@ -110,6 +110,22 @@ pub enum CoderError {
         /// What failed to parse.
         detail: String,
     },
+    /// The answer (a body or one watch stream frame) was larger than the limit.
+    #[error("{endpoint}: response larger than {limit} bytes")]
+    TooLarge {
+        /// Route template of the call.
+        endpoint: &'static str,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A watch stream completed no frame, not even a ping, for this long.
+    #[error("{endpoint}: no frame for {idle:?}")]
+    WatchIdle {
+        /// Route template of the call.
+        endpoint: &'static str,
+        /// The idle limit.
+        idle: Duration,
+    },
     /// The client is misconfigured (bad URL, unreadable token).
     #[error("coder client configuration: {0}")]
     Config(String),
@@ -193,6 +209,8 @@ impl CoderError {
             CoderError::Timeout { .. } => "timeout".into(),
             CoderError::Connect { .. } => "connect_error".into(),
             CoderError::Decode { .. } => "decode_error".into(),
+            CoderError::TooLarge { .. } => "too_large".into(),
+            CoderError::WatchIdle { .. } => "idle".into(),
             CoderError::Config(_) => "config_error".into(),
         }
     }

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod error;
 pub mod ratelimit;
+pub mod sse;
 pub mod types;
 
 pub use client::{CallObserver, ClientOptions, CoderClient, SessionToken};
