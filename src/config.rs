@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::shard::Shard;
+
 /// workspace-start-operator: starts Coder workspaces on request.
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -51,6 +53,16 @@ pub struct RunArgs {
         default_value = ""
     )]
     pub namespaces: Vec<String>,
+    /// Reconcile only requests labelled `coder.com/shard=NAME` (selected by the API server);
+    /// empty: the requests without that label. Each shard has its own Lease and metrics label.
+    #[arg(
+        long,
+        env = "WSO_SHARD",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = Shard::parse
+    )]
+    pub shard: Shard,
     /// Maximum concurrent reconciles of requests not yet started (reading Coder, requesting the
     /// start build).
     #[arg(long, env = "WSO_CONCURRENCY", default_value_t = 16)]
@@ -67,7 +79,7 @@ pub struct RunArgs {
     /// Elect a leader through a Lease; only the leader reconciles.
     #[arg(long, env = "WSO_LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,
-    /// Lease name for leader election.
+    /// Lease name for leader election; a shard uses `<lease-name>-shard-<shard>`.
     #[arg(
         long,
         env = "WSO_LEASE_NAME",

@@ -26,6 +26,7 @@ use crate::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequ
 use crate::decide::{self, Action, Decision, Input, Observation};
 use crate::events::{EventPublisher, EventType};
 use crate::metrics::{CONTROLLER, ControllerLabels, Health, Metrics, PhaseLabels};
+use crate::shard::Shard;
 use crate::status::StatusWriter;
 use crate::watch::{Watches, WorkspaceKey};
 
@@ -80,6 +81,8 @@ pub struct Settings {
     pub write_slots: u16,
     /// Test hook: reconciling the request of this name panics (proves panic containment).
     pub panic_on: Option<String>,
+    /// The requests this process reconciles (see [`Shard`]).
+    pub shard: Shard,
 }
 
 impl Default for Settings {
@@ -91,6 +94,7 @@ impl Default for Settings {
             follow_concurrency: 256,
             write_slots: 1,
             panic_on: None,
+            shard: Shard::unlabelled(),
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct Context {
     follow_slots: Semaphore,
     /// Slots for API writes other than final statuses (status writes and Events).
     write_slots: Arc<Semaphore>,
+    /// The watch caches of this shard's requests (one per watched namespace scope).
+    held: Mutex<Vec<reflector::Store<WorkspaceStartRequest>>>,
 }
 
 impl Context {
@@ -150,6 +156,7 @@ impl Context {
             starts: StartQueue::new(usize::from(settings.concurrency)),
             follow_slots: Semaphore::new(usize::from(settings.follow_concurrency.max(1))),
             write_slots,
+            held: Mutex::new(Vec::new()),
             settings,
         })
     }
@@ -175,6 +182,20 @@ impl Context {
         self.watches.unfollow(obj);
         self.reset_backoff(obj);
         self.track_phase(obj, None);
+    }
+
+    /// True while `obj` is in this shard's watch cache. A request whose shard label changed left
+    /// it (the API server sends the old shard a delete), and this process no longer writes it.
+    fn holds(&self, obj: &ObjectRef<WorkspaceStartRequest>) -> bool {
+        let stores = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        stores.is_empty() || stores.iter().any(|s| s.get(obj).is_some())
+    }
+
+    /// Leaves a request that moved to another shard to that shard: forgets it and stops.
+    fn hand_over(&self, obj: &ObjectRef<WorkspaceStartRequest>) -> KubeAction {
+        tracing::info!(request = %obj, shard = %self.settings.shard, "request left this shard; its new shard resumes it from its status");
+        self.forget_request(obj);
+        KubeAction::await_change()
     }
 
     fn reset_backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
@@ -331,21 +352,40 @@ fn coder_failure(e: CoderError) -> Observation {
     }
 }
 
-/// Writes the status through the context's [`StatusWriter`].
+/// Whether a request still belongs to this shard after a status write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ownership {
+    /// It does: carry on.
+    Kept,
+    /// Its shard label moved: the write was skipped (it had left this shard's cache) or took
+    /// effect after the move. Its new shard resumes it from status; this process stops here.
+    Moved,
+}
+
+/// Writes the status through the context's [`StatusWriter`], unless the request has left this
+/// shard.
 async fn apply_status(
     ctx: &Context,
     api: &Api<WorkspaceStartRequest>,
     wsr: &WorkspaceStartRequest,
     old: &WorkspaceStartRequestStatus,
     new: &WorkspaceStartRequestStatus,
-) -> Result<(), Error> {
-    ctx.status
+) -> Result<Ownership, Error> {
+    if !ctx.holds(&ObjectRef::from_obj(wsr)) {
+        return Ok(Ownership::Moved);
+    }
+    let labels = ctx
+        .status
         .apply(api, wsr, old, new)
         .await
         .map_err(|source| Error::StatusPatch {
             name: wsr.name_any(),
             source,
-        })
+        })?;
+    Ok(match labels {
+        Some(l) if !ctx.settings.shard.owns(&l) => Ownership::Moved,
+        _ => Ownership::Kept,
+    })
 }
 
 /// Publishes an Event when the Ready reason changes (one per transition).
@@ -573,8 +613,13 @@ async fn reconcile_inner(
         });
         // Record the request BEFORE the POST: after a crash we re-read, never re-POST blindly.
         let slot = ctx.write_slots.acquire().await.ok();
-        apply_status(ctx, &api, wsr, &written, &decision.status).await?;
+        let ownership = apply_status(ctx, &api, wsr, &written, &decision.status).await?;
         drop(slot);
+        if ownership == Ownership::Moved {
+            // The label moved before the start record was written: the new shard decides on
+            // its own (its watch shows the move before this record), so never POST here.
+            return Ok(ctx.hand_over(oref));
+        }
         publish_transition(ctx, wsr, &written, &decision.status);
         written = decision.status.clone();
         ctx.metrics.start_builds.inc();
@@ -718,7 +763,9 @@ async fn conclude(
         }
     }
     if defer.is_none() {
-        apply_status(ctx, api, wsr, prev, &decision.status).await?;
+        if apply_status(ctx, api, wsr, prev, &decision.status).await? == Ownership::Moved {
+            return Ok(ctx.hand_over(oref));
+        }
         publish_transition(ctx, wsr, prev, &decision.status);
     }
     ctx.track_phase(oref, decision.status.phase);
@@ -838,11 +885,18 @@ pub async fn run(
             None => Api::all(ctx.kube.clone()),
         };
         let (reader, writer) = reflector::store();
+        ctx.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reader.clone());
         let synced = Arc::clone(&pending_syncs);
         let health = health.clone();
         let mut counted = false;
         let gone = Arc::clone(&ctx);
-        let stream = watcher(api, watcher::Config::default().page_size(500))
+        // Server-side: this shard never lists or caches other shards' requests.
+        let selector = ctx.settings.shard.label_selector();
+        let config = watcher::Config::default().page_size(500).labels(&selector);
+        let stream = watcher(api, config)
             .default_backoff()
             .inspect(move |ev| match ev {
                 Ok(watcher::Event::InitDone) if !counted => {

@@ -13,6 +13,7 @@ pub mod crd;
 pub mod decide;
 pub mod events;
 pub mod metrics;
+pub mod shard;
 pub mod status;
 pub mod triggers;
 pub mod watch;

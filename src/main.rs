@@ -96,7 +96,7 @@ async fn shutdown_signal() {
 async fn run(args: RunArgs) -> Result<(), MainError> {
     let shutdown = shutdown_signal().boxed().shared();
     let kube = kube::Client::try_default().await?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_shard(&args.shard));
     let health = Health::default();
     let server = tokio::spawn(metrics::serve(
         args.metrics_addr,
@@ -123,6 +123,7 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         follow_concurrency: args.follow_concurrency,
         write_slots: args.write_slots,
         panic_on: args.test_panic_on.clone(),
+        shard: args.shard.clone(),
     };
     let watches = Watches::new(
         args.coder_watch,
@@ -146,6 +147,7 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
     let namespaces = args.watched_namespaces();
     tracing::info!(
         namespaces = ?namespaces,
+        shard = %args.shard,
         coder_url = args.coder_url.as_deref().unwrap_or("<per-request coderRef only>"),
         watch = args.coder_watch,
         leader_elect = args.leader_elect,
@@ -157,7 +159,8 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
             .identity
             .clone()
             .unwrap_or_else(|| format!("wso-{}", uuid::Uuid::new_v4()));
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(kube.clone(), &args.lease_name)
+        let lease_name = args.shard.lease_name(&args.lease_name);
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(kube.clone(), &lease_name)
             .with_namespace(&args.lease_namespace)
             .with_identity(&identity)
             .with_duration(args.lease_duration)
@@ -167,7 +170,7 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         let (mut leader, lease_task) = manager.watch().await;
         // A standby replica is healthy and ready (a rolling update must be able to proceed).
         health.set_ready(true);
-        tracing::info!(identity = %identity, lease = %args.lease_name, "waiting to become leader");
+        tracing::info!(identity = %identity, lease = %lease_name, "waiting to become leader");
         let became_leader = async {
             while !*leader.borrow_and_update() {
                 if leader.changed().await.is_err() {

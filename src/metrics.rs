@@ -13,6 +13,8 @@ use prometheus_client::metrics::{
 };
 use prometheus_client::registry::Registry;
 
+use crate::shard::Shard;
+
 /// Controller name used in the controller-runtime metric labels.
 pub const CONTROLLER: &str = "workspacestartrequest";
 
@@ -101,9 +103,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric (the default shard: no `shard` label).
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
+        Metrics::for_shard(&Shard::unlabelled())
+    }
+
+    /// Registers every metric, each labelled with `shard`'s constant labels (see
+    /// [`Shard::metric_labels`]).
+    pub fn for_shard(shard: &Shard) -> Metrics {
+        let mut registry = Registry::with_labels(shard.metric_labels().into_iter());
         let reconcile_total = Family::<ResultLabels, Counter>::default();
         let reconcile_errors = Family::<ControllerLabels, Counter>::default();
         let reconcile_time = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
@@ -365,5 +373,32 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
+        assert!(
+            !text.contains("shard="),
+            "the default shard adds no label:\n{text}"
+        );
+    }
+
+    #[test]
+    fn a_named_shard_labels_every_series() {
+        let m = Metrics::for_shard(&Shard::parse("team-a").expect("valid"));
+        m.observe_coder_call("/api/v2/workspaces/{id}", "200");
+        m.leader.set(1);
+        let text = m.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .collect();
+        assert!(series.len() > 10, "{text}");
+        for line in series {
+            assert!(
+                line.contains("shard=\"team-a\""),
+                "unlabelled series: {line}"
+            );
+        }
+        assert!(
+            text.contains("workspace_start_operator_leader{shard=\"team-a\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! reflector lags behind that write it is the request's real status), and throttling of
 //! progress-only changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,16 +33,18 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// Writes `new` by server-side apply when it differs from `old`.
+    /// Writes `new` by server-side apply when it differs from `old`. Returns the labels the
+    /// object had when the write took effect (`None` when nothing was written): they say which
+    /// shard the request belonged to at that moment.
     pub async fn apply(
         &self,
         api: &Api<WorkspaceStartRequest>,
         wsr: &WorkspaceStartRequest,
         old: &WorkspaceStartRequestStatus,
         new: &WorkspaceStartRequestStatus,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
         if old == new {
-            return Ok(());
+            return Ok(None);
         }
         let patch = serde_json::json!({
             "apiVersion": WorkspaceStartRequest::api_version(&()),
@@ -57,7 +59,7 @@ impl StatusWriter {
             )
             .await?;
         self.remember(&ObjectRef::from_obj(wsr), &written, new);
-        Ok(())
+        Ok(Some(written.metadata.labels.unwrap_or_default()))
     }
 
     fn remember(
