@@ -94,6 +94,13 @@ check "reject: ServiceMonitor interval that is not a Prometheus duration" reject
 check "reject: concurrency beyond the CLI's u16" reject "/concurrency" "${url[@]}" --set coder.existingSecret=s --set concurrency=70000
 check "reject: ServiceMonitor without metrics Service" reject "needs metrics.service.enabled" "${url[@]}" \
   --set coder.existingSecret=s --set serviceMonitor.enabled=true --set metrics.service.enabled=false
+check "reject: a shard listed twice" reject "shards: a is listed twice" "${url[@]}" --set coder.existingSecret=s \
+  --set 'shards[0].name=a' --set 'shards[1].name=a'
+check "reject: shard name that is not a DNS label" reject "/shards/0/name" "${url[@]}" --set coder.existingSecret=s --set 'shards[0].name=Team_A'
+check "reject: shard Deployment name beyond 63 characters" reject "longer than 63 characters" "${url[@]}" --set coder.existingSecret=s \
+  --set "shards[0].name=$(printf 'x%.0s' {1..40})"
+check "reject: shard entry with a key it cannot override" reject "additional properties" "${url[@]}" --set coder.existingSecret=s \
+  --set 'shards[0].name=a' --set 'shards[0].coder.token=t'
 
 # 4. RBAC and Deployment invariants on every case (and two extra value sets)
 invariants() { # case-or-args...
@@ -107,11 +114,9 @@ errs = []
 by_kind = {}
 for d in docs:
     by_kind.setdefault(d["kind"], []).append(d)
-dep = by_kind["Deployment"][0]
-spec = dep["spec"]["template"]["spec"]
-c = spec["containers"][0]
-env = {e["name"]: e for e in c["env"]}
-sa = spec["serviceAccountName"]
+# Operator Deployments: the default one and one per shard, sharing one ServiceAccount.
+deps = [d for d in by_kind["Deployment"] if d["spec"]["template"]["spec"]["containers"][0]["name"] == "operator"]
+sa = deps[0]["spec"]["template"]["spec"]["serviceAccountName"]
 def rules_of(role):
     return role.get("rules") or []
 # Who is bound to the operator SA, and with which rules.
@@ -145,7 +150,11 @@ for scope, r in granted:
 def can(scope, group, resource, verb):
     return any((s == "cluster" or s == scope) and group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
                for s, r in granted)
-watch = [n for n in env["WATCH_NAMESPACES"]["value"].split(",") if n]
+def env_of(dep):
+    return {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+def value(env, name):
+    return env.get(name, {}).get("value", "")
+watch = [n for n in value(env_of(deps[0]), "WATCH_NAMESPACES").split(",") if n]
 for scope in (watch or ["some-namespace"]):
     for res, verbs in (("workspacestartrequests", ["get", "list", "watch", "delete"]), ("workspacestartrequests/status", ["get", "patch"])):
         for v in verbs:
@@ -156,36 +165,57 @@ for scope in (watch or ["some-namespace"]):
             errs.append(f"cannot {v} events in {scope}")
 if watch and any(s == "cluster" for s, _ in granted):
     errs.append("namespaced mode must not bind a ClusterRole")
-if env["WSO_LEADER_ELECT"]["value"] == "true":
-    lease = env["WSO_LEASE_NAME"]["value"]
+# Shards: one default Deployment, the others each with a distinct WSO_SHARD, selecting only their pods.
+shards = [value(env_of(d), "WSO_SHARD") for d in deps]
+if shards.count("") != 1 or len(set(shards)) != len(shards):
+    errs.append(f"need one default Deployment and distinct shards, got {shards}")
+for dep, shard in zip(deps, shards):
+    if shard and (dep["spec"]["selector"]["matchLabels"].get("coder.com/shard") != shard
+                  or dep["spec"]["template"]["metadata"]["labels"].get("coder.com/shard") != shard):
+        errs.append(f"Deployment {dep['metadata']['name']} does not select only shard {shard}'s pods")
+    if value(env_of(dep), "WATCH_NAMESPACES") != value(env_of(deps[0]), "WATCH_NAMESPACES"):
+        errs.append("shards must watch the namespaces the shared RBAC grants")
+electing = [d for d in deps if value(env_of(d), "WSO_LEADER_ELECT") == "true"]
+for dep, shard in zip(deps, shards):
+    env = env_of(dep)
+    if value(env, "WSO_LEADER_ELECT") != "true":
+        continue
+    # The operator's Lease: WSO_LEASE_NAME, with -shard-<name> appended for a shard.
+    lease = value(env, "WSO_LEASE_NAME") + (f"-shard-{shard}" if shard else "")
     if not can(ns, "coordination.k8s.io", "leases", "create"):
         errs.append("leader election on but cannot create leases")
     for v in ("get", "update", "patch"):
         if not any(s == ns and "leases" in r["resources"] and v in r["verbs"] and lease in r.get("resourceNames", [lease]) for s, r in granted):
             errs.append(f"leader election on but cannot {v} lease {lease}")
-elif any("leases" in r["resources"] for _, r in granted):
+if not electing and any("leases" in r["resources"] for _, r in granted):
     errs.append("lease access granted although leader election is off")
-# Deployment hardening
-sc, psc = c["securityContext"], spec["securityContext"]
-if not (psc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
-        and sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"):
-    errs.append("container is not hardened")
-if c["livenessProbe"]["httpGet"]["path"] != "/healthz" or c["readinessProbe"]["httpGet"]["path"] != "/readyz":
-    errs.append("probes")
-if not c.get("resources", {}).get("requests"):
-    errs.append("no resource requests")
-for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
-    if env[name].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != field:
-        errs.append(f"{name} not from the downward API")
-if c["args"][0] != "run":
-    errs.append("first arg must be run")
-replicas = dep["spec"]["replicas"]
-if replicas > 1 and env["WSO_LEADER_ELECT"]["value"] != "true":
-    errs.append("more than one replica without leader election")
-if env["WSO_LEADER_ELECT"]["value"] != "true" and dep["spec"]["strategy"]["type"] != "Recreate":
-    errs.append("single active replica must use the Recreate strategy")
-if "token" in open(path).read().lower() and any(e.get("value", "").startswith("test-token") for e in c["env"]):
-    errs.append("token leaked into env")
+for dep in deps:
+    spec = dep["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = env_of(dep)
+    if spec["serviceAccountName"] != sa:
+        errs.append("every operator Deployment uses the one ServiceAccount the RBAC binds")
+    # Deployment hardening
+    sc, psc = c["securityContext"], spec["securityContext"]
+    if not (psc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+            and sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault"):
+        errs.append("container is not hardened")
+    if c["livenessProbe"]["httpGet"]["path"] != "/healthz" or c["readinessProbe"]["httpGet"]["path"] != "/readyz":
+        errs.append("probes")
+    if not c.get("resources", {}).get("requests"):
+        errs.append("no resource requests")
+    for name, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        if env[name].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != field:
+            errs.append(f"{name} not from the downward API")
+    if c["args"][0] != "run":
+        errs.append("first arg must be run")
+    replicas = dep["spec"]["replicas"]
+    if replicas > 1 and env["WSO_LEADER_ELECT"]["value"] != "true":
+        errs.append("more than one replica without leader election")
+    if env["WSO_LEADER_ELECT"]["value"] != "true" and dep["spec"]["strategy"]["type"] != "Recreate":
+        errs.append("single active replica must use the Recreate strategy")
+    if "token" in open(path).read().lower() and any(e.get("value", "").startswith("test-token") for e in c["env"]):
+        errs.append("token leaked into env")
 if errs:
     print("\n".join(errs)); sys.exit(1)
 PY

@@ -50,7 +50,7 @@ app.kubernetes.io/part-of: workspace-start-operator
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when leader election is on: forced, or more than one replica. */}}
+{{/* "true" when leader election is on: forced, or more than one replica (context: .Values). */}}
 {{- define "wso.leaderElect" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- else -}}false{{- end -}}
 {{- end -}}
@@ -107,6 +107,17 @@ app.kubernetes.io/part-of: workspace-start-operator
 {{- if and .Values.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
 {{- fail "serviceMonitor.enabled needs metrics.service.enabled" -}}
 {{- end -}}
+{{- $shards := list -}}
+{{- range .Values.shards -}}
+{{- if has .name $shards -}}
+{{- fail (printf "shards: %s is listed twice (each shard is one Deployment and one Lease)" .name) -}}
+{{- end -}}
+{{- $shards = append $shards .name -}}
+{{- $deployment := include "wso.deploymentName" (dict "Values" $.Values "Release" $.Release "Chart" $.Chart "Shard" .name) -}}
+{{- if gt (len $deployment) 63 -}}
+{{- fail (printf "shards: the Deployment name %s is longer than 63 characters; use a shorter shard name or fullnameOverride" $deployment) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Rules for requests, their status and Events (ClusterRole in cluster mode, Role per namespace otherwise). */}}
@@ -126,4 +137,44 @@ app.kubernetes.io/part-of: workspace-start-operator
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+{{- end -}}
+
+{{/* Name of one operator Deployment: the full name, plus -shard-<name> for a shard. */}}
+{{- define "wso.deploymentName" -}}
+{{- if .Shard -}}
+{{- printf "%s-shard-%s" (include "wso.fullname" .) .Shard -}}
+{{- else -}}
+{{- include "wso.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Values of one shard's Deployment, as YAML: the chart's values with the entry's overrides (all
+but name) merged over them. A shard with its own coder.existingSecret does not use the token
+Secret the chart creates. Context: (dict "root" $ "shard" <entry of .Values.shards>).
+*/}}
+{{- define "wso.shardValues" -}}
+{{- $values := mergeOverwrite (deepCopy .root.Values) (omit .shard "name") -}}
+{{- if dig "coder" "existingSecret" "" .shard -}}
+{{- $_ := set $values.coder "token" "" -}}
+{{- end -}}
+{{- toYaml $values -}}
+{{- end -}}
+
+{{/*
+Leases of the Deployments with leader election, as a JSON list: leaderElection.leaseName for
+the default shard, <leaseName>-shard-<name> for a shard (the operator derives it from --shard).
+*/}}
+{{- define "wso.leaseNames" -}}
+{{- $names := list -}}
+{{- if eq (include "wso.leaderElect" .) "true" -}}
+{{- $names = append $names .Values.leaderElection.leaseName -}}
+{{- end -}}
+{{- range .Values.shards -}}
+{{- $values := include "wso.shardValues" (dict "root" $ "shard" .) | fromYaml -}}
+{{- if eq (include "wso.leaderElect" (dict "Values" $values)) "true" -}}
+{{- $names = append $names (printf "%s-shard-%s" $values.leaderElection.leaseName .name) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $names -}}
 {{- end -}}

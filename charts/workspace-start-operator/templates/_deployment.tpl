@@ -1,0 +1,173 @@
+{{/*
+One operator Deployment, rendered for the default shard and once per entry of .Values.shards.
+Context: .Values (for a shard: "wso.shardValues"), .Release, .Chart, and .Shard (the shard's
+name; empty for the default Deployment, which takes the requests without the label).
+*/}}
+{{- define "wso.deployment" -}}
+{{- $leader := eq (include "wso.leaderElect" .) "true" -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "wso.deploymentName" . }}
+  namespace: {{ .Release.Namespace }}
+  labels:
+    {{- include "wso.labels" . | nindent 4 }}
+    {{- with .Shard }}
+    coder.com/shard: {{ . | quote }}
+    {{- end }}
+spec:
+  replicas: {{ .Values.replicaCount }}
+  revisionHistoryLimit: 5
+  {{- if $leader }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  {{- else }}
+  # Without leader election two pods must never reconcile at once: stop the old one first.
+  strategy:
+    type: Recreate
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "wso.selectorLabels" . | nindent 6 }}
+      {{- with .Shard }}
+      coder.com/shard: {{ . | quote }}
+      {{- end }}
+  template:
+    metadata:
+      labels:
+        {{- include "wso.selectorLabels" . | nindent 8 }}
+        {{- with .Shard }}
+        coder.com/shard: {{ . | quote }}
+        {{- end }}
+        {{- with .Values.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- if or .Values.coder.token .Values.podAnnotations }}
+      annotations:
+        {{- if .Values.coder.token }}
+        checksum/coder-token: {{ .Values.coder.token | sha256sum }}
+        {{- end }}
+        {{- with .Values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- end }}
+    spec:
+      serviceAccountName: {{ include "wso.serviceAccountName" . }}
+      automountServiceAccountToken: true
+      enableServiceLinks: false
+      {{- with .Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
+      terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+      securityContext:
+        {{- toYaml .Values.podSecurityContext | nindent 8 }}
+      containers:
+        - name: operator
+          image: {{ include "wso.image" . | quote }}
+          imagePullPolicy: {{ .Values.image.pullPolicy }}
+          command:
+            {{- toYaml .Values.command | nindent 12 }}
+          args:
+            - run
+            {{- range .Values.extraArgs }}
+            - {{ . | quote }}
+            {{- end }}
+          env:
+            - name: POD_NAME
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.name
+            - name: POD_NAMESPACE
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.namespace
+            - name: CODER_URL
+              value: {{ .Values.coder.url | quote }}
+            - name: CODER_TOKEN_FILE
+              value: /etc/coder/token/token
+            - name: WATCH_NAMESPACES
+              value: {{ join "," .Values.watchNamespaces | quote }}
+            {{- with .Shard }}
+            - name: WSO_SHARD
+              value: {{ . | quote }}
+            {{- end }}
+            - name: WSO_CONCURRENCY
+              value: {{ .Values.concurrency | quote }}
+            - name: WSO_FOLLOW_CONCURRENCY
+              value: {{ .Values.followConcurrency | quote }}
+            - name: WSO_WRITE_SLOTS
+              value: {{ .Values.writeSlots | quote }}
+            - name: WSO_LEADER_ELECT
+              value: {{ ternary "true" "false" $leader | quote }}
+            - name: WSO_LEASE_NAME
+              value: {{ .Values.leaderElection.leaseName | quote }}
+            - name: WSO_METRICS_ADDR
+              value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
+            - name: WSO_LOG_FORMAT
+              value: {{ .Values.logging.format | quote }}
+            - name: WSO_LOG_LEVEL
+              value: {{ .Values.logging.level | quote }}
+            - name: WSO_CODER_RPM
+              value: {{ .Values.coder.requestsPerMinute | quote }}
+            {{- with .Values.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          ports:
+            - name: metrics
+              containerPort: {{ .Values.metrics.port }}
+              protocol: TCP
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: metrics
+            {{- toYaml .Values.livenessProbe | nindent 12 }}
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: metrics
+            {{- toYaml .Values.readinessProbe | nindent 12 }}
+          resources:
+            {{- toYaml .Values.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml .Values.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: coder-token
+              mountPath: /etc/coder/token
+              readOnly: true
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        - name: coder-token
+          secret:
+            secretName: {{ include "wso.tokenSecretName" . }}
+            defaultMode: 288  # 0440
+            items:
+              - key: {{ include "wso.tokenSecretKey" . }}
+                path: token
+        - name: tmp
+          emptyDir:
+            sizeLimit: 16Mi
+      {{- with .Values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}
