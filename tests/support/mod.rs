@@ -207,6 +207,13 @@ impl Env {
 
     /// Starts the operator as the chart's ServiceAccount, watching only this namespace.
     pub async fn start_operator(&mut self, extra: &[&str]) {
+        let op = self.spawn_operator(extra, &[]).await;
+        self.operator = Some(op);
+    }
+
+    /// Starts one more operator like [`Env::start_operator`] with extra environment variables
+    /// (e.g. `POD_NAME`, the Events' reporting instance), waits for `/readyz` and returns it.
+    pub async fn spawn_operator(&self, extra: &[&str], envs: &[(&str, &str)]) -> Operator {
         let log = self.dir.path().join(format!(
             "operator-{}.log",
             std::time::SystemTime::now()
@@ -231,6 +238,7 @@ impl Env {
             .arg("--coder-timeout-ms=3000")
             .arg("--log-level=workspace_start_operator=debug,info")
             .args(extra)
+            .envs(envs.iter().copied())
             .env("KUBECONFIG", &self.sa_kubeconfig)
             .env("POD_NAMESPACE", &self.ns)
             .env_remove("CODER_URL")
@@ -262,7 +270,7 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        self.operator = Some(op);
+        op
     }
 
     /// The running operator.
