@@ -517,7 +517,7 @@ async fn every_ci_values_file_passes_server_side_dry_run() {
         .filter(|p| p.to_string_lossy().ends_with("-values.yaml"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 3, "{files:?}");
+    assert_eq!(files.len(), 4, "{files:?}");
     for f in files {
         let yaml = helm_template(
             "workspace-start-operator",
@@ -554,6 +554,10 @@ async fn every_ci_values_file_passes_server_side_dry_run() {
                 "{out}"
             );
             assert!(out.contains("networkpolicy.networking.k8s.io/"), "{out}");
+        }
+        if f.to_string_lossy().contains("shards-") {
+            // The default Deployment and one per shard.
+            assert_eq!(out.matches("deployment.apps/").count(), 3, "{out}");
         }
     }
 
