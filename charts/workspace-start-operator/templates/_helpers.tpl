@@ -113,7 +113,7 @@ app.kubernetes.io/part-of: workspace-start-operator
 {{- fail (printf "shards: %s is listed twice (each shard is one Deployment and one Lease)" .name) -}}
 {{- end -}}
 {{- $shards = append $shards .name -}}
-{{- $deployment := include "wso.deploymentName" (dict "Values" $.Values "Release" $.Release "Chart" $.Chart "Shard" .name) -}}
+{{- $deployment := include "wso.shardDeploymentName" (dict "root" $ "name" .name) -}}
 {{- if gt (len $deployment) 63 -}}
 {{- fail (printf "shards: the Deployment name %s is longer than 63 characters; use a shorter shard name or fullnameOverride" $deployment) -}}
 {{- end -}}
@@ -142,10 +142,15 @@ app.kubernetes.io/part-of: workspace-start-operator
 {{/* Name of one operator Deployment: the full name, plus -shard-<name> for a shard. */}}
 {{- define "wso.deploymentName" -}}
 {{- if .Shard -}}
-{{- printf "%s-shard-%s" (include "wso.fullname" .) .Shard -}}
+{{- include "wso.shardDeploymentName" (dict "root" . "name" .Shard) -}}
 {{- else -}}
 {{- include "wso.fullname" . -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Name of a shard's Deployment. Context: (dict "root" $ "name" <shard name>). */}}
+{{- define "wso.shardDeploymentName" -}}
+{{- printf "%s-shard-%s" (include "wso.fullname" .root) .name -}}
 {{- end -}}
 
 {{/*
