@@ -76,6 +76,15 @@ pub mod reasons {
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     /// Failure: the Secret lacks `url`/`token` or they are invalid.
     pub const SECRET_INVALID: &str = "SecretInvalid";
+    /// Failure: Coder refused a lookup as invalid (400), e.g. `workspace.owner` names no user.
+    pub const CODER_REQUEST_INVALID: &str = "CoderRequestInvalid";
+    /// Failure: Coder's answer was not the expected JSON, was larger than the limit, or had an
+    /// unexpected status (such as a redirect).
+    pub const CODER_RESPONSE_INVALID: &str = "CoderResponseInvalid";
+    /// Failure: the `coderRef` Secret's `url` is not in the operator's allowed URLs.
+    pub const CODER_URL_NOT_ALLOWED: &str = "CoderURLNotAllowed";
+    /// In progress: the `coderRef` Secret cannot be read right now (API server error); retrying.
+    pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
     /// Failure: the operator hit an internal error (a panic) while reconciling this request.
     pub const INTERNAL_ERROR: &str = "InternalError";
 }

@@ -27,9 +27,9 @@ pub struct Connection {
 /// Why a connection could not be made.
 #[derive(Debug)]
 pub enum ResolveError {
-    /// The request is misconfigured: it fails with this observation.
+    /// The request cannot be served: it fails with this observation.
     Request(Observation),
-    /// Kubernetes failed transiently while reading the Secret: retry.
+    /// Kubernetes failed while reading the Secret: retry (shown on the request if it lasts).
     Kube(kube::Error),
 }
 
@@ -43,7 +43,7 @@ pub struct Connections {
 }
 
 fn misconfigured(reason: &'static str, message: impl Into<String>) -> ResolveError {
-    ResolveError::Request(Observation::Misconfigured {
+    ResolveError::Request(Observation::Failed {
         reason,
         message: message.into(),
     })
@@ -70,6 +70,13 @@ impl Connections {
     pub async fn resolve(&self, wsr: &WorkspaceStartRequest) -> Result<Connection, ResolveError> {
         match &wsr.spec.coder_ref {
             Some(r) => {
+                // Objects admitted before the CRD checked the name: never put it in a URL.
+                if !is_secret_name(&r.name) {
+                    return Err(misconfigured(
+                        reasons::SECRET_INVALID,
+                        "spec.coderRef.name is not a valid Secret name (lower-case letters, digits, '-' and '.')",
+                    ));
+                }
                 let ns = wsr.namespace().unwrap_or_default();
                 let secrets: Api<Secret> = Api::namespaced(self.kube.clone(), &ns);
                 let secret = match secrets.get_opt(&r.name).await {
@@ -148,5 +155,42 @@ impl Connections {
         let c = CoderClient::new(url, token, &self.opts)?;
         clients.insert(key.clone(), c.clone());
         Ok(Connection { client: c, key })
+    }
+}
+
+/// A DNS-1123 subdomain, as Kubernetes requires of Secret names.
+fn is_secret_name(name: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.len() <= 253 && name.split('.').all(label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_names_are_dns_subdomains() {
+        for ok in ["coder-credentials", "a", "team.coder-1", "0abc"] {
+            assert!(is_secret_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "coder admin",
+            "../../demo/secrets/coder-admin",
+            "Upper",
+            "-x",
+            "x-",
+            "a..b",
+            ".a",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_secret_name(bad), "{bad}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::admission::StartQueue;
 use crate::coder::CoderError;
+use crate::coder::error::Disposition;
 use crate::coder::types::Workspace;
 use crate::conditions::{self, reasons};
 use crate::connect::{Connection, Connections, ResolveError};
@@ -198,6 +199,16 @@ impl Context {
         KubeAction::await_change()
     }
 
+    /// How many times in a row `obj`'s reconcile failed or retried.
+    fn failure_count(&self, obj: &ObjectRef<WorkspaceStartRequest>) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(obj)
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn reset_backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
         self.failures
             .lock()
@@ -337,18 +348,40 @@ async fn observe(
         Err(CoderError::Gone { .. } | CoderError::NotFound { .. }) => {
             (Observation::WorkspaceGone, None, 0)
         }
-        Err(e) => (coder_failure(e), None, 0),
+        Err(e) => {
+            let mut obs = coder_failure(e);
+            if let (Observation::Failed { message, .. }, Target::Name { owner, name }) =
+                (&mut obs, &target)
+            {
+                message.push_str(&format!(
+                    "; check spec.workspace.owner ({owner:?}) and spec.workspace.name ({name:?})"
+                ));
+            }
+            (obs, None, 0)
+        }
     }
 }
 
+/// What a failed Coder read means for the request (see [`CoderError::disposition`]).
 fn coder_failure(e: CoderError) -> Observation {
-    match e {
-        CoderError::Unauthorized { .. } => Observation::Unauthorized,
-        CoderError::Forbidden { .. } => Observation::Forbidden,
-        e => {
+    match e.disposition() {
+        Disposition::Retry => {
             tracing::warn!(error = %e, "Coder unavailable");
             Observation::CoderUnavailable
         }
+        Disposition::Fail { reason, message } => {
+            tracing::warn!(error = %e, reason, "Coder refused the request");
+            Observation::Failed { reason, message }
+        }
+    }
+}
+
+/// A short, user-facing summary of a Kubernetes API error (status code and reason, or the
+/// kind of transport failure).
+fn kube_error_summary(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("API server answered {} {}", s.code, s.reason),
+        _ => "API server unreachable".to_owned(),
     }
 }
 
@@ -551,7 +584,20 @@ async fn reconcile_inner(
 
     let conn = match ctx.connections.resolve(wsr).await {
         Ok(c) => c,
-        Err(ResolveError::Kube(e)) => return Err(Error::Kube(e)),
+        // The first failure is retried quietly; one that lasts is shown on the request.
+        Err(ResolveError::Kube(e)) if ctx.failure_count(oref) == 0 => return Err(Error::Kube(e)),
+        Err(ResolveError::Kube(e)) => {
+            tracing::warn!(request = %oref, error = %e, "cannot read the coderRef Secret");
+            let obs = Observation::Retrying {
+                reason: reasons::SECRET_UNREADABLE,
+                message: format!(
+                    "cannot read the Secret named by spec.coderRef ({}); retrying",
+                    kube_error_summary(&e)
+                ),
+            };
+            let d = input(&prev, obs, ctx.settings.poll);
+            return conclude(wsr, ctx, &api, oref, &prev, d, None, None).await;
+        }
         Err(ResolveError::Request(obs)) => {
             let d = input(&prev, obs, ctx.settings.poll);
             return conclude(wsr, ctx, &api, oref, &prev, d, None, None).await;
@@ -648,49 +694,17 @@ async fn reconcile_inner(
                 seen = seq;
                 decision = input(&st, obs, poll(&key));
             }
-            Err(e) if e.is_transient() => {
-                // Unknown whether Coder created the build (commit-then-fail, timeout): the next
-                // pass re-reads the workspace and adopts a newer build if there is one.
-                tracing::warn!(request = %oref, error = %e, "start build request failed; will re-read");
-                // A cached read from before the POST would make the next pass POST again.
-                ctx.watches.invalidate(&ws_key);
-                let delay = ctx.backoff(oref, e.retry_after());
-                return Ok(KubeAction::requeue(delay));
-            }
             Err(e) => {
-                let (reason, message) = match &e {
-                    CoderError::Unauthorized { .. } => (
-                        reasons::CODER_UNAUTHORIZED,
-                        "Coder rejected the session token (401)".to_owned(),
-                    ),
-                    CoderError::Forbidden { .. } => (
-                        reasons::CODER_FORBIDDEN,
-                        "the Coder token may not start this workspace (403)".to_owned(),
-                    ),
-                    CoderError::NotFound { .. } | CoderError::Gone { .. } => (
-                        reasons::WORKSPACE_DELETED,
-                        "workspace was deleted".to_owned(),
-                    ),
-                    CoderError::Invalid {
-                        status,
-                        validations,
-                        ..
-                    } => (
-                        reasons::BUILD_REJECTED,
-                        format!(
-                            "Coder refused the start build ({status}); fields: {}",
-                            validations
-                                .iter()
-                                .map(|v| v.field.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ),
-                    other => (
-                        reasons::BUILD_REJECTED,
-                        format!("Coder refused the start build ({})", other.status_label()),
-                    ),
+                let Disposition::Fail { reason, message } = e.start_build_disposition() else {
+                    // Unknown whether Coder created the build (commit-then-fail, timeout): the
+                    // next pass re-reads the workspace and adopts a newer build if there is one.
+                    tracing::warn!(request = %oref, error = %e, "start build request failed; will re-read");
+                    // A cached read from before the POST would make the next pass POST again.
+                    ctx.watches.invalidate(&ws_key);
+                    let delay = ctx.backoff(oref, e.retry_after());
+                    return Ok(KubeAction::requeue(delay));
                 };
+                tracing::warn!(request = %oref, error = %e, reason, "Coder refused the start build");
                 let st = decision.status.clone();
                 decision = decide::reject(
                     &input_for(wsr, &st, Observation::CoderUnavailable, ctx.settings.poll),

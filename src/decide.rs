@@ -27,19 +27,25 @@ pub const CHAT_AGENT_SUFFIX: &str = "-coderd-chat";
 /// What the operator saw when it looked at Coder for this request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
-    /// The request cannot even reach Coder (bad or missing Secret, no connection configured).
-    Misconfigured {
+    /// The request cannot succeed: fail at once with this reason and message (a bad or
+    /// missing Secret, no connection, a URL not allowed, or Coder's final answer such as 401,
+    /// 403, 400 or an invalid or oversized response).
+    Failed {
         /// A reason from [`reasons`].
         reason: &'static str,
-        /// Fixed, user-facing message.
+        /// User-facing message (never a token).
         message: String,
     },
     /// Coder is down, slow, overloaded or returned 5xx/429: retry later.
     CoderUnavailable,
-    /// Coder answered 401.
-    Unauthorized,
-    /// Coder answered 403.
-    Forbidden,
+    /// Something other than Coder failed for now (e.g. the API server while reading the
+    /// `coderRef` Secret): retry with backoff until the deadline, showing this reason.
+    Retrying {
+        /// A reason from [`reasons`] (in progress; also the failure reason at the deadline).
+        reason: &'static str,
+        /// User-facing message.
+        message: String,
+    },
     /// The chat does not exist (or is hidden from this token).
     ChatNotFound,
     /// The chat has no workspace.
@@ -369,15 +375,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
         };
     }
     match &input.observation {
-        Observation::Misconfigured { reason, message } => next.fail(reason, message),
-        Observation::Unauthorized => next.fail(
-            reasons::CODER_UNAUTHORIZED,
-            "Coder rejected the session token (401); check the token Secret",
-        ),
-        Observation::Forbidden => next.fail(
-            reasons::CODER_FORBIDDEN,
-            "the Coder token may not read or start this workspace (403)",
-        ),
+        Observation::Failed { reason, message } => next.fail(reason, message),
         Observation::ChatNotFound => next.fail(
             reasons::CHAT_NOT_FOUND,
             "chat not found, or not visible to this Coder token",
@@ -390,30 +388,36 @@ pub fn decide(input: &Input<'_>) -> Decision {
             reasons::WORKSPACE_DELETED,
             "workspace was deleted (or is not visible to this Coder token)",
         ),
-        Observation::CoderUnavailable => {
-            let deadline = match input.status.phase {
-                Some(Phase::WaitingForAgent) => agent_deadline(&next),
-                _ => next.build_deadline(),
-            };
-            if input.now >= deadline {
-                return next.fail(
-                    reasons::CODER_UNAVAILABLE,
-                    "Coder stayed unavailable until the request's deadline",
-                );
-            }
-            let phase = input.status.phase.unwrap_or(Phase::Pending);
-            next.progressing(
-                phase,
-                reasons::CODER_UNAVAILABLE,
-                "Coder is unavailable; retrying with backoff",
-                Action::Retry,
-            )
+        Observation::CoderUnavailable => retrying(
+            next,
+            reasons::CODER_UNAVAILABLE,
+            "Coder is unavailable; retrying with backoff",
+            "Coder stayed unavailable until the request's deadline",
+        ),
+        Observation::Retrying { reason, message } => {
+            let last = format!("{message} (until the request's deadline)");
+            retrying(next, reason, message, &last)
         }
         Observation::Workspace {
             chat_owner,
             workspace,
         } => decide_workspace(next, *chat_owner, workspace),
     }
+}
+
+/// Retries with backoff, showing `reason` and `message`, until the deadline of the current
+/// phase; then fails with `reason` and `last`.
+fn retrying(next: Next<'_>, reason: &str, message: &str, last: &str) -> Decision {
+    let input = next.input;
+    let deadline = match input.status.phase {
+        Some(Phase::WaitingForAgent) => agent_deadline(&next),
+        _ => next.build_deadline(),
+    };
+    if input.now >= deadline {
+        return next.fail(reason, last);
+    }
+    let phase = input.status.phase.unwrap_or(Phase::Pending);
+    next.progressing(phase, reason, message, Action::Retry)
 }
 
 /// Records the start build Coder just created (201): Starting, outcome Queued, following it.

@@ -67,3 +67,61 @@ async fn a_panicking_reconcile_fails_only_that_request() {
             .contains("reconcile panicked; failing the request")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typo_in_the_workspace_owner_fails_at_once() {
+    let mut env = Env::new("hostile-typo").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "dev"));
+    let created = std::time::Instant::now();
+    env.create(
+        "typo",
+        serde_json::json!({"workspace": {"owner": "alcie", "name": "dev"}}),
+    )
+    .await;
+    env.create(
+        "right",
+        serde_json::json!({"workspace": {"owner": "alice", "name": "dev"}}),
+    )
+    .await;
+    let w = env.wait_terminal("typo", T).await;
+    assert!(
+        created.elapsed() < Duration::from_secs(10),
+        "a permanent answer is not retried until the deadline"
+    );
+    assert_eq!(ready(&w), ("False".into(), "CoderRequestInvalid".into()));
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some(
+            r#"Coder refused /api/v2/users/{user}/workspace/{name} (400): "user" must be an existing uuid or username.; check spec.workspace.owner ("alcie") and spec.workspace.name ("dev")"#
+        )
+    );
+    let events = env.events("typo").await;
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "CoderRequestInvalid"),
+        "{events:?}"
+    );
+    let w = env.wait_terminal("right", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert_eq!(sim.builds_created(ws), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coders_403_message_reaches_the_request() {
+    let mut env = Env::new("hostile-403").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "dev"));
+    sim.set_fault("GET /api/v2/workspaces/{id}", coder_sim::Fault::Status(403));
+    env.create_for_workspace("forbidden", ws).await;
+    let w = env.wait_terminal("forbidden", T).await;
+    assert_eq!(ready(&w), ("False".into(), "CoderForbidden".into()));
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some("Coder refused /api/v2/workspaces/{id} (403): Forbidden.")
+    );
+    assert_eq!(sim.builds_created(ws), 0);
+}

@@ -267,21 +267,17 @@ fn every_branch() {
         ),
         case(
             "bad_token",
-            Observation::Unauthorized,
+            Observation::Failed {
+                reason: reasons::CODER_UNAUTHORIZED,
+                message: "Coder rejected the session token (401): x".into(),
+            },
             Failed,
             reasons::CODER_UNAUTHORIZED,
             Finish,
         ),
         case(
-            "token_not_allowed",
-            Observation::Forbidden,
-            Failed,
-            reasons::CODER_FORBIDDEN,
-            Finish,
-        ),
-        case(
             "missing_secret",
-            Observation::Misconfigured {
+            Observation::Failed {
                 reason: reasons::SECRET_NOT_FOUND,
                 message: "x".into(),
             },
@@ -289,6 +285,40 @@ fn every_branch() {
             reasons::SECRET_NOT_FOUND,
             Finish,
         ),
+        case(
+            "invalid_coder_answer_fails_at_once",
+            Observation::Failed {
+                reason: reasons::CODER_RESPONSE_INVALID,
+                message: "x".into(),
+            },
+            Failed,
+            reasons::CODER_RESPONSE_INVALID,
+            Finish,
+        )
+        .status(status_started_at(0))
+        .at(1),
+        case(
+            "secret_unreadable_retries",
+            Observation::Retrying {
+                reason: reasons::SECRET_UNREADABLE,
+                message: "x".into(),
+            },
+            Pending,
+            reasons::SECRET_UNREADABLE,
+            Retry,
+        ),
+        case(
+            "secret_unreadable_past_deadline",
+            Observation::Retrying {
+                reason: reasons::SECRET_UNREADABLE,
+                message: "x".into(),
+            },
+            Failed,
+            reasons::SECRET_UNREADABLE,
+            Finish,
+        )
+        .status(status_started_at(0))
+        .at(601),
         // Coder unavailable: retry until the deadline, then fail.
         case(
             "coder_down_retries",
