@@ -87,6 +87,8 @@ check "reject: token and existingSecret" reject "not both" "${url[@]}" --set cod
 check "reject: unknown value key (strict schema)" reject "additional properties" "${url[@]}" --set coder.existingSecret=s --set replicas=2
 check "reject: bad log format" reject "/logging/format" "${url[@]}" --set coder.existingSecret=s --set logging.format=xml
 check "reject: non-http coder.url" reject "/coder/url" --set coder.url=coder.example.com --set coder.existingSecret=s
+check "reject: coder.allowedUrls entry that is no http(s) URL prefix" reject "/coder/allowedUrls/0" "${url[@]}" \
+  --set coder.existingSecret=s --set 'coder.allowedUrls[0]=169.254.169.254'
 check "reject: secretNamespaces outside watchNamespaces" reject "is not in watchNamespaces" "${url[@]}" \
   --set coder.existingSecret=s --set 'watchNamespaces={a}' --set 'rbac.secretNamespaces={b}'
 check "reject: ServiceMonitor interval that is not a Prometheus duration" reject "/serviceMonitor/interval" "${url[@]}" \

@@ -123,6 +123,16 @@ pub struct RunArgs {
     /// Per-request timeout for Coder calls, in milliseconds.
     #[arg(long, env = "WSO_CODER_TIMEOUT_MS", default_value_t = 15000)]
     pub coder_timeout_ms: u64,
+    /// URL prefixes a `spec.coderRef` Secret's `url` must match, comma-separated (scheme, host
+    /// and port exactly; path at a `/` boundary). Default: the scheme, host and port of
+    /// --coder-url (none without it: every coderRef fails CoderURLNotAllowed).
+    #[arg(
+        long,
+        env = "WSO_CODER_ALLOWED_URLS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub coder_allowed_urls: Vec<String>,
     /// Largest Coder response body accepted, in bytes; a larger answer fails the request
     /// with `CoderResponseInvalid`.
     #[arg(long, env = "WSO_CODER_MAX_BODY_BYTES", default_value_t = 4 << 20)]

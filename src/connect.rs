@@ -1,6 +1,9 @@
 //! Resolves which Coder deployment and token a request uses: the operator-wide connection
 //! (flags/env, token file) or the request's `spec.coderRef` Secret in its own namespace.
 //! Clients are cached per (URL, token) so requests share rate limits and watch streams.
+//! A `coderRef` Secret's URL must match one of the allowed URL prefixes ([`AllowedUrls`]), so
+//! a request cannot aim the operator, with a user's token, at any in-cluster or metadata
+//! address.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -39,7 +42,87 @@ pub struct Connections {
     default_url: Option<String>,
     default_token_file: Option<PathBuf>,
     opts: ClientOptions,
+    allowed: AllowedUrls,
     clients: Mutex<HashMap<String, CoderClient>>,
+}
+
+/// The URL prefixes a `coderRef` Secret's `url` must match: same scheme, host and port, and a
+/// path below the prefix's (at a `/` boundary).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AllowedUrls(Vec<reqwest::Url>);
+
+impl AllowedUrls {
+    /// The prefixes given (`--coder-allowed-urls`), or by default the scheme, host and port of
+    /// the operator-wide Coder URL (none when there is none: every `coderRef` is refused).
+    pub fn new(prefixes: &[String], default_url: Option<&str>) -> Result<AllowedUrls, String> {
+        let given: Vec<&str> = prefixes
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .collect();
+        if given.is_empty() {
+            let origin = default_url
+                .map(|u| parse_http_url(u).map(|u| origin(&u)))
+                .transpose()?;
+            return Ok(AllowedUrls(origin.into_iter().collect()));
+        }
+        given
+            .into_iter()
+            .map(parse_http_url)
+            .collect::<Result<_, _>>()
+            .map(AllowedUrls)
+    }
+
+    /// True when `url` lies under one of the prefixes.
+    pub fn permits(&self, url: &str) -> bool {
+        let Ok(url) = reqwest::Url::parse(url.trim()) else {
+            return false;
+        };
+        self.0.iter().any(|p| {
+            let base = p.path().trim_end_matches('/');
+            let path = url.path();
+            url.scheme() == p.scheme()
+                && url.host_str() == p.host_str()
+                && url.port_or_known_default() == p.port_or_known_default()
+                && (path.trim_end_matches('/') == base
+                    || path.strip_prefix(base).is_some_and(|r| r.starts_with('/')))
+        })
+    }
+
+    /// The prefixes, for messages.
+    pub fn describe(&self) -> String {
+        if self.0.is_empty() {
+            return "none".to_owned();
+        }
+        let all: Vec<&str> = self
+            .0
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/'))
+            .collect();
+        all.join(", ")
+    }
+}
+
+/// Parses an http(s) URL with a host.
+fn parse_http_url(s: &str) -> Result<reqwest::Url, String> {
+    let u = reqwest::Url::parse(s.trim()).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err(format!(
+            "invalid URL {s:?}: use http(s)://host[:port][/path]"
+        ));
+    }
+    Ok(u)
+}
+
+/// `scheme://host[:port]/` of `u`.
+fn origin(u: &reqwest::Url) -> reqwest::Url {
+    let mut o = u.clone();
+    o.set_path("/");
+    o.set_query(None);
+    o.set_fragment(None);
+    let _ = o.set_username("");
+    let _ = o.set_password(None);
+    o
 }
 
 fn misconfigured(reason: &'static str, message: impl Into<String>) -> ResolveError {
@@ -56,12 +139,14 @@ impl Connections {
         default_url: Option<String>,
         default_token_file: Option<PathBuf>,
         opts: ClientOptions,
+        allowed: AllowedUrls,
     ) -> Connections {
         Connections {
             kube,
             default_url,
             default_token_file,
             opts,
+            allowed,
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -120,6 +205,16 @@ impl Connections {
                         ),
                     ));
                 };
+                if !self.allowed.permits(&url) {
+                    return Err(misconfigured(
+                        reasons::CODER_URL_NOT_ALLOWED,
+                        format!(
+                            "the url in Secret {:?} (spec.coderRef) is not an allowed Coder URL (allowed: {}); an administrator can add it to coder.allowedUrls",
+                            r.name,
+                            self.allowed.describe()
+                        ),
+                    ));
+                }
                 self.client(&url, SessionToken::new(token)).map_err(|e| {
                     misconfigured(reasons::SECRET_INVALID, format!("Secret {:?}: {e}", r.name))
                 })
@@ -173,6 +268,56 @@ fn is_secret_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coder_urls_must_lie_under_an_allowed_prefix() {
+        let by_default =
+            AllowedUrls::new(&[], Some("https://coder.example.com/some/path")).expect("valid");
+        assert_eq!(by_default.describe(), "https://coder.example.com");
+        for ok in [
+            "https://coder.example.com",
+            "https://coder.example.com/",
+            "https://CODER.example.com:443/x",
+        ] {
+            assert!(by_default.permits(ok), "{ok}");
+        }
+        for bad in [
+            "http://coder.example.com",
+            "https://coder.example.com:8443",
+            "https://coder.example.com.evil.net",
+            "https://evil.net/?https://coder.example.com",
+            "http://169.254.169.254/latest/meta-data",
+            "http://kubernetes.default.svc",
+            "not a url",
+        ] {
+            assert!(!by_default.permits(bad), "{bad}");
+        }
+
+        let listed = AllowedUrls::new(
+            &[
+                "https://coder.example.com/team-a".into(),
+                " http://127.0.0.1:3000 ".into(),
+            ],
+            Some("https://other.example.com"),
+        )
+        .expect("valid");
+        assert!(listed.permits("https://coder.example.com/team-a"));
+        assert!(listed.permits("https://coder.example.com/team-a/"));
+        assert!(!listed.permits("https://coder.example.com/team-ab"));
+        assert!(!listed.permits("https://coder.example.com/"));
+        assert!(listed.permits("http://127.0.0.1:3000"));
+        assert!(
+            !listed.permits("https://other.example.com"),
+            "the list replaces the default"
+        );
+
+        assert_eq!(
+            AllowedUrls::new(&[], None).expect("valid").describe(),
+            "none"
+        );
+        assert!(AllowedUrls::new(&["ftp://x".into()], None).is_err());
+        assert!(AllowedUrls::new(&["coder.example.com".into()], None).is_err());
+    }
 
     #[test]
     fn secret_names_are_dns_subdomains() {

@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use workspace_start_operator::coder::ClientOptions;
 use workspace_start_operator::config::{Cli, Command, LogFormat, RunArgs};
-use workspace_start_operator::connect::Connections;
+use workspace_start_operator::connect::{AllowedUrls, Connections};
 use workspace_start_operator::controller::{self, Context, Settings};
 use workspace_start_operator::crd;
 use workspace_start_operator::metrics::{self, Health, Metrics};
@@ -27,6 +27,8 @@ enum MainError {
     Lease(#[from] kube_lease_manager::LeaseManagerError),
     #[error("metrics server: {0}")]
     Metrics(#[from] std::io::Error),
+    #[error("--coder-allowed-urls: {0}")]
+    AllowedUrls(String),
     #[error("lost leadership; exiting so a new leader takes over")]
     LostLease,
 }
@@ -131,11 +133,15 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         Arc::clone(&metrics),
     );
     watches.set_max_streams(args.max_watch_streams);
+    let allowed = AllowedUrls::new(&args.coder_allowed_urls, args.coder_url.as_deref())
+        .map_err(MainError::AllowedUrls)?;
+    tracing::info!(allowed = %allowed.describe(), "Coder URLs allowed in coderRef Secrets");
     let connections = Connections::new(
         kube.clone(),
         args.coder_url.clone(),
         args.coder_token_file.clone(),
         opts,
+        allowed,
     );
     let ctx = Context::new(
         kube.clone(),

@@ -125,3 +125,81 @@ async fn coders_403_message_reaches_the_request() {
     );
     assert_eq!(sim.builds_created(ws), 0);
 }
+
+/// Creates a Secret with `url` and `token` in the test namespace.
+async fn coder_secret(env: &Env, name: &str, url: &str, token: &str) {
+    let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": env.ns},
+        "stringData": {"url": url, "token": token},
+    }))
+    .expect("secret");
+    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.admin.clone(), &env.ns)
+        .create(&kube::api::PostParams::default(), &s)
+        .await
+        .expect("create secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coder_ref_urls_outside_the_allow_list_are_refused() {
+    let mut env = Env::new("hostile-allowed").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let bob = sim.add_user("bob");
+    let ws = sim.add_workspace(WorkspaceSeed::new(bob.id, "bobs-box"));
+    // Another address on this machine standing in for an in-cluster service or a metadata
+    // endpoint: it counts every connection made to it.
+    let decoy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let decoy_url = format!("http://{}", decoy.local_addr().expect("addr"));
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while decoy.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    coder_secret(&env, "decoy", &decoy_url, &bob.token).await;
+    coder_secret(&env, "same-coder", &env.sim.url(), &bob.token).await;
+    let spec = |secret: &str| serde_json::json!({"workspace": {"id": ws.to_string()}, "coderRef": {"name": secret}});
+    env.create("to-decoy", spec("decoy")).await;
+    env.create("to-coder", spec("same-coder")).await;
+
+    let w = env.wait_terminal("to-decoy", T).await;
+    assert_eq!(ready(&w), ("False".into(), "CoderURLNotAllowed".into()));
+    let message = w
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        message,
+        format!(
+            "the url in Secret \"decoy\" (spec.coderRef) is not an allowed Coder URL (allowed: {}); an administrator can add it to coder.allowedUrls",
+            env.sim.url().trim_end_matches('/')
+        )
+    );
+    assert!(
+        !message.contains(&decoy_url),
+        "the Secret's URL is not echoed"
+    );
+    // By default the operator-wide Coder's scheme, host and port are allowed.
+    let w = env.wait_terminal("to-coder", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the operator connected to a URL that is not allowed"
+    );
+
+    // An explicit list replaces the default.
+    env.operator().terminate().await;
+    env.start_operator(&[&format!("--coder-allowed-urls={decoy_url}/coder")])
+        .await;
+    env.create("not-listed", spec("same-coder")).await;
+    let w = env.wait_terminal("not-listed", T).await;
+    assert_eq!(ready(&w), ("False".into(), "CoderURLNotAllowed".into()));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -116,6 +116,8 @@ spec:
               value: {{ .Values.logging.level | quote }}
             - name: WSO_CODER_RPM
               value: {{ .Values.coder.requestsPerMinute | quote }}
+            - name: WSO_CODER_ALLOWED_URLS
+              value: {{ join "," (.Values.coder.allowedUrls | default list) | quote }}
             {{- with .Values.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
