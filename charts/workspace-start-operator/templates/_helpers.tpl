@@ -50,9 +50,35 @@ app.kubernetes.io/part-of: workspace-start-operator
 {{- end -}}
 {{- end -}}
 
-{{/* "true" when leader election is on: forced, or more than one replica (context: .Values). */}}
-{{- define "wso.leaderElect" -}}
-{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- else -}}false{{- end -}}
+{{/* Labels of one Deployment's pods: the selector labels, plus coder.com/shard for a shard (context: .Shard). */}}
+{{- define "wso.podSelectorLabels" -}}
+{{ include "wso.selectorLabels" . }}
+{{- with .Shard }}
+coder.com/shard: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The pod's affinity: .Values.affinity when set, else the podAntiAffinity preset (spreading one Deployment's pods). */}}
+{{- define "wso.affinity" -}}
+{{- if .Values.affinity -}}
+{{- toYaml .Values.affinity -}}
+{{- else if eq .Values.podAntiAffinity "preferred" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: {{ .Values.podAntiAffinityTopologyKey }}
+        labelSelector:
+          matchLabels:
+            {{- include "wso.podSelectorLabels" . | nindent 12 }}
+{{- else if eq .Values.podAntiAffinity "required" -}}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: {{ .Values.podAntiAffinityTopologyKey }}
+      labelSelector:
+        matchLabels:
+          {{- include "wso.podSelectorLabels" . | nindent 10 }}
+{{- end -}}
 {{- end -}}
 
 {{/* "true" in namespaced mode (watchNamespaces set). */}}
@@ -103,6 +129,9 @@ app.kubernetes.io/part-of: workspace-start-operator
 {{- fail (printf "rbac.secretNamespaces: %s is not in watchNamespaces (in namespaced mode the operator only reads Secrets of watched namespaces)" .) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- if not .Values.leaderElection.enabled -}}
+{{- fail "leaderElection.enabled=false is not supported: a Deployment can run two pods at once (scaling, rolling updates, a pod on an unreachable node), and two operators without leader election would both start builds" -}}
 {{- end -}}
 {{- if and .Values.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
 {{- fail "serviceMonitor.enabled needs metrics.service.enabled" -}}
@@ -167,19 +196,14 @@ Secret the chart creates. Context: (dict "root" $ "shard" <entry of .Values.shar
 {{- end -}}
 
 {{/*
-Leases of the Deployments with leader election, as a JSON list: leaderElection.leaseName for
+Leases of the Deployments (leader election is always on), as a JSON list: leaderElection.leaseName for
 the default shard, <leaseName>-shard-<name> for a shard (the operator derives it from --shard).
 */}}
 {{- define "wso.leaseNames" -}}
-{{- $names := list -}}
-{{- if eq (include "wso.leaderElect" .) "true" -}}
-{{- $names = append $names .Values.leaderElection.leaseName -}}
-{{- end -}}
+{{- $names := list .Values.leaderElection.leaseName -}}
 {{- range .Values.shards -}}
 {{- $values := include "wso.shardValues" (dict "root" $ "shard" .) | fromYaml -}}
-{{- if eq (include "wso.leaderElect" (dict "Values" $values)) "true" -}}
 {{- $names = append $names (printf "%s-shard-%s" $values.leaderElection.leaseName .name) -}}
-{{- end -}}
 {{- end -}}
 {{- toJson $names -}}
 {{- end -}}
