@@ -26,17 +26,11 @@ spec:
       maxUnavailable: 0
   selector:
     matchLabels:
-      {{- include "wso.selectorLabels" . | nindent 6 }}
-      {{- with .Shard }}
-      coder.com/shard: {{ . | quote }}
-      {{- end }}
+      {{- include "wso.podSelectorLabels" . | nindent 6 }}
   template:
     metadata:
       labels:
-        {{- include "wso.selectorLabels" . | nindent 8 }}
-        {{- with .Shard }}
-        coder.com/shard: {{ . | quote }}
-        {{- end }}
+        {{- include "wso.podSelectorLabels" . | nindent 8 }}
         {{- with .Values.podLabels }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
