@@ -12,10 +12,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::App;
 use crate::faults::{Fault, FaultSpec};
+use crate::http::{error, reply};
+use crate::json;
 use crate::model::{BuildScript, Transition};
-use crate::routes::{error, reply};
+use crate::routes::App;
 use crate::scenario::{
     ChatDoc, FaultDoc, Scenario, ScriptDoc, UserDoc, WorkspaceDoc, add_chat_doc, add_workspace_doc,
 };
@@ -220,22 +221,6 @@ async fn reset_counters(State(app): State<App>) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-fn fault_spec(f: &Fault) -> FaultSpec {
-    match f {
-        Fault::Status(c) => FaultSpec::Status(*c),
-        Fault::Hang => FaultSpec::Hang,
-        Fault::Reset => FaultSpec::Reset,
-        Fault::CommitThenFail => FaultSpec::CommitThenFail,
-        Fault::Slow(d) => FaultSpec::Slow(crate::scenario::DurationSpec(*d)),
-        Fault::CommitThenHang => FaultSpec::CommitThenHang,
-        Fault::RateLimited(s) => FaultSpec::RateLimited(*s),
-        Fault::Times(n, inner) => FaultSpec::Times {
-            n: *n,
-            fault: Box::new(fault_spec(inner)),
-        },
-    }
-}
-
 async fn state(State(app): State<App>) -> Response {
     let now = Timestamp::now();
     let st = app.sim.lock();
@@ -253,19 +238,15 @@ async fn state(State(app): State<App>) -> Response {
                 "builds_created": w.builds_created,
                 "builds_posted": w.builds_posted,
                 "scripted_builds_queued": w.scripts.len(),
-                "workspace": crate::json::workspace(&st, w, now),
+                "workspace": json::workspace(&st, w, now),
             })
         })
         .collect();
-    let chats: Vec<Value> = st
-        .chats
-        .values()
-        .map(|c| crate::json::chat(&st, c, now))
-        .collect();
+    let chats: Vec<Value> = st.chats.values().map(|c| json::chat(&st, c, now)).collect();
     let faults: Vec<Value> = st
         .faults
         .iter()
-        .map(|(route, f)| json!({ "route": route, "fault": fault_spec(f) }))
+        .map(|(route, f)| json!({ "route": route, "fault": FaultSpec::from(f) }))
         .collect();
     reply(
         StatusCode::OK,

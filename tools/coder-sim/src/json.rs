@@ -4,9 +4,10 @@ use jiff::{Timestamp, Unit};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::ChatEra;
+use crate::config::ChatEra;
 use crate::model::{
-    AgentView, BuildRec, ChatRec, JobStatus, State, UserRec, WorkspaceRec, select_chat_agent,
+    AGENT_CONNECTION_TIMEOUT_SECS, AgentView, BuildRec, ChatRec, JobStatus, Sim, State, Transition,
+    UserRec, WorkspaceRec, select_chat_agent,
 };
 
 /// Formats like Go's `time.Time` JSON from Postgres (microseconds, UTC).
@@ -134,7 +135,7 @@ fn agent(st: &State, b: &BuildRec, a: &AgentView) -> Value {
         "version": st.version,
         "api_version": "2.6",
         "apps": [],
-        "connection_timeout_seconds": crate::model::AGENT_CONNECTION_TIMEOUT_SECS,
+        "connection_timeout_seconds": AGENT_CONNECTION_TIMEOUT_SECS,
         "troubleshooting_url": "",
         "subsystems": [],
         "health": health,
@@ -164,25 +165,24 @@ pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp)
         .map(|u| u.username.clone())
         .unwrap_or_default();
     let agents = b.agents(now);
-    let resources: Vec<Value> = if b.transition == crate::model::Transition::Start
-        && b.job(now).status == JobStatus::Succeeded
-    {
-        vec![json!({
-            "id": b.resource_id,
-            "created_at": ts(b.created_at),
-            "job_id": b.job_id,
-            "workspace_transition": b.transition.as_str(),
-            "type": "docker_container",
-            "name": "workspace",
-            "hide": false,
-            "icon": "",
-            "agents": agents.iter().map(|a| agent(st, b, a)).collect::<Vec<_>>(),
-            "metadata": [],
-            "daily_cost": 0,
-        })]
-    } else {
-        Vec::new()
-    };
+    let resources: Vec<Value> =
+        if b.transition == Transition::Start && b.job(now).status == JobStatus::Succeeded {
+            vec![json!({
+                "id": b.resource_id,
+                "created_at": ts(b.created_at),
+                "job_id": b.job_id,
+                "workspace_transition": b.transition.as_str(),
+                "type": "docker_container",
+                "name": "workspace",
+                "hide": false,
+                "icon": "",
+                "agents": agents.iter().map(|a| agent(st, b, a)).collect::<Vec<_>>(),
+                "metadata": [],
+                "daily_cost": 0,
+            })]
+        } else {
+            Vec::new()
+        };
     json!({
         "id": b.id,
         "created_at": ts(b.created_at),
@@ -314,4 +314,26 @@ pub(crate) fn chat(st: &State, c: &ChatRec, now: Timestamp) -> Value {
         return json!({ "chat": v, "messages": [], "queued_messages": [] });
     }
     v
+}
+
+/// Renderings of the current state, for tests and the admin API.
+impl Sim {
+    /// The workspace as `GET /api/v2/workspaces/{id}?include_deleted=true`
+    /// renders it now (`Value::Null` if unknown).
+    pub fn workspace_json(&self, workspace: Uuid) -> serde_json::Value {
+        let st = self.lock();
+        match st.workspaces.get(&workspace) {
+            Some(ws) => self::workspace(&st, ws, Timestamp::now()),
+            None => serde_json::Value::Null,
+        }
+    }
+
+    /// The chat as `GET` renders it in the configured era (`Null` if unknown).
+    pub fn chat_json(&self, chat: Uuid) -> serde_json::Value {
+        let st = self.lock();
+        match st.chats.get(&chat) {
+            Some(c) => self::chat(&st, c, Timestamp::now()),
+            None => serde_json::Value::Null,
+        }
+    }
 }
