@@ -18,13 +18,18 @@ use crate::json;
 use crate::model::{BuildScript, Transition};
 use crate::routes::App;
 use crate::scenario::{
-    ChatDoc, FaultDoc, Scenario, ScriptDoc, UserDoc, WorkspaceDoc, add_chat_doc, add_workspace_doc,
+    ChatDoc, FaultDoc, Scenario, ScriptDoc, ServerDoc, UserDoc, WorkspaceDoc, add_chat_doc,
+    add_workspace_doc,
 };
 
 /// The admin router.
 pub(crate) fn router() -> Router<App> {
     Router::new()
         .route("/admin/users", post(add_user))
+        .route("/admin/users/{id}", delete(delete_user))
+        .route("/admin/users/{id}/status", put(user_status))
+        .route("/admin/server", put(server))
+        .route("/admin/workspaces/{id}/dormant", put(dormant))
         .route("/admin/workspaces", post(add_workspace))
         .route("/admin/workspaces/{id}", delete(delete_workspace))
         .route("/admin/workspaces/{id}/script", post(script))
@@ -69,6 +74,84 @@ async fn add_user(State(app): State<App>, b: Bytes) -> Response {
     };
     let u = app.sim.add_user_spec(doc.into());
     reply(StatusCode::CREATED, json!(u))
+}
+
+#[allow(clippy::result_large_err)]
+fn user_id(app: &App, raw: &str) -> Result<Uuid, Response> {
+    let id = Uuid::parse_str(raw).map_err(|e| bad(format!("invalid id: {e}")))?;
+    if app.sim.lock().users.contains_key(&id) {
+        Ok(id)
+    } else {
+        Err(error(StatusCode::NOT_FOUND, "unknown user", None))
+    }
+}
+
+#[derive(Deserialize)]
+struct StatusBody {
+    status: String,
+}
+
+async fn user_status(State(app): State<App>, Path(id): Path<String>, b: Bytes) -> Response {
+    let id = match user_id(&app, &id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let doc: StatusBody = match body(&b) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if !matches!(doc.status.as_str(), "active" | "dormant" | "suspended") {
+        return bad(format!(
+            "invalid status {:?} (active, dormant, suspended)",
+            doc.status
+        ));
+    }
+    app.sim.set_user_status(id, &doc.status);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn delete_user(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match user_id(&app, &id) {
+        Ok(id) => {
+            app.sim.delete_user(id);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// `{"version"?, "chat_era"?, "dormant_start"?}`: upgrades the running deployment.
+async fn server(State(app): State<App>, b: Bytes) -> Response {
+    let doc: ServerDoc = match body(&b) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if doc.rate_limit_per_minute.is_some() {
+        return bad("rate_limit_per_minute cannot change while running");
+    }
+    app.sim.set_server(doc.version.as_deref(), doc.chat_era);
+    if let Some(d) = doc.dormant_start {
+        app.sim.set_dormant_start(d);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct DormantBody {
+    dormant: bool,
+}
+
+async fn dormant(State(app): State<App>, Path(id): Path<String>, b: Bytes) -> Response {
+    let id = match ws_id(&app, &id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let doc: DormantBody = match body(&b) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    app.sim.set_dormant(id, doc.dormant);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn add_workspace(State(app): State<App>, b: Bytes) -> Response {
@@ -227,7 +310,7 @@ async fn state(State(app): State<App>) -> Response {
     let users: Vec<Value> = st
         .users
         .values()
-        .map(|u| json!({ "id": u.id, "username": u.username, "token": u.token, "admin": u.admin, "status": u.status }))
+        .map(|u| json!({ "id": u.id, "username": u.username, "token": u.token, "admin": u.admin, "status": u.status, "deleted": u.deleted }))
         .collect();
     let workspaces: Vec<Value> = st
         .workspaces
@@ -253,6 +336,7 @@ async fn state(State(app): State<App>) -> Response {
         json!({
             "version": st.version,
             "chat_era": st.chat_era,
+            "dormant_start": st.dormant_start,
             "rate_limit_per_minute": st.ratelimit.limit(),
             "users": users,
             "workspaces": workspaces,

@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::config::ChatEra;
 use crate::model::{
-    AGENT_CONNECTION_TIMEOUT_SECS, AgentView, BuildRec, ChatRec, JobStatus, Sim, State, Transition,
-    UserRec, WorkspaceRec, select_chat_agent,
+    AgentView, BuildRec, ChatRec, JobStatus, Sim, State, Transition, UserRec, WorkspaceRec,
+    select_chat_agent,
 };
 
 /// Formats like Go's `time.Time` JSON from Postgres (microseconds, UTC).
@@ -135,7 +135,7 @@ fn agent(st: &State, b: &BuildRec, a: &AgentView) -> Value {
         "version": st.version,
         "api_version": "2.6",
         "apps": [],
-        "connection_timeout_seconds": AGENT_CONNECTION_TIMEOUT_SECS,
+        "connection_timeout_seconds": a.rec.connection_timeout_secs,
         "troubleshooting_url": "",
         "subsystems": [],
         "health": health,
@@ -260,7 +260,7 @@ pub(crate) fn workspace(st: &State, ws: &WorkspaceRec, now: Timestamp) -> Value 
         "ttl_ms": null,
         "last_used_at": ts(ws.updated_at),
         "deleting_at": null,
-        "dormant_at": null,
+        "dormant_at": ws.dormant_at.map(ts),
         "health": { "healthy": failing.is_empty(), "failing_agents": failing },
         "automatic_updates": "never",
         "allow_renames": false,

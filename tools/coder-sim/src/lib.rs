@@ -44,8 +44,8 @@ use crate::routes::App;
 pub use config::{ChatEra, DEFAULT_RATE_LIMIT, DEFAULT_VERSION, SimConfig};
 pub use faults::{Fault, FaultSpec};
 pub use model::{
-    AgentSeed, BuildOutcome, BuildScript, ChatSpec, InitialState, LifecycleState, Sim, SimUser,
-    Transition, UserSpec, WorkspaceSeed,
+    AgentSeed, BuildOutcome, BuildScript, ChatSpec, DormantStart, InitialState, LifecycleState,
+    Sim, SimUser, Transition, UserSpec, WorkspaceSeed,
 };
 
 /// A running simulator; shuts down when dropped.
@@ -57,12 +57,15 @@ pub struct SimServer {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Every answer carries `X-Coder-Build-Version` (the running version: it may be upgraded).
 async fn add_version(
     axum::extract::State(app): axum::extract::State<App>,
     mut resp: Response,
 ) -> Response {
-    resp.headers_mut()
-        .insert("X-Coder-Build-Version", app.version.clone());
+    let version = app.sim.lock().version.clone();
+    if let Ok(v) = HeaderValue::from_str(&version) {
+        resp.headers_mut().insert("X-Coder-Build-Version", v);
+    }
     resp
 }
 
@@ -77,12 +80,11 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let sim = Sim::new(&cfg);
         sim.set_base_url(&format!("http://{addr}"));
-        let version = HeaderValue::from_str(&sim.lock().version)?;
+        HeaderValue::from_str(&sim.lock().version)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let app = App {
             sim: sim.clone(),
             shutdown: shutdown_rx.clone(),
-            version,
         };
         let router = routes::router(app.clone())
             .merge(admin::router())

@@ -26,8 +26,8 @@ use crate::config::{ChatEra, SimConfig};
 pub use crate::duration::{DurationSpec, parse_duration};
 use crate::faults::{Fault, FaultSpec};
 use crate::model::{
-    AgentSeed, BuildOutcome, BuildScript, ChatSpec, InitialState, LifecycleState, Sim, UserSpec,
-    WorkspaceSeed,
+    AgentSeed, BuildOutcome, BuildScript, ChatSpec, DEFAULT_CONNECTION_TIMEOUT_SECS, DormantStart,
+    InitialState, LifecycleState, Sim, UserSpec, WorkspaceSeed,
 };
 
 /// Server settings a scenario may carry (CLI flags override them).
@@ -40,6 +40,10 @@ pub struct ServerDoc {
     pub chat_era: Option<ChatEra>,
     /// Requests per user per URL path per minute; `<= 0` disables.
     pub rate_limit_per_minute: Option<i64>,
+    /// What a start build does to a dormant workspace: `wake` (current Coder, default) or
+    /// `refuse` (older versions answer 403).
+    #[serde(default)]
+    pub dormant_start: Option<DormantStart>,
 }
 
 impl ServerDoc {
@@ -95,21 +99,38 @@ impl From<UserDoc> for UserSpec {
 pub enum AgentDoc {
     /// Root agent by name.
     Name(String),
-    /// Agent with optional parent (sub-agent).
+    /// Agent with optional parent (sub-agent) and display order.
     Full {
         /// Agent name.
         name: String,
         /// Parent agent name.
         #[serde(default)]
         parent: Option<String>,
+        /// The template's `order` for the agent (Coder lists agents by it, then by name).
+        #[serde(default)]
+        order: i32,
+        /// `connection_timeout_seconds` (default 120).
+        #[serde(default)]
+        connection_timeout_seconds: Option<i64>,
     },
 }
 
 impl From<AgentDoc> for AgentSeed {
     fn from(a: AgentDoc) -> AgentSeed {
         match a {
-            AgentDoc::Name(name) => AgentSeed { name, parent: None },
-            AgentDoc::Full { name, parent } => AgentSeed { name, parent },
+            AgentDoc::Name(name) => AgentSeed::new(&name),
+            AgentDoc::Full {
+                name,
+                parent,
+                order,
+                connection_timeout_seconds,
+            } => AgentSeed {
+                parent,
+                order,
+                connection_timeout_secs: connection_timeout_seconds
+                    .unwrap_or(DEFAULT_CONNECTION_TIMEOUT_SECS),
+                ..AgentSeed::new(&name)
+            },
         }
     }
 }
@@ -214,6 +235,9 @@ pub struct WorkspaceDoc {
     /// `template_require_active_version` (also makes the workspace outdated).
     #[serde(default)]
     pub require_active_version: bool,
+    /// The workspace is dormant.
+    #[serde(default)]
+    pub dormant: bool,
     /// Default script for builds of this workspace.
     #[serde(default)]
     pub script: Option<ScriptDoc>,
@@ -296,6 +320,9 @@ impl Scenario {
 
     /// Creates everything in `sim`.
     pub fn apply(&self, sim: &Sim) -> anyhow::Result<()> {
+        if let Some(d) = self.server.as_ref().and_then(|s| s.dormant_start) {
+            sim.set_dormant_start(d);
+        }
         for u in &self.users {
             sim.add_user_spec(u.clone().into());
         }
@@ -325,7 +352,8 @@ pub fn add_workspace_doc(sim: &Sim, w: &WorkspaceDoc) -> anyhow::Result<Uuid> {
     let owner = resolve_user(sim, &w.owner)?;
     let mut seed = WorkspaceSeed::new(owner, &w.name)
         .state(w.state)
-        .require_active_version(w.require_active_version);
+        .require_active_version(w.require_active_version)
+        .dormant(w.dormant);
     if let Some(agents) = &w.agents {
         seed.agents = agents.iter().cloned().map(AgentSeed::from).collect();
     }

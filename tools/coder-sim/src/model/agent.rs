@@ -40,13 +40,16 @@ impl AgentView {
         (true, None)
     }
 }
-/// the first; `None` when none or several match the suffix.
+
+/// Selects the chat agent like `agentselect.FindChatAgent`: root agents, sorted by display
+/// order, then name case-insensitively; the single `-coderd-chat` agent, else the first;
+/// `None` when none or several match the suffix.
 pub(crate) fn select_chat_agent(agents: &[AgentView]) -> Option<&AgentView> {
     let mut roots: Vec<&AgentView> = agents
         .iter()
         .filter(|a| a.rec.parent_id.is_none())
         .collect();
-    roots.sort_by_key(|a| a.rec.name.to_lowercase());
+    roots.sort_by_key(|a| (a.rec.display_order, a.rec.name.to_lowercase()));
     let suffixed: Vec<&&AgentView> = roots
         .iter()
         .filter(|a| a.rec.name.to_lowercase().ends_with("-coderd-chat"))

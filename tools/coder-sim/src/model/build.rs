@@ -10,14 +10,16 @@ use super::seed::{BuildOutcome, BuildScript, Transition};
 
 /// How long an explicitly canceled running job stays `canceling`.
 pub(crate) const CANCEL_GRACE: Duration = Duration::from_millis(250);
-/// Agent `connection_timeout_seconds` (Coder's template default).
-pub(crate) const AGENT_CONNECTION_TIMEOUT_SECS: i64 = 120;
 
 #[derive(Debug, Clone)]
 pub(crate) struct AgentRec {
     pub id: Uuid,
     pub name: String,
     pub parent_id: Option<Uuid>,
+    /// `display_order` (from the template's `order`).
+    pub display_order: i32,
+    /// `connection_timeout_seconds` (0 = never times out).
+    pub connection_timeout_secs: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -235,7 +237,9 @@ impl BuildRec {
                         view.lifecycle = self.script.agent_final.as_str();
                         view.ready_at = Some(ready);
                     }
-                } else if t.duration_since(created).as_secs() > AGENT_CONNECTION_TIMEOUT_SECS {
+                } else if rec.connection_timeout_secs > 0
+                    && t.duration_since(created).as_secs() >= rec.connection_timeout_secs
+                {
                     view.status = "timeout";
                 }
                 if let Some(s) = superseded {
@@ -248,7 +252,10 @@ impl BuildRec {
             .collect()
     }
 
-    /// Every instant at which this build's rendered JSON changes by itself.
+    /// Every instant at which something happens to this build that real Coder publishes as a
+    /// workspace event (job picked up, job done, cancel, agent connected, agent lifecycle).
+    /// Changes that only time causes (an agent passing its connection timeout) are not events:
+    /// Coder sends no watch frame for them, and they show on the next read or event.
     pub(crate) fn change_points(&self) -> Vec<Timestamp> {
         let mut pts = vec![self.started(), self.done()];
         if let Some((c, cdone)) = self.cancel_window() {
@@ -256,13 +263,9 @@ impl BuildRec {
             pts.push(cdone);
         }
         if self.transition == Transition::Start && !self.agents.is_empty() {
-            let (created, connect, ready) = self.agent_times();
+            let (_, connect, ready) = self.agent_times();
             pts.push(connect);
             pts.push(ready);
-            pts.push(add(
-                created,
-                Duration::from_secs(AGENT_CONNECTION_TIMEOUT_SECS as u64 + 1),
-            ));
         }
         pts
     }

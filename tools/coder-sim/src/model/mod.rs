@@ -4,7 +4,7 @@
 //! Nothing here runs on a timer: every status (provisioner job, agent
 //! connection, agent lifecycle) is computed from timestamps at read time, so
 //! a read at time `t` always sees exactly what a real deployment would show at
-//! `t`. [`next_change`] tells watchers when the next timer-based transition is
+//! `t`. [`State::next_event`] tells watchers when the next scheduled event is
 //! due.
 
 mod agent;
@@ -22,23 +22,20 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 pub(crate) use agent::{AgentView, select_chat_agent};
-pub(crate) use build::{
-    AGENT_CONNECTION_TIMEOUT_SECS, BuildRec, CANCEL_GRACE, JobStatus, add, sub,
-};
+pub(crate) use build::{BuildRec, CANCEL_GRACE, JobStatus, add, sub};
 pub(crate) use records::{ChatRec, TemplateRec, UserRec, WorkspaceRec};
 pub use seed::{
-    AgentSeed, BuildOutcome, BuildScript, ChatSpec, InitialState, LifecycleState, SimUser,
-    Transition, UserSpec, WorkspaceSeed,
+    AgentSeed, BuildOutcome, BuildScript, ChatSpec, DEFAULT_CONNECTION_TIMEOUT_SECS, DormantStart,
+    InitialState, LifecycleState, SimUser, Transition, UserSpec, WorkspaceSeed,
 };
 pub(crate) use state::State;
 
-use crate::config::{DEFAULT_VERSION, SimConfig};
+use crate::config::{ChatEra, DEFAULT_VERSION, SimConfig};
 use crate::faults::Fault;
 use crate::ratelimit::RateLimiter;
 
 pub(crate) struct Shared {
     state: Mutex<State>,
-    changed: watch::Sender<u64>,
     /// Per-workspace wake-ups for changes that concern one workspace only (a POSTed build), so
     /// N watchers do not all re-render on every build of N workspaces (Coder filters its
     /// owner-scoped pubsub events by workspace id too).
@@ -85,12 +82,11 @@ impl Sim {
             counters: BTreeMap::new(),
             ratelimit: RateLimiter::new(cfg.rate_limit_per_minute),
             watch_errors: HashMap::new(),
+            dormant_start: DormantStart::default(),
         };
-        let (changed, _) = watch::channel(0);
         Sim {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
-                changed,
                 changed_ws: Mutex::new(HashMap::new()),
             }),
         }
@@ -101,16 +97,8 @@ impl Sim {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Wakes every watch stream (they re-render and send on change).
-    pub(crate) fn notify(&self) {
-        self.shared.changed.send_modify(|v| *v = v.wrapping_add(1));
-    }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.changed.subscribe()
-    }
-
-    /// Wakes only the watch streams of `workspace`.
+    /// Publishes a workspace event: the watch streams of `workspace` re-render it and send it
+    /// (Coder publishes one on every change of a workspace's build, job or agents).
     pub(crate) fn notify_workspace(&self, workspace: Uuid) {
         let map = self
             .shared
@@ -162,6 +150,7 @@ impl Sim {
             admin: spec.admin,
             status: spec.status.unwrap_or_else(|| "active".to_owned()),
             created_at: Timestamp::now(),
+            deleted: false,
         };
         let user = SimUser {
             id: rec.id,
@@ -171,18 +160,51 @@ impl Sim {
         let mut st = self.lock();
         st.tokens.insert(rec.token.clone(), rec.id);
         st.users.insert(rec.id, rec);
-        drop(st);
-        self.notify();
         user
     }
 
-    /// Sets a user's status (`active`, `dormant`, `suspended`). Suspended
-    /// users' tokens are rejected with 401.
+    /// Sets a user's status (`active`, `dormant`, `suspended`). As in Coder, a suspended
+    /// user's token is rejected with 401 and a dormant user's first request activates them.
     pub fn set_user_status(&self, user: Uuid, status: &str) {
         if let Some(u) = self.lock().users.get_mut(&user) {
             u.status = status.to_owned();
         }
-        self.notify();
+    }
+
+    /// Deletes a user as Coder does: their tokens stop working, `GET /api/v2/users/{id}` still
+    /// answers (a tombstone), and their username no longer resolves.
+    pub fn delete_user(&self, user: Uuid) {
+        let mut st = self.lock();
+        if let Some(u) = st.users.get_mut(&user) {
+            u.deleted = true;
+        }
+        st.tokens.retain(|_, id| *id != user);
+    }
+
+    /// Makes the workspace dormant (`dormant_at` = now) or wakes it.
+    pub fn set_dormant(&self, workspace: Uuid, dormant: bool) {
+        if let Some(ws) = self.lock().workspaces.get_mut(&workspace) {
+            ws.dormant_at = dormant.then(Timestamp::now);
+        }
+        self.notify_workspace(workspace);
+    }
+
+    /// How a start build treats a dormant workspace: wake it (current Coder) or refuse with
+    /// 403 (older versions).
+    pub fn set_dormant_start(&self, behaviour: DormantStart) {
+        self.lock().dormant_start = behaviour;
+    }
+
+    /// Upgrades (or downgrades) the running deployment: `buildinfo.version`,
+    /// `X-Coder-Build-Version` and the chat API era change at once.
+    pub fn set_server(&self, version: Option<&str>, chat_era: Option<ChatEra>) {
+        let mut st = self.lock();
+        if let Some(v) = version.filter(|v| !v.is_empty()) {
+            st.version = v.to_owned();
+        }
+        if let Some(e) = chat_era {
+            st.chat_era = e;
+        }
     }
 
     /// Adds a workspace with a random id.
@@ -217,6 +239,7 @@ impl Sim {
             scripts: VecDeque::new(),
             builds_created: 0,
             builds_posted: 0,
+            dormant_at: seed.dormant.then(|| sub(now, Duration::from_secs(3600))),
         };
         let mut st = self.lock();
         st.workspaces.insert(id, rec);
@@ -233,7 +256,7 @@ impl Sim {
             }
         }
         drop(st);
-        self.notify();
+        self.notify_workspace(id);
         id
     }
 
@@ -245,7 +268,8 @@ impl Sim {
         let ws = st.workspaces.get_mut(&workspace)?;
         ws.template.versions.push(v);
         drop(st);
-        self.notify();
+        // Coder's watch also follows the template (to show `outdated`).
+        self.notify_workspace(workspace);
         Some(v)
     }
 
@@ -301,7 +325,7 @@ impl Sim {
             true,
         );
         drop(st);
-        self.notify();
+        self.notify_workspace(workspace);
         id.unwrap_or_default()
     }
 
@@ -326,7 +350,7 @@ impl Sim {
             w.updated_at = now;
         }
         drop(st);
-        self.notify();
+        self.notify_workspace(ws);
         true
     }
 
@@ -349,7 +373,7 @@ impl Sim {
             );
         }
         drop(st);
-        self.notify();
+        self.notify_workspace(workspace);
     }
 
     /// Sets (replaces) the fault for a route key such as
@@ -428,14 +452,14 @@ impl Sim {
         }
     }
 
-    /// Sends an `event: error` to every current watcher of the workspace,
-    /// which then ends its stream.
+    /// Sends an `event: error` to every current watcher of the workspace; as in coderd, the
+    /// streams stay open and go on with the next event.
     pub fn fail_watchers(&self, workspace: Uuid, message: &str) {
         let mut st = self.lock();
         let seq = st.watch_errors.get(&workspace).map_or(1, |(s, _)| s + 1);
         st.watch_errors.insert(workspace, (seq, message.to_owned()));
         drop(st);
-        self.notify();
+        self.notify_workspace(workspace);
     }
 
     /// Ids of all workspaces.

@@ -15,6 +15,8 @@ pub(crate) struct UserRec {
     pub admin: bool,
     pub status: String,
     pub created_at: Timestamp,
+    /// Deleted users stay readable by id (Coder keeps a tombstone), not by username.
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +58,8 @@ pub(crate) struct WorkspaceRec {
     pub builds_created: usize,
     /// Builds created by `POST /api/v2/workspaces/{id}/builds`.
     pub builds_posted: usize,
+    /// Set while the workspace is dormant.
+    pub dormant_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone)]

@@ -193,6 +193,9 @@ impl BuildScript {
     }
 }
 
+/// Coder's default agent `connection_timeout_seconds`.
+pub const DEFAULT_CONNECTION_TIMEOUT_SECS: i64 = 120;
+
 /// One agent of a seeded workspace. Every start build creates fresh agent
 /// ids for these names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +205,12 @@ pub struct AgentSeed {
     /// Name of the parent agent: this agent is a sub-agent (devcontainer),
     /// rendered with `parent_id` set.
     pub parent: Option<String>,
+    /// The template's `coder_agent` `order` (`display_order`): Coder lists agents by it, then
+    /// by name, and the chat tool picks by it (not rendered in the JSON, as in Coder).
+    pub order: i32,
+    /// `connection_timeout_seconds`: a never-connected agent shows `timeout` after it (0 =
+    /// never). Coder's template default is 120.
+    pub connection_timeout_secs: i64,
 }
 
 impl AgentSeed {
@@ -210,6 +219,8 @@ impl AgentSeed {
         AgentSeed {
             name: name.to_owned(),
             parent: None,
+            order: 0,
+            connection_timeout_secs: DEFAULT_CONNECTION_TIMEOUT_SECS,
         }
     }
 
@@ -218,7 +229,21 @@ impl AgentSeed {
         AgentSeed {
             name: name.to_owned(),
             parent: Some(parent.to_owned()),
+            order: 0,
+            connection_timeout_secs: DEFAULT_CONNECTION_TIMEOUT_SECS,
         }
+    }
+
+    /// Builder-style: set the display order.
+    pub fn order(mut self, order: i32) -> AgentSeed {
+        self.order = order;
+        self
+    }
+
+    /// Builder-style: set `connection_timeout_seconds`.
+    pub fn connection_timeout(mut self, secs: i64) -> AgentSeed {
+        self.connection_timeout_secs = secs;
+        self
     }
 }
 
@@ -239,6 +264,8 @@ pub struct WorkspaceSeed {
     pub require_active_version: bool,
     /// Script used for builds when no scripted build is queued.
     pub default_script: BuildScript,
+    /// The workspace is dormant (`dormant_at` set an hour before seeding).
+    pub dormant: bool,
 }
 
 impl Default for WorkspaceSeed {
@@ -250,6 +277,7 @@ impl Default for WorkspaceSeed {
             agents: vec![AgentSeed::new("main")],
             require_active_version: false,
             default_script: BuildScript::default(),
+            dormant: false,
         }
     }
 }
@@ -279,6 +307,12 @@ impl WorkspaceSeed {
     /// Builder-style: set the default build script.
     pub fn script(mut self, script: BuildScript) -> WorkspaceSeed {
         self.default_script = script;
+        self
+    }
+
+    /// Builder-style: make the workspace dormant.
+    pub fn dormant(mut self, yes: bool) -> WorkspaceSeed {
+        self.dormant = yes;
         self
     }
 
@@ -313,6 +347,17 @@ pub struct UserSpec {
     pub admin: bool,
     /// User status: `active` (default), `dormant` or `suspended`.
     pub status: Option<String>,
+}
+
+/// What a start build does to a dormant workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DormantStart {
+    /// Current Coder: the start build clears `dormant_at` and starts the workspace.
+    #[default]
+    Wake,
+    /// Older Coder: a start build on a dormant workspace is refused with 403.
+    Refuse,
 }
 
 /// Full description of a chat for [`Sim::add_chat_spec`].

@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use super::build::{AgentRec, BuildRec, JobStatus, sub};
 use super::records::{ChatRec, UserRec, WorkspaceRec};
-use super::seed::{BuildOutcome, BuildScript, InitialState, LifecycleState, Transition};
+use super::seed::{
+    BuildOutcome, BuildScript, DormantStart, InitialState, LifecycleState, Transition,
+};
 use crate::config::ChatEra;
 use crate::faults::Fault;
 use crate::ratelimit::RateLimiter;
@@ -30,16 +32,20 @@ pub(crate) struct State {
     pub ratelimit: RateLimiter,
     /// Per workspace: (sequence, message) of the last injected watch error.
     pub watch_errors: HashMap<Uuid, (u64, String)>,
+    /// What a start build does to a dormant workspace (this Coder version's behaviour).
+    pub dormant_start: DormantStart,
 }
 
 impl State {
+    /// A user by id (deleted ones too: Coder keeps a tombstone that `GetUserByID` returns) or
+    /// by username (live users only, as `GetUserByEmailOrUsername`).
     pub fn user_by_ref(&self, user: &str) -> Option<&UserRec> {
         if let Ok(id) = Uuid::parse_str(user) {
             return self.users.get(&id);
         }
         self.users
             .values()
-            .find(|u| u.username.eq_ignore_ascii_case(user))
+            .find(|u| !u.deleted && u.username.eq_ignore_ascii_case(user))
     }
 
     pub fn latest_build(&self, ws: &WorkspaceRec) -> Option<&BuildRec> {
@@ -53,9 +59,9 @@ impl State {
         })
     }
 
-    /// Earliest instant after `now` at which the workspace's JSON changes by
-    /// itself (timer-driven transitions).
-    pub fn next_change(&self, ws: &WorkspaceRec, now: Timestamp) -> Option<Timestamp> {
+    /// Earliest instant after `now` at which a scheduled event of the workspace's latest
+    /// build happens (see [`BuildRec::change_points`]).
+    pub fn next_event(&self, ws: &WorkspaceRec, now: Timestamp) -> Option<Timestamp> {
         let b = self.latest_build(ws)?;
         b.change_points().into_iter().filter(|t| *t > now).min()
     }
@@ -93,6 +99,8 @@ impl State {
                     id: Uuid::new_v4(),
                     name: seed.name.clone(),
                     parent_id: None,
+                    display_order: seed.order,
+                    connection_timeout_secs: seed.connection_timeout_secs,
                 });
             }
             for (i, seed) in ws.agents.iter().enumerate() {
@@ -101,6 +109,8 @@ impl State {
                     agents[i].parent_id = pid;
                 }
             }
+            // Coder lists a resource's agents by display order, then name (case-sensitive).
+            agents.sort_by(|a, b| (a.display_order, &a.name).cmp(&(b.display_order, &b.name)));
         }
         let id = Uuid::new_v4();
         let build = BuildRec {

@@ -66,14 +66,22 @@ fn session_token(req: &Request) -> Option<String> {
     None
 }
 
-fn authenticate(st: &SimState, token: Option<&str>) -> Auth {
+/// As Coder's API key middleware: a dormant user's request activates them; any other status
+/// but `active` is refused.
+fn authenticate(st: &mut SimState, token: Option<&str>) -> Auth {
     let Some(token) = token else {
         return Auth::Missing;
     };
-    let Some(user) = st.tokens.get(token).and_then(|id| st.users.get(id)) else {
+    let Some(id) = st.tokens.get(token).copied() else {
         return Auth::Invalid;
     };
-    if user.status == "suspended" {
+    let Some(user) = st.users.get_mut(&id).filter(|u| !u.deleted) else {
+        return Auth::Invalid;
+    };
+    if user.status == "dormant" {
+        user.status = "active".to_owned();
+    }
+    if user.status != "active" {
         return Auth::Inactive(user.status.clone());
     }
     Auth::Ok(Actor {
@@ -143,7 +151,7 @@ pub(crate) async fn api_middleware(
     let (auth, verdict, action, limit) = {
         let mut st = app.sim.lock();
         *st.counters.entry(route.clone()).or_default() += 1;
-        let auth = authenticate(&st, token.as_deref());
+        let auth = authenticate(&mut st, token.as_deref());
         let limit = st.ratelimit.limit();
         let mut verdict = None;
         if !UNLIMITED_ROUTES.contains(&route.as_str()) {

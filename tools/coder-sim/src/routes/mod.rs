@@ -3,13 +3,13 @@
 
 #![allow(clippy::result_large_err)] // helpers return `Response` as their error type
 
+mod builds;
 mod middleware;
 mod watch;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware as axum_mw;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch};
@@ -22,14 +22,13 @@ use self::middleware::{Act, Actor, actor, api_middleware};
 use crate::config::ChatEra;
 use crate::http::{error, not_found, parse_uuid, reply, route_not_found};
 use crate::json;
-use crate::model::{Sim, State as SimState, Transition, WorkspaceRec};
+use crate::model::{Sim, State as SimState, WorkspaceRec};
 
 /// Shared router state.
 #[derive(Clone)]
 pub(crate) struct App {
     pub sim: Sim,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
-    pub version: HeaderValue,
 }
 
 /// The Coder API router (without state applied).
@@ -49,7 +48,7 @@ pub(crate) fn router(app: App) -> Router<App> {
         .route("/api/v2/workspaces/{id}", get(workspace_get))
         .route(
             "/api/v2/workspaces/{id}/builds",
-            get(builds_list).post(post_build),
+            get(builds_list).post(builds::post_build),
         )
         .route("/api/v2/workspaces/{id}/watch", get(watch::watch))
         .route("/api/v2/workspacebuilds/{id}", get(build_get))
@@ -266,177 +265,6 @@ async fn builds_list(State(app): State<App>, a: Act, Path(id): Path<String>) -> 
         .map(|b| json::build(&st, ws, b, now))
         .collect();
     reply(StatusCode::OK, Value::Array(list))
-}
-
-fn validation(field: &str, tag: &str, value: &str) -> Response {
-    reply(
-        StatusCode::BAD_REQUEST,
-        serde_json::json!({
-            "message": "Validation failed.",
-            "validations": [{
-                "field": field,
-                "detail": format!("Validation failed for tag {tag:?} with value: {value:?}"),
-            }],
-        }),
-    )
-}
-
-fn build_error(status: StatusCode, message: &str) -> Response {
-    error(status, message, Some(message))
-}
-
-#[derive(Debug, Deserialize)]
-struct CreateBuild {
-    #[serde(default)]
-    transition: Option<String>,
-    #[serde(default)]
-    template_version_id: Option<Uuid>,
-    #[serde(default)]
-    rich_parameter_values: Option<Vec<BuildParameter>>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    log_level: Option<String>,
-    #[serde(default)]
-    orphan: Option<bool>,
-    #[serde(default)]
-    state: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BuildParameter {
-    name: String,
-    value: String,
-}
-
-const BUILD_REASONS: &[&str] = &[
-    "dashboard",
-    "cli",
-    "ssh_connection",
-    "vscode_connection",
-    "jetbrains_connection",
-];
-
-async fn post_build(
-    State(app): State<App>,
-    a: Act,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let a = match actor(a) {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
-    let now = Timestamp::now();
-    let mut st = app.sim.lock();
-    let ws_id = match readable_ws(&st, a, &id) {
-        Ok(ws) => ws.id,
-        Err(r) => return r,
-    };
-    let req: CreateBuild = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Request body must be valid JSON.",
-                Some(&e.to_string()),
-            );
-        }
-    };
-    let raw_transition = req.transition.clone().unwrap_or_default();
-    if raw_transition.is_empty() {
-        return validation("transition", "required", "");
-    }
-    let Some(transition) = Transition::parse(&raw_transition) else {
-        return validation("transition", "oneof", &raw_transition);
-    };
-    if let Some(reason) = req.reason.as_deref().filter(|r| !r.is_empty())
-        && !BUILD_REASONS.contains(&reason)
-    {
-        return validation("reason", "oneof", reason);
-    }
-    if let Some(level) = req.log_level.as_deref().filter(|l| !l.is_empty()) {
-        if level != "debug" {
-            return validation("log_level", "oneof", level);
-        }
-        if !a.admin {
-            return build_error(
-                StatusCode::BAD_REQUEST,
-                "Workspace builds with a custom log level are restricted to administrators only.",
-            );
-        }
-    }
-    if req.orphan == Some(true) && transition != Transition::Delete {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Orphan is only permitted when deleting a workspace.",
-            None,
-        );
-    }
-    if (req.orphan == Some(true) || req.state.as_ref().is_some_and(|s| !s.is_null())) && !a.admin {
-        return build_error(
-            StatusCode::FORBIDDEN,
-            "Only template managers may provide custom state",
-        );
-    }
-    let Some(ws) = st.workspaces.get(&ws_id) else {
-        return not_found();
-    };
-    if st.is_deleted(ws, now) && transition != Transition::Delete {
-        return build_error(StatusCode::CONFLICT, "Workspace has been deleted.");
-    }
-    let mut version = None;
-    if let Some(v) = req.template_version_id.filter(|v| !v.is_nil()) {
-        if !ws.template.versions.contains(&v) {
-            let elsewhere = st
-                .workspaces
-                .values()
-                .any(|w| w.template.versions.contains(&v));
-            return if elsewhere {
-                build_error(
-                    StatusCode::BAD_REQUEST,
-                    "template version doesn't match template",
-                )
-            } else {
-                build_error(StatusCode::BAD_REQUEST, "template version does not exist")
-            };
-        }
-        version = Some(v);
-    }
-    if transition == Transition::Start && ws.template.require_active_version {
-        version = Some(ws.template.active_version());
-    }
-    if st
-        .latest_build(ws)
-        .is_some_and(|b| b.job(now).status.active())
-    {
-        return build_error(StatusCode::CONFLICT, "A workspace build is already active.");
-    }
-    let params = req
-        .rich_parameter_values
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| (p.name, p.value))
-        .collect();
-    let reason = req
-        .reason
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "initiator".to_owned());
-    let Some(build_id) =
-        st.create_build(ws_id, transition, a.id, &reason, version, params, now, true)
-    else {
-        return not_found();
-    };
-    if let Some(w) = st.workspaces.get_mut(&ws_id) {
-        w.builds_posted += 1;
-    }
-    let body = match (st.workspaces.get(&ws_id), st.builds.get(&build_id)) {
-        (Some(ws), Some(b)) => json::build(&st, ws, b, now),
-        _ => Value::Null,
-    };
-    drop(st);
-    app.sim.notify_workspace(ws_id);
-    reply(StatusCode::CREATED, body)
 }
 
 /// Resolves a build id to (workspace, build) the actor may read.

@@ -19,15 +19,22 @@ use crate::json;
 /// Interval between `event: ping` frames on a watch stream.
 const PING_INTERVAL: Duration = Duration::from_secs(15);
 
+/// One open watch stream. Like coderd, it sends the full workspace when it connects and on
+/// every workspace event (a scheduled job or agent transition, or a change made through the API
+/// or the admin API), and nothing for changes that only time causes. An `error` event does not
+/// end it.
 struct WatchStream {
     app: App,
     ws: Uuid,
-    changed: tokio::sync::watch::Receiver<u64>,
-    changed_ws: tokio::sync::watch::Receiver<u64>,
+    events: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     last: Option<String>,
     queue: VecDeque<Bytes>,
     err_seq: u64,
+    /// An event happened: render and send the workspace.
+    event_due: bool,
+    /// When the next scheduled event of the latest build happens.
+    next_event: Option<tokio::time::Instant>,
     next_ping: tokio::time::Instant,
     done: bool,
 }
@@ -48,47 +55,61 @@ impl WatchStream {
             if self.done {
                 return None;
             }
-            let now = Timestamp::now();
-            let (body, next, err) = {
-                let st = self.app.sim.lock();
-                let ws = st.workspaces.get(&self.ws)?;
-                let body = json::workspace(&st, ws, now).to_string();
-                let err = st
-                    .watch_errors
-                    .get(&self.ws)
-                    .filter(|(s, _)| *s > self.err_seq)
-                    .cloned();
-                (body, st.next_change(ws, now), err)
-            };
-            if let Some((seq, msg)) = err {
-                self.err_seq = seq;
-                let e = json::response(&msg, None).to_string();
-                self.queue.push_back(frame("error", Some(&e)));
-                self.done = true;
+            if self.event_due {
+                self.event_due = false;
+                self.render()?;
                 continue;
             }
-            if self.last.as_deref() != Some(body.as_str()) {
-                self.queue.push_back(frame("data", Some(&body)));
-                self.last = Some(body);
-                continue;
-            }
-            let wait = next.map_or(Duration::from_secs(3600), |t| {
-                Duration::try_from(t.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
-                    + Duration::from_millis(2)
-            });
+            let next_event = self.next_event;
             tokio::select! {
-                r = self.changed.changed() => {
-                    if r.is_err() { self.done = true; }
+                _ = self.events.changed() => self.event_due = true,
+                () = sleep_until(next_event) => {
+                    self.next_event = None;
+                    self.event_due = true;
                 }
-                _ = self.changed_ws.changed() => {}
-                _ = tokio::time::sleep(wait) => {}
                 _ = tokio::time::sleep_until(self.next_ping) => {
                     self.next_ping += PING_INTERVAL;
                     self.queue.push_back(frame("ping", None));
                 }
-                _ = self.shutdown.wait_for(|v| *v) => { self.done = true; }
+                _ = self.shutdown.wait_for(|v| *v) => self.done = true,
             }
         }
+    }
+
+    /// Queues what an event shows: an injected error, or the workspace when it changed since
+    /// the last frame. `None` when the workspace is gone.
+    fn render(&mut self) -> Option<()> {
+        let now = Timestamp::now();
+        let st = self.app.sim.lock();
+        let ws = st.workspaces.get(&self.ws)?;
+        if let Some((seq, msg)) = st
+            .watch_errors
+            .get(&self.ws)
+            .filter(|(s, _)| *s > self.err_seq)
+        {
+            self.err_seq = *seq;
+            let e = json::response(msg, None).to_string();
+            self.queue.push_back(frame("error", Some(&e)));
+        }
+        let body = json::workspace(&st, ws, now).to_string();
+        self.next_event = st.next_event(ws, now).map(|t| {
+            let wait = Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + wait + Duration::from_millis(2)
+        });
+        drop(st);
+        if self.last.as_deref() != Some(body.as_str()) {
+            self.queue.push_back(frame("data", Some(&body)));
+            self.last = Some(body);
+        }
+        Some(())
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -105,19 +126,19 @@ pub(crate) async fn watch(State(app): State<App>, a: Act, Path(id): Path<String>
         };
         (ws, st.watch_errors.get(&ws).map_or(0, |(s, _)| *s))
     };
-    let mut changed = app.sim.subscribe();
-    changed.mark_unchanged();
-    let mut changed_ws = app.sim.subscribe_workspace(ws);
-    changed_ws.mark_unchanged();
+    let mut events = app.sim.subscribe_workspace(ws);
+    events.mark_unchanged();
     let state = WatchStream {
         shutdown: app.shutdown.clone(),
         app,
         ws,
-        changed,
-        changed_ws,
+        events,
         last: None,
+        // Coder: a ping once subscribed, then the workspace at once.
         queue: VecDeque::from([frame("ping", None)]),
         err_seq,
+        event_due: true,
+        next_event: None,
         next_ping: tokio::time::Instant::now() + PING_INTERVAL,
         done: false,
     };

@@ -661,24 +661,54 @@ async fn other_users_workspace_is_hidden_but_admin_may_start_it() {
 }
 
 #[tokio::test]
-async fn require_active_version_forces_the_active_version() {
+async fn rest_start_keeps_the_previous_version_unless_one_is_sent() {
     let srv = server().await;
     let sim = srv.sim();
     let alice = sim.add_user("alice");
-    let ws = sim.add_workspace(
+    let admin = sim.add_admin("admin");
+    let requiring = sim.add_workspace(
         WorkspaceSeed::new(alice.id, "dev")
             .require_active_version(true)
             .script(fast()),
     );
-    let before = sim.workspace_json(ws);
+    let before = sim.workspace_json(requiring);
     assert_eq!(before["outdated"], true);
     assert_eq!(before["template_require_active_version"], true);
     let active = before["template_active_version_id"].clone();
-    assert_ne!(before["latest_build"]["template_version_id"], active);
-    let r = Api::new(&srv, Some(&alice.token)).start(ws).await;
-    assert_eq!(r.status, StatusCode::CREATED);
+    let previous = before["latest_build"]["template_version_id"].clone();
+    assert_ne!(previous, active);
+    // A member may not start it on the previous (outdated) version.
+    let api = Api::new(&srv, Some(&alice.token));
+    let r = api.start(requiring).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    assert_eq!(sim.builds_created(requiring), 0);
+    // Sending the active version works.
+    let r = api
+        .post(
+            &format!("/api/v2/workspaces/{requiring}/builds"),
+            json!({"transition": "start", "template_version_id": active}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(r.body["template_version_id"], active);
-    assert_eq!(sim.workspace_json(ws)["outdated"], false);
+
+    // Without the requirement, REST reuses the previous build's version (never the active one
+    // by itself); a template administrator may do so even when it is required.
+    let free = sim.add_workspace(WorkspaceSeed::new(alice.id, "free").script(fast()));
+    let old = sim.workspace_json(free)["latest_build"]["template_version_id"].clone();
+    sim.publish_template_version(free).expect("published");
+    let r = api.start(free).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["template_version_id"], old);
+    let other = sim.add_workspace(
+        WorkspaceSeed::new(alice.id, "other")
+            .require_active_version(true)
+            .script(fast()),
+    );
+    let prev = sim.workspace_json(other)["latest_build"]["template_version_id"].clone();
+    let r = api.with_token(&admin.token).start(other).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["template_version_id"], prev);
 }
 
 #[tokio::test]

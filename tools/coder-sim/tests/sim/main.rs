@@ -4,6 +4,7 @@ mod admin;
 mod common;
 mod contract;
 mod faults;
+mod fidelity;
 mod lifecycle;
 mod ratelimit;
 mod scenarios;

@@ -122,7 +122,7 @@ async fn ping_then_data_then_data_on_every_change_until_ready() {
 }
 
 #[tokio::test]
-async fn error_event_ends_the_stream() {
+async fn error_event_keeps_the_stream_open() {
     let srv = server().await;
     let sim = srv.sim();
     let alice = sim.add_user("alice");
@@ -138,7 +138,51 @@ async fn error_event_ends_the_stream() {
         d.expect("response")["message"],
         "Internal error fetching workspace."
     );
-    assert!(sse.next().await.is_none());
+    // As coderd: the stream goes on and carries the next event.
+    sim.start_build(ws, coder_sim::Transition::Start);
+    let (e, d) = sse.next().await.expect("data after the error");
+    assert_eq!(e, "data");
+    assert_eq!(d.expect("workspace")["latest_build"]["build_number"], 3);
+}
+
+#[tokio::test]
+async fn no_frame_for_a_change_only_time_causes() {
+    let srv = server().await;
+    let sim = srv.sim();
+    let alice = sim.add_user("alice");
+    let never = BuildScript::instant().with_agent(
+        Duration::from_secs(3600),
+        Duration::ZERO,
+        LifecycleState::Ready,
+    );
+    let ws = sim.add_workspace(
+        WorkspaceSeed::new(alice.id, "dev")
+            .agents(vec![
+                coder_sim::AgentSeed::new("main").connection_timeout(1),
+            ])
+            .script(never),
+    );
+    sim.start_build(ws, coder_sim::Transition::Start);
+    let api = Api::new(&srv, Some(&alice.token));
+    let mut sse = Sse::open(&api, ws).await;
+    assert_eq!(sse.next().await.expect("ping").0, "ping");
+    let (_, d) = sse.next().await.expect("data");
+    let agent = |d: &Value| d["latest_build"]["resources"][0]["agents"][0]["status"].clone();
+    assert_eq!(agent(&d.expect("workspace")), "connecting");
+    // The connection timeout passes: a read shows it, the stream sends nothing.
+    let read = eventually(Duration::from_secs(5), || async {
+        let w = sim.workspace_json(ws);
+        (agent(&w) == "timeout").then_some(w)
+    })
+    .await;
+    assert_eq!(agent(&read), "timeout");
+    let quiet = tokio::time::timeout(Duration::from_millis(700), sse.next()).await;
+    assert!(quiet.is_err(), "unexpected frame {quiet:?}");
+    // The next event carries it.
+    sim.publish_template_version(ws);
+    let (e, d) = sse.next().await.expect("data");
+    assert_eq!(e, "data");
+    assert_eq!(agent(&d.expect("workspace")), "timeout");
 }
 
 #[tokio::test]
