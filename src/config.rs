@@ -1,5 +1,6 @@
-//! Command line: `run` (the controller) and `crd` (print the CRD YAML). Every flag also reads an
-//! environment variable, as the Helm chart sets them.
+//! Command line: `run` (the controller), `mcp` (the MCP server, [`crate::mcp`]), `start` (create
+//! a request and follow it, [`crate::start`]) and `crd` (print the CRD YAML). Every flag of `run`
+//! and `mcp` also reads an environment variable, as the Helm chart sets them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(Box<RunArgs>),
+    /// Serve the MCP tools start_workspace and get_workspace_start (Streamable HTTP).
+    Mcp(Box<crate::mcp::McpArgs>),
+    /// Start a workspace: create a WorkspaceStartRequest and, with --wait, follow it.
+    Start(Box<crate::start::StartArgs>),
     /// Print the CustomResourceDefinition YAML.
     Crd,
 }

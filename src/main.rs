@@ -1,20 +1,18 @@
-//! `workspace-start-operator run | crd`.
+//! `workspace-start-operator run | mcp | start | crd` (also `kubectl wsr start` as a plugin).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use futures::FutureExt;
-use tracing_subscriber::EnvFilter;
 
 use workspace_start_operator::coder::ClientOptions;
-use workspace_start_operator::config::{Cli, Command, LogFormat, RunArgs};
+use workspace_start_operator::config::{Command, RunArgs};
 use workspace_start_operator::connect::{AllowedUrls, Connections};
 use workspace_start_operator::controller::{self, Context, Settings};
-use workspace_start_operator::crd;
 use workspace_start_operator::metrics::{self, Health, Metrics};
 use workspace_start_operator::watch::Watches;
+use workspace_start_operator::{crd, mcp, process, start};
 
 /// Errors that stop the process.
 #[derive(Debug, thiserror::Error)]
@@ -34,13 +32,15 @@ enum MainError {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = start::parse_cli();
     let result = match cli.command {
+        Command::Start(args) => return start::main(*args),
+        Command::Mcp(args) => return mcp::main(*args),
         Command::Crd => crd::crd_yaml()
             .map(|y| print!("{y}"))
             .map_err(MainError::from),
         Command::Run(args) => {
-            init_logging(&args);
+            process::init_logging(args.log_format, &args.log_level);
             match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -60,49 +60,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(args: &RunArgs) {
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match args.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutdown requested");
-}
-
 async fn run(args: RunArgs) -> Result<(), MainError> {
-    let shutdown = shutdown_signal().boxed().shared();
+    let shutdown = process::shutdown_signal().boxed().shared();
     let kube = kube::Client::try_default().await?;
     let metrics = Arc::new(Metrics::for_shard(&args.shard));
     let health = Health::default();
     let server = tokio::spawn(metrics::serve(
         args.metrics_addr,
-        Arc::clone(&metrics),
+        metrics.clone(),
         health.clone(),
         shutdown.clone(),
     ));

@@ -291,6 +291,18 @@ impl Metrics {
     }
 }
 
+/// A set of metrics that `/metrics` can serve (the operator's, or the MCP server's).
+pub trait Exposition: Send + Sync + 'static {
+    /// The OpenMetrics text exposition.
+    fn render(&self) -> String;
+}
+
+impl Exposition for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+}
+
 /// Shared state of the health endpoints.
 #[derive(Clone, Default)]
 pub struct Health {
@@ -310,14 +322,14 @@ impl Health {
 
 #[derive(Clone)]
 struct ServerState {
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Exposition>,
     health: Health,
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn Exposition>,
     health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {

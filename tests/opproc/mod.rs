@@ -48,9 +48,14 @@ pub struct Launch<'a> {
 }
 
 impl Proc {
-    /// Spawns the operator. Every `WSO_*`/`CODER_*`/`WATCH_NAMESPACES` variable of the test
-    /// process is removed first, so only `launch` decides the configuration.
+    /// Spawns the operator (`run`). Every `WSO_*`/`CODER_*`/`WATCH_NAMESPACES` variable of the
+    /// test process is removed first, so only `launch` decides the configuration.
     pub fn spawn(launch: Launch<'_>) -> Proc {
+        Proc::spawn_command("run", launch)
+    }
+
+    /// Like [`Proc::spawn`] for another subcommand that serves metrics (e.g. `mcp`).
+    pub fn spawn_command(subcommand: &str, launch: Launch<'_>) -> Proc {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -61,7 +66,7 @@ impl Proc {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = tokio::process::Command::new(operator_bin());
-        cmd.arg("run")
+        cmd.arg(subcommand)
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
             .args(&launch.args)
             .env("KUBECONFIG", launch.kubeconfig)
