@@ -258,6 +258,100 @@ check "RBAC/Deployment invariants (three replicas)" invariants "${url[@]}" \
 check "RBAC/Deployment invariants (namespaced, all watched namespaces get Secrets)" invariants "${url[@]}" \
   --set coder.existingSecret=s --set 'watchNamespaces={x,y,z}'
 
+# 4b. The MCP server: rendered only when mcp.enabled; its own pods, ServiceAccount and least privilege.
+mcp_invariants() { # expect-enabled args...
+  local enabled=$1; shift
+  local out=$work/mcp-$RANDOM.yaml
+  "$helm" template "$release" "$chart" --namespace "$namespace" "$@" > "$out"
+  python3 - "$out" "$namespace" "$enabled" <<'PY'
+import sys, yaml
+path, ns, enabled = sys.argv[1], sys.argv[2], sys.argv[3] == "true"
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+mcp = [d for d in docs if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "mcp"]
+errs = []
+if not enabled:
+    if mcp:
+        errs.append(f"mcp.enabled is false but MCP objects render: {[d['kind'] + '/' + d['metadata']['name'] for d in mcp]}")
+    print("\n".join(errs)); sys.exit(1 if errs else 0)
+kinds = {d["kind"] for d in mcp}
+for k in ("Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+    if k not in kinds:
+        errs.append(f"mcp.enabled but no MCP {k}")
+deps = [d for d in docs if d["kind"] == "Deployment"]
+dep = next(d for d in mcp if d["kind"] == "Deployment")
+spec = dep["spec"]["template"]["spec"]
+c = spec["containers"][0]
+sa = spec["serviceAccountName"]
+env = {e["name"]: e.get("value") for e in c["env"]}
+if c["args"][0] != "mcp":
+    errs.append("the MCP container must run `mcp`")
+if c["livenessProbe"]["httpGet"]["path"] != "/healthz" or c["readinessProbe"]["httpGet"]["path"] != "/readyz":
+    errs.append("MCP probes")
+sc, psc = c["securityContext"], spec["securityContext"]
+if not (psc.get("runAsNonRoot") and sc.get("readOnlyRootFilesystem") and sc.get("allowPrivilegeEscalation") is False
+        and sc["capabilities"]["drop"] == ["ALL"]):
+    errs.append("MCP container is not hardened")
+if not env.get("WSO_MCP_AUDIENCE"):
+    errs.append("MCP audience must be set by default (tokens for the API server must not be accepted)")
+ports = {p["name"] for p in c["ports"]}
+if ports != {"mcp", "metrics"}:
+    errs.append(f"MCP container ports {ports}")
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+for other in deps:
+    if other is dep:
+        continue
+    if selects(other["spec"]["selector"]["matchLabels"], pod_labels):
+        errs.append(f"Deployment {other['metadata']['name']} selects MCP pods")
+    if selects(dep["spec"]["selector"]["matchLabels"], other["spec"]["template"]["metadata"]["labels"]):
+        errs.append(f"the MCP Deployment selects pods of {other['metadata']['name']}")
+for svc in (d for d in docs if d["kind"] == "Service"):
+    mine = svc in mcp
+    if selects(svc["spec"]["selector"], pod_labels) != mine:
+        errs.append(f"Service {svc['metadata']['name']} {'does not select' if mine else 'selects'} MCP pods")
+# RBAC bound to the MCP ServiceAccount: exactly reviews cluster-wide, and create/read/watch of requests.
+roles = {(r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"]): r for r in docs if r["kind"] in ("Role", "ClusterRole")}
+granted = []
+for b in (d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+    if not any(s["kind"] == "ServiceAccount" and s["name"] == sa and s["namespace"] == ns for s in b["subjects"]):
+        continue
+    ref = b["roleRef"]
+    role = roles.get((ref["kind"], None if ref["kind"] == "ClusterRole" else b["metadata"]["namespace"], ref["name"]))
+    scope = "cluster" if b["kind"] == "ClusterRoleBinding" else b["metadata"]["namespace"]
+    for r in (role or {}).get("rules") or []:
+        for g in r["apiGroups"]:
+            for res in r["resources"]:
+                for v in r["verbs"]:
+                    granted.append((scope, g, res, v))
+allowed = {("authentication.k8s.io", "tokenreviews", "create"), ("authorization.k8s.io", "subjectaccessreviews", "create")}
+allowed |= {("coder.com", "workspacestartrequests", v) for v in ("get", "list", "watch", "create")}
+for scope, g, res, v in granted:
+    if (g, res, v) not in allowed:
+        errs.append(f"MCP ServiceAccount may {v} {res}.{g} ({scope}): not needed")
+for g, res, v in allowed:
+    if not any(x[1:] == (g, res, v) for x in granted):
+        errs.append(f"MCP ServiceAccount cannot {v} {res}.{g}")
+watch = [n for n in (env.get("WATCH_NAMESPACES") or "").split(",") if n]
+if watch and any(s == "cluster" and res == "workspacestartrequests" for s, _, res, _ in granted):
+    errs.append("namespaced mode must not grant the MCP server requests cluster-wide")
+if watch and {s for s, _, res, _ in granted if res == "workspacestartrequests"} != set(watch):
+    errs.append("namespaced mode: the MCP server gets requests exactly in the watched namespaces")
+if errs:
+    print("\n".join(errs)); sys.exit(1)
+PY
+}
+check "MCP: nothing rendered by default" mcp_invariants false "${url[@]}" --set coder.existingSecret=s
+for c in "${cases[@]}"; do
+  if grep -q '^mcp:' "$chart/ci/$c-values.yaml"; then
+    check "MCP: own pods, ServiceAccount, least privilege ($c)" mcp_invariants true -f "$chart/ci/$c-values.yaml"
+  fi
+done
+check "MCP: least privilege in namespaced mode" mcp_invariants true "${url[@]}" --set coder.existingSecret=s \
+  --set mcp.enabled=true --set 'watchNamespaces={x,y}'
+check "reject: MCP maxWait that is not a duration" reject "/mcp/maxWait" "${url[@]}" --set coder.existingSecret=s \
+  --set mcp.enabled=true --set mcp.maxWait=forever
+
 # 5. CRD copy drift (refresh: cp crds/workspacestartrequests.coder.com.yaml charts/workspace-start-operator/crds/)
 crd_drift() {
   local src=$repo/crds/workspacestartrequests.coder.com.yaml dst=$chart/crds/workspacestartrequests.coder.com.yaml

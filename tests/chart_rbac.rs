@@ -87,8 +87,8 @@ impl std::fmt::Display for Access<'_> {
     }
 }
 
-/// Asks the API server (as admin) whether ServiceAccount `sa_ns/SA` may do `a`.
-async fn allowed(admin: &Client, sa_ns: &str, a: &Access<'_>) -> bool {
+/// Asks the API server (as admin) whether ServiceAccount `sa_ns/sa` may do `a`.
+async fn allowed_as(admin: &Client, sa_ns: &str, sa: &str, a: &Access<'_>) -> bool {
     let (res, sub) = a
         .resource
         .split_once('/')
@@ -96,7 +96,7 @@ async fn allowed(admin: &Client, sa_ns: &str, a: &Access<'_>) -> bool {
     let (resource, group) = res.split_once('.').unwrap_or((res, ""));
     let sar = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
-            user: Some(format!("system:serviceaccount:{sa_ns}:{SA}")),
+            user: Some(format!("system:serviceaccount:{sa_ns}:{sa}")),
             groups: Some(vec![
                 "system:serviceaccounts".into(),
                 format!("system:serviceaccounts:{sa_ns}"),
@@ -123,22 +123,33 @@ async fn allowed(admin: &Client, sa_ns: &str, a: &Access<'_>) -> bool {
     r.status.is_some_and(|s| s.allowed)
 }
 
-/// Checks every expectation and reports all mismatches at once.
+/// Checks every expectation of the operator's ServiceAccount and reports all mismatches at once.
 async fn expect_access(admin: &Client, sa_ns: &str, allow: &[Access<'_>], deny: &[Access<'_>]) {
+    expect_access_as(admin, sa_ns, SA, allow, deny).await
+}
+
+/// Checks every expectation of ServiceAccount `sa_ns/sa` and reports all mismatches at once.
+async fn expect_access_as(
+    admin: &Client,
+    sa_ns: &str,
+    sa: &str,
+    allow: &[Access<'_>],
+    deny: &[Access<'_>],
+) {
     let mut wrong = Vec::new();
     for a in allow {
-        if !allowed(admin, sa_ns, a).await {
+        if !allowed_as(admin, sa_ns, sa, a).await {
             wrong.push(format!("DENIED but needed: {a}"));
         }
     }
     for a in deny {
-        if allowed(admin, sa_ns, a).await {
+        if allowed_as(admin, sa_ns, sa, a).await {
             wrong.push(format!("ALLOWED but must be denied: {a}"));
         }
     }
     assert!(
         wrong.is_empty(),
-        "RBAC of {sa_ns}:{SA}:\n{}",
+        "RBAC of {sa_ns}:{sa}:\n{}",
         wrong.join("\n")
     );
 }
@@ -308,6 +319,128 @@ async fn cluster_mode_with_leader_election_and_no_secret_access() {
             named("get", LEASES, &other, "workspace-start-operator"),
             named("get", LEASES, &rel, "other"),
         ],
+    )
+    .await;
+}
+
+const TOKEN_REVIEWS: &str = "tokenreviews.authentication.k8s.io";
+const ACCESS_REVIEWS: &str = "subjectaccessreviews.authorization.k8s.io";
+
+/// What the MCP server's ServiceAccount must never do, in `ns` (requests it may only create and
+/// read: never change, delete or write their status; no Secrets, Events, Leases, tokens).
+fn mcp_never<'a>(ns: &'a str) -> Vec<Access<'a>> {
+    vec![
+        access("update", WSR, ns),
+        access("patch", WSR, ns),
+        access("delete", WSR, ns),
+        access("deletecollection", WSR, ns),
+        access("patch", WSR_STATUS, ns),
+        access("update", WSR_STATUS, ns),
+        named("get", "secrets", ns, "team-coder"),
+        access("list", "secrets", ns),
+        access("create", EVENTS, ns),
+        access("create", LEASES, ns),
+        access("create", "pods", ns),
+        access("create", "serviceaccounts/token", ns),
+        access("impersonate", "serviceaccounts", ns),
+        access("impersonate", "users", ""),
+        access(
+            "create",
+            "localsubjectaccessreviews.authorization.k8s.io",
+            ns,
+        ),
+    ]
+}
+
+/// The MCP server (mcp.enabled) runs as its own ServiceAccount: it may review tokens and access
+/// (cluster-wide, as the TokenReview/SubjectAccessReview APIs are), create and read requests where
+/// the operator works, and nothing else; without mcp.enabled nothing of it renders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_grants_least_privilege_and_renders_only_when_enabled() {
+    let plane = ControlPlane::shared().await;
+    let admin = plane.admin_client();
+
+    let off = helm_template(
+        "workspace-start-operator",
+        "wso",
+        &[
+            "--set=coder.url=https://coder.example.com".into(),
+            "--set=coder.token=x".into(),
+        ],
+    );
+    assert!(
+        !off.contains("app.kubernetes.io/component: mcp"),
+        "MCP rendered although disabled:\n{off}"
+    );
+
+    // Cluster mode.
+    let rel = plane.create_namespace("rbac-mcp").await.expect("ns");
+    let other = plane.create_namespace("rbac-mcp-other").await.expect("ns");
+    let yaml = install(plane, &rel, &["--set=mcp.enabled=true".into()]).await;
+    let mcp_sa = format!("wso-{rel}-mcp");
+    assert!(yaml.contains(&format!("name: {mcp_sa}")), "{yaml}");
+    let mut deny = mcp_never(&other);
+    deny.extend(mcp_never(&rel));
+    expect_access_as(
+        &admin,
+        &rel,
+        &mcp_sa,
+        &[
+            access("create", TOKEN_REVIEWS, ""),
+            access("create", ACCESS_REVIEWS, ""),
+            access("create", WSR, &other),
+            access("get", WSR, &other),
+            access("list", WSR, &other),
+            access("watch", WSR, &other),
+        ],
+        &deny,
+    )
+    .await;
+    // The operator's own ServiceAccount gained nothing from it.
+    expect_access(
+        &admin,
+        &rel,
+        &[],
+        &[
+            access("create", WSR, &other),
+            access("create", TOKEN_REVIEWS, ""),
+        ],
+    )
+    .await;
+
+    // Namespaced mode: requests only in the watched namespace.
+    let rel = plane.create_namespace("rbac-mcp-ns").await.expect("ns");
+    let watched = plane.create_namespace("rbac-mcp-ns-a").await.expect("ns");
+    let unwatched = plane.create_namespace("rbac-mcp-ns-x").await.expect("ns");
+    install(
+        plane,
+        &rel,
+        &[
+            "--set=mcp.enabled=true".into(),
+            format!("--set=watchNamespaces={{{watched}}}"),
+        ],
+    )
+    .await;
+    let mcp_sa = format!("wso-{rel}-mcp");
+    let mut deny = vec![
+        access("create", WSR, &unwatched),
+        access("get", WSR, &unwatched),
+        access("list", WSR, ""),
+        access("watch", WSR, ""),
+        access("create", WSR, &rel),
+    ];
+    deny.extend(mcp_never(&watched));
+    expect_access_as(
+        &admin,
+        &rel,
+        &mcp_sa,
+        &[
+            access("create", TOKEN_REVIEWS, ""),
+            access("create", ACCESS_REVIEWS, ""),
+            access("create", WSR, &watched),
+            access("watch", WSR, &watched),
+        ],
+        &deny,
     )
     .await;
 }
@@ -560,6 +693,10 @@ async fn every_ci_values_file_passes_server_side_dry_run() {
                 "{out}"
             );
             assert!(out.contains("networkpolicy.networking.k8s.io/"), "{out}");
+            assert!(
+                out.contains("deployment.apps/workspace-start-operator-mcp"),
+                "{out}"
+            );
         }
         if f.to_string_lossy().contains("shards-") {
             // The default Deployment and one per shard.
@@ -581,6 +718,7 @@ async fn every_ci_values_file_passes_server_side_dry_run() {
             "--set=networkPolicy.enabled=true".into(),
             "--set=leaderElection.enabled=true".into(),
             "--set=rbac.secretNamespaces={team-a}".into(),
+            "--set=mcp.enabled=true".into(),
         ],
     );
     let (ok, out) = kubectl_admin(
