@@ -24,8 +24,8 @@ pub struct Progress {
     pub message: Option<String>,
     /// Workspace name.
     pub workspace: Option<String>,
-    /// Build number and job status of the build followed.
-    pub build: Option<(i64, String)>,
+    /// Build number, transition and job status of the latest build observed.
+    pub build: Option<(i64, String, String)>,
     /// Agent name, connection status and lifecycle state.
     pub agent: Option<(Option<String>, String, Option<String>)>,
 }
@@ -45,7 +45,10 @@ impl Progress {
                 .filter(|m| !m.is_empty())
                 .or_else(|| st.message.clone()),
             workspace: st.workspace.as_ref().map(|w| w.name.clone()),
-            build: st.build.as_ref().map(|b| (b.number, b.job_status.clone())),
+            build: st
+                .build
+                .as_ref()
+                .map(|b| (b.number, b.transition.clone(), b.job_status.clone())),
             agent: st
                 .agent
                 .as_ref()
@@ -58,14 +61,14 @@ impl Progress {
         self.phase.is_terminal()
     }
 
-    /// One line: `Starting: build #3 running (workspace dev)`.
+    /// One line: `Starting (BuildInProgress): workspace dev, build #3 start running`.
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some(ws) = &self.workspace {
             parts.push(format!("workspace {ws}"));
         }
-        if let Some((number, job)) = &self.build {
-            parts.push(format!("build #{number} {job}"));
+        if let Some((number, transition, job)) = &self.build {
+            parts.push(format!("build #{number} {transition} {job}"));
         }
         if let Some((name, status, lifecycle)) = &self.agent {
             let name = name.as_deref().map(|n| format!(" {n}")).unwrap_or_default();
@@ -74,8 +77,9 @@ impl Progress {
                 None => parts.push(format!("agent{name} {status}")),
             }
         }
-        let mut line = format!("{:?}", self.phase);
-        if let Some(reason) = &self.reason {
+        let phase = format!("{:?}", self.phase);
+        let mut line = phase.clone();
+        if let Some(reason) = self.reason.as_ref().filter(|r| **r != phase) {
             line.push_str(&format!(" ({reason})"));
         }
         if !parts.is_empty() {
@@ -266,7 +270,7 @@ mod tests {
         }));
         assert_eq!(
             p.summary(),
-            "WaitingForAgent (WaitingForAgent): workspace dev, build #3 succeeded, agent main connecting/created"
+            "WaitingForAgent: workspace dev, build #3 start succeeded, agent main connecting/created"
         );
         assert_eq!(p.message.as_deref(), Some("waiting for agent \"main\""));
     }

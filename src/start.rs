@@ -297,7 +297,8 @@ fn print_result(
     Ok(())
 }
 
-/// `workspacestartrequest.coder.com/NAME Ready: ...` in the manner of kubectl's messages.
+/// `workspacestartrequest.coder.com/NAME Ready after 7s: <message>`, in the manner of kubectl's
+/// messages; a failure or timeout names the reason and the error.
 fn text_line(
     result: &StartResult,
     request: &WorkspaceStartRequest,
@@ -308,20 +309,18 @@ fn text_line(
     let Some(elapsed) = elapsed else {
         return format!("{object} created");
     };
-    let progress = Progress::of(request);
+    let phase = result.phase.as_deref().unwrap_or("Pending");
     let took = humanize(elapsed);
-    if let Some(error) = &result.error {
-        let reason = result.reason.as_deref().unwrap_or("Unknown");
-        return format!(
-            "{object} {}: {reason}: {error} (after {took})",
-            progress_phase(result)
-        );
+    match &result.error {
+        Some(error) => {
+            let reason = result.reason.as_deref().unwrap_or("Unknown");
+            format!("{object} {phase} after {took}: {reason}: {error}")
+        }
+        None => {
+            let message = result.message.as_deref().unwrap_or_default();
+            format!("{object} {phase} after {took}: {message}")
+        }
     }
-    format!("{object} {} after {took}", progress.summary())
-}
-
-fn progress_phase(result: &StartResult) -> &str {
-    result.phase.as_deref().unwrap_or("Pending")
 }
 
 /// Live progress on stderr: a spinner with history lines on a terminal, plain lines otherwise.

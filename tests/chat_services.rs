@@ -566,7 +566,9 @@ async fn kubernetes_python_client_example_waits_until_ready() {
     .await;
     let (code, result, stderr) = parsed(out);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(result["status"]["phase"], "Ready", "{result}");
+    assert_eq!(result["phase"], "Ready", "{result}");
+    assert_eq!(result["reason"], "Ready", "{result}");
+    assert_eq!(result["workspace"], "dev", "{result}");
     assert_eq!(result["namespace"], w.env.ns.as_str());
     assert!(
         stderr.contains("created workspacestartrequest") && stderr.contains("Ready: Ready"),
@@ -652,7 +654,8 @@ async fn start_command_exits_nonzero_with_the_reason_on_failure_timeout_and_bad_
         start_cmd(&w, &["--workspace", &quota.to_string(), "--wait"]).await;
     assert_eq!(code, 1, "Failed: {stdout}{stderr}");
     assert!(
-        stdout.contains(" Failed: InsufficientQuota: workspace start build failed: "),
+        stdout.contains(" Failed after ")
+            && stdout.contains(": InsufficientQuota: workspace start build failed: "),
         "{stdout}"
     );
 

@@ -8,7 +8,7 @@ workspacestartrequests.coder.com in the namespace; the built-in `edit` role has 
     start_with_kubernetes.py --chat-id 9d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11 [--namespace team-a]
     start_with_kubernetes.py --workspace alice/dev --timeout 600
 
-Prints the request's final status (JSON) on stdout and each phase change on stderr.
+Prints a summary of the request's final status (JSON) on stdout and each phase change on stderr.
 Exit codes: 0 Ready, 1 Failed, 3 timed out.
 """
 
@@ -83,7 +83,16 @@ def main() -> int:
             print(f"{phase}: {ready.get('reason', '')} {ready.get('message', '')}".rstrip(), file=sys.stderr)
             last_phase = phase
         if phase in ("Ready", "Failed"):
-            print(json.dumps({"name": name, "namespace": namespace, "status": status}, indent=2))
+            summary = {
+                "name": name,
+                "namespace": namespace,
+                "phase": phase,
+                "reason": ready.get("reason"),
+                "message": ready.get("message"),
+                "workspace": (status.get("workspace") or {}).get("name"),
+                "agent": status.get("agent"),
+            }
+            print(json.dumps(summary, indent=2))
             return 0 if phase == "Ready" else 1
     print(f"timed out after {args.timeout}s; the request is still {last_phase or 'Pending'}", file=sys.stderr)
     return 3
