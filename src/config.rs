@@ -159,10 +159,14 @@ pub struct RunArgs {
 impl RunArgs {
     /// The namespaces to watch (empty = all).
     pub fn watched_namespaces(&self) -> Vec<String> {
-        self.namespaces
-            .iter()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
+        non_empty(&self.namespaces)
     }
+}
+
+/// The entries of a comma-separated flag, trimmed, without empty ones.
+pub fn non_empty(list: &[String]) -> Vec<String> {
+    list.iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }

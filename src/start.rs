@@ -18,7 +18,7 @@ use crate::crd::WorkspaceStartRequest;
 use crate::decide::parse_duration;
 use crate::follow::{self, Followed, Progress};
 use crate::start_result::{StartResult, humanize};
-use crate::submit::{self, ArgError, ArgNames, NewRequest, Target, TargetArgs, Via};
+use crate::submit::{self, ArgError, NewRequest, Target, TargetArgs, Via};
 
 /// Exit codes of `start`.
 pub mod exit {
@@ -36,14 +36,6 @@ pub mod exit {
 
 /// Name under which the binary acts as the kubectl plugin `kubectl wsr`.
 pub const PLUGIN_BINARY: &str = "kubectl-wsr";
-
-const NAMES: ArgNames = ArgNames {
-    chat: "--chat",
-    workspace_id: "--workspace",
-    owner: "--workspace",
-    name: "--workspace",
-    one_of: "--chat or --workspace",
-};
 
 /// Output format of `start`.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,7 +208,7 @@ async fn run(args: &StartArgs) -> Result<u8, StartError> {
 
 fn target(args: &StartArgs) -> Result<Target, ArgError> {
     let mut targets = TargetArgs {
-        names: NAMES,
+        names: submit::CLI_ARGS,
         chat: args.chat.as_deref(),
         workspace_id: None,
         owner: None,

@@ -79,6 +79,24 @@ pub struct ArgNames {
     pub one_of: &'static str,
 }
 
+/// The target arguments of the MCP tool `start_workspace`.
+pub const MCP_ARGS: ArgNames = ArgNames {
+    chat: "chat_id",
+    workspace_id: "workspace_id",
+    owner: "owner",
+    name: "name",
+    one_of: "chat_id, workspace_id, or owner with name",
+};
+
+/// The target flags of the `start` command (`--workspace` takes an id or OWNER/NAME).
+pub const CLI_ARGS: ArgNames = ArgNames {
+    chat: "--chat",
+    workspace_id: "--workspace",
+    owner: "--workspace",
+    name: "--workspace",
+    one_of: "--chat or --workspace",
+};
+
 /// The target arguments as given.
 #[derive(Debug, Clone, Copy)]
 pub struct TargetArgs<'a> {
@@ -180,6 +198,18 @@ pub fn parse_uuid(argument: &str, value: &str) -> Result<Uuid, ArgError> {
     })
 }
 
+/// `Ok` when `valid`, else `argument` refused with `problem` (the refused value is appended).
+fn require(valid: bool, argument: &str, problem: &str, value: &str) -> Result<(), ArgError> {
+    if valid {
+        Ok(())
+    } else {
+        Err(ArgError::new(
+            argument,
+            format!("{problem}, got {:?}", shorten(value)),
+        ))
+    }
+}
+
 /// Checks a workspace name as Coder's `codersdk.NameValid` does: 1 to 32 characters, letters and
 /// digits in groups joined by single hyphens.
 pub fn check_coder_name(argument: &str, value: &str) -> Result<(), ArgError> {
@@ -195,17 +225,12 @@ pub fn check_coder_name(argument: &str, value: &str) -> Result<(), ArgError> {
     let valid = value
         .split('-')
         .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric()));
-    if valid {
-        Ok(())
-    } else {
-        Err(ArgError::new(
-            argument,
-            format!(
-                "must be letters and digits, optionally joined by single hyphens (as Coder names are), got {:?}",
-                shorten(value)
-            ),
-        ))
-    }
+    require(
+        valid,
+        argument,
+        "must be letters and digits, optionally joined by single hyphens (as Coder names are)",
+        value,
+    )
 }
 
 /// Checks an owner: a username as Coder accepts it, a user UUID, or `me`.
@@ -225,17 +250,12 @@ pub fn check_namespace(argument: &str, value: &str) -> Result<(), ArgError> {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !value.starts_with('-')
         && !value.ends_with('-');
-    if valid {
-        Ok(())
-    } else {
-        Err(ArgError::new(
-            argument,
-            format!(
-                "must be a namespace name (lower-case letters, digits and '-', at most 63), got {:?}",
-                shorten(value)
-            ),
-        ))
-    }
+    require(
+        valid,
+        argument,
+        "must be a namespace name (lower-case letters, digits and '-', at most 63)",
+        value,
+    )
 }
 
 /// Checks a request name (a DNS-1123 subdomain, as `kubectl get wsr` shows it).
@@ -245,17 +265,12 @@ pub fn check_request_name(argument: &str, value: &str) -> Result<(), ArgError> {
         && value
             .split('.')
             .all(|l| !l.is_empty() && check_namespace(argument, l).is_ok());
-    if valid {
-        Ok(())
-    } else {
-        Err(ArgError::new(
-            argument,
-            format!(
-                "must be the name of a WorkspaceStartRequest, got {:?}",
-                shorten(value)
-            ),
-        ))
-    }
+    require(
+        valid,
+        argument,
+        "must be the name of a WorkspaceStartRequest",
+        value,
+    )
 }
 
 /// Rich parameters from a name → value map, bounded as the CRD bounds them.
@@ -399,14 +414,6 @@ mod tests {
 
     const CHAT: &str = "9d0c2f5e-1b7a-4c1e-9a51-3f0f6b2d8e11";
 
-    const NAMES: ArgNames = ArgNames {
-        chat: "chat_id",
-        workspace_id: "workspace_id",
-        owner: "owner",
-        name: "name",
-        one_of: "chat_id, workspace_id, or owner with name",
-    };
-
     fn args(
         chat: Option<&'static str>,
         workspace_id: Option<&'static str>,
@@ -414,7 +421,7 @@ mod tests {
         name: Option<&'static str>,
     ) -> TargetArgs<'static> {
         TargetArgs {
-            names: NAMES,
+            names: MCP_ARGS,
             chat,
             workspace_id,
             owner,

@@ -162,6 +162,13 @@ impl World {
         parsed(out)
     }
 
+    /// `start_workspace` for `chat` as chat-bot.
+    async fn start_chat_as_bot(&self, chat: uuid::Uuid) -> (i32, Value, String) {
+        let args = json!({"chat_id": chat.to_string()});
+        self.mcp_call(&self.bot_token, "start_workspace", args)
+            .await
+    }
+
     async fn requests(&self) -> Vec<WorkspaceStartRequest> {
         self.env
             .wsrs()
@@ -169,6 +176,11 @@ impl World {
             .await
             .expect("list")
             .items
+    }
+
+    async fn mcp_metrics(&self) -> String {
+        let (proc, _) = self.mcp.as_ref().expect("MCP server");
+        proc.get("/metrics").await.expect("metrics").1
     }
 
     fn mcp_log(&self) -> String {
@@ -264,13 +276,7 @@ async fn mcp_client_starts_a_chats_workspace_and_sees_progress_until_ready() {
     let ws = stopped(&w.env, "dev");
     let chat = w.env.sim.sim().add_chat(w.env.alice.id, Some(ws));
 
-    let (code, result, stderr) = w
-        .mcp_call(
-            &w.bot_token,
-            "start_workspace",
-            json!({"chat_id": chat.to_string()}),
-        )
-        .await;
+    let (code, result, stderr) = w.start_chat_as_bot(chat).await;
     assert_eq!(code, 0, "{stderr}\nMCP log:\n{}", w.mcp_log());
     assert!(
         stderr.contains("tools: ")
@@ -338,15 +344,7 @@ async fn mcp_client_starts_a_chats_workspace_and_sees_progress_until_ready() {
     assert_eq!(second["no_build"], true, "{second}");
     assert_eq!(w.env.sim.sim().builds_created(ws), 1);
 
-    let metrics = w
-        .mcp
-        .as_ref()
-        .expect("mcp")
-        .0
-        .get("/metrics")
-        .await
-        .expect("metrics")
-        .1;
+    let metrics = w.mcp_metrics().await;
     assert!(
         metrics.contains("workspace_start_operator_mcp_tool_calls_total{tool=\"start_workspace\",outcome=\"ready\"} 2"),
         "{metrics}"
@@ -407,15 +405,7 @@ async fn mcp_refuses_callers_without_rbac_or_with_bad_tokens_and_creates_nothing
 
     assert!(w.requests().await.is_empty(), "nothing may be created");
     assert_eq!(w.env.sim.sim().builds_created(ws), 0);
-    let metrics = w
-        .mcp
-        .as_ref()
-        .expect("mcp")
-        .0
-        .get("/metrics")
-        .await
-        .expect("metrics")
-        .1;
+    let metrics = w.mcp_metrics().await;
     let refused = |reason: &str| -> f64 {
         let series =
             format!("workspace_start_operator_mcp_auth_failures_total{{reason=\"{reason}\"}} ");
@@ -482,13 +472,7 @@ async fn mcp_failed_start_returns_the_reason_as_a_tool_result() {
         WorkspaceSeed::new(w.env.alice.id, "quota").script(BuildScript::insufficient_quota()),
     );
     let chat = w.env.sim.sim().add_chat(w.env.alice.id, Some(ws));
-    let (code, result, stderr) = w
-        .mcp_call(
-            &w.bot_token,
-            "start_workspace",
-            json!({"chat_id": chat.to_string()}),
-        )
-        .await;
+    let (code, result, stderr) = w.start_chat_as_bot(chat).await;
     assert_eq!(
         code, 1,
         "a tool result with isError, not a transport error: {stderr}"

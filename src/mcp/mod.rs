@@ -195,7 +195,7 @@ fn fail(e: &McpError) -> ExitCode {
 
 async fn run(args: McpArgs) -> Result<(), McpError> {
     let settings = Settings {
-        namespaces: non_empty(&args.namespaces),
+        namespaces: crate::config::non_empty(&args.namespaces),
         default_wait: wait_timeout(&args.default_wait)?,
         max_wait: wait_timeout(&args.max_wait)?,
     };
@@ -237,7 +237,7 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
 
 /// `/mcp` behind the token check.
 fn router(server: Server, auth: Authenticator, allowed_hosts: &[String]) -> Router {
-    let hosts = non_empty(allowed_hosts);
+    let hosts = crate::config::non_empty(allowed_hosts);
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_sse_keep_alive(Some(Duration::from_secs(15)));
@@ -257,12 +257,4 @@ fn router(server: Server, auth: Authenticator, allowed_hosts: &[String]) -> Rout
             auth,
             auth::authenticate,
         ))
-}
-
-/// The entries of a comma-separated flag, trimmed, without empty ones.
-fn non_empty(list: &[String]) -> Vec<String> {
-    list.iter()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
 }

@@ -22,20 +22,12 @@ use crate::crd::WorkspaceStartRequest;
 use crate::decide::parse_duration;
 use crate::follow::{self, Followed, Progress};
 use crate::start_result::{StartResult, humanize};
-use crate::submit::{self, ArgError, ArgNames, NewRequest, Target, TargetArgs, Via};
+use crate::submit::{self, ArgError, NewRequest, Target, TargetArgs, Via};
 
 /// Name of the start tool (as Coder's chat tool).
 pub const START_WORKSPACE: &str = "start_workspace";
 /// Name of the read tool.
 pub const GET_WORKSPACE_START: &str = "get_workspace_start";
-
-const NAMES: ArgNames = ArgNames {
-    chat: "chat_id",
-    workspace_id: "workspace_id",
-    owner: "owner",
-    name: "name",
-    one_of: "chat_id, workspace_id, or owner with name",
-};
 
 /// Arguments of `start_workspace`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -230,7 +222,7 @@ impl Server {
         context: &RequestContext<RoleServer>,
     ) -> Answer {
         let target = Target::from_args(&TargetArgs {
-            names: NAMES,
+            names: submit::MCP_ARGS,
             chat: args.chat_id.as_deref(),
             workspace_id: args.workspace_id.as_deref(),
             owner: args.owner.as_deref(),
