@@ -7,11 +7,104 @@ mod support;
 
 use std::time::Duration;
 
-use coder_sim::WorkspaceSeed;
+use coder_sim::{BuildScript, Fault, WorkspaceSeed};
 use support::{Env, ready};
-use workspace_start_operator::crd::Phase;
+use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
+const WS_GET: &str = "GET /api/v2/workspaces/{id}";
+const WATCH: &str = "GET /api/v2/workspaces/{id}/watch";
+/// How much the operator's peak resident memory may exceed what it used before the hostile
+/// answer: the body limit (4 MiB) and frame limit (1 MiB) plus allocator slack.
+const MEMORY_MARGIN_KIB: u64 = 16 * 1024;
+
+/// A hostile-Coder test: the operator, a victim workspace, a bystander workspace (a request
+/// for each), and the operator's resident memory before anything hostile happened.
+struct Hostile {
+    env: Env,
+    victim: uuid::Uuid,
+    bystander: uuid::Uuid,
+    baseline_kib: u64,
+}
+
+impl Hostile {
+    /// Starts the operator with `flags`; both workspaces are stopped and start with `script`.
+    async fn start(prefix: &str, flags: &[&str], script: BuildScript) -> Hostile {
+        let mut env = Env::new(prefix).await;
+        env.start_operator(flags).await;
+        let sim = env.sim.sim();
+        let seed = |name: &str| WorkspaceSeed::new(env.alice.id, name).script(script.clone());
+        let victim = sim.add_workspace(seed("victim"));
+        let bystander = sim.add_workspace(seed("bystander"));
+        let (_, baseline_kib) = env.operator().memory_kib();
+        Hostile {
+            env,
+            victim,
+            bystander,
+            baseline_kib,
+        }
+    }
+
+    /// Creates the two requests.
+    async fn create(&self) {
+        self.env.create_for_workspace("victim", self.victim).await;
+        self.env
+            .create_for_workspace("bystander", self.bystander)
+            .await;
+    }
+
+    /// The bystander went Ready with one build; the operator is up and its peak memory
+    /// stayed within [`MEMORY_MARGIN_KIB`] of the baseline.
+    async fn assert_unharmed(&mut self) {
+        let w = self.env.wait_terminal("bystander", T).await;
+        assert_eq!(ready(&w), ("True".into(), "Ready".into()), "bystander");
+        assert_eq!(self.env.sim.sim().builds_created(self.bystander), 1);
+        let baseline = self.baseline_kib;
+        let op = self.env.operator();
+        assert!(op.is_running(), "the operator exited");
+        let (peak, now) = op.memory_kib();
+        eprintln!("operator memory: baseline {baseline} KiB, peak {peak} KiB, now {now} KiB");
+        assert!(
+            peak < baseline + MEMORY_MARGIN_KIB,
+            "peak RSS {peak} KiB is more than {MEMORY_MARGIN_KIB} KiB above the baseline {baseline} KiB"
+        );
+    }
+
+    /// The victim failed with `reason` and `message`, and nothing was started for it.
+    async fn assert_victim_failed(&self, reason: &str, message: &str) -> WorkspaceStartRequest {
+        let w = self.env.wait_terminal("victim", T).await;
+        assert_eq!(ready(&w), ("False".into(), reason.into()));
+        assert_eq!(
+            w.status.as_ref().and_then(|s| s.message.as_deref()),
+            Some(message)
+        );
+        assert_eq!(self.env.sim.sim().builds_created(self.victim), 0);
+        w
+    }
+
+    /// Waits until no watch stream is open.
+    async fn assert_no_watch_streams(&mut self) {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let m = self.env.operator().metrics().await;
+            if metric(&m, "workspace_start_operator_watch_streams") == Some(0.0) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a watch stream stayed open"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// CPU seconds the operator used over `window`.
+    async fn cpu_over(&mut self, window: Duration) -> f64 {
+        let before = self.env.operator().cpu_seconds();
+        tokio::time::sleep(window).await;
+        self.env.operator().cpu_seconds() - before
+    }
+}
 
 /// The value of an unlabelled counter or gauge in `/metrics`.
 fn metric(text: &str, name: &str) -> Option<f64> {
@@ -202,4 +295,137 @@ async fn coder_ref_urls_outside_the_allow_list_are_refused() {
     let w = env.wait_terminal("not-listed", T).await;
     assert_eq!(ready(&w), ("False".into(), "CoderURLNotAllowed".into()));
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_coder_answer_fails_the_request_and_memory_stays_bounded() {
+    let mut h = Hostile::start("hostile-huge", &[], BuildScript::instant()).await;
+    let victim = h.victim.to_string();
+    h.env
+        .sim
+        .sim()
+        .set_fault(WS_GET, Fault::on_path(victim, Fault::HugeBody(300 << 20)));
+    h.create().await;
+    h.assert_victim_failed(
+        "CoderResponseInvalid",
+        "Coder's answer to /api/v2/workspaces/{id} is larger than 4 MiB",
+    )
+    .await;
+    h.assert_unharmed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_json_from_coder_fails_the_request_at_once() {
+    let mut h = Hostile::start("hostile-json", &[], BuildScript::instant()).await;
+    let victim = h.victim.to_string();
+    h.env
+        .sim
+        .sim()
+        .set_fault(WS_GET, Fault::on_path(victim, Fault::InvalidJson));
+    h.create().await;
+    h.assert_victim_failed(
+        "CoderResponseInvalid",
+        "Coder's answer to /api/v2/workspaces/{id} is not the expected JSON: expected value at line 1 column 1",
+    )
+    .await;
+    h.assert_unharmed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_with_a_huge_message_fails_with_a_bounded_message() {
+    let mut h = Hostile::start("hostile-403big", &[], BuildScript::instant()).await;
+    let victim = h.victim.to_string();
+    h.env.sim.sim().set_fault(
+        WS_GET,
+        Fault::on_path(
+            victim,
+            Fault::BigMessage {
+                status: 403,
+                bytes: 2_000_000,
+            },
+        ),
+    );
+    h.create().await;
+    let w = h.env.wait_terminal("victim", T).await;
+    assert_eq!(ready(&w), ("False".into(), "CoderForbidden".into()));
+    let message = w
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    let want = format!(
+        "Coder refused /api/v2/workspaces/{{id}} (403): {}…",
+        "x".repeat(300)
+    );
+    assert_eq!(message, want);
+    let events = h.env.events("victim").await;
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, note)| t == "Warning" && r == "CoderForbidden" && note.len() < 1024),
+        "{events:?}"
+    );
+    h.assert_unharmed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dripping_coder_answer_times_out_and_is_retried() {
+    let mut h = Hostile::start("hostile-drip", &[], BuildScript::instant()).await;
+    let victim = h.victim.to_string();
+    h.env
+        .sim
+        .sim()
+        .set_fault(WS_GET, Fault::on_path(victim, Fault::Drip(1)));
+    h.create().await;
+    // 1 byte/s never completes within the 3 s request timeout: an outage, retried.
+    let w = h
+        .env
+        .wait_for("victim", T, |w| ready(w).1 == "CoderUnavailable")
+        .await;
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Pending)
+    );
+    h.assert_unharmed().await;
+    h.env.sim.sim().clear_faults();
+    let w = h.env.wait_terminal("victim", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unterminated_watch_stream_is_cut_and_the_workspace_polled() {
+    // Builds run long enough for the operator to open watch streams.
+    let slow = BuildScript::instant().with_job(Duration::from_millis(500), Duration::from_secs(3));
+    let mut h = Hostile::start("hostile-sse-flood", &[], slow).await;
+    let sim = h.env.sim.sim();
+    sim.set_fault(WATCH, Fault::UnterminatedSse);
+    h.create().await;
+    let w = h.env.wait_terminal("victim", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert!(
+        sim.count(WATCH) >= 1,
+        "the operator never opened a watch stream"
+    );
+    h.assert_unharmed().await;
+    h.assert_no_watch_streams().await;
+    let cpu = h.cpu_over(Duration::from_secs(3)).await;
+    assert!(cpu < 0.5, "the operator used {cpu:.2} CPU s while idle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_watch_stream_is_replaced_by_polling() {
+    let slow = BuildScript::instant().with_job(Duration::from_millis(500), Duration::from_secs(5));
+    let mut h = Hostile::start("hostile-sse-silent", &["--coder-watch-idle-ms=1500"], slow).await;
+    let sim = h.env.sim.sim();
+    sim.set_fault(WATCH, Fault::SilentSse);
+    h.create().await;
+    let w = h.env.wait_terminal("victim", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert!(
+        sim.count(WATCH) >= 3,
+        "silent streams were not closed and reopened ({} opened)",
+        sim.count(WATCH)
+    );
+    h.assert_unharmed().await;
+    h.assert_no_watch_streams().await;
 }

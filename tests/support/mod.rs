@@ -91,6 +91,25 @@ impl Operator {
         (field("VmHWM:"), field("VmRSS:"))
     }
 
+    /// CPU time (user + system) the process used so far, in seconds (`/proc/<pid>/stat`).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = self
+            .child
+            .id()
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .unwrap_or_default();
+        // Fields after the command name (which ends with ')'): utime and stime are 12 and 13.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        ticks / 100.0
+    }
+
     /// The log so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

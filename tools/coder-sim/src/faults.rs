@@ -31,12 +31,39 @@ pub enum Fault {
     RateLimited(u64),
     /// Apply the inner fault to the next `n` requests only, then remove it.
     Times(u32, Box<Fault>),
+    /// Hostile: answer 200 with a JSON document of this many bytes (one huge string field),
+    /// streamed without `Content-Length`, handler not run.
+    HugeBody(u64),
+    /// Hostile: answer 200 with a body that is not JSON (an HTML error page), handler not run.
+    InvalidJson,
+    /// Hostile: run the handler, then send its answer this many bytes per second.
+    Drip(u32),
+    /// Hostile: answer this status with a Coder error whose `message` is this many bytes.
+    BigMessage {
+        /// HTTP status.
+        status: u16,
+        /// Length of the message.
+        bytes: u64,
+    },
+    /// Hostile (watch routes): answer 200 `text/event-stream`, then bytes that never end a
+    /// line, as fast as the client reads, until it hangs up.
+    UnterminatedSse,
+    /// Hostile (watch routes): answer 200 `text/event-stream`, then nothing, not even a ping.
+    SilentSse,
+    /// Apply the inner fault only to requests whose path contains this text (e.g. one
+    /// workspace's id); other requests on the route are answered normally.
+    OnPath(String, Box<Fault>),
 }
 
 impl Fault {
     /// Convenience for `Times(n, Box::new(fault))`.
     pub fn times(n: u32, fault: Fault) -> Fault {
         Fault::Times(n, Box::new(fault))
+    }
+
+    /// Convenience for `OnPath(path, Box::new(fault))`.
+    pub fn on_path(path: impl Into<String>, fault: Fault) -> Fault {
+        Fault::OnPath(path.into(), Box::new(fault))
     }
 }
 
@@ -50,13 +77,30 @@ pub(crate) enum Action {
     Slow(Duration),
     CommitThenHang,
     RateLimited(u64),
+    HugeBody(u64),
+    InvalidJson,
+    Drip(u32),
+    BigMessage { status: u16, bytes: u64 },
+    UnterminatedSse,
+    SilentSse,
 }
 
-/// Takes the action for the next request on a route and updates `Times`
-/// counters; returns `None` (and removes the fault) when it is used up.
-pub(crate) fn take(slot: &mut Option<Fault>) -> Option<Action> {
+/// Takes the action for the next request (to `path`) on a route and updates `Times`
+/// counters; returns `None` (and removes the fault) when it is used up, or when an `OnPath`
+/// fault does not concern `path` (it stays).
+pub(crate) fn take(slot: &mut Option<Fault>, path: &str) -> Option<Action> {
     let fault = slot.take()?;
     match fault {
+        Fault::OnPath(p, inner) => {
+            if !path.contains(p.as_str()) {
+                *slot = Some(Fault::OnPath(p, inner));
+                return None;
+            }
+            let mut rest = Some(*inner);
+            let action = take(&mut rest, path);
+            *slot = rest.map(|f| Fault::OnPath(p, Box::new(f)));
+            action
+        }
         Fault::Times(0, _) => None,
         Fault::Times(n, inner) => {
             let action = leaf(&inner);
@@ -82,14 +126,25 @@ fn leaf(f: &Fault) -> Action {
         Fault::Slow(d) => Action::Slow(*d),
         Fault::CommitThenHang => Action::CommitThenHang,
         Fault::RateLimited(s) => Action::RateLimited(*s),
-        Fault::Times(_, inner) => leaf(inner),
+        Fault::HugeBody(n) => Action::HugeBody(*n),
+        Fault::InvalidJson => Action::InvalidJson,
+        Fault::Drip(bps) => Action::Drip(*bps),
+        Fault::BigMessage { status, bytes } => Action::BigMessage {
+            status: *status,
+            bytes: *bytes,
+        },
+        Fault::UnterminatedSse => Action::UnterminatedSse,
+        Fault::SilentSse => Action::SilentSse,
+        Fault::Times(_, inner) | Fault::OnPath(_, inner) => leaf(inner),
     }
 }
 
 /// Serializable form of [`Fault`] used by the admin API and scenarios:
 /// `{"status": 503}`, `"hang"`, `"reset"`, `"commit_then_fail"`,
 /// `{"slow": "750ms"}`, `"commit_then_hang"`, `{"rate_limited": 2}`,
-/// `{"times": {"n": 2, "fault": "reset"}}`.
+/// `{"times": {"n": 2, "fault": "reset"}}`; hostile: `{"huge_body": 314572800}`,
+/// `"invalid_json"`, `{"drip": 1}`, `{"big_message": {"status": 403, "bytes": 2000000}}`,
+/// `"unterminated_sse"`, `"silent_sse"`, `{"on_path": {"path": "<id>", "fault": …}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultSpec {
@@ -114,6 +169,30 @@ pub enum FaultSpec {
         /// The fault applied to them.
         fault: Box<FaultSpec>,
     },
+    /// See [`Fault::HugeBody`].
+    HugeBody(u64),
+    /// See [`Fault::InvalidJson`].
+    InvalidJson,
+    /// See [`Fault::Drip`].
+    Drip(u32),
+    /// See [`Fault::BigMessage`].
+    BigMessage {
+        /// HTTP status.
+        status: u16,
+        /// Length of the message.
+        bytes: u64,
+    },
+    /// See [`Fault::UnterminatedSse`].
+    UnterminatedSse,
+    /// See [`Fault::SilentSse`].
+    SilentSse,
+    /// See [`Fault::OnPath`].
+    OnPath {
+        /// Text the request path must contain.
+        path: String,
+        /// The fault applied to those requests.
+        fault: Box<FaultSpec>,
+    },
 }
 
 impl From<FaultSpec> for Fault {
@@ -127,6 +206,13 @@ impl From<FaultSpec> for Fault {
             FaultSpec::CommitThenHang => Fault::CommitThenHang,
             FaultSpec::RateLimited(s) => Fault::RateLimited(s),
             FaultSpec::Times { n, fault } => Fault::Times(n, Box::new(Fault::from(*fault))),
+            FaultSpec::HugeBody(n) => Fault::HugeBody(n),
+            FaultSpec::InvalidJson => Fault::InvalidJson,
+            FaultSpec::Drip(bps) => Fault::Drip(bps),
+            FaultSpec::BigMessage { status, bytes } => Fault::BigMessage { status, bytes },
+            FaultSpec::UnterminatedSse => Fault::UnterminatedSse,
+            FaultSpec::SilentSse => Fault::SilentSse,
+            FaultSpec::OnPath { path, fault } => Fault::OnPath(path, Box::new(Fault::from(*fault))),
         }
     }
 }
@@ -145,6 +231,19 @@ impl From<&Fault> for FaultSpec {
                 n: *n,
                 fault: Box::new(FaultSpec::from(inner.as_ref())),
             },
+            Fault::HugeBody(n) => FaultSpec::HugeBody(*n),
+            Fault::InvalidJson => FaultSpec::InvalidJson,
+            Fault::Drip(bps) => FaultSpec::Drip(*bps),
+            Fault::BigMessage { status, bytes } => FaultSpec::BigMessage {
+                status: *status,
+                bytes: *bytes,
+            },
+            Fault::UnterminatedSse => FaultSpec::UnterminatedSse,
+            Fault::SilentSse => FaultSpec::SilentSse,
+            Fault::OnPath(path, inner) => FaultSpec::OnPath {
+                path: path.clone(),
+                fault: Box::new(FaultSpec::from(inner.as_ref())),
+            },
         }
     }
 }
@@ -156,17 +255,55 @@ mod tests {
     #[test]
     fn times_counts_down_and_disappears() {
         let mut slot = Some(Fault::times(2, Fault::Status(503)));
-        assert_eq!(take(&mut slot), Some(Action::Status(503)));
-        assert_eq!(take(&mut slot), Some(Action::Status(503)));
-        assert_eq!(take(&mut slot), None);
+        assert_eq!(take(&mut slot, "/p"), Some(Action::Status(503)));
+        assert_eq!(take(&mut slot, "/p"), Some(Action::Status(503)));
+        assert_eq!(take(&mut slot, "/p"), None);
         assert!(slot.is_none());
     }
 
     #[test]
     fn permanent_fault_stays() {
         let mut slot = Some(Fault::Hang);
-        assert_eq!(take(&mut slot), Some(Action::Hang));
-        assert_eq!(take(&mut slot), Some(Action::Hang));
+        assert_eq!(take(&mut slot, "/p"), Some(Action::Hang));
+        assert_eq!(take(&mut slot, "/p"), Some(Action::Hang));
+    }
+
+    #[test]
+    fn on_path_faults_hit_only_their_path() {
+        let mut slot = Some(Fault::on_path("ws-1", Fault::times(1, Fault::InvalidJson)));
+        assert_eq!(take(&mut slot, "/api/v2/workspaces/ws-2"), None);
+        assert_eq!(
+            take(&mut slot, "/api/v2/workspaces/ws-1"),
+            Some(Action::InvalidJson)
+        );
+        assert_eq!(take(&mut slot, "/api/v2/workspaces/ws-1"), None);
+        assert!(slot.is_none(), "used up");
+    }
+
+    #[test]
+    fn hostile_specs_round_trip() {
+        let s: Vec<FaultSpec> = serde_json::from_str(
+            r#"[{"huge_body":314572800},"invalid_json",{"drip":1},{"big_message":{"status":403,"bytes":2000000}},"unterminated_sse","silent_sse",{"on_path":{"path":"x","fault":"silent_sse"}}]"#,
+        )
+        .expect("valid");
+        let f: Vec<Fault> = s.iter().cloned().map(Fault::from).collect();
+        assert_eq!(
+            f,
+            vec![
+                Fault::HugeBody(314572800),
+                Fault::InvalidJson,
+                Fault::Drip(1),
+                Fault::BigMessage {
+                    status: 403,
+                    bytes: 2000000
+                },
+                Fault::UnterminatedSse,
+                Fault::SilentSse,
+                Fault::on_path("x", Fault::SilentSse),
+            ]
+        );
+        let back: Vec<FaultSpec> = f.iter().map(FaultSpec::from).collect();
+        assert_eq!(back, s);
     }
 
     #[test]

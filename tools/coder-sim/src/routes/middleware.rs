@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use uuid::Uuid;
 
-use super::App;
+use super::{App, hostile};
 use crate::faults::{Action, take};
 use crate::http::{FORBIDDEN_DETAIL, SIGNED_OUT, error, not_found};
 use crate::listener::ConnInfo;
@@ -176,7 +176,7 @@ pub(crate) async fn api_middleware(
             }
         }
         let mut slot = st.faults.remove(&route);
-        let action = take(&mut slot);
+        let action = take(&mut slot, req.uri().path());
         if let Some(f) = slot {
             st.faults.insert(route.clone(), f);
         }
@@ -208,8 +208,17 @@ pub(crate) async fn api_middleware(
 
     let mut commit_then_fail = false;
     let mut commit_then_hang = false;
+    let mut drip = None;
     match action {
         None => {}
+        Some(Action::HugeBody(n)) => return with_headers(hostile::huge_body(n)),
+        Some(Action::InvalidJson) => return with_headers(hostile::invalid_json()),
+        Some(Action::BigMessage { status, bytes }) => {
+            return with_headers(hostile::big_message(status, bytes));
+        }
+        Some(Action::UnterminatedSse) => return with_headers(hostile::unterminated_sse()),
+        Some(Action::SilentSse) => return with_headers(hostile::silent_sse(app.shutdown.clone())),
+        Some(Action::Drip(bps)) => drip = Some(bps),
         Some(Action::Status(code)) => return with_headers(fault_response(code)),
         Some(Action::Hang) => {
             let mut rx = app.shutdown.clone();
@@ -285,6 +294,9 @@ pub(crate) async fn api_middleware(
             "coder-sim is shutting down.",
             None,
         );
+    }
+    if let Some(bps) = drip {
+        return with_headers(hostile::drip(resp, bps).await);
     }
     if commit_then_fail {
         return with_headers(error(

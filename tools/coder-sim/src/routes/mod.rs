@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)] // helpers return `Response` as their error type
 
 mod builds;
+mod hostile;
 mod middleware;
 mod watch;
 
