@@ -351,19 +351,49 @@ impl World {
     }
 
     fn observe(&self, now: i64) -> Observation {
-        Observation::Workspace {
-            chat_owner: None,
-            workspace: Box::new(Workspace {
-                id: Uuid::from_u128(WS),
-                name: "dev".into(),
-                owner_id: Uuid::from_u128(OWNER),
-                owner_name: "alice".into(),
-                template_active_version_id: None,
-                template_require_active_version: false,
-                dormant_at: None,
-                latest_build: self.latest().to_coder(now),
-            }),
-        }
+        observed(self.latest().to_coder(now), false)
+    }
+}
+
+/// Coder's answer for the test workspace with `latest_build` (dormant or not).
+fn observed(latest_build: WorkspaceBuild, dormant: bool) -> Observation {
+    Observation::Workspace {
+        chat_owner: None,
+        workspace: Box::new(Workspace {
+            id: Uuid::from_u128(WS),
+            name: "dev".into(),
+            owner_id: Uuid::from_u128(OWNER),
+            owner_name: "alice".into(),
+            template_active_version_id: None,
+            template_require_active_version: dormant,
+            dormant_at: dormant.then_some(Timestamp::UNIX_EPOCH),
+            latest_build,
+        }),
+    }
+}
+
+/// A build numbered `number`, its job completed at `completed`, with `agents`.
+fn any_build(
+    number: i64,
+    transition: Transition,
+    job: JobStatus,
+    completed: Option<Timestamp>,
+    agents: Vec<Agent>,
+) -> WorkspaceBuild {
+    WorkspaceBuild {
+        id: Uuid::from_u128(number as u128),
+        build_number: number,
+        transition,
+        status: String::new(),
+        template_version_id: None,
+        created_at: completed,
+        job: ProvisionerJob {
+            id: Uuid::from_u128(0xf1),
+            status: job,
+            error_code: None,
+            completed_at: completed,
+        },
+        resources: vec![Resource { agents }],
     }
 }
 
@@ -688,33 +718,10 @@ fn any_observation() -> impl Strategy<Value = Observation> {
         proptest::option::of(any_time()),
     )
         .prop_map(|(number, transition, job, agents, dormant, completed)| {
-            Observation::Workspace {
-                chat_owner: None,
-                workspace: Box::new(Workspace {
-                    id: Uuid::from_u128(WS),
-                    name: "dev".into(),
-                    owner_id: Uuid::from_u128(OWNER),
-                    owner_name: "alice".into(),
-                    template_active_version_id: None,
-                    template_require_active_version: dormant,
-                    dormant_at: dormant.then_some(Timestamp::UNIX_EPOCH),
-                    latest_build: WorkspaceBuild {
-                        id: Uuid::from_u128(number as u128),
-                        build_number: number,
-                        transition,
-                        status: String::new(),
-                        template_version_id: None,
-                        created_at: completed,
-                        job: ProvisionerJob {
-                            id: Uuid::from_u128(0xf1),
-                            status: job,
-                            error_code: None,
-                            completed_at: completed,
-                        },
-                        resources: vec![Resource { agents }],
-                    },
-                }),
-            }
+            observed(
+                any_build(number, transition, job, completed, agents),
+                dormant,
+            )
         })
 }
 
@@ -740,21 +747,7 @@ fn any_status() -> impl Strategy<Value = WorkspaceStartRequestStatus> {
                 build_requested_at: start.filter(|_| requested).map(Time),
                 outcome: queued.then_some(Outcome::Queued),
                 build: build.map(|(number, transition, job)| {
-                    build_info(&WorkspaceBuild {
-                        id: Uuid::from_u128(number as u128),
-                        build_number: number,
-                        transition,
-                        status: String::new(),
-                        template_version_id: None,
-                        created_at: None,
-                        job: ProvisionerJob {
-                            id: Uuid::from_u128(0xf1),
-                            status: job,
-                            error_code: None,
-                            completed_at: None,
-                        },
-                        resources: vec![],
-                    })
+                    build_info(&any_build(number, transition, job, None, vec![]))
                 }),
                 ..Default::default()
             };

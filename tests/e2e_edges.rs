@@ -5,13 +5,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use coder_sim::{BuildScript, ChatEra, Fault, SimConfig, Transition, UserSpec, WorkspaceSeed};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use serde_json::json;
 use support::{Env, ready};
 use workspace_start_operator::crd::{Outcome, Phase, WorkspaceStartRequest};
@@ -57,25 +55,6 @@ async fn eventually(what: &str, timeout: Duration, mut pred: impl FnMut() -> boo
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Creates a Secret in the test namespace from string data.
-async fn secret(env: &Env, name: &str, data: &[(&str, &str)]) {
-    let data: BTreeMap<String, String> = data
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let s: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": env.ns},
-        "stringData": data,
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(env.admin.clone(), &env.ns)
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("create secret");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,8 +452,9 @@ async fn coder_ref_secret_cases() {
     let target = stopped(&env, bob.id, "bobs-box");
     let untouched = stopped(&env, bob.id, "untouched");
     let url = env.sim.url();
-    secret(&env, "no-token", &[("url", &url)]).await;
-    secret(&env, "bob-creds", &[("url", &url), ("token", &bob.token)]).await;
+    env.create_secret("no-token", &[("url", &url)]).await;
+    env.create_secret("bob-creds", &[("url", &url), ("token", &bob.token)])
+        .await;
 
     env.create(
         "missing",
@@ -561,14 +541,12 @@ async fn tokens_never_appear_in_logs_events_or_status() {
     sim.set_user_status(mallory.id, "suspended");
     let bogus = "bogus-4f1c9e2a7b-not-a-token";
     let url = env.sim.url();
-    secret(&env, "bob-creds", &[("url", &url), ("token", &bob.token)]).await;
-    secret(&env, "bogus-creds", &[("url", &url), ("token", bogus)]).await;
-    secret(
-        &env,
-        "mallory-creds",
-        &[("url", &url), ("token", &mallory.token)],
-    )
-    .await;
+    env.create_secret("bob-creds", &[("url", &url), ("token", &bob.token)])
+        .await;
+    env.create_secret("bogus-creds", &[("url", &url), ("token", bogus)])
+        .await;
+    env.create_secret("mallory-creds", &[("url", &url), ("token", &mallory.token)])
+        .await;
 
     let mine = stopped(&env, env.alice.id, "mine");
     let bobs = stopped(&env, bob.id, "bobs");

@@ -219,21 +219,6 @@ async fn coders_403_message_reaches_the_request() {
     assert_eq!(sim.builds_created(ws), 0);
 }
 
-/// Creates a Secret with `url` and `token` in the test namespace.
-async fn coder_secret(env: &Env, name: &str, url: &str, token: &str) {
-    let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": env.ns},
-        "stringData": {"url": url, "token": token},
-    }))
-    .expect("secret");
-    kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(env.admin.clone(), &env.ns)
-        .create(&kube::api::PostParams::default(), &s)
-        .await
-        .expect("create secret");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coder_ref_urls_outside_the_allow_list_are_refused() {
     let mut env = Env::new("hostile-allowed").await;
@@ -254,8 +239,11 @@ async fn coder_ref_urls_outside_the_allow_list_are_refused() {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     });
-    coder_secret(&env, "decoy", &decoy_url, &bob.token).await;
-    coder_secret(&env, "same-coder", &env.sim.url(), &bob.token).await;
+    env.create_secret("decoy", &[("url", &decoy_url), ("token", &bob.token)])
+        .await;
+    let url = env.sim.url();
+    env.create_secret("same-coder", &[("url", &url), ("token", &bob.token)])
+        .await;
     let spec = |secret: &str| serde_json::json!({"workspace": {"id": ws.to_string()}, "coderRef": {"name": secret}});
     env.create("to-decoy", spec("decoy")).await;
     env.create("to-coder", spec("same-coder")).await;

@@ -317,6 +317,22 @@ impl Env {
             .expect("create request")
     }
 
+    /// Creates a Secret in this namespace from string data.
+    pub async fn create_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let data: std::collections::BTreeMap<&str, &str> = data.iter().copied().collect();
+        let s: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.ns},
+            "stringData": data,
+        }))
+        .expect("secret");
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.admin.clone(), &self.ns)
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("create secret");
+    }
+
     /// Creates a request for `workspace` by id.
     pub async fn create_for_workspace(
         &self,
