@@ -18,6 +18,7 @@ pub mod decide;
 pub mod events;
 pub mod follow;
 pub mod mcp;
+pub mod kube_client;
 pub mod metrics;
 pub mod process;
 pub mod shard;

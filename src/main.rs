@@ -62,7 +62,7 @@ fn main() -> ExitCode {
 
 async fn run(args: RunArgs) -> Result<(), MainError> {
     let shutdown = process::shutdown_signal().boxed().shared();
-    let kube = kube::Client::try_default().await?;
+    let kube = workspace_start_operator::kube_client::connect().await?;
     let metrics = Arc::new(Metrics::for_shard(&args.shard));
     let health = Health::default();
     let server = tokio::spawn(metrics::serve(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use coder_sim::WorkspaceSeed;
 use opproc::{Launch, Proc, eventually};
 use support::{Env, RELEASE, ready, render_chart};
-use workspace_start_operator::crd::Phase;
+use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -684,5 +684,47 @@ async fn log_level_from_flag_and_env() {
         let lv = levels(&lines);
         assert!(lv.contains_key("INFO"), "{name}: {lv:?}");
         assert_eq!(lv.contains_key("DEBUG"), *debug, "{name}: levels {lv:?}");
+    }
+}
+
+/// The operator's Kubernetes client speaks HTTP/2 to the API server (concurrent writes share
+/// one connection instead of each opening a TLS connection), with the kubeconfig's TLS and
+/// authentication, like kube's own client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_client_speaks_http2_to_the_api_server() {
+    let env = Env::new("obs-h2").await;
+    let client =
+        workspace_start_operator::kube_client::from_config(env.plane.admin_config().clone())
+            .expect("client");
+    let req = http::Request::get("/version")
+        .body(Vec::new())
+        .expect("request");
+    let resp = client.send(req.map(Into::into)).await.expect("GET /version");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    // Authenticated as the kubeconfig's user: listing requests in the namespace is allowed.
+    let listed = env
+        .wsrs()
+        .list(&Default::default())
+        .await
+        .expect("list with the admin credentials");
+    assert!(listed.items.is_empty());
+    // Many writes at once over the one connection.
+    let api = kube::Api::<WorkspaceStartRequest>::namespaced(client, &env.ns);
+    let creates = (0..20).map(|i| {
+        let api = api.clone();
+        async move {
+            let obj: WorkspaceStartRequest = serde_json::from_value(serde_json::json!({
+                "apiVersion": "coder.com/v1alpha1",
+                "kind": "WorkspaceStartRequest",
+                "metadata": {"name": format!("h2-{i}")},
+                "spec": {"workspace": {"id": uuid::Uuid::new_v4().to_string()}},
+            }))
+            .expect("object");
+            api.create(&Default::default(), &obj).await
+        }
+    });
+    for r in futures::future::join_all(creates).await {
+        r.expect("concurrent create");
     }
 }
