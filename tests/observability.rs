@@ -699,7 +699,10 @@ async fn kube_client_speaks_http2_to_the_api_server() {
     let req = http::Request::get("/version")
         .body(Vec::new())
         .expect("request");
-    let resp = client.send(req.map(Into::into)).await.expect("GET /version");
+    let resp = client
+        .send(req.map(Into::into))
+        .await
+        .expect("GET /version");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
     // Authenticated as the kubeconfig's user: listing requests in the namespace is allowed.

@@ -45,6 +45,7 @@ pub(crate) fn router() -> Router<App> {
         .route("/admin/faults", put(set_fault).delete(clear_faults))
         .route("/admin/counters", get(counters).delete(reset_counters))
         .route("/admin/state", get(state))
+        .route("/admin/events", get(events))
 }
 
 fn bad(msg: impl std::fmt::Display) -> Response {
@@ -345,4 +346,29 @@ async fn state(State(app): State<App>) -> Response {
             "counters": st.counters,
         }),
     )
+}
+
+/// `GET /admin/events`: the state-change feed ([`crate::StateChange`]) as server-sent events,
+/// one `event: change` per change, until the simulator shuts down.
+async fn events(State(app): State<App>) -> Response {
+    use futures::StreamExt;
+    let mut shutdown = app.shutdown.clone();
+    let changes = app
+        .sim
+        .state_changes()
+        .map(|c| {
+            let data = serde_json::to_string(&c).unwrap_or_default();
+            Ok::<_, std::convert::Infallible>(Bytes::from(format!(
+                "event: change\ndata: {data}\n\n"
+            )))
+        })
+        .take_until(async move {
+            let _ = shutdown.wait_for(|v| *v).await;
+        });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .body(axum::body::Body::from_stream(changes))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

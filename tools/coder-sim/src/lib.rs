@@ -24,6 +24,7 @@ mod admin;
 mod config;
 mod duration;
 mod faults;
+mod feed;
 mod http;
 mod json;
 mod listener;
@@ -43,6 +44,7 @@ use crate::routes::App;
 
 pub use config::{ChatEra, DEFAULT_RATE_LIMIT, DEFAULT_VERSION, SimConfig};
 pub use faults::{Fault, FaultSpec};
+pub use feed::StateChange;
 pub use model::{
     AgentSeed, BuildOutcome, BuildScript, ChatSpec, DormantStart, InitialState, LifecycleState,
     Sim, SimUser, Transition, UserSpec, WorkspaceSeed,

@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     /// N watchers do not all re-render on every build of N workspaces (Coder filters its
     /// owner-scoped pubsub events by workspace id too).
     changed_ws: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
+    /// Every workspace named in a [`Sim::notify_workspace`] (for the state-change feed).
+    touched: tokio::sync::broadcast::Sender<Uuid>,
 }
 
 /// Handle to the simulator state. Cheap to clone; all clones share state.
@@ -88,6 +90,7 @@ impl Sim {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 changed_ws: Mutex::new(HashMap::new()),
+                touched: tokio::sync::broadcast::channel(4096).0,
             }),
         }
     }
@@ -100,6 +103,7 @@ impl Sim {
     /// Publishes a workspace event: the watch streams of `workspace` re-render it and send it
     /// (Coder publishes one on every change of a workspace's build, job or agents).
     pub(crate) fn notify_workspace(&self, workspace: Uuid) {
+        let _ = self.shared.touched.send(workspace);
         let map = self
             .shared
             .changed_ws
@@ -108,6 +112,11 @@ impl Sim {
         if let Some(tx) = map.get(&workspace) {
             tx.send_modify(|v| *v = v.wrapping_add(1));
         }
+    }
+
+    /// Workspaces named in [`Sim::notify_workspace`] from now on.
+    pub(crate) fn subscribe_touched(&self) -> tokio::sync::broadcast::Receiver<Uuid> {
+        self.shared.touched.subscribe()
     }
 
     /// Subscribes to [`Sim::notify_workspace`] wake-ups of `workspace`.

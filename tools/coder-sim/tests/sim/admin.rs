@@ -126,3 +126,46 @@ async fn admin_api_round_trip() {
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 }
+
+/// `/admin/events` streams every state change of a build the API started: job pending →
+/// running → succeeded, then the chat agent's lifecycle up to `ready`.
+#[tokio::test]
+async fn admin_events_follow_a_build_to_a_ready_agent() {
+    let srv = server().await;
+    let sim = srv.sim();
+    let alice = sim.add_user("alice");
+    let ws = sim.add_workspace(coder_sim::WorkspaceSeed::new(alice.id, "dev").script(fast()));
+    let mut resp = reqwest::Client::new()
+        .get(format!("{}/admin/events", srv.url()))
+        .timeout(std::time::Duration::from_secs(30))
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let api = Api::new(&srv, Some(&alice.token));
+    assert_eq!(api.start(ws).await.status, StatusCode::CREATED);
+    let build = sim.latest_build_id(ws).expect("build").to_string();
+    let (mut buf, mut seen) = (String::new(), Vec::new());
+    while !seen.iter().any(|(_, agent)| agent == "ready") {
+        let chunk = resp.chunk().await.expect("read").expect("stream open");
+        buf.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
+        while let Some(i) = buf.find("\n\n") {
+            let frame: String = buf.drain(..i + 2).collect();
+            assert!(frame.starts_with("event: change\n"), "{frame}");
+            let data = frame.lines().find_map(|l| l.strip_prefix("data: "));
+            let v: serde_json::Value = serde_json::from_str(data.expect("data")).expect("JSON");
+            if v["build"] == build.as_str() {
+                assert_eq!(v["workspace"], ws.to_string());
+                seen.push((
+                    v["job"].as_str().unwrap_or_default().to_owned(),
+                    v["agent"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+        }
+    }
+    let jobs: Vec<&str> = seen.iter().map(|(j, _)| j.as_str()).collect();
+    assert_eq!(jobs.first(), Some(&"pending"), "{seen:?}");
+    assert!(jobs.contains(&"running"), "{seen:?}");
+    assert_eq!(jobs.last(), Some(&"succeeded"), "{seen:?}");
+    assert!(sim.agent_ready_at(ws).is_some());
+}
