@@ -1,6 +1,7 @@
 //! Integration tests of the envtest control plane against the real kube-apiserver + etcd.
 //!
-//! All tests share one plane (`ControlPlane::shared`) and isolate themselves by namespace.
+//! All tests share one plane (`ControlPlane::shared`) and isolate themselves by namespace; one
+//! starts kube-controller-manager on it.
 
 use std::time::{Duration, Instant};
 
@@ -189,5 +190,29 @@ async fn restart_apiserver_keeps_data() {
     cp.stop();
     if std::env::var("KEEP_ENVTEST").as_deref() != Ok("1") {
         assert!(!dir.exists(), "temp dir removed on stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_manager_started_on_demand_aggregates_roles() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let cp = ControlPlane::shared().await;
+    let (a, b) = tokio::join!(
+        cp.ensure_controller_manager(),
+        cp.ensure_controller_manager()
+    );
+    a.unwrap();
+    b.unwrap();
+    cp.ensure_controller_manager().await.unwrap();
+    // `view` is built only by the clusterrole-aggregation controller (its rules start empty).
+    let roles: Api<ClusterRole> = Api::all(cp.admin_client());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = roles.get("view").await.unwrap();
+        if view.rules.is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "view was never aggregated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
