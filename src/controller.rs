@@ -26,6 +26,7 @@ use crate::connect::{Connection, Connections, ResolveError};
 use crate::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
 use crate::decide::{self, Action, Decision, Input, Observation};
 use crate::events::{EventPublisher, EventType};
+use crate::first_status::FirstStatus;
 use crate::metrics::{CONTROLLER, ControllerLabels, Health, Metrics, PhaseLabels};
 use crate::shard::Shard;
 use crate::status::StatusWriter;
@@ -117,7 +118,9 @@ pub struct Context {
     failures: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, u32>>,
     phases: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Phase>>,
     /// Status writes, and the last status this process wrote per request.
-    status: StatusWriter,
+    status: Arc<StatusWriter>,
+    /// First statuses of new requests, written before anything can block their reconcile.
+    first_status: Arc<FirstStatus>,
     /// Slots for reconciles of requests not yet started, and the queue waiting for one.
     starts: Arc<StartQueue>,
     /// Slots for reconciles of requests already started or finished.
@@ -145,6 +148,9 @@ impl Context {
             metrics.events_dropped.clone(),
             Arc::clone(&write_slots),
         );
+        let status = Arc::new(StatusWriter::default());
+        let first_status =
+            FirstStatus::start(kube.clone(), Arc::clone(&status), settings.shard.clone());
         Arc::new(Context {
             kube,
             connections,
@@ -153,7 +159,8 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             phases: Mutex::new(HashMap::new()),
-            status: StatusWriter::default(),
+            status,
+            first_status,
             starts: StartQueue::new(usize::from(settings.concurrency)),
             follow_slots: Semaphore::new(usize::from(settings.follow_concurrency.max(1))),
             write_slots,
@@ -178,6 +185,7 @@ impl Context {
     /// Forgets everything kept for a deleted request (status memory, watch subscription,
     /// backoff, phase gauge).
     fn forget_request(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+        self.first_status.cancel(obj);
         self.starts.forget(obj);
         self.status.forget(obj);
         self.watches.unfollow(obj);
@@ -407,6 +415,7 @@ async fn apply_status(
     if !ctx.holds(&ObjectRef::from_obj(wsr)) {
         return Ok(Ownership::Moved);
     }
+    ctx.first_status.cancel(&ObjectRef::from_obj(wsr));
     let labels = ctx
         .status
         .apply(api, wsr, old, new)
@@ -472,6 +481,10 @@ pub async fn reconcile(
         ctx.metrics
             .waiting_to_start
             .set(i64::try_from(ctx.starts.waiting()).unwrap_or(i64::MAX));
+        // Never status-less: the first status goes out before anything can block this request.
+        if prev == WorkspaceStartRequestStatus::default() {
+            ctx.first_status.enqueue(&wsr, permit.is_none());
+        }
         match permit {
             Some(permit) => _start = Some(permit),
             None => return Ok(KubeAction::await_change()),

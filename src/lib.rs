@@ -16,6 +16,7 @@ pub mod controller;
 pub mod crd;
 pub mod decide;
 pub mod events;
+pub mod first_status;
 pub mod follow;
 pub mod kube_client;
 pub mod mcp;

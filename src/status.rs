@@ -62,7 +62,9 @@ impl StatusWriter {
         Ok(Some(written.metadata.labels.unwrap_or_default()))
     }
 
-    fn remember(
+    /// Remembers `status` as written for `obj`, with `written` the object the API server
+    /// returned (its uid and resourceVersion).
+    pub fn remember(
         &self,
         obj: &ObjectRef<WorkspaceStartRequest>,
         written: &WorkspaceStartRequest,
