@@ -312,6 +312,12 @@ for svc in (d for d in docs if d["kind"] == "Service"):
     mine = svc in mcp
     if selects(svc["spec"]["selector"], pod_labels) != mine:
         errs.append(f"Service {svc['metadata']['name']} {'does not select' if mine else 'selects'} MCP pods")
+mcp_svc = next(d for d in mcp if d["kind"] == "Service")
+for sm in (d for d in docs if d["kind"] == "ServiceMonitor"):
+    if not selects(sm["spec"]["selector"]["matchLabels"], mcp_svc["metadata"]["labels"]):
+        errs.append(f"ServiceMonitor {sm['metadata']['name']} does not scrape the MCP Service")
+if "metrics" not in {p["name"] for p in mcp_svc["spec"]["ports"]}:
+    errs.append("the MCP Service has no metrics port")
 # RBAC bound to the MCP ServiceAccount: exactly reviews cluster-wide, and create/read/watch of requests.
 roles = {(r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"]): r for r in docs if r["kind"] in ("Role", "ClusterRole")}
 granted = []

@@ -740,3 +740,53 @@ async fn kubectl_wsr_plugin_starts_a_workspace_by_owner_and_name() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("Usage: kubectl wsr start"), "{help}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_server_stops_promptly_during_a_long_call_and_the_request_goes_on() {
+    let mut w = World::new("mcp-stop").await;
+    w.start_mcp(&[]).await;
+    let slow =
+        w.env
+            .sim
+            .sim()
+            .add_workspace(WorkspaceSeed::new(w.env.alice.id, "slow").script(
+                BuildScript::default().with_job(Duration::from_secs(120), Duration::from_secs(1)),
+            ));
+    let url = w.mcp.as_ref().expect("mcp").1.clone();
+    let call = tokio::process::Command::new(python())
+        .arg(repo().join("examples/clients/start_with_mcp.py"))
+        .args(["--url", &url, "--arguments"])
+        .arg(json!({"workspace_id": slow.to_string()}).to_string())
+        .arg("--token-file")
+        .arg(&w.bot_token)
+        .kill_on_drop(true)
+        .output();
+    let call = tokio::spawn(call);
+    opproc::eventually("the request to be created", T, || async {
+        let reqs = w.requests().await;
+        reqs.first()
+            .and_then(|r| r.status.as_ref())
+            .is_some_and(|s| s.phase == Some(Phase::Starting))
+            .then_some(())
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    let status = w.mcp.as_mut().expect("mcp").0.terminate().await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit: {status:?}\n{}",
+        w.mcp_log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?} with a call in flight",
+        started.elapsed()
+    );
+    let out = call.await.expect("join").expect("client ran");
+    assert_ne!(out.status.code(), Some(0), "the cut call is not a success");
+    // The request is not lost: the operator goes on with it.
+    let reqs = w.requests().await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(w.env.sim.sim().builds_created(slow), 1);
+}

@@ -28,6 +28,7 @@ use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
+use tokio_util::sync::CancellationToken;
 
 use self::auth::{Authenticator, CallLimit, Caller};
 use self::metrics::McpMetrics;
@@ -219,27 +220,34 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         limit,
         metrics: Arc::clone(&metrics),
     };
-    let app = router(
-        server,
-        Authenticator::new(client.clone(), audience, metrics),
-        &args.allowed_hosts,
-    );
+    // Cancelled on shutdown: ends in-flight tool calls (their requests go on; callers can read
+    // them with get_workspace_start) so the process stops within its grace period.
+    let cancel = CancellationToken::new();
+    let auth = Authenticator::new(client.clone(), audience, metrics);
+    let app = router(server, auth, &args.allowed_hosts, cancel.clone());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, audience = %args.audience, "serving MCP at {ENDPOINT}");
     client.apiserver_version().await?;
     health.set_ready(true);
+    let stop = shutdown.clone().map(move |()| cancel.cancel());
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stop)
         .await?;
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     Ok(())
 }
 
 /// `/mcp` behind the token check.
-fn router(server: Server, auth: Authenticator, allowed_hosts: &[String]) -> Router {
+fn router(
+    server: Server,
+    auth: Authenticator,
+    allowed_hosts: &[String],
+    cancel: CancellationToken,
+) -> Router {
     let hosts = crate::config::non_empty(allowed_hosts);
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
+        .with_cancellation_token(cancel)
         .with_sse_keep_alive(Some(Duration::from_secs(15)));
     config = if hosts.is_empty() {
         config.disable_allowed_hosts()

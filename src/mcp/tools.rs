@@ -302,16 +302,25 @@ impl Server {
         context: &RequestContext<RoleServer>,
     ) -> Answer {
         let namespace = request.metadata.namespace.clone().unwrap_or_default();
+        let name = request.metadata.name.clone().unwrap_or_default();
         let api: Api<WorkspaceStartRequest> = Api::namespaced(self.client.clone(), &namespace);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let forwarder = context
             .meta
             .get_progress_token()
             .map(|token| tokio::spawn(forward_progress(context.peer.clone(), token, rx)));
-        let followed = follow::follow(api, request, timeout, |_, p| {
+        let following = follow::follow(api, request, timeout, |_, p| {
             let _ = tx.send(p.clone());
-        })
-        .await;
+        });
+        let followed = tokio::select! {
+            f = following => f,
+            () = context.ct.cancelled() => {
+                return Err(ErrorData::internal_error(
+                    format!("the call was cancelled while waiting; the request {namespace}/{name} goes on: read it with get_workspace_start"),
+                    None,
+                ));
+            }
+        };
         drop(tx);
         if let Some(f) = forwarder {
             let _ = f.await;
