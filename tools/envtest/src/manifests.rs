@@ -11,7 +11,7 @@ use std::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client,
-    api::{DynamicObject, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams},
     core::{GroupVersionKind, discovery::Scope},
     discovery,
     runtime::wait::{await_condition, conditions},
@@ -24,7 +24,7 @@ const CRD_TIMEOUT: Duration = Duration::from_secs(60);
 impl ControlPlane {
     /// Applies every `*.yaml`/`*.yml` file of `dir` (sorted by name; server-side apply, forced),
     /// then waits until each CustomResourceDefinition among them is `Established` and all its
-    /// served versions appear in discovery.
+    /// served versions appear in discovery and can be listed.
     pub async fn install_crds(&self, dir: &Path) -> Result<(), Error> {
         let mut files: Vec<PathBuf> = fs::read_dir(dir)
             .map_err(Error::io(format!("reading {}", dir.display())))?
@@ -117,8 +117,38 @@ impl ControlPlane {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            self.wait_listable(&client, crd, &v.name, deadline).await?;
         }
         Ok(())
+    }
+
+    /// Waits until the kind can be listed from the API server's watch cache: right after a CRD is
+    /// created or changed, its storage initializes and lists and watches answer 429 "storage is
+    /// (re)initializing" for a moment.
+    async fn wait_listable(
+        &self,
+        client: &Client,
+        crd: &CustomResourceDefinition,
+        version: &str,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let names = &crd.spec.names;
+        let gvk = GroupVersionKind::gvk(&crd.spec.group, version, &names.kind);
+        let resource = ApiResource::from_gvk_with_plural(&gvk, &names.plural);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        loop {
+            match api.list(&ListParams::default().match_any().limit(1)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(Error::Timeout {
+                        what: format!("{}.{} to be listable ({e})", names.plural, crd.spec.group),
+                        timeout: CRD_TIMEOUT,
+                        log_tail: String::new(),
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Server-side applies (forced, field manager [`FIELD_MANAGER`]) every document of a
