@@ -30,6 +30,8 @@ pub mod reasons {
     pub const BUILD_IN_PROGRESS: &str = "BuildInProgress";
     /// Waiting for a stop build to finish before starting.
     pub const WAITING_FOR_STOP: &str = "WaitingForStopBuild";
+    /// Waiting for someone else's build to finish canceling before starting.
+    pub const WAITING_FOR_CANCEL: &str = "WaitingForCanceledBuild";
     /// The build succeeded.
     pub const BUILD_SUCCEEDED: &str = "BuildSucceeded";
     /// Waiting for the agent.
@@ -46,6 +48,8 @@ pub mod reasons {
     pub const WORKSPACE_DORMANT: &str = "WorkspaceDormant";
     /// Failure: chat or workspace owner differs from spec.ownerId or from each other.
     pub const OWNER_MISMATCH: &str = "OwnerMismatch";
+    /// Failure: the chat owner is suspended, dormant or deleted (the chat tool's `asOwner`).
+    pub const OWNER_INACTIVE: &str = "OwnerInactive";
     /// Failure: the build failed.
     pub const BUILD_FAILED: &str = "BuildFailed";
     /// Failure: the build was canceled.

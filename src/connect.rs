@@ -219,21 +219,27 @@ impl Connections {
                     misconfigured(reasons::SECRET_INVALID, format!("Secret {:?}: {e}", r.name))
                 })
             }
-            None => {
-                let (Some(url), Some(file)) = (&self.default_url, &self.default_token_file) else {
-                    return Err(misconfigured(
-                        reasons::CODER_NOT_CONFIGURED,
-                        "no operator-wide Coder connection is configured (--coder-url and --coder-token-file); set spec.coderRef",
-                    ));
-                };
-                let token = tokio::fs::read_to_string(file).await.map_err(|e| {
-                    tracing::error!(path = %file.display(), error = %e, "cannot read the Coder token file");
-                    misconfigured(reasons::CODER_NOT_CONFIGURED, "the operator cannot read its Coder token file")
-                })?;
-                self.client(url, SessionToken::new(token))
-                    .map_err(|e| misconfigured(reasons::CODER_NOT_CONFIGURED, e.to_string()))
-            }
+            None => self.operator_wide().await,
         }
+    }
+
+    /// The operator-wide connection (`--coder-url`, `--coder-token-file`).
+    pub async fn operator_wide(&self) -> Result<Connection, ResolveError> {
+        let (Some(url), Some(file)) = (&self.default_url, &self.default_token_file) else {
+            return Err(misconfigured(
+                reasons::CODER_NOT_CONFIGURED,
+                "no operator-wide Coder connection is configured (--coder-url and --coder-token-file); set spec.coderRef",
+            ));
+        };
+        let token = tokio::fs::read_to_string(file).await.map_err(|e| {
+            tracing::error!(path = %file.display(), error = %e, "cannot read the Coder token file");
+            misconfigured(
+                reasons::CODER_NOT_CONFIGURED,
+                "the operator cannot read its Coder token file",
+            )
+        })?;
+        self.client(url, SessionToken::new(token))
+            .map_err(|e| misconfigured(reasons::CODER_NOT_CONFIGURED, e.to_string()))
     }
 
     fn client(&self, url: &str, token: SessionToken) -> Result<Connection, CoderError> {

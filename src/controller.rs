@@ -18,13 +18,13 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::admission::StartQueue;
-use crate::coder::CoderError;
 use crate::coder::error::Disposition;
 use crate::coder::types::Workspace;
+use crate::coder::{CoderError, OwnerAccount};
 use crate::conditions::{self, reasons};
 use crate::connect::{Connection, Connections, ResolveError};
 use crate::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
-use crate::decide::{self, Action, Decision, Input, Observation};
+use crate::decide::{self, Action, Decision, Input, Observation, OwnerState};
 use crate::events::{EventPublisher, EventType};
 use crate::first_status::FirstStatus;
 use crate::metrics::{CONTROLLER, ControllerLabels, Health, Metrics, PhaseLabels};
@@ -348,6 +348,7 @@ async fn observe(
                 Observation::Workspace {
                     chat_owner,
                     workspace: Box::new(ws),
+                    owner: OwnerState::Unchecked,
                 },
                 Some(key),
                 seq,
@@ -571,169 +572,336 @@ async fn reconcile_inner(
         return Ok(KubeAction::await_change());
     }
     if prev.phase.is_some_and(Phase::is_terminal) {
-        // Keep our record until the cache shows the terminal status itself, so a lagging
-        // (older) version of the object cannot be mistaken for an unfinished request.
-        if wsr
-            .status
-            .as_ref()
-            .and_then(|st| st.phase)
-            .is_some_and(Phase::is_terminal)
-        {
-            ctx.status.forget(oref);
-        }
-        ctx.watches.unfollow(oref);
-        ctx.reset_backoff(oref);
-        ctx.track_phase(oref, prev.phase);
-        return finished(wsr, &api, &prev).await;
+        return settled(wsr, ctx, oref, &api, &prev).await;
     }
-
     if ctx.settings.panic_on.as_deref() == Some(wsr.name_any().as_str()) {
         panic!("test hook: reconciling {oref} panics (--test-panic-on)");
     }
-
-    let input = |status: &'_ WorkspaceStartRequestStatus, obs: Observation, poll: Duration| {
-        decide::decide(&input_for(wsr, status, obs, poll))
+    let conn = match connection(wsr, ctx, oref, &api, &prev).await {
+        Ok(conn) => conn,
+        Err(done) => return done,
     };
 
-    let conn = match ctx.connections.resolve(wsr).await {
-        Ok(c) => c,
+    // Serialise observe → decide → start per workspace, so requests for the same workspace
+    // share one read and at most one start build.
+    let lock = prev
+        .workspace
+        .as_ref()
+        .and_then(|w| Uuid::parse_str(&w.id).ok())
+        .map(|id| {
+            ctx.watches.workspace_lock(&WorkspaceKey {
+                connection: conn.key.clone(),
+                workspace: id,
+            })
+        });
+    let guard = match &lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
+    let (obs, key, seen) = observe(ctx, &conn, wsr, &prev, true).await;
+    let mut pass = Pass {
+        ctx,
+        wsr,
+        oref,
+        api,
+        conn,
+        key,
+        seen,
+        dormant: false,
+        written: prev.clone(),
+    };
+    // First pass: the workspace was unknown until now. Take its lock and re-read the shared
+    // cache, where a request that held the lock may have recorded a build it just started.
+    let late_lock = match (&lock, &pass.key) {
+        (None, Some(k)) => Some(ctx.watches.workspace_lock(k)),
+        _ => None,
+    };
+    let late_guard = match &late_lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
+    let obs = if late_lock.is_some() {
+        pass.latest_shared(obs)
+    } else {
+        obs
+    };
+    let decision = pass.decide(&prev, obs).await;
+    let decision = match pass.start_build(decision).await? {
+        Started::Decided(d) => *d,
+        Started::Done(action) => return Ok(action),
+    };
+    // The start (if any) is recorded in the shared cache: let the next request for this
+    // workspace decide while this one writes its status and Event.
+    drop(late_guard);
+    drop(guard);
+    let read = pass.key.clone().map(|k| (k, pass.seen));
+    let Pass {
+        api, conn, written, ..
+    } = pass;
+    conclude(wsr, ctx, &api, oref, &written, decision, read, Some(&conn)).await
+}
+
+/// A finished request: keeps our record until the cache shows the terminal status itself (so
+/// a lagging, older version of the object cannot be mistaken for an unfinished request), and
+/// deletes it after its TTL. No Coder calls.
+async fn settled(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Context,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    api: &Api<WorkspaceStartRequest>,
+    prev: &WorkspaceStartRequestStatus,
+) -> Result<KubeAction, Error> {
+    if wsr
+        .status
+        .as_ref()
+        .and_then(|st| st.phase)
+        .is_some_and(Phase::is_terminal)
+    {
+        ctx.status.forget(oref);
+    }
+    ctx.watches.unfollow(oref);
+    ctx.reset_backoff(oref);
+    ctx.track_phase(oref, prev.phase);
+    finished(wsr, api, prev).await
+}
+
+/// The request's Coder connection; when there is none, the pass ends here (`Err`) with the
+/// failure decided and written (or, the first time the API server fails, a quiet retry).
+async fn connection(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Arc<Context>,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    api: &Api<WorkspaceStartRequest>,
+    prev: &WorkspaceStartRequestStatus,
+) -> Result<Connection, Result<KubeAction, Error>> {
+    let obs = match ctx.connections.resolve(wsr).await {
+        Ok(c) => return Ok(c),
         // The first failure is retried quietly; one that lasts is shown on the request.
-        Err(ResolveError::Kube(e)) if ctx.failure_count(oref) == 0 => return Err(Error::Kube(e)),
+        Err(ResolveError::Kube(e)) if ctx.failure_count(oref) == 0 => {
+            return Err(Err(Error::Kube(e)));
+        }
         Err(ResolveError::Kube(e)) => {
             tracing::warn!(request = %oref, error = %e, "cannot read the coderRef Secret");
-            let obs = Observation::Retrying {
+            Observation::Retrying {
                 reason: reasons::SECRET_UNREADABLE,
                 message: format!(
                     "cannot read the Secret named by spec.coderRef ({}); retrying",
                     kube_error_summary(&e)
                 ),
-            };
-            let d = input(&prev, obs, ctx.settings.poll);
-            return conclude(wsr, ctx, &api, oref, &prev, d, None, None).await;
+            }
         }
-        Err(ResolveError::Request(obs)) => {
-            let d = input(&prev, obs, ctx.settings.poll);
-            return conclude(wsr, ctx, &api, oref, &prev, d, None, None).await;
+        Err(ResolveError::Request(obs)) => obs,
+    };
+    let d = decide::decide(&input_for(wsr, prev, obs, ctx.settings.poll));
+    Err(conclude(wsr, ctx, api, oref, prev, d, None, None).await)
+}
+
+/// How a start attempt ended.
+enum Started {
+    /// With this decision to conclude the pass with.
+    Decided(Box<Decision>),
+    /// The pass is over (retry later, or the request left this shard).
+    Done(KubeAction),
+}
+
+/// One reconcile pass of a request in flight: its Coder connection, the workspace it read
+/// (cache key and sequence number), and the status written so far in this pass.
+struct Pass<'a> {
+    ctx: &'a Arc<Context>,
+    wsr: &'a WorkspaceStartRequest,
+    oref: &'a ObjectRef<WorkspaceStartRequest>,
+    api: Api<WorkspaceStartRequest>,
+    conn: Connection,
+    key: Option<WorkspaceKey>,
+    seen: u64,
+    /// The workspace read was dormant (a 403 on the start then means "dormant").
+    dormant: bool,
+    written: WorkspaceStartRequestStatus,
+}
+
+impl Pass<'_> {
+    /// Poll interval: the backstop while a watch stream delivers events for the workspace.
+    fn poll(&self) -> Duration {
+        match &self.key {
+            Some(k) if self.ctx.watches.is_live(k) => self.ctx.settings.backstop_poll,
+            _ => self.ctx.settings.poll,
         }
-    };
+    }
 
-    // Serialise observe → decide → start per workspace, so requests for the same workspace
-    // share one read and at most one start build.
-    let lock_key = prev
-        .workspace
-        .as_ref()
-        .and_then(|w| Uuid::parse_str(&w.id).ok())
-        .map(|id| WorkspaceKey {
-            connection: conn.key.clone(),
-            workspace: id,
-        });
-    let lock = lock_key.as_ref().map(|k| ctx.watches.workspace_lock(k));
-    let guard = match &lock {
-        Some(l) => Some(l.lock().await),
-        None => None,
-    };
-
-    let (mut obs, key, mut seen) = observe(ctx, &conn, wsr, &prev, true).await;
-    // First pass: the workspace was unknown until now. Take its lock and re-read the shared
-    // cache, where a request that held the lock may have recorded a build it just started.
-    let late_lock = match (&lock, &key) {
-        (None, Some(k)) => Some((k, ctx.watches.workspace_lock(k))),
-        _ => None,
-    };
-    let late_guard = match &late_lock {
-        Some((_, l)) => Some(l.lock().await),
-        None => None,
-    };
-    if let (Some((k, _)), Observation::Workspace { chat_owner, .. }) = (&late_lock, &obs)
-        && let Some((ws, seq)) = ctx.watches.latest(k)
-    {
-        seen = seq;
-        obs = Observation::Workspace {
+    /// `obs` with the workspace replaced by the shared cache's latest read, which a request
+    /// that held the workspace lock may have updated with a build it just started.
+    fn latest_shared(&mut self, obs: Observation) -> Observation {
+        let (Some(k), Observation::Workspace { chat_owner, .. }) = (&self.key, &obs) else {
+            return obs;
+        };
+        let Some((ws, seq)) = self.ctx.watches.latest(k) else {
+            return obs;
+        };
+        self.seen = seq;
+        Observation::Workspace {
             chat_owner: *chat_owner,
             workspace: Box::new(ws),
-        };
+            owner: OwnerState::Unchecked,
+        }
     }
-    let poll = |key: &Option<WorkspaceKey>| match key {
-        Some(k) if ctx.watches.is_live(k) => ctx.settings.backstop_poll,
-        _ => ctx.settings.poll,
-    };
-    let mut decision = input(&prev, obs, poll(&key));
-    let mut key = key;
-    let mut written = prev.clone();
 
-    // At most two rounds: a 409 on the POST re-reads Coder once and joins the active build.
-    for _round in 0..2 {
-        let Action::StartBuild { workspace, request } = decision.action.clone() else {
-            break;
+    /// Decides on `obs`; when `decide` asks about the chat owner, looks (cached per owner) and
+    /// decides again with the answer.
+    async fn decide(&mut self, status: &WorkspaceStartRequestStatus, obs: Observation) -> Decision {
+        if let Observation::Workspace { workspace, .. } = &obs {
+            self.dormant = workspace.dormant_at.is_some();
+        }
+        let poll = self.poll();
+        let d = decide::decide(&input_for(self.wsr, status, obs.clone(), poll));
+        let Action::CheckOwner { owner } = d.action else {
+            return d;
         };
-        let ws_key = key.clone().unwrap_or(WorkspaceKey {
-            connection: conn.key.clone(),
-            workspace,
-        });
-        // Record the request BEFORE the POST: after a crash we re-read, never re-POST blindly.
-        let slot = ctx.write_slots.acquire().await.ok();
-        let ownership = apply_status(ctx, &api, wsr, &written, &decision.status).await?;
+        let obs = match (obs, self.owner_state(owner).await) {
+            (
+                Observation::Workspace {
+                    chat_owner,
+                    workspace,
+                    ..
+                },
+                Ok(owner),
+            ) => Observation::Workspace {
+                chat_owner,
+                workspace,
+                owner,
+            },
+            (_, Err(failed)) => failed,
+            (obs, Ok(_)) => obs,
+        };
+        decide::decide(&input_for(self.wsr, status, obs, poll))
+    }
+
+    /// The chat owner's account as the chat tool's `asOwner` judges it; `Err` with the
+    /// observation to fail with when Coder refuses to say.
+    async fn owner_state(&self, owner: Uuid) -> Result<OwnerState, Observation> {
+        match self.conn.client.owner_account(owner).await {
+            Ok(OwnerAccount::Active) => Ok(OwnerState::Active),
+            Ok(OwnerAccount::Inactive(message)) => {
+                tracing::info!(request = %self.oref, %owner, %message, "chat owner is not active");
+                Ok(OwnerState::Inactive(message))
+            }
+            Err(e) => match e.disposition() {
+                Disposition::Retry => {
+                    tracing::warn!(request = %self.oref, error = %e, "cannot check the chat owner");
+                    Ok(OwnerState::Unavailable)
+                }
+                Disposition::Fail { reason, message } => Err(Observation::Failed {
+                    reason,
+                    message: format!("cannot check that the chat owner is active: {message}"),
+                }),
+            },
+        }
+    }
+
+    /// Requests the start build `decision` asks for, if any: writes the start record first,
+    /// then POSTs; a 409 (someone else's build is active) re-reads Coder once and joins it.
+    async fn start_build(&mut self, mut decision: Decision) -> Result<Started, Error> {
+        for _round in 0..2 {
+            let Action::StartBuild { workspace, request } = decision.action.clone() else {
+                break;
+            };
+            let ws_key = self.key.clone().unwrap_or(WorkspaceKey {
+                connection: self.conn.key.clone(),
+                workspace,
+            });
+            if !self.record_start(&decision.status).await? {
+                // The label moved before the start record was written: the new shard decides
+                // on its own (its watch shows the move before this record), so never POST here.
+                return Ok(Started::Done(self.ctx.hand_over(self.oref)));
+            }
+            self.ctx.metrics.start_builds.inc();
+            tracing::info!(request = %self.oref, workspace = %workspace, "requesting start build");
+            match self.conn.client.create_build(workspace, &request).await {
+                Ok(build) => {
+                    if let Some(seq) = self.ctx.watches.store_build(&ws_key, &build) {
+                        self.seen = seq;
+                    }
+                    self.key = Some(ws_key);
+                    let input = input_for(
+                        self.wsr,
+                        &decision.status,
+                        Observation::CoderUnavailable,
+                        self.poll(),
+                    );
+                    return Ok(Started::Decided(Box::new(decide::queued(&input, &build))));
+                }
+                Err(CoderError::Conflict { .. }) => {
+                    // No build was created: someone else's build is active. Join it.
+                    let mut st = decision.status.clone();
+                    st.build_requested_at = None;
+                    self.ctx.watches.invalidate(&ws_key);
+                    let (obs, k, seq) = observe(self.ctx, &self.conn, self.wsr, &st, false).await;
+                    self.key = k;
+                    self.seen = seq;
+                    decision = self.decide(&st, obs).await;
+                }
+                Err(e) => {
+                    let Some((reason, message)) = start_refusal(&e, self.dormant) else {
+                        // Unknown whether Coder created the build (commit-then-fail, timeout):
+                        // the next pass re-reads the workspace and adopts a newer build.
+                        tracing::warn!(request = %self.oref, error = %e, "start build request failed; will re-read");
+                        // A cached read from before the POST would make the next pass POST again.
+                        self.ctx.watches.invalidate(&ws_key);
+                        let delay = self.ctx.backoff(self.oref, e.retry_after());
+                        return Ok(Started::Done(KubeAction::requeue(delay)));
+                    };
+                    tracing::warn!(request = %self.oref, error = %e, reason, "Coder refused the start build");
+                    let input = input_for(
+                        self.wsr,
+                        &decision.status,
+                        Observation::CoderUnavailable,
+                        self.ctx.settings.poll,
+                    );
+                    return Ok(Started::Decided(Box::new(decide::reject(
+                        &input, reason, &message,
+                    ))));
+                }
+            }
+        }
+        Ok(Started::Decided(Box::new(decision)))
+    }
+
+    /// Writes the start record (`buildRequestedAt`) before the POST, so that after a crash the
+    /// operator re-reads Coder instead of requesting another build. False when the request
+    /// has left this shard.
+    async fn record_start(&mut self, status: &WorkspaceStartRequestStatus) -> Result<bool, Error> {
+        let slot = self.ctx.write_slots.acquire().await.ok();
+        let ownership = apply_status(self.ctx, &self.api, self.wsr, &self.written, status).await?;
         drop(slot);
         if ownership == Ownership::Moved {
-            // The label moved before the start record was written: the new shard decides on
-            // its own (its watch shows the move before this record), so never POST here.
-            return Ok(ctx.hand_over(oref));
+            return Ok(false);
         }
-        publish_transition(ctx, wsr, &written, &decision.status);
-        written = decision.status.clone();
-        ctx.metrics.start_builds.inc();
-        tracing::info!(request = %oref, workspace = %workspace, "requesting start build");
-        match conn.client.create_build(workspace, &request).await {
-            Ok(build) => {
-                if let Some(seq) = ctx.watches.store_build(&ws_key, &build) {
-                    seen = seq;
-                }
-                let st = decision.status.clone();
-                let poll = poll(&Some(ws_key.clone()));
-                decision = decide::queued(
-                    &input_for(wsr, &st, Observation::CoderUnavailable, poll),
-                    &build,
-                );
-                key = Some(ws_key);
-                break;
-            }
-            Err(CoderError::Conflict { .. }) => {
-                // No build was created: someone else's build is active. Join it.
-                let mut st = decision.status.clone();
-                st.build_requested_at = None;
-                ctx.watches.invalidate(&ws_key);
-                let (obs, k, seq) = observe(ctx, &conn, wsr, &st, false).await;
-                key = k;
-                seen = seq;
-                decision = input(&st, obs, poll(&key));
-            }
-            Err(e) => {
-                let Disposition::Fail { reason, message } = e.start_build_disposition() else {
-                    // Unknown whether Coder created the build (commit-then-fail, timeout): the
-                    // next pass re-reads the workspace and adopts a newer build if there is one.
-                    tracing::warn!(request = %oref, error = %e, "start build request failed; will re-read");
-                    // A cached read from before the POST would make the next pass POST again.
-                    ctx.watches.invalidate(&ws_key);
-                    let delay = ctx.backoff(oref, e.retry_after());
-                    return Ok(KubeAction::requeue(delay));
-                };
-                tracing::warn!(request = %oref, error = %e, reason, "Coder refused the start build");
-                let st = decision.status.clone();
-                decision = decide::reject(
-                    &input_for(wsr, &st, Observation::CoderUnavailable, ctx.settings.poll),
-                    reason,
-                    &message,
-                );
-                break;
-            }
-        }
+        publish_transition(self.ctx, self.wsr, &self.written, status);
+        self.written = status.clone();
+        Ok(true)
     }
-    // The start (if any) is recorded in the shared cache: let the next request for this
-    // workspace decide while this one writes its status and Event.
-    drop(late_guard);
-    drop(guard);
-    let read = key.map(|k| (k, seen));
-    conclude(wsr, ctx, &api, oref, &written, decision, read, Some(&conn)).await
+}
+
+/// What Coder's refusal of the start build means: the reason and message to fail with, or
+/// `None` when it may have created the build after all (retry by re-reading). A 403 on a
+/// dormant workspace is older Coder refusing to wake it.
+fn start_refusal(e: &CoderError, dormant: bool) -> Option<(&'static str, String)> {
+    if let (CoderError::Forbidden { message, .. }, true) = (e, dormant) {
+        let coder = if message.is_empty() {
+            "(no message)"
+        } else {
+            message
+        };
+        return Some((
+            reasons::WORKSPACE_DORMANT,
+            format!(
+                "the workspace is dormant and Coder refused to start it (403): {coder}; an administrator must wake it (current Coder wakes it on start)"
+            ),
+        ));
+    }
+    match e.start_build_disposition() {
+        Disposition::Fail { reason, message } => Some((reason, message)),
+        Disposition::Retry => None,
+    }
 }
 
 /// The [`decide`] input for `wsr` with `status`, at the current time.
@@ -772,7 +940,10 @@ async fn conclude(
     // when the API server is busy it is left to a later pass (the next watch event or poll),
     // where newer progress replaces it. Progress detail alone is also written at most once a
     // second.
-    let progress = matches!(decision.action, Action::Requeue(_)) && !not_started(prev);
+    // A start record cleared after a 409 (someone else's build is joined) is never postponed:
+    // a later pass deciding on the old record would take that build for ours.
+    let cleared = prev.build_requested_at.is_some() && decision.status.build_requested_at.is_none();
+    let progress = matches!(decision.action, Action::Requeue(_)) && !not_started(prev) && !cleared;
     let mut defer = None;
     let mut _write_slot = None;
     if prev != &decision.status && !matches!(decision.action, Action::Finish) {
@@ -825,7 +996,9 @@ async fn conclude(
         }
         Action::Retry => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
         // A start decided outside the POST loop (second 409 round): try again shortly.
-        Action::StartBuild { .. } => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
+        Action::StartBuild { .. } | Action::CheckOwner { .. } => {
+            Ok(KubeAction::requeue(ctx.backoff(oref, None)))
+        }
     }
 }
 
@@ -873,6 +1046,23 @@ pub fn error_policy(wsr: Arc<WorkspaceStartRequest>, err: &Error, ctx: Arc<Conte
     KubeAction::requeue(ctx.backoff(&ObjectRef::from_obj(&*wsr), None))
 }
 
+/// Reads (and logs) who the operator-wide token is, once at start: a wrong token shows at
+/// once, and the chat owner check (`Pass::owner_state`) knows the token's own user without a
+/// call on a request's path. Failures are only logged; requests retry on their own.
+async fn introduce(ctx: Arc<Context>) {
+    let Ok(conn) = ctx.connections.operator_wide().await else {
+        return;
+    };
+    match conn.client.identity().await {
+        Ok(id) => {
+            tracing::info!(coder_url = %conn.client.base_url(), user = %id, "Coder token accepted")
+        }
+        Err(e) => {
+            tracing::warn!(coder_url = %conn.client.base_url(), error = %e, "cannot check the Coder token")
+        }
+    }
+}
+
 /// Runs one controller per watched namespace (or one for all) until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -903,6 +1093,7 @@ pub async fn run(
             }
         }
     });
+    tokio::spawn(introduce(Arc::clone(&ctx)));
     let mut controllers = Vec::new();
     // Ready once every scope's watcher finished its initial list (caches synced).
     let pending_syncs = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));

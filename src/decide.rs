@@ -54,11 +54,27 @@ pub enum Observation {
     WorkspaceGone,
     /// The workspace, and the chat's owner when the request names a chat.
     Workspace {
-        /// Owner of the chat, when the request names a chat.
+        /// Owner of the chat, when it was read in this pass.
         chat_owner: Option<Uuid>,
         /// The workspace with its latest build.
         workspace: Box<Workspace>,
+        /// The chat owner's account, once looked at (before a start build).
+        owner: OwnerState,
     },
+}
+
+/// The chat owner's account as the operator found it before a start build: the chat tool
+/// refuses unless the owner is active and not deleted (`asOwner` in `chattool/subject.go`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnerState {
+    /// Not looked at (yet): `decide` asks for it ([`Action::CheckOwner`]) before a start.
+    Unchecked,
+    /// Active and not deleted.
+    Active,
+    /// Suspended, dormant, deleted or unknown: nothing is started; the message says which.
+    Inactive(String),
+    /// Coder could not say (5xx, 429, timeout): retry.
+    Unavailable,
 }
 
 /// Everything `decide` looks at.
@@ -87,6 +103,11 @@ pub enum Action {
         workspace: Uuid,
         /// Request body.
         request: CreateWorkspaceBuildRequest,
+    },
+    /// Look at the chat owner's account (`owner`), then decide again with it.
+    CheckOwner {
+        /// The chat owner (also the workspace's owner).
+        owner: Uuid,
     },
     /// Nothing to do until then (or until an event arrives).
     Requeue(Duration),
@@ -187,6 +208,14 @@ pub fn ttl_expiry(done: Timestamp, ttl_seconds: i64) -> Option<Timestamp> {
         .ok()
 }
 
+/// The earliest instant a recorded time can stand for. Times written to the status (a
+/// condition's `lastTransitionTime`, `startTime`) are kept to the whole second, so the instant
+/// they record lies in `[t, t + 1s)`; counting a timeout from the end of that second means it
+/// never fires before it has fully elapsed (and at most a second late).
+pub fn no_earlier_than(t: Timestamp) -> Timestamp {
+    Timestamp::from_second(t.as_second().saturating_add(1)).unwrap_or(t)
+}
+
 fn until(now: Timestamp, deadline: Timestamp) -> Duration {
     Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO)
 }
@@ -202,8 +231,13 @@ pub fn build_info(b: &WorkspaceBuild) -> BuildInfo {
     }
 }
 
-/// The agent the chat tool would pick: root agents, sorted by name (case-insensitive); the one
-/// whose name ends in `-coderd-chat`, else the first. `Ok(None)` = the build has no agents.
+/// The agent the chat tool would pick: root agents in Coder's order; the one whose name ends in
+/// `-coderd-chat`, else the first. `Ok(None)` = the build has no agents.
+///
+/// The chat tool sorts by display order, then name (`agentselect.go`). The REST answer does
+/// not carry the display order, but `convertWorkspaceBuild` lists each resource's agents by
+/// it (then name) and the resources by their lowest agent order, so the first root agent as
+/// listed is the tool's pick whenever one resource holds the agents (the usual template).
 pub fn select_agent<'a>(
     build: &'a WorkspaceBuild,
     wanted: Option<&str>,
@@ -218,19 +252,13 @@ pub fn select_agent<'a>(
             format!("the workspace has no agent named {name:?}"),
         ));
     }
-    let mut roots: Vec<&Agent> = all.into_iter().filter(|a| a.parent_id.is_none()).collect();
+    let roots: Vec<&Agent> = all.into_iter().filter(|a| a.parent_id.is_none()).collect();
     if roots.is_empty() {
         return Err((
             reasons::AGENT_SELECTION_ERROR,
             "no eligible workspace agents found".into(),
         ));
     }
-    roots.sort_by(|a, b| {
-        a.name
-            .to_lowercase()
-            .cmp(&b.name.to_lowercase())
-            .then(a.name.cmp(&b.name))
-    });
     let chat: Vec<&Agent> = roots
         .iter()
         .copied()
@@ -337,8 +365,35 @@ impl<'a> Next<'a> {
         }
     }
 
+    /// When the request started (see [`no_earlier_than`]).
     fn start_time(&self) -> Timestamp {
-        self.st.start_time.as_ref().map_or(self.input.now, |t| t.0)
+        self.st
+            .start_time
+            .as_ref()
+            .map_or(self.input.now, |t| no_earlier_than(t.0))
+    }
+
+    /// True when the request follows `b` (its own or a joined start build).
+    fn follows(&self, b: &WorkspaceBuild) -> bool {
+        self.st.outcome.is_some()
+            && self
+                .st
+                .build
+                .as_ref()
+                .is_some_and(|f| f.id == b.id.to_string())
+    }
+
+    /// Waits for a build (progress `reason`, `message`) until the build deadline.
+    fn waiting_for_build(self, reason: &str, message: &str) -> Decision {
+        let deadline = self.build_deadline();
+        if self.input.now >= deadline {
+            return self.fail(
+                reasons::BUILD_TIMEOUT,
+                "the build did not finish within spec.timeouts.build",
+            );
+        }
+        let wait = self.wait(deadline);
+        self.progressing(Phase::Starting, reason, message, wait)
     }
 
     fn build_deadline(&self) -> Timestamp {
@@ -401,7 +456,8 @@ pub fn decide(input: &Input<'_>) -> Decision {
         Observation::Workspace {
             chat_owner,
             workspace,
-        } => decide_workspace(next, *chat_owner, workspace),
+            owner,
+        } => decide_workspace(next, *chat_owner, workspace, owner),
     }
 }
 
@@ -437,17 +493,15 @@ pub fn reject(input: &Input<'_>, reason: &str, message: &str) -> Decision {
     Next::new(input).fail(reason, message)
 }
 
-fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace) -> Decision {
-    let input = next.input;
-    let spec_owner = input
-        .spec
-        .owner_id
-        .as_deref()
-        .and_then(|s| Uuid::parse_str(s).ok());
-    let owner_mismatch = spec_owner
-        .is_some_and(|o| ws.owner_id != o || chat_owner.is_some_and(|c| c != o))
-        || chat_owner.is_some_and(|c| c != ws.owner_id);
-    if owner_mismatch {
+/// Decides on a workspace read: guards, which build the request follows, then what that
+/// build's state asks for.
+fn decide_workspace(
+    mut next: Next<'_>,
+    chat_owner: Option<Uuid>,
+    ws: &Workspace,
+    owner: &OwnerState,
+) -> Decision {
+    if owner_mismatch(next.input.spec, chat_owner, ws) {
         return next.fail(
             reasons::OWNER_MISMATCH,
             "the chat's or workspace's owner does not match spec.ownerId (or each other); nothing was started",
@@ -459,9 +513,55 @@ fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace
         owner_name: Some(ws.owner_name.clone()).filter(|s| !s.is_empty()),
     });
     let lb = &ws.latest_build;
-    let followed_id = next.st.build.as_ref().map(|b| b.id.clone());
-    let lb_id = lb.id.to_string();
+    let next = match follow_latest(next, lb) {
+        Ok(next) => next,
+        Err(done) => return *done,
+    };
+    let following = next.follows(lb);
+    let job = lb.job.status;
+    match (job, lb.transition) {
+        (_, Transition::Delete) if job.is_active() || job == JobStatus::Succeeded => next.fail(
+            reasons::WORKSPACE_DELETED,
+            "workspace is being deleted or was deleted",
+        ),
+        // A canceling build can only end canceled: never adopt it, wait, then start once.
+        (JobStatus::Canceling, _) if !following => wait_for_cancel(next, lb),
+        (j, _) if j.is_active() => wait_for_build(next, lb),
+        (JobStatus::Unknown, _) if following => next.waiting_for_build(
+            reasons::BUILD_IN_PROGRESS,
+            "waiting for the start build (job status unknown)",
+        ),
+        (JobStatus::Succeeded, Transition::Start) => build_succeeded(next, lb),
+        (JobStatus::Failed | JobStatus::Canceled, _) if following => followed_build_ended(next, lb),
+        // Stopped, failed, canceled or unknown, and not a build we are following: start.
+        _ => start(next, ws, owner),
+    }
+}
 
+/// True when the chat's or workspace's owner differs from `spec.ownerId`, or from each other.
+fn owner_mismatch(
+    spec: &WorkspaceStartRequestSpec,
+    chat_owner: Option<Uuid>,
+    ws: &Workspace,
+) -> bool {
+    let spec_owner = spec
+        .owner_id
+        .as_deref()
+        .and_then(|s| Uuid::parse_str(s).ok());
+    spec_owner.is_some_and(|o| ws.owner_id != o || chat_owner.is_some_and(|c| c != o))
+        || chat_owner.is_some_and(|c| c != ws.owner_id)
+}
+
+/// Which build the request follows now that `lb` is the latest: adopts a start build our lost
+/// POST may have created, follows a newer start build, or ends the request when a stop or
+/// delete build replaced the one it followed.
+fn follow_latest<'a>(mut next: Next<'a>, lb: &WorkspaceBuild) -> Result<Next<'a>, Box<Decision>> {
+    let superseded = |next: Next<'_>| {
+        Box::new(next.fail(
+            reasons::BUILD_SUPERSEDED,
+            "another build (stop or delete) replaced the start build",
+        ))
+    };
     if next.st.build_requested_at.is_some() && next.st.outcome.is_none() {
         // A start build was requested but its result was never recorded (crash, timeout,
         // commit-then-fail). `status.build` still holds the build seen before the request.
@@ -476,163 +576,169 @@ fn decide_workspace(mut next: Next<'_>, chat_owner: Option<Uuid>, ws: &Workspace
             } else {
                 // Several builds since: ours may have landed and been stopped. Never POST a
                 // second start build on a maybe.
-                return next.fail(
-                    reasons::BUILD_SUPERSEDED,
-                    "another build (stop or delete) replaced the start build",
-                );
+                return Err(superseded(next));
             }
         }
-    } else if next.st.outcome.is_some() && followed_id.as_deref() != Some(lb_id.as_str()) {
+    } else if next.st.outcome.is_some() && !next.follows(lb) {
         // A newer build replaced the one being followed.
         if lb.transition != Transition::Start {
-            return next.fail(
-                reasons::BUILD_SUPERSEDED,
-                "another build (stop or delete) replaced the start build",
-            );
+            return Err(superseded(next));
         }
         next.st.build = Some(build_info(lb));
     }
-
-    let requested = next.st.build_requested_at.is_some();
-    let following =
-        next.st.outcome.is_some() && next.st.build.as_ref().is_some_and(|b| b.id == lb_id);
-    if ws.dormant_at.is_some() && !following {
-        return next.fail(
-            reasons::WORKSPACE_DORMANT,
-            "workspace is dormant; an administrator must wake it first",
-        );
-    }
-
-    let build_deadline = next.build_deadline();
-    let job = lb.job.status;
-    match (job, lb.transition) {
-        (_, Transition::Delete) if job.is_active() || job == JobStatus::Succeeded => next.fail(
-            reasons::WORKSPACE_DELETED,
-            "workspace is being deleted or was deleted",
-        ),
-        (j, t) if j.is_active() => {
-            if input.now >= build_deadline {
-                return next.fail(
-                    reasons::BUILD_TIMEOUT,
-                    "the build did not finish within spec.timeouts.build",
-                );
-            }
-            let wait = next.wait(build_deadline);
-            if t == Transition::Start {
-                next.st.outcome.get_or_insert(Outcome::InProgress);
-                next.st.build = Some(build_info(lb));
-                let msg = format!(
-                    "waiting for start build #{} ({})",
-                    lb.build_number,
-                    j.as_str()
-                );
-                next.progressing(Phase::Starting, reasons::BUILD_IN_PROGRESS, &msg, wait)
-            } else {
-                if !requested {
-                    next.st.build = Some(build_info(lb));
-                }
-                let msg = format!(
-                    "waiting for stop build #{} ({}) to finish before starting",
-                    lb.build_number,
-                    j.as_str()
-                );
-                next.progressing(Phase::Starting, reasons::WAITING_FOR_STOP, &msg, wait)
-            }
-        }
-        (JobStatus::Unknown, _) if following => {
-            if input.now >= build_deadline {
-                return next.fail(
-                    reasons::BUILD_TIMEOUT,
-                    "the build did not finish within spec.timeouts.build",
-                );
-            }
-            let wait = next.wait(build_deadline);
-            next.progressing(
-                Phase::Starting,
-                reasons::BUILD_IN_PROGRESS,
-                "waiting for the start build (job status unknown)",
-                wait,
-            )
-        }
-        (JobStatus::Succeeded, Transition::Start) => {
-            next.st.outcome.get_or_insert(Outcome::AlreadyRunning);
-            next.st.build = Some(build_info(lb));
-            let msg = format!("build #{} succeeded", lb.build_number);
-            next.cond(
-                types::BUILD_SUCCEEDED,
-                "True",
-                reasons::BUILD_SUCCEEDED,
-                &msg,
-            );
-            decide_agent(next, lb)
-        }
-        (j @ (JobStatus::Failed | JobStatus::Canceled), _) if following => {
-            next.st.build = Some(build_info(lb));
-            let (reason, msg) = if j == JobStatus::Canceled {
-                (reasons::BUILD_CANCELED, "build was canceled")
-            } else if lb.job.error_code.as_deref() == Some("INSUFFICIENT_QUOTA") {
-                (
-                    reasons::INSUFFICIENT_QUOTA,
-                    "Coder could not start this workspace because the owner's workspace quota is full",
-                )
-            } else {
-                (
-                    reasons::BUILD_FAILED,
-                    "workspace start build failed; see the build logs in Coder",
-                )
-            };
-            next.fail(reason, msg)
-        }
-        _ => {
-            // Stopped, failed, canceled or unknown, and not a build we are following: start.
-            if input.now >= build_deadline {
-                return next.fail(
-                    reasons::BUILD_TIMEOUT,
-                    "the workspace could not be started within spec.timeouts.build",
-                );
-            }
-            if !requested || next.st.outcome.is_none() {
-                if !requested {
-                    next.st.build = Some(build_info(lb));
-                }
-                next.st.build_requested_at = Some(next.now.clone());
-                next.st.outcome = None;
-            }
-            let template_version_id = if ws.template_require_active_version {
-                ws.template_active_version_id
-            } else {
-                None
-            };
-            let request = CreateWorkspaceBuildRequest {
-                transition: Transition::Start,
-                template_version_id,
-                rich_parameter_values: input
-                    .spec
-                    .parameters
-                    .iter()
-                    .map(|p| ParameterValue {
-                        name: p.name.clone(),
-                        value: p.value.clone(),
-                    })
-                    .collect(),
-            };
-            next.progressing(
-                Phase::Starting,
-                reasons::START_REQUESTED,
-                "requesting a start build",
-                Action::StartBuild {
-                    workspace: ws.id,
-                    request,
-                },
-            )
-        }
-    }
+    Ok(next)
 }
 
+/// Someone else's build is being canceled: wait until it is canceled, then start.
+fn wait_for_cancel(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
+    if next.st.build_requested_at.is_none() {
+        next.st.build = Some(build_info(lb));
+    }
+    let msg = format!(
+        "waiting for build #{} to finish canceling before starting",
+        lb.build_number
+    );
+    next.waiting_for_build(reasons::WAITING_FOR_CANCEL, &msg)
+}
+
+/// A build is pending, running or (ours) canceling: follow a start build, or wait for a stop
+/// build to finish before starting.
+fn wait_for_build(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
+    let j = lb.job.status;
+    if lb.transition == Transition::Start {
+        next.st.outcome.get_or_insert(Outcome::InProgress);
+        next.st.build = Some(build_info(lb));
+        let msg = format!(
+            "waiting for start build #{} ({})",
+            lb.build_number,
+            j.as_str()
+        );
+        return next.waiting_for_build(reasons::BUILD_IN_PROGRESS, &msg);
+    }
+    if next.st.build_requested_at.is_none() {
+        next.st.build = Some(build_info(lb));
+    }
+    let msg = format!(
+        "waiting for {} build #{} ({}) to finish before starting",
+        lb.transition.as_str(),
+        lb.build_number,
+        j.as_str()
+    );
+    next.waiting_for_build(reasons::WAITING_FOR_STOP, &msg)
+}
+
+/// The latest build is a succeeded start: on to the agent.
+fn build_succeeded(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
+    next.st.outcome.get_or_insert(Outcome::AlreadyRunning);
+    next.st.build = Some(build_info(lb));
+    let msg = format!("build #{} succeeded", lb.build_number);
+    next.cond(
+        types::BUILD_SUCCEEDED,
+        "True",
+        reasons::BUILD_SUCCEEDED,
+        &msg,
+    );
+    decide_agent(next, lb)
+}
+
+/// The build the request followed failed or was canceled: one attempt only.
+fn followed_build_ended(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
+    next.st.build = Some(build_info(lb));
+    let (reason, msg) = if lb.job.status == JobStatus::Canceled {
+        (reasons::BUILD_CANCELED, "build was canceled")
+    } else if lb.job.error_code.as_deref() == Some("INSUFFICIENT_QUOTA") {
+        (
+            reasons::INSUFFICIENT_QUOTA,
+            "Coder could not start this workspace because the owner's workspace quota is full",
+        )
+    } else {
+        (
+            reasons::BUILD_FAILED,
+            "workspace start build failed; see the build logs in Coder",
+        )
+    };
+    next.fail(reason, msg)
+}
+
+/// Nothing runs and nothing is followed: start the workspace, as the chat tool does once the
+/// chat owner is active (`asOwner`). A dormant workspace is started too: current Coder wakes
+/// it in the start build's transaction.
+fn start(mut next: Next<'_>, ws: &Workspace, owner: &OwnerState) -> Decision {
+    let input = next.input;
+    if input.now >= next.build_deadline() {
+        return next.fail(
+            reasons::BUILD_TIMEOUT,
+            "the workspace could not be started within spec.timeouts.build",
+        );
+    }
+    if input.spec.chat_id.is_some() {
+        match owner {
+            OwnerState::Unchecked => {
+                let check = Action::CheckOwner { owner: ws.owner_id };
+                return next.progressing(
+                    Phase::Starting,
+                    reasons::START_REQUESTED,
+                    "checking that the chat owner is active",
+                    check,
+                );
+            }
+            OwnerState::Inactive(message) => return next.fail(reasons::OWNER_INACTIVE, message),
+            OwnerState::Unavailable => {
+                return retrying(
+                    next,
+                    reasons::CODER_UNAVAILABLE,
+                    "Coder is unavailable; retrying with backoff",
+                    "Coder stayed unavailable until the request's deadline",
+                );
+            }
+            OwnerState::Active => {}
+        }
+    }
+    let requested = next.st.build_requested_at.is_some();
+    if !requested || next.st.outcome.is_none() {
+        if !requested {
+            next.st.build = Some(build_info(&ws.latest_build));
+        }
+        next.st.build_requested_at = Some(next.now.clone());
+        next.st.outcome = None;
+    }
+    let request = CreateWorkspaceBuildRequest {
+        transition: Transition::Start,
+        // REST keeps the previous build's version; a template that requires the active one
+        // refuses that, so send it (what the chat tool's chatStartWorkspace does server side).
+        template_version_id: ws
+            .template_require_active_version
+            .then_some(ws.template_active_version_id)
+            .flatten(),
+        rich_parameter_values: input
+            .spec
+            .parameters
+            .iter()
+            .map(|p| ParameterValue {
+                name: p.name.clone(),
+                value: p.value.clone(),
+            })
+            .collect(),
+    };
+    next.progressing(
+        Phase::Starting,
+        reasons::START_REQUESTED,
+        "requesting a start build",
+        Action::StartBuild {
+            workspace: ws.id,
+            request,
+        },
+    )
+}
+
+/// `timeouts.agent` counts from the build's success, as the `BuildSucceeded` condition
+/// recorded it (see [`no_earlier_than`]).
 fn agent_deadline(next: &Next<'_>) -> Timestamp {
     let since = conditions::get(&next.st.conditions, types::BUILD_SUCCEEDED)
         .filter(|c| c.status == "True")
-        .map_or(next.input.now, |c| c.last_transition_time.0);
+        .map_or(next.input.now, |c| {
+            no_earlier_than(c.last_transition_time.0)
+        });
     plus(
         since,
         timeout(

@@ -98,6 +98,7 @@ async fn run(args: RunArgs) -> Result<(), MainError> {
         Arc::clone(&metrics),
     );
     watches.set_max_streams(args.max_watch_streams);
+    watches.set_backstop(Duration::from_millis(args.backstop_poll_ms));
     let allowed = AllowedUrls::new(&args.coder_allowed_urls, args.coder_url.as_deref())
         .map_err(MainError::AllowedUrls)?;
     tracing::info!(allowed = %allowed.describe(), "Coder URLs allowed in coderRef Secrets");

@@ -15,8 +15,8 @@ use kube::runtime::reflector::ObjectRef;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use uuid::Uuid;
 
-use crate::coder::CoderClient;
 use crate::coder::types::{Workspace, WorkspaceBuild};
+use crate::coder::{CoderClient, WatchEvent};
 use crate::crd::WorkspaceStartRequest;
 use crate::metrics::Metrics;
 use crate::triggers::Triggers;
@@ -76,6 +76,8 @@ pub struct Watches {
     max_streams: AtomicUsize,
     /// Source of [`Entry::seq`] values.
     seqs: AtomicU64,
+    /// How long a live stream's read is trusted ([`Watches::set_backstop`]).
+    live_for_ms: AtomicU64,
 }
 
 impl Watches {
@@ -92,6 +94,7 @@ impl Watches {
             streams: AtomicUsize::new(0),
             max_streams: AtomicUsize::new(usize::MAX),
             seqs: AtomicU64::new(1),
+            live_for_ms: AtomicU64::new(15_000),
         })
     }
 
@@ -125,13 +128,33 @@ impl Watches {
             .clone()
     }
 
-    /// The workspace as last seen, if the stream is live or the read is fresh enough to share,
-    /// with its sequence number (for [`Watches::follow`]).
+    /// The workspace as last seen, if the read is fresh enough to share, or a live stream
+    /// delivered it less than the live trust period ago, with its sequence number (for
+    /// [`Watches::follow`]). Coder sends no stream event for changes only time causes (an agent
+    /// timing out or disconnected for inactivity), so a live stream's read is trusted only
+    /// that long: the backstop poll then reads Coder.
     pub fn cached(&self, key: &WorkspaceKey) -> Option<(Workspace, u64)> {
         let entries = self.lock_entries();
         let e = entries.get(key)?;
         let (ws, at) = e.latest.as_ref()?;
-        (e.live || at.elapsed() < self.fresh_for).then(|| (ws.clone(), e.seq))
+        let trusted = if e.live {
+            self.live_for()
+        } else {
+            self.fresh_for
+        };
+        (at.elapsed() < trusted).then(|| (ws.clone(), e.seq))
+    }
+
+    /// How long a live stream's read is used without asking Coder: half the backstop poll
+    /// interval, so each backstop pass reads Coder.
+    fn live_for(&self) -> Duration {
+        Duration::from_millis(self.live_for_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets the backstop poll interval (a live stream's read is trusted for half of it).
+    pub fn set_backstop(&self, backstop: Duration) {
+        let half = u64::try_from((backstop / 2).as_millis()).unwrap_or(u64::MAX);
+        self.live_for_ms.store(half, Ordering::Relaxed);
     }
 
     /// The workspace as last seen, however old (at least as new as the caller's own read), with
@@ -309,6 +332,22 @@ impl Watches {
         }
     }
 
+    /// Records a stream event: the workspace it carried, or (`None`) an error event after which
+    /// the cached read must not be trusted.
+    fn record_event(&self, key: &WorkspaceKey, ws: Option<Workspace>) {
+        let mut entries = self.lock_entries();
+        if let Some(e) = entries.get_mut(key) {
+            e.seq = self.next_seq();
+            match ws {
+                Some(ws) => {
+                    e.latest = Some((ws, Instant::now()));
+                    e.live = true;
+                }
+                None => e.latest = None,
+            }
+        }
+    }
+
     async fn stream(self: Arc<Self>, key: WorkspaceKey, client: CoderClient) {
         let mut backoff = Duration::from_millis(500);
         let Some(stop) = self.lock_entries().get(&key).map(|e| Arc::clone(&e.stop)) else {
@@ -324,16 +363,17 @@ impl Watches {
                     loop {
                         tokio::select! {
                             ev = events.next() => match ev {
-                                Some(Ok(ws)) => {
+                                Some(Ok(WatchEvent::Workspace(ws))) => {
                                     backoff = Duration::from_millis(500);
-                                    {
-                                        let mut entries = self.lock_entries();
-                                        if let Some(e) = entries.get_mut(&key) {
-                                            e.latest = Some((ws, Instant::now()));
-                                            e.seq = self.next_seq();
-                                            e.live = true;
-                                        }
-                                    }
+                                    self.record_event(&key, Some(*ws));
+                                    let Some(subs) = self.subscribers(&key) else { break };
+                                    self.triggers.send(&subs);
+                                }
+                                Some(Ok(WatchEvent::Error(message))) => {
+                                    // Coder could not render a change: the stream goes on, but
+                                    // the cached read may be stale, so the followers read Coder.
+                                    tracing::debug!(workspace = %key.workspace, %message, "watch stream reported an error");
+                                    self.record_event(&key, None);
                                     let Some(subs) = self.subscribers(&key) else { break };
                                     self.triggers.send(&subs);
                                 }

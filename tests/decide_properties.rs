@@ -26,7 +26,7 @@ use workspace_start_operator::crd::{
     WorkspaceStartRequestStatus,
 };
 use workspace_start_operator::decide::{
-    Action, Input, Observation, build_info, decide, parse_duration, ttl_expiry,
+    Action, Input, Observation, OwnerState, build_info, decide, parse_duration, ttl_expiry,
 };
 
 const WS: u128 = 0xe3f4_0000_0000_4000_8000_0000_0000_0001;
@@ -351,14 +351,16 @@ impl World {
     }
 
     fn observe(&self, now: i64) -> Observation {
-        observed(self.latest().to_coder(now), false)
+        observed(self.latest().to_coder(now), false, OwnerState::Unchecked)
     }
 }
 
-/// Coder's answer for the test workspace with `latest_build` (dormant or not).
-fn observed(latest_build: WorkspaceBuild, dormant: bool) -> Observation {
+/// Coder's answer for the test workspace with `latest_build` (dormant or not), and the chat
+/// owner as checked so far.
+fn observed(latest_build: WorkspaceBuild, dormant: bool, owner: OwnerState) -> Observation {
     Observation::Workspace {
         chat_owner: None,
+        owner,
         workspace: Box::new(Workspace {
             id: Uuid::from_u128(WS),
             name: "dev".into(),
@@ -481,6 +483,9 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         }
         let mut next_in = step.dt_ms;
         match &d.action {
+            Action::CheckOwner { .. } => {
+                prop_assert!(false, "a workspace request needs no chat owner check");
+            }
             Action::StartBuild { .. } => {
                 // The controller writes status (with buildRequestedAt) before the POST.
                 prop_assert!(
@@ -716,11 +721,18 @@ fn any_observation() -> impl Strategy<Value = Observation> {
         prop::collection::vec(agent, 0..4),
         any::<bool>(),
         proptest::option::of(any_time()),
+        prop_oneof![
+            Just(OwnerState::Unchecked),
+            Just(OwnerState::Active),
+            Just(OwnerState::Unavailable),
+            ".{0,40}".prop_map(OwnerState::Inactive),
+        ],
     )
-        .prop_map(|(number, transition, job, agents, dormant, completed)| {
+        .prop_map(|(number, transition, job, agents, dormant, completed, owner)| {
             observed(
                 any_build(number, transition, job, completed, agents),
                 dormant,
+                owner,
             )
         })
 }

@@ -17,6 +17,7 @@ use super::sse::{Frame, SseParser};
 use super::types::{
     BuildInfo, Chat, ChatResponse, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
 };
+use super::users::Accounts;
 
 /// Header carrying the session token.
 pub const SESSION_TOKEN_HEADER: &str = "Coder-Session-Token";
@@ -51,6 +52,15 @@ pub type CallObserver = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
 enum ChatPath {
     V2,
     Experimental,
+}
+
+impl ChatPath {
+    fn prefix(self) -> &'static str {
+        match self {
+            ChatPath::V2 => "/api/v2/chats",
+            ChatPath::Experimental => "/api/experimental/chats",
+        }
+    }
 }
 
 /// Settings shared by all clients of one operator.
@@ -108,6 +118,7 @@ struct Inner {
     max_body: usize,
     max_frame: usize,
     watch_idle: Duration,
+    accounts: Accounts,
 }
 
 impl fmt::Debug for CoderClient {
@@ -163,6 +174,7 @@ impl CoderClient {
                 max_body: opts.max_body_bytes,
                 max_frame: opts.max_frame_bytes,
                 watch_idle: opts.watch_idle,
+                accounts: Accounts::default(),
             }),
         })
     }
@@ -170,6 +182,11 @@ impl CoderClient {
     /// The deployment URL.
     pub fn base_url(&self) -> &str {
         &self.inner.base
+    }
+
+    /// What this client remembers about users (see [`super::users`]).
+    pub(crate) fn accounts(&self) -> &Accounts {
+        &self.inner.accounts
     }
 
     /// Maps a transport failure (timeout, refused, reset) to an error and counts it.
@@ -284,49 +301,71 @@ impl CoderClient {
             .await
     }
 
-    /// `GET {chat path}/{id}`: tries `/api/v2/chats` first and falls back to
-    /// `/api/experimental/chats` (Coder before v2.37); remembers the path that answered.
+    /// `GET /api/v2/users/{user}` (id or username; 400 when no such user).
+    pub async fn get_user(&self, user: &str) -> Result<User, CoderError> {
+        self.call(
+            Method::GET,
+            "/api/v2/users/{user}",
+            &format!("/api/v2/users/{}", path_segment(user)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET {chat path}/{id}`: `/api/v2/chats` (v2.37+) or `/api/experimental/chats` (before).
+    /// The path that answered is remembered; a 404 from it is checked on the other path once,
+    /// so a Coder upgrade (or downgrade) that moves the chat API is followed without a restart.
     pub async fn get_chat(&self, id: Uuid) -> Result<Chat, CoderError> {
         let known = *self
             .inner
             .chat_path
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let order: &[ChatPath] = match known {
-            Some(ChatPath::V2) => &[ChatPath::V2],
-            Some(ChatPath::Experimental) => &[ChatPath::Experimental],
-            None => &[ChatPath::V2, ChatPath::Experimental],
+        let order = match known {
+            Some(ChatPath::Experimental) => [ChatPath::Experimental, ChatPath::V2],
+            Some(ChatPath::V2) | None => [ChatPath::V2, ChatPath::Experimental],
         };
-        let mut last = None;
-        for (i, p) in order.iter().enumerate() {
-            let (endpoint, path) = match p {
-                ChatPath::V2 => ("/api/v2/chats/{id}", format!("/api/v2/chats/{id}")),
-                ChatPath::Experimental => (
-                    "/api/experimental/chats/{id}",
-                    format!("/api/experimental/chats/{id}"),
-                ),
-            };
-            match self
-                .call::<ChatResponse>(Method::GET, endpoint, &path, None)
-                .await
-            {
+        let mut first_404 = None;
+        for p in order {
+            match self.get_chat_at(p, id).await {
                 Ok(c) => {
-                    *self
-                        .inner
-                        .chat_path
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(*p);
-                    return Ok(c.into_chat());
+                    if known != Some(p) {
+                        if known.is_some() {
+                            tracing::info!(
+                                path = p.prefix(),
+                                "Coder serves chats at another path now (upgraded?); following it"
+                            );
+                        }
+                        *self
+                            .inner
+                            .chat_path
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) = Some(p);
+                    }
+                    return Ok(c);
                 }
-                // A 404 on the first probe may mean "this Coder has no such route": try the next.
-                Err(e @ CoderError::NotFound { .. }) if i + 1 < order.len() => last = Some(e),
+                // A 404 may mean "this Coder has no such route" (or no such chat): try the
+                // other path before concluding.
+                Err(e @ CoderError::NotFound { .. }) => {
+                    first_404.get_or_insert(e);
+                }
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or(CoderError::NotFound {
+        Err(first_404.unwrap_or(CoderError::NotFound {
             endpoint: "/api/v2/chats/{id}",
             message: "chat not found".into(),
         }))
+    }
+
+    async fn get_chat_at(&self, p: ChatPath, id: Uuid) -> Result<Chat, CoderError> {
+        let endpoint = match p {
+            ChatPath::V2 => "/api/v2/chats/{id}",
+            ChatPath::Experimental => "/api/experimental/chats/{id}",
+        };
+        self.call::<ChatResponse>(Method::GET, endpoint, &format!("{}/{id}", p.prefix()), None)
+            .await
+            .map(ChatResponse::into_chat)
     }
 
     /// `GET /api/v2/workspaces/{id}` (410 when deleted).
@@ -386,13 +425,15 @@ impl CoderClient {
     }
 
     /// `GET /api/v2/workspaces/{id}/watch`: a Server-Sent Events stream yielding the full
-    /// workspace on connect and after every change. Ends when the connection closes, after a
-    /// frame larger than [`ClientOptions::max_frame_bytes`], or when no frame (not even a
-    /// ping) completed within [`ClientOptions::watch_idle`]; the last two end with an error.
+    /// workspace on connect and after every workspace event, and Coder's `error` events (after
+    /// which coderd keeps the stream open). Ends when the connection closes, after a frame
+    /// larger than [`ClientOptions::max_frame_bytes`] or one that is not the expected JSON, or
+    /// when no frame (not even a ping) completed within [`ClientOptions::watch_idle`]; those
+    /// end with an error.
     pub async fn watch_workspace(
         &self,
         id: Uuid,
-    ) -> Result<impl Stream<Item = Result<Workspace, CoderError>> + Send + use<>, CoderError> {
+    ) -> Result<impl Stream<Item = Result<WatchEvent, CoderError>> + Send + use<>, CoderError> {
         const ENDPOINT: &str = "/api/v2/workspaces/{id}/watch";
         let path = format!("/api/v2/workspaces/{id}/watch");
         self.inner.limiter.acquire(&path).await;
@@ -432,12 +473,22 @@ impl CoderClient {
 /// Route template of the watch stream.
 const WATCH_ENDPOINT: &str = "/api/v2/workspaces/{id}/watch";
 
+/// One event of a workspace watch stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// The workspace as it is now (`event: data`).
+    Workspace(Box<Workspace>),
+    /// Coder could not render an update (`event: error`, e.g. "Internal error fetching
+    /// workspace."): the stream stays open, but this change was not shown.
+    Error(String),
+}
+
 /// A watch stream being read: the bytes, the frame parser and what it parsed but has not yet
 /// handed out.
 struct WatchState<S> {
     bytes: S,
     parser: SseParser,
-    pending: VecDeque<Result<Workspace, CoderError>>,
+    pending: VecDeque<Result<WatchEvent, CoderError>>,
     idle: Duration,
     last_frame: tokio::time::Instant,
     done: bool,
@@ -449,7 +500,7 @@ where
     B: AsRef<[u8]>,
 {
     /// The next workspace or error, and the state to go on from; `None` at the end.
-    async fn next(mut self) -> Option<(Result<Workspace, CoderError>, WatchState<S>)> {
+    async fn next(mut self) -> Option<(Result<WatchEvent, CoderError>, WatchState<S>)> {
         loop {
             if let Some(item) = self.pending.pop_front() {
                 return Some((item, self));
@@ -496,20 +547,23 @@ where
 
 /// What a watch frame means: a workspace (`data`), Coder's error (`error`), or nothing (pings
 /// and unknown events).
-fn watch_item(frame: Frame) -> Option<Result<Workspace, CoderError>> {
+fn watch_item(frame: Frame) -> Option<Result<WatchEvent, CoderError>> {
     match frame.event.as_str() {
         "data" => Some(
-            serde_json::from_slice(&frame.data).map_err(|e| CoderError::Decode {
-                endpoint: WATCH_ENDPOINT,
-                detail: e.to_string(),
-            }),
+            serde_json::from_slice(&frame.data)
+                .map(|ws| WatchEvent::Workspace(Box::new(ws)))
+                .map_err(|e| CoderError::Decode {
+                    endpoint: WATCH_ENDPOINT,
+                    detail: e.to_string(),
+                }),
         ),
-        "error" => Some(Err(CoderError::from_response(
-            WATCH_ENDPOINT,
-            500,
-            None,
-            &frame.data,
-        ))),
+        "error" => {
+            let message = match CoderError::from_response(WATCH_ENDPOINT, 500, None, &frame.data) {
+                CoderError::Server { message, .. } => message,
+                other => other.to_string(),
+            };
+            Some(Ok(WatchEvent::Error(message)))
+        }
         _ => None,
     }
 }
@@ -570,14 +624,15 @@ mod tests {
             data: data.as_bytes().to_vec(),
         };
         assert!(watch_item(frame("ping", "")).is_none());
-        let w = watch_item(frame("data", ws))
-            .expect("item")
-            .expect("workspace");
+        let Some(Ok(WatchEvent::Workspace(w))) = watch_item(frame("data", ws)) else {
+            panic!("want a workspace")
+        };
         assert_eq!(w.name, "dev");
-        assert!(matches!(
-            watch_item(frame("error", r#"{"message":"boom"}"#)),
-            Some(Err(CoderError::Server { .. }))
-        ));
+        assert_eq!(
+            watch_item(frame("error", r#"{"message":"boom"}"#)).map(|r| r.ok()),
+            Some(Some(WatchEvent::Error("boom".into()))),
+            "Coder's error event keeps the stream going"
+        );
         assert!(matches!(
             watch_item(frame("data", "{not json")),
             Some(Err(CoderError::Decode { .. }))

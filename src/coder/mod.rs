@@ -5,6 +5,8 @@ pub mod error;
 pub mod ratelimit;
 pub mod sse;
 pub mod types;
+pub mod users;
 
-pub use client::{CallObserver, ClientOptions, CoderClient, SessionToken};
+pub use client::{CallObserver, ClientOptions, CoderClient, SessionToken, WatchEvent};
 pub use error::CoderError;
+pub use users::OwnerAccount;

@@ -63,11 +63,21 @@ fn workspace(b: WorkspaceBuild) -> Workspace {
     }
 }
 
+/// The workspace as read, the chat owner found active.
 fn seen(b: WorkspaceBuild) -> Observation {
+    seen_ws(workspace(b), OwnerState::Active)
+}
+
+fn seen_ws(ws: Workspace, owner: OwnerState) -> Observation {
     Observation::Workspace {
         chat_owner: Some(uuid(OWNER)),
-        workspace: Box::new(workspace(b)),
+        workspace: Box::new(ws),
+        owner,
     }
+}
+
+fn stopped() -> WorkspaceBuild {
+    build(1, Transition::Stop, JobStatus::Succeeded, vec![])
 }
 
 fn ready_agent() -> Vec<Agent> {
@@ -136,6 +146,7 @@ fn waiting_for_agent(succeeded_at: i64) -> WorkspaceStartRequestStatus {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Act {
     Start,
+    CheckOwner,
     Requeue,
     Retry,
     Finish,
@@ -212,6 +223,7 @@ fn ready_reason(d: &Decision) -> String {
 fn act(a: &Action) -> Act {
     match a {
         Action::StartBuild { .. } => Act::Start,
+        Action::CheckOwner { .. } => Act::CheckOwner,
         Action::Requeue(_) => Act::Requeue,
         Action::Retry => Act::Retry,
         Action::Finish => Act::Finish,
@@ -359,21 +371,74 @@ fn every_branch() {
             Observation::Workspace {
                 chat_owner: Some(uuid(OTHER)),
                 workspace: Box::new(workspace(build(1, T::Stop, J::Succeeded, vec![]))),
+                owner: OwnerState::Unchecked,
             },
             Failed,
             reasons::OWNER_MISMATCH,
             Finish,
         ),
+        // Current Coder wakes a dormant workspace on a start build (older: 403, see the
+        // controller's start_refusal).
         case(
-            "dormant_workspace",
-            Observation::Workspace {
-                chat_owner: None,
-                workspace: Box::new(dormant),
-            },
+            "dormant_workspace_is_started",
+            seen_ws(dormant, OwnerState::Active),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        ),
+        // The chat tool acts only for an active chat owner (asOwner), checked before a start.
+        case(
+            "chat_owner_checked_before_a_start",
+            seen_ws(workspace(stopped()), OwnerState::Unchecked),
+            Starting,
+            reasons::START_REQUESTED,
+            CheckOwner,
+        ),
+        case(
+            "inactive_chat_owner_is_refused",
+            seen_ws(
+                workspace(stopped()),
+                OwnerState::Inactive("the chat owner \"bob\" is not active".into()),
+            ),
             Failed,
-            reasons::WORKSPACE_DORMANT,
+            reasons::OWNER_INACTIVE,
             Finish,
         ),
+        case(
+            "chat_owner_unknown_for_now_retries",
+            seen_ws(workspace(stopped()), OwnerState::Unavailable),
+            Pending,
+            reasons::CODER_UNAVAILABLE,
+            Retry,
+        ),
+        case(
+            "no_owner_check_without_a_start",
+            seen_ws(
+                workspace(build(2, T::Start, J::Running, vec![])),
+                OwnerState::Unchecked,
+            ),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        ),
+        case(
+            "workspace_request_needs_no_chat_owner",
+            Observation::Workspace {
+                chat_owner: None,
+                workspace: Box::new(workspace(stopped())),
+                owner: OwnerState::Unchecked,
+            },
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        )
+        .spec(WorkspaceStartRequestSpec {
+            workspace: Some(crate::crd::WorkspaceSelector {
+                id: Some(WS.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         // Latest build states.
         case(
             "stopped_starts",
@@ -426,13 +491,55 @@ fn every_branch() {
             Requeue,
         )
         .outcome(Outcome::InProgress),
+        // A canceling build can only end canceled: wait for it, never adopt it, then start.
         case(
-            "canceling_build_waits",
+            "canceling_build_is_awaited_not_adopted",
             seen(build(3, T::Start, J::Canceling, vec![])),
+            Starting,
+            reasons::WAITING_FOR_CANCEL,
+            Requeue,
+        ),
+        case(
+            "canceling_build_past_deadline",
+            seen(build(3, T::Start, J::Canceling, vec![])),
+            Failed,
+            reasons::BUILD_TIMEOUT,
+            Finish,
+        )
+        .status(status_started_at(0))
+        .at(601),
+        case(
+            "canceled_after_waiting_starts_once",
+            seen(build(3, T::Start, J::Canceled, vec![])),
+            Starting,
+            reasons::START_REQUESTED,
+            Start,
+        )
+        .status(WorkspaceStartRequestStatus {
+            build: Some(build_info(&build(3, T::Start, J::Canceling, vec![]))),
+            ..status_started_at(0)
+        }),
+        case(
+            "our_build_being_canceled_is_followed_to_its_end",
+            seen(build(2, T::Start, J::Canceling, vec![])),
             Starting,
             reasons::BUILD_IN_PROGRESS,
             Requeue,
         )
+        .status(following(2))
+        .outcome(Outcome::Queued),
+        // After a 409 the start record is cleared: the build someone else started is joined.
+        case(
+            "joined_after_a_conflict_is_in_progress",
+            seen(build(2, T::Start, J::Pending, vec![])),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        )
+        .status(WorkspaceStartRequestStatus {
+            build_requested_at: None,
+            ..requested_after(1)
+        })
         .outcome(Outcome::InProgress),
         case(
             "running_stop_waits_then_starts",
@@ -472,6 +579,16 @@ fn every_branch() {
         )
         .status(following(3))
         .at(601),
+        // startTime is kept to the whole second: the timeout counts from the end of it.
+        case(
+            "build_timeout_never_early",
+            seen(build(3, T::Start, J::Running, vec![])),
+            Starting,
+            reasons::BUILD_IN_PROGRESS,
+            Requeue,
+        )
+        .status(following(3))
+        .at(600),
         case(
             "stopped_after_deadline_fails",
             seen(build(1, T::Stop, J::Succeeded, vec![])),
@@ -647,6 +764,16 @@ fn every_branch() {
         )
         .status(waiting_for_agent(100))
         .at(701),
+        // BuildSucceeded's lastTransitionTime is kept to the whole second.
+        case(
+            "agent_timeout_never_early",
+            with_agents(vec![agent("main", "connecting", "created")]),
+            WaitingForAgent,
+            reasons::WAITING_FOR_AGENT,
+            Requeue,
+        )
+        .status(waiting_for_agent(100))
+        .at(700),
         case(
             "no_agent_is_ready",
             with_agents(vec![]),
@@ -725,9 +852,15 @@ fn names_selected(agents: Vec<Agent>) -> Option<String> {
 #[test]
 fn agent_selection_follows_the_chat_tool() {
     let a = |n: &str| agent(n, "connected", "ready");
+    // Coder lists agents by display order, then name: the first listed root agent is the
+    // chat tool's pick, whatever its name.
     assert_eq!(
         names_selected(vec![a("zeta"), a("Alpha"), a("beta")]),
-        Some("Alpha".into())
+        Some("zeta".into())
+    );
+    assert_eq!(
+        names_selected(vec![a("zeta"), a("Alpha"), a("beta-coderd-chat")]),
+        Some("beta-coderd-chat".into())
     );
     assert_eq!(
         names_selected(vec![a("alpha"), a("main-CODERD-chat")]),
@@ -757,6 +890,7 @@ fn start_request_carries_parameters_and_active_version() {
         observation: Observation::Workspace {
             chat_owner: None,
             workspace: Box::new(ws),
+            owner: OwnerState::Active,
         },
         now: t(0),
         poll: Duration::from_secs(2),
@@ -795,9 +929,11 @@ fn requeue_never_sleeps_past_the_deadline() {
         generation: Some(1),
         status: &status,
         observation: seen(build(1, Transition::Start, JobStatus::Running, vec![])),
-        now: t(29),
+        now: t(30),
         poll: Duration::from_secs(30),
     });
+    // startTime t(0) stands for an instant in [0 s, 1 s): the 30 s run out at t(31) at the
+    // latest, never before.
     assert_eq!(d.action, Action::Requeue(Duration::from_secs(1)));
 }
 
@@ -917,4 +1053,14 @@ fn queued_build_is_followed_as_our_own() {
         &d.status.conditions,
         types::RECONCILING
     ));
+}
+
+#[test]
+fn recorded_times_count_from_the_end_of_their_second() {
+    let whole = t(5);
+    assert_eq!(no_earlier_than(whole), t(6));
+    let precise = whole
+        .checked_add(jiff::SignedDuration::from_millis(999))
+        .expect("ts");
+    assert_eq!(no_earlier_than(precise), t(6));
 }
