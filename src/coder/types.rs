@@ -45,7 +45,7 @@ pub struct Chat {
 /// Response of a chat GET in either era: bare `Chat` or `{"chat": Chat, "messages": …}`.
 #[derive(Deserialize, Debug)]
 #[serde(untagged)]
-pub(crate) enum ChatResponse {
+pub enum ChatResponse {
     /// Early-2026 wrapped shape.
     Wrapped {
         /// The chat.
@@ -56,7 +56,8 @@ pub(crate) enum ChatResponse {
 }
 
 impl ChatResponse {
-    pub(crate) fn into_chat(self) -> Chat {
+    /// The chat, whichever shape it came in.
+    pub fn into_chat(self) -> Chat {
         match self {
             ChatResponse::Wrapped { chat } | ChatResponse::Bare(chat) => chat,
         }

@@ -76,7 +76,6 @@ fn job(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp) -> Value {
         "id": b.job_id,
         "created_at": ts(b.created_at),
         "status": view.status.as_str(),
-        "worker_name": "",
         "file_id": b.file_id,
         "tags": { "owner": "", "scope": "organization" },
         "queue_position": if pending { 1 } else { 0 },
@@ -96,18 +95,16 @@ fn job(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp) -> Value {
             "workspace_build_transition": b.transition.as_str(),
         },
         "logs_overflowed": false,
-        "available_workers": [],
     });
     insert_opt(&mut v, "started_at", view.started_at.map(ts));
     insert_opt(&mut v, "completed_at", view.completed_at.map(ts));
     insert_opt(&mut v, "canceled_at", view.canceled_at.map(ts));
     insert_opt(&mut v, "error", view.error.map(Value::String));
     insert_opt(&mut v, "error_code", view.error_code.map(Value::String));
+    // `worker_id`, `worker_name` and `available_workers` are omitempty in codersdk.
     if view.started_at.is_some() {
         insert_opt(&mut v, "worker_id", Some(json!(b.worker_id)));
-        if let Some(m) = v.as_object_mut() {
-            m.insert("worker_name".to_owned(), json!("coder-sim-provisioner"));
-        }
+        insert_opt(&mut v, "worker_name", Some(json!("coder-sim-provisioner")));
     }
     v
 }
@@ -130,7 +127,6 @@ fn agent(st: &State, b: &BuildRec, a: &AgentView) -> Value {
         "operating_system": "linux",
         "logs_length": 0,
         "logs_overflowed": false,
-        "directory": "",
         "expanded_directory": "/home/coder",
         "version": st.version,
         "api_version": "2.6",
@@ -167,7 +163,7 @@ pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp)
     let agents = b.agents(now);
     let resources: Vec<Value> =
         if b.transition == Transition::Start && b.job(now).status == JobStatus::Succeeded {
-            vec![json!({
+            let mut r = json!({
                 "id": b.resource_id,
                 "created_at": ts(b.created_at),
                 "job_id": b.job_id,
@@ -176,22 +172,28 @@ pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp)
                 "name": "workspace",
                 "hide": false,
                 "icon": "",
-                "agents": agents.iter().map(|a| agent(st, b, a)).collect::<Vec<_>>(),
-                "metadata": [],
                 "daily_cost": 0,
-            })]
+            });
+            // `agents` and `metadata` are omitempty in codersdk.WorkspaceResource.
+            let agents: Vec<Value> = agents.iter().map(|a| agent(st, b, a)).collect();
+            insert_opt(
+                &mut r,
+                "agents",
+                (!agents.is_empty()).then(|| json!(agents)),
+            );
+            vec![r]
         } else {
             Vec::new()
         };
-    json!({
+    let view = b.job(now);
+    let mut v = json!({
         "id": b.id,
         "created_at": ts(b.created_at),
-        "updated_at": ts(b.job(now).completed_at.or(b.job(now).started_at).unwrap_or(b.created_at)),
+        "updated_at": ts(view.completed_at.or(view.started_at).unwrap_or(b.created_at)),
         "workspace_id": ws.id,
         "workspace_name": ws.name,
         "workspace_owner_id": ws.owner,
         "workspace_owner_name": owner,
-        "workspace_owner_avatar_url": "",
         "template_version_id": b.template_version_id,
         "template_version_name": ws.template.version_name(b.template_version_id),
         "template_version_preset_id": null,
@@ -211,9 +213,13 @@ pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp)
             "available": 1,
             "most_recently_seen": ts(b.created_at),
         },
-        "has_ai_task": false,
-        "has_external_agent": false,
-    })
+    });
+    // `*bool` with omitempty, known once the job completed.
+    if view.completed_at.is_some() {
+        insert_opt(&mut v, "has_ai_task", Some(json!(false)));
+        insert_opt(&mut v, "has_external_agent", Some(json!(false)));
+    }
+    v
 }
 
 /// codersdk.Workspace.
@@ -256,8 +262,6 @@ pub(crate) fn workspace(st: &State, ws: &WorkspaceRec, now: Timestamp) -> Value 
         "latest_app_status": null,
         "outdated": outdated,
         "name": ws.name,
-        "autostart_schedule": null,
-        "ttl_ms": null,
         "last_used_at": ts(ws.updated_at),
         "deleting_at": null,
         "dormant_at": ws.dormant_at.map(ts),
@@ -290,25 +294,28 @@ pub(crate) fn chat(st: &State, c: &ChatRec, now: Timestamp) -> Value {
         "id": c.id,
         "organization_id": st.org_id,
         "owner_id": c.owner,
-        "workspace_id": c.workspace_id,
-        "build_id": build_id,
-        "agent_id": agent_id,
-        "parent_chat_id": null,
-        "root_chat_id": null,
+        "last_model_config_id": c.model_config_id,
         "title": c.title,
         "status": c.status,
-        "last_error": null,
-        "archived": false,
-        "pin_order": 0,
-        "labels": {},
-        "mcp_server_ids": [],
-        "has_unread": false,
+        "last_turn_summary": null,
+        "summary": null,
         "created_at": ts(c.created_at),
         "updated_at": ts(c.created_at),
+        "archived": false,
+        "shared": false,
+        "pin_order": 0,
+        "mcp_server_ids": [],
+        "labels": {},
+        "has_unread": false,
+        "client_type": "api",
+        "children": [],
     });
+    // codersdk.Chat: the pointer fields are omitempty (absent, not null, when unset).
+    insert_opt(&mut v, "workspace_id", c.workspace_id.map(|id| json!(id)));
+    insert_opt(&mut v, "build_id", build_id.map(|id| json!(id)));
+    insert_opt(&mut v, "agent_id", agent_id.map(|id| json!(id)));
     if st.chat_era == ChatEra::V2 {
         insert_opt(&mut v, "owner_username", owner.map(|u| json!(u.username)));
-        insert_opt(&mut v, "owner_name", owner.map(|_| json!("")));
     }
     if st.chat_era == ChatEra::ExperimentalWrapped {
         return json!({ "chat": v, "messages": [], "queued_messages": [] });

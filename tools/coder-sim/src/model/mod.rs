@@ -296,6 +296,7 @@ impl Sim {
         let rec = ChatRec {
             id: spec.id.unwrap_or_else(Uuid::new_v4),
             owner: spec.owner,
+            model_config_id: Uuid::new_v4(),
             workspace_id: spec.workspace_id,
             title: spec.title.unwrap_or_else(|| "Simulated chat".to_owned()),
             status: spec.status.unwrap_or_else(|| "waiting".to_owned()),

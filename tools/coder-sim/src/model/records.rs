@@ -66,6 +66,8 @@ pub(crate) struct WorkspaceRec {
 pub(crate) struct ChatRec {
     pub id: Uuid,
     pub owner: Uuid,
+    /// `last_model_config_id`.
+    pub model_config_id: Uuid,
     pub workspace_id: Option<Uuid>,
     pub title: String,
     pub status: String,

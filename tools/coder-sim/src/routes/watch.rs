@@ -88,7 +88,8 @@ impl WatchStream {
             .filter(|(s, _)| *s > self.err_seq)
         {
             self.err_seq = *seq;
-            let e = json::response(msg, None).to_string();
+            // coderd sends its error with the underlying error as detail.
+            let e = json::response(msg, Some("coder-sim: injected watch error")).to_string();
             self.queue.push_back(frame("error", Some(&e)));
         }
         let body = json::workspace(&st, ws, now).to_string();
