@@ -728,13 +728,15 @@ fn any_observation() -> impl Strategy<Value = Observation> {
             ".{0,40}".prop_map(OwnerState::Inactive),
         ],
     )
-        .prop_map(|(number, transition, job, agents, dormant, completed, owner)| {
-            observed(
-                any_build(number, transition, job, completed, agents),
-                dormant,
-                owner,
-            )
-        })
+        .prop_map(
+            |(number, transition, job, agents, dormant, completed, owner)| {
+                observed(
+                    any_build(number, transition, job, completed, agents),
+                    dormant,
+                    owner,
+                )
+            },
+        )
 }
 
 /// Any status the operator may have written before (times anywhere in range, any build number).

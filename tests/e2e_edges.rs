@@ -11,7 +11,7 @@ use coder_sim::{BuildScript, ChatEra, Fault, SimConfig, Transition, UserSpec, Wo
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
-use support::{Env, ready};
+use support::{Env, eventually, ready};
 use workspace_start_operator::crd::{Outcome, Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
@@ -46,15 +46,6 @@ async fn assert_failed(env: &Env, name: &str, reason: &str) -> WorkspaceStartReq
         "{name}"
     );
     w
-}
-
-/// Polls `pred` until it holds (panics after `timeout`).
-async fn eventually(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,18 +7,15 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use coder_sim::{
     AgentSeed, BuildScript, ChatEra, DormantStart, Fault, InitialState, LifecycleState, SimConfig,
     Transition, WorkspaceSeed,
 };
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
 use serde_json::json;
-use support::{Env, ready};
+use support::{Env, eventually, ready};
 use workspace_start_operator::crd::{Outcome, Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
@@ -27,13 +24,15 @@ const WATCH: &str = "GET /api/v2/workspaces/{id}/watch";
 const BUILD_POST: &str = "POST /api/v2/workspaces/{id}/builds";
 const USER_GET: &str = "GET /api/v2/users/{user}";
 
-/// Polls `pred` until it holds (panics after `timeout`).
-async fn eventually(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !pred() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// A quick build whose agents never connect.
+fn agent_never_connects() -> BuildScript {
+    BuildScript::default()
+        .with_job(Duration::from_millis(100), Duration::from_millis(300))
+        .with_agent(
+            Duration::from_secs(3600),
+            Duration::ZERO,
+            LifecycleState::Ready,
+        )
 }
 
 /// A condition's (status, reason, lastTransitionTime).
@@ -84,25 +83,6 @@ async fn assert_failed(env: &Env, name: &str, reason: &str) -> WorkspaceStartReq
     );
     assert_eq!(ready(&w), ("False".into(), reason.into()), "{name}");
     w
-}
-
-/// Creates a Secret in the test namespace from string data.
-async fn secret(env: &Env, name: &str, data: &[(&str, &str)]) {
-    let data: BTreeMap<String, String> = data
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let s: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": env.ns},
-        "stringData": data,
-    }))
-    .expect("secret");
-    Api::<Secret>::namespaced(env.admin.clone(), &env.ns)
-        .create(&PostParams::default(), &s)
-        .await
-        .expect("create secret");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,13 +148,7 @@ async fn agent_timeout_never_fires_early() {
     let sim = env.sim.sim();
 
     // The agent never connects: timeouts.agent (3 s) counts from the build's success.
-    let never = BuildScript::default()
-        .with_job(Duration::from_millis(100), Duration::from_millis(300))
-        .with_agent(
-            Duration::from_secs(3600),
-            Duration::ZERO,
-            LifecycleState::Ready,
-        );
+    let never = agent_never_connects();
     let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "slow-agent").script(never));
     env.create(
         "agent",
@@ -333,7 +307,8 @@ async fn inactive_chat_owner_is_refused() {
     // An owner token may start every user's workspace: the chat owner check is what stops it.
     let admin = sim.add_admin("ops");
     let url = env.sim.url();
-    secret(&env, "ops", &[("url", &url), ("token", &admin.token)]).await;
+    env.create_secret("ops", &[("url", &url), ("token", &admin.token)])
+        .await;
     let chat_of = |who: &str| {
         let u = sim.add_user(who);
         let ws = sim.add_workspace(WorkspaceSeed::new(u.id, "dev"));
@@ -470,13 +445,7 @@ async fn backstop_rereads_the_workspace_while_the_stream_is_live() {
     let sim = env.sim.sim();
     // The agent never connects and times out after 2 s: a change only time causes, for
     // which Coder sends no watch frame.
-    let never = BuildScript::default()
-        .with_job(Duration::from_millis(100), Duration::from_millis(200))
-        .with_agent(
-            Duration::from_secs(3600),
-            Duration::ZERO,
-            LifecycleState::Ready,
-        );
+    let never = agent_never_connects();
     let ws = sim.add_workspace(
         WorkspaceSeed::new(env.alice.id, "quiet")
             .agents(vec![AgentSeed::new("main").connection_timeout(2)])

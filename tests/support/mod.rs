@@ -501,6 +501,15 @@ pub fn kubectl_admin(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -
     (out.status.success(), text)
 }
 
+/// Polls `pred` every 20 ms until it holds (panics after `timeout`, naming `what`).
+pub async fn eventually(what: &str, timeout: Duration, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The last `n` lines.
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
