@@ -552,3 +552,119 @@ async fn helm_upgrades_one_two_one_replicas_never_run_two_pods_without_leader_el
         "pods without leader election ran: {seen:?}"
     );
 }
+
+/// Waits until Deployment `name` has `replicas` updated and available pods of its current spec;
+/// on timeout, panics with its status and the namespace's pods.
+async fn available(admin: &Client, ns: &str, name: &str, replicas: i32) {
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
+    let deadline = Instant::now() + T;
+    loop {
+        let d = deployments.get(name).await.expect("read Deployment");
+        let s = d.status.clone().unwrap_or_default();
+        if s.observed_generation == d.metadata.generation
+            && s.replicas == Some(replicas)
+            && s.updated_replicas == Some(replicas)
+            && s.available_replicas == Some(replicas)
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            let pods = Api::<Pod>::namespaced(admin.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .expect("list pods");
+            let pods: Vec<_> = pods
+                .items
+                .iter()
+                .map(|p| (p.name_any(), p.labels().clone(), is_ready(p)))
+                .collect();
+            panic!(
+                "deployment {name} not available with {replicas} pods in {T:?}: {s:?}; pods {pods:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Shards beside the default Deployment: the default Deployment's selector also matches shard
+/// pods, yet each Deployment runs exactly its own pods (controller references), and each
+/// PodDisruptionBudget counts only its own Deployment's pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_deployments_roll_out_beside_the_default_and_each_budget_counts_its_own_pods() {
+    let plane = plane().await;
+    let admin = plane.admin_client();
+    let ns = plane.create_namespace("shards").await.expect("namespace");
+    let home = tempfile::tempdir().expect("tempdir");
+    let _kubelet = stand_in_kubelet(admin.clone(), &ns);
+    let chart = repo()
+        .join("charts/workspace-start-operator")
+        .display()
+        .to_string();
+    let release = format!("workspace-start-operator-{ns}");
+    let mut args = install_args("install", &release, &ns, &chart);
+    args.extend([
+        "--set=replicaCount=2",
+        "--set=shards[0].name=a",
+        "--set=shards[0].replicaCount=2",
+        "--set=shards[1].name=b",
+        // Unset, a shard's replicaCount would be the chart's (2).
+        "--set=shards[1].replicaCount=1",
+    ]);
+    helm(plane, home.path(), &args);
+    let shard_a = format!("{release}-shard-a");
+    let shard_b = format!("{release}-shard-b");
+    for (name, replicas) in [(&release, 2), (&shard_a, 2), (&shard_b, 1)] {
+        available(&admin, &ns, name, replicas).await;
+    }
+
+    // Every pod belongs, through its ReplicaSet, to the Deployment of its shard.
+    let sets: BTreeMap<String, String> = Api::<ReplicaSet>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list ReplicaSets")
+        .items
+        .iter()
+        .filter_map(|rs| {
+            let owner = rs.metadata.owner_references.as_ref()?.first()?;
+            Some((rs.name_any(), owner.name.clone()))
+        })
+        .collect();
+    let pods = Api::<Pod>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list pods");
+    let mut per_deployment: BTreeMap<String, usize> = BTreeMap::new();
+    for pod in &pods.items {
+        let shard = pod.labels().get("coder.com/shard").cloned();
+        let want = shard.map_or(release.clone(), |s| format!("{release}-shard-{s}"));
+        let rs = pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| o.name.clone())
+            .unwrap_or_default();
+        assert_eq!(sets.get(&rs), Some(&want), "pod {}", pod.name_any());
+        *per_deployment.entry(want).or_default() += 1;
+    }
+    assert_eq!(
+        per_deployment,
+        BTreeMap::from([(release.clone(), 2), (shard_a.clone(), 2), (shard_b, 1)])
+    );
+
+    // The disruption controller counts each budget's pods: two each, not the five the default
+    // Deployment's selector would match. Shard b (one replica) has none.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), &ns);
+    for name in [&release, &shard_a] {
+        eventually(
+            &format!("PodDisruptionBudget {name} counts its two pods"),
+            || async {
+                let s = pdbs.get_opt(name).await.ok()??.status?;
+                (s.expected_pods == Some(2) && s.disruptions_allowed == Some(1)).then_some(())
+            },
+        )
+        .await;
+    }
+    let all = pdbs.list(&ListParams::default()).await.expect("list PDBs");
+    assert_eq!(all.items.len(), 2, "no budget for the one-replica shard");
+}
