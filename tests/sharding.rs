@@ -305,12 +305,16 @@ async fn request_for_a_shard_that_does_not_run_gets_no_status_until_relabelled()
     let orphan_ws =
         sim.add_workspace(WorkspaceSeed::new(s.env.alice.id, "orphan").script(quick_build()));
     s.create("orphan", "c", orphan_ws).await;
+    let created = Instant::now();
     // Controls created after it, one per running shard, become Ready: the shards are working.
     for (name, shard) in [("control-default", ""), ("control-a", "a")] {
         let ws = sim.add_workspace(WorkspaceSeed::new(s.env.alice.id, name).script(quick_build()));
         s.create(name, shard, ws).await;
         s.wait_ready(name).await;
     }
+    // A running shard writes a new request's first status (Pending) within 2 s; give it more
+    // than that before asserting that none came (an absence can only be waited out).
+    tokio::time::sleep_until((created + Duration::from_secs(4)).into()).await;
     let w = s.env.wsrs().get("orphan").await.expect("get orphan");
     assert!(
         w.status.is_none(),
