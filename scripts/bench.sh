@@ -5,7 +5,12 @@
 #
 #   BENCH_N="100 1000"        sizes (default "100 1000 5000")
 #   BENCH_SHAPES="shared"     shared (10 requests per workspace) and/or unique (default both)
-#   BENCH_MODES="watch"       watch (--coder-watch=true) and/or poll (default both)
+#   BENCH_MODES="floor watch" floor (minimal writer: the API server's best), watch
+#                             (--coder-watch=true), poll (default all three)
+#   BENCH_RESTART=false       skip the restart with N finished requests after each watch run
+#   BENCH_RESUME_N=1000       requests in flight when the operator is killed (0 = skip)
+#   BENCH_CHAOS=1             also N=1000 under faults (operator SIGKILLed every 5 s, API
+#                             server restarted once)
 #   BENCH_OPERATOR_ARGS=...   extra operator flags, e.g. "--concurrency=32"
 #   BENCH_ARGS=...            extra wso-bench flags, e.g. "--running-ms 2000" (see --help)
 set -euo pipefail
@@ -14,7 +19,7 @@ cd "$here"
 
 n=${BENCH_N:-100 1000 5000}
 shapes=${BENCH_SHAPES:-shared unique}
-modes=${BENCH_MODES:-watch poll}
+modes=${BENCH_MODES:-floor watch poll}
 export BENCH_N=${n// /,} BENCH_SHAPES=${shapes// /,} BENCH_MODES=${modes// /,}
 export BENCH_OUT=${BENCH_OUT:-$here/target/bench/summary.md}
 mkdir -p "$(dirname "$BENCH_OUT")"
@@ -24,7 +29,8 @@ scripts/control-plane-bins.sh >/dev/null
 
 cargo build --release --bin workspace-start-operator -p workspace-start-operator
 cargo build --release --bin wso-bench -p wso-bench
+target=${CARGO_TARGET_DIR:-$here/target}
 # Many watch streams and connections at N=5000.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # shellcheck disable=SC2086
-exec target/release/wso-bench --operator-bin "$here/target/release/workspace-start-operator" ${BENCH_ARGS:-}
+exec "$target/release/wso-bench" --operator-bin "$target/release/workspace-start-operator" ${BENCH_ARGS:-}
