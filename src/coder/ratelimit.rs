@@ -1,111 +1,107 @@
-//! Client-side token buckets that keep the operator under Coder's per-user, per-endpoint rate
-//! limit (default 512 requests/minute), and honour `Retry-After` after a 429.
+//! Client-side rate limiting that keeps the operator under Coder's per-user, per-endpoint rate
+//! limit (default 512 requests/minute), and honours `Retry-After` after a 429.
 //!
-//! Coder keys its limiter by user and URL path (go-chi/httprate `KeyByEndpoint`), so the
-//! buckets here are keyed by the request path too.
+//! Coder keys its limiter by user and URL path (go-chi/httprate `KeyByEndpoint`), so this one is
+//! keyed by the request path too: `governor`'s keyed GCRA limiter, one request per `60/n` seconds
+//! with bursts of `n/10`. At most once a second it forgets paths idle long enough to be as good
+//! as new (`retain_recent`), so paths with ids (one per workspace or chat) do not pile up.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How often buckets that refilled completely are dropped.
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+/// How often paths that are as good as new are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// One token bucket per endpoint, all with the same rate.
+/// Per-path limits, all with the same quota.
 #[derive(Debug)]
 pub struct RateLimiter {
-    per_minute: f64,
-    burst: f64,
-    buckets: Mutex<Buckets>,
-}
-
-/// The buckets in use. A bucket idle long enough to be full again is dropped: a missing bucket
-/// is created full, so forgetting it changes nothing (and paths with ids, one per workspace or
-/// chat, do not pile up).
-#[derive(Debug)]
-struct Buckets {
-    map: HashMap<String, Bucket>,
-    swept: Instant,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-    blocked_until: Option<Instant>,
+    /// `None` when limiting is disabled.
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Paths Coder answered 429 for, blocked until the time its `Retry-After` gave.
+    blocked: Mutex<HashMap<String, Instant>>,
+    swept: Mutex<Instant>,
 }
 
 impl RateLimiter {
-    /// A limiter allowing `per_minute` requests per endpoint (0 or less disables it).
+    /// A limiter allowing `per_minute` requests per endpoint, in bursts of a tenth of that
+    /// (0 disables it).
     pub fn new(per_minute: u32) -> RateLimiter {
-        let per_minute = f64::from(per_minute);
+        let limiter = NonZeroU32::new(per_minute).map(|rate| {
+            let burst = NonZeroU32::new(per_minute / 10).unwrap_or(NonZeroU32::MIN);
+            governor::RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
+        });
         RateLimiter {
-            per_minute,
-            burst: (per_minute / 10.0).max(1.0),
-            buckets: Mutex::new(Buckets {
-                map: HashMap::new(),
-                swept: Instant::now(),
-            }),
+            limiter,
+            blocked: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
         }
     }
 
-    /// Waits until a request to `path` may be sent.
+    /// Waits until a request to `endpoint` may be sent.
     pub async fn acquire(&self, endpoint: &str) {
-        if self.per_minute <= 0.0 {
+        if self.limiter.is_none() {
             return;
         }
-        loop {
-            let wait = self.try_take(endpoint, Instant::now());
-            match wait {
-                None => return,
-                Some(d) => tokio::time::sleep(d).await,
-            }
+        self.sweep();
+        while let Some(wait) = self.try_take(endpoint) {
+            tokio::time::sleep(wait).await;
         }
     }
 
-    /// Takes a token if one is available; otherwise returns how long to wait.
-    fn try_take(&self, endpoint: &str, now: Instant) -> Option<Duration> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if now.duration_since(buckets.swept) >= SWEEP_EVERY {
-            let refill = Duration::from_secs_f64(self.burst * 60.0 / self.per_minute);
-            buckets.map.retain(|_, b| {
-                now.duration_since(b.last) < refill || b.blocked_until.is_some_and(|u| u > now)
-            });
-            buckets.swept = now;
+    /// Takes a request slot for `endpoint` if one is free; otherwise returns how long to wait.
+    fn try_take(&self, endpoint: &str) -> Option<Duration> {
+        let limiter = self.limiter.as_ref()?;
+        if let Some(wait) = self.blocked_for(endpoint) {
+            return Some(wait);
         }
-        let b = buckets.map.entry(endpoint.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-            blocked_until: None,
-        });
-        if let Some(until) = b.blocked_until {
-            if until > now {
-                return Some(until - now);
-            }
-            b.blocked_until = None;
-        }
-        let rate = self.per_minute / 60.0;
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(self.burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            None
-        } else {
-            Some(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        match limiter.check_key(&endpoint.to_owned()) {
+            Ok(()) => None,
+            Err(not_until) => Some(not_until.wait_time_from(DefaultClock::default().now())),
         }
     }
 
-    /// Blocks `path` for `delay` after Coder answered 429.
-    pub fn back_off(&self, endpoint: &str, delay: Duration) {
+    /// How long `endpoint` stays blocked after a 429, if it is.
+    fn blocked_for(&self, endpoint: &str) -> Option<Duration> {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *blocked.get(endpoint)?;
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.map.entry(endpoint.to_owned()).or_insert(Bucket {
-            tokens: 0.0,
-            last: now,
-            blocked_until: None,
-        });
-        b.tokens = 0.0;
-        b.blocked_until = Some(now + delay);
+        if until > now {
+            return Some(until - now);
+        }
+        blocked.remove(endpoint);
+        None
+    }
+
+    /// Forgets paths that are as good as new, at most once per [`SWEEP_EVERY`].
+    fn sweep(&self) {
+        let Some(limiter) = &self.limiter else { return };
+        {
+            let mut swept = self.swept.lock().unwrap_or_else(|p| p.into_inner());
+            if swept.elapsed() < SWEEP_EVERY {
+                return;
+            }
+            *swept = Instant::now();
+        }
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+        let now = Instant::now();
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
+    }
+
+    /// Blocks `endpoint` for `delay` after Coder answered 429 (`Retry-After`).
+    pub fn back_off(&self, endpoint: &str, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = blocked.entry(endpoint.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
     }
 }
 
@@ -116,42 +112,46 @@ mod tests {
     #[test]
     fn burst_then_waits_at_the_configured_rate() {
         let l = RateLimiter::new(600); // 10/s, burst 60
-        let now = Instant::now();
         for _ in 0..60 {
-            assert_eq!(l.try_take("a", now), None);
+            assert_eq!(l.try_take("a"), None);
         }
-        let wait = l.try_take("a", now).expect("bucket empty");
-        assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO);
-        // Other endpoints have their own bucket.
-        assert_eq!(l.try_take("b", now), None);
+        let wait = l.try_take("a").expect("burst used up");
+        assert!(
+            wait <= Duration::from_millis(100) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
+        // Other endpoints have their own budget.
+        assert_eq!(l.try_take("b"), None);
     }
 
     #[test]
-    fn buckets_that_refilled_are_forgotten() {
-        let l = RateLimiter::new(600); // burst 60 refills in 6 s
-        let t0 = Instant::now();
+    fn paths_as_good_as_new_are_forgotten() {
+        let l = RateLimiter::new(6_000_000); // one request per 10 µs
         for i in 0..10_000 {
-            assert_eq!(l.try_take(&format!("/workspaces/{i}"), t0), None);
+            assert_eq!(l.try_take(&format!("/workspaces/{i}")), None);
         }
-        assert_eq!(l.try_take("hot", t0 + Duration::from_secs(5)), None);
-        l.back_off("blocked", Duration::from_secs(60));
-        // One sweep later only buckets that are not full yet remain.
-        let later = t0 + Duration::from_secs(7);
-        assert_eq!(l.try_take("/workspaces/0", later), None);
-        let left: Vec<String> = {
-            let b = l.buckets.lock().expect("lock");
-            let mut k: Vec<String> = b.map.keys().cloned().collect();
-            k.sort();
-            k
-        };
-        assert_eq!(left, ["/workspaces/0", "blocked", "hot"]);
+        let limiter = l.limiter.as_ref().expect("enabled");
+        assert_eq!(limiter.len(), 10_000);
+        std::thread::sleep(Duration::from_millis(20));
+        *l.swept.lock().expect("lock") = Instant::now() - SWEEP_EVERY;
+        l.sweep();
+        assert_eq!(limiter.len(), 0);
     }
 
     #[test]
     fn retry_after_blocks_the_endpoint() {
         let l = RateLimiter::new(600);
         l.back_off("a", Duration::from_secs(60));
-        let wait = l.try_take("a", Instant::now()).expect("blocked");
+        let wait = l.try_take("a").expect("blocked");
         assert!(wait > Duration::from_secs(59));
+        assert_eq!(l.try_take("b"), None, "other endpoints are not blocked");
+    }
+
+    #[test]
+    fn zero_disables_limiting() {
+        let l = RateLimiter::new(0);
+        for _ in 0..10_000 {
+            assert_eq!(l.try_take("a"), None);
+        }
     }
 }
