@@ -16,12 +16,13 @@ use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
 const T: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
-// A small OpenMetrics / Prometheus text-format checker.
+// The exposition is checked by `openmetrics-parser` (which passes the OpenMetrics project's own
+// test cases) and flattened into samples for the assertions below.
 
-/// Label pairs in exposition order.
+/// Label pairs.
 type Labels = Vec<(String, String)>;
 
-/// One sample: metric name, labels (in order), value.
+/// One sample: sample name (`x_total`, `h_bucket`, ...), labels, value.
 #[derive(Debug, Clone)]
 struct Sample {
     name: String,
@@ -29,233 +30,56 @@ struct Sample {
     value: f64,
 }
 
-fn is_metric_name(s: &str) -> bool {
-    let mut cs = s.chars();
-    cs.next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-fn is_label_name(s: &str) -> bool {
-    let mut cs = s.chars();
-    cs.next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-fn parse_value(s: &str) -> Result<f64, String> {
-    match s {
-        "+Inf" => Ok(f64::INFINITY),
-        "-Inf" => Ok(f64::NEG_INFINITY),
-        "NaN" => Ok(f64::NAN),
-        _ => s
-            .parse::<f64>()
-            .map_err(|e| format!("bad value {s:?}: {e}")),
-    }
-}
-
-/// Parses `{a="x",b="y\"z"}` at the start of `s`; returns the labels and the rest.
-fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
-    let mut rest = s.strip_prefix('{').ok_or("labels must start with {")?;
-    let mut out = Vec::new();
-    loop {
-        if let Some(r) = rest.strip_prefix('}') {
-            return Ok((out, r));
-        }
-        let eq = rest
-            .find('=')
-            .ok_or_else(|| format!("label without '=' in {s:?}"))?;
-        let name = &rest[..eq];
-        if !is_label_name(name) {
-            return Err(format!("bad label name {name:?}"));
-        }
-        let mut chars = rest[eq + 1..].char_indices();
-        if chars.next().map(|c| c.1) != Some('"') {
-            return Err(format!("label value of {name} not quoted"));
-        }
-        let mut value = String::new();
-        let mut end = None;
-        let mut escaped = false;
-        for (i, c) in chars {
-            if escaped {
-                match c {
-                    '\\' | '"' => value.push(c),
-                    'n' => value.push('\n'),
-                    _ => return Err(format!("bad escape \\{c} in label {name}")),
-                }
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                end = Some(eq + 1 + i + 1);
-                break;
-            } else {
-                value.push(c);
-            }
-        }
-        let end = end.ok_or_else(|| format!("unterminated label value of {name}"))?;
-        if out.iter().any(|(n, _)| n == name) {
-            return Err(format!("duplicate label {name}"));
-        }
-        out.push((name.to_owned(), value));
-        rest = &rest[end..];
-        rest = rest.strip_prefix(',').unwrap_or(rest);
-    }
-}
-
-/// Checks the exposition line by line and returns its samples. Rules: `# HELP`/`# TYPE`/`# UNIT`
-/// metadata before the family's samples, known types, sample names matching their family
-/// (counters `_total`/`_created`, histograms `_bucket`/`_count`/`_sum`/`_created`), valid names,
-/// labels and values, no duplicate series, histograms with cumulative buckets ending in
-/// `le="+Inf"` equal to `_count`, and exactly one trailing `# EOF`.
+/// Parses and validates OpenMetrics text; returns its samples.
 fn check_exposition(text: &str) -> Result<Vec<Sample>, String> {
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.last() != Some(&"# EOF") {
-        return Err("the exposition must end with # EOF".into());
-    }
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    let mut samples = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (n, line) in lines[..lines.len() - 1].iter().enumerate() {
-        let at = |e: String| format!("line {}: {e}: {line:?}", n + 1);
-        if line.is_empty() {
-            return Err(at("empty line".into()));
-        }
-        if let Some(meta) = line.strip_prefix("# ") {
-            let mut parts = meta.splitn(3, ' ');
-            let (kind, name) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            if !is_metric_name(name) {
-                return Err(at(format!("bad metric name {name:?}")));
-            }
-            match kind {
-                "HELP" | "UNIT" => {}
-                "TYPE" => {
-                    let t = parts.next().unwrap_or("");
-                    if ![
-                        "counter",
-                        "gauge",
-                        "histogram",
-                        "summary",
-                        "unknown",
-                        "info",
-                        "stateset",
-                        "gaugehistogram",
-                    ]
-                    .contains(&t)
-                    {
-                        return Err(at(format!("unknown type {t:?}")));
+    use openmetrics_parser::{OpenMetricsValue, openmetrics::parse_openmetrics};
+    let exposition = parse_openmetrics(text).map_err(|e| format!("invalid OpenMetrics: {e}"))?;
+    let mut out = Vec::new();
+    for family in exposition.families.values() {
+        let name = &family.family_name;
+        for s in family.iter_samples() {
+            let labels: Labels = s
+                .get_labelset()
+                .map_err(|e| format!("{name}: {e}"))?
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut push = |suffix: &str, extra: Option<(&str, String)>, value: f64| {
+                let mut labels = labels.clone();
+                labels.extend(extra.map(|(k, v)| (k.to_owned(), v)));
+                out.push(Sample {
+                    name: format!("{name}{suffix}"),
+                    labels,
+                    value,
+                });
+            };
+            match &s.value {
+                OpenMetricsValue::Counter(c) => push("_total", None, c.value.as_f64()),
+                OpenMetricsValue::Gauge(v) => push("", None, v.as_f64()),
+                // Valid OpenMetrics, but the operator declares the type of every family.
+                OpenMetricsValue::Unknown(_) => return Err(format!("{name}: no # TYPE")),
+                OpenMetricsValue::Histogram(h) => {
+                    for b in &h.buckets {
+                        let le = if b.upper_bound.is_infinite() {
+                            "+Inf".to_owned()
+                        } else {
+                            b.upper_bound.to_string()
+                        };
+                        push("_bucket", Some(("le", le)), b.count.as_f64());
                     }
-                    if types.insert(name.to_owned(), t.to_owned()).is_some() {
-                        return Err(at(format!("family {name} declared twice")));
+                    let count = h
+                        .count
+                        .ok_or_else(|| format!("{name}: histogram without _count"))?;
+                    push("_count", None, count as f64);
+                    if let Some(sum) = &h.sum {
+                        push("_sum", None, sum.as_f64());
                     }
-                    current = Some((name.to_owned(), t.to_owned()));
                 }
-                "EOF" => return Err(at("# EOF before the end".into())),
-                _ => return Err(at(format!("unknown metadata {kind:?}"))),
-            }
-            continue;
-        }
-        let name_end = line.find(['{', ' ']).ok_or_else(|| at("no value".into()))?;
-        let name = &line[..name_end];
-        if !is_metric_name(name) {
-            return Err(at(format!("bad metric name {name:?}")));
-        }
-        let (labels, rest) = if line[name_end..].starts_with('{') {
-            parse_labels(&line[name_end..]).map_err(at)?
-        } else {
-            (Vec::new(), &line[name_end..])
-        };
-        let rest = rest
-            .strip_prefix(' ')
-            .ok_or_else(|| at("no space before the value".into()))?;
-        // value [timestamp] [# exemplar]
-        let rest = rest.split(" # ").next().unwrap_or(rest);
-        let mut fields = rest.split(' ');
-        let value = parse_value(fields.next().unwrap_or("")).map_err(at)?;
-        if let Some(ts) = fields.next() {
-            ts.parse::<f64>()
-                .map_err(|e| at(format!("bad timestamp: {e}")))?;
-        }
-        if fields.next().is_some() {
-            return Err(at("trailing fields".into()));
-        }
-        let (family, t) = current
-            .clone()
-            .ok_or_else(|| at("sample before any # TYPE".into()))?;
-        let suffixes: &[&str] = match t.as_str() {
-            "counter" => &["_total", "_created"],
-            "histogram" | "gaugehistogram" => {
-                &["_bucket", "_count", "_sum", "_created", "_gcount", "_gsum"]
-            }
-            "summary" => &["", "_count", "_sum", "_created"],
-            "info" => &["_info"],
-            _ => &[""],
-        };
-        if !suffixes.iter().any(|s| name == format!("{family}{s}")) {
-            return Err(at(format!(
-                "sample {name} does not belong to {t} family {family}"
-            )));
-        }
-        if t == "counter" && value < 0.0 {
-            return Err(at("negative counter".into()));
-        }
-        let key = format!("{name}{labels:?}");
-        if !seen.insert(key) {
-            return Err(at("duplicate series".into()));
-        }
-        samples.push(Sample {
-            name: name.to_owned(),
-            labels,
-            value,
-        });
-    }
-    // Histograms: cumulative buckets, +Inf bucket == _count.
-    for (family, t) in &types {
-        if t != "histogram" {
-            continue;
-        }
-        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        for s in samples
-            .iter()
-            .filter(|s| s.name == format!("{family}_bucket"))
-        {
-            let le = s
-                .labels
-                .iter()
-                .find(|l| l.0 == "le")
-                .ok_or_else(|| format!("{family}_bucket without le"))?;
-            let rest: Vec<_> = s.labels.iter().filter(|l| l.0 != "le").collect();
-            series
-                .entry(format!("{rest:?}"))
-                .or_default()
-                .push((parse_value(&le.1)?, s.value));
-        }
-        for (ls, buckets) in series {
-            if buckets
-                .windows(2)
-                .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
-            {
-                return Err(format!(
-                    "{family}{ls}: buckets not increasing/cumulative: {buckets:?}"
-                ));
-            }
-            let inf = buckets.last().filter(|b| b.0.is_infinite()).map(|b| b.1);
-            let count = samples
-                .iter()
-                .find(|s| {
-                    s.name == format!("{family}_count")
-                        && format!("{:?}", s.labels.iter().collect::<Vec<_>>()) == ls
-                })
-                .map(|s| s.value);
-            if inf.is_none() || inf != count {
-                return Err(format!(
-                    "{family}{ls}: +Inf bucket {inf:?} != _count {count:?}"
-                ));
+                other => return Err(format!("{name}: unexpected metric type {other:?}")),
             }
         }
     }
-    Ok(samples)
+    Ok(out)
 }
 
 /// The value of the series `name` whose labels include `labels` (exactly one must match).
@@ -278,13 +102,13 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64>
 
 #[test]
 fn exposition_checker_rejects_malformed_text() {
-    let good = "# HELP x_total A counter.\n# TYPE x counter\nx_total{a=\"b\\\"c\"} 1\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_count 2\nh_sum 3.5\n# EOF\n";
+    let good = "# HELP x A counter.\n# TYPE x counter\nx_total{a=\"b\\\"c\"} 1\n# TYPE h histogram\nh_bucket{le=\"1.0\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_count 2\nh_sum 3.5\n# EOF\n";
     let s = check_exposition(good).expect("valid");
     assert_eq!(value(&s, "x_total", &[("a", "b\"c")]), Some(1.0));
     for bad in [
         "# TYPE x counter\nx_total 1\n",             // no EOF
         "# TYPE x counter\nx 1\n# EOF\n",            // counter without _total
-        "x_total 1\n# EOF\n",                        // no TYPE
+        "x_total 1\n# EOF\n",                        // no TYPE (ours: every family typed)
         "# TYPE x counter\nx_total{a=b} 1\n# EOF\n", // unquoted label
         "# TYPE x counter\nx_total one\n# EOF\n",    // bad value
         "# TYPE x gauge\nx 1\nx 2\n# EOF\n",         // duplicate series
