@@ -51,6 +51,8 @@ pub struct RunResult {
     pub lag_p50_ms: f64,
     pub lag_p99_ms: f64,
     pub lag_max_ms: f64,
+    /// Longest time any request had no status (the bench's watch), ms.
+    pub no_status_max_ms: f64,
     pub coder_by_route: BTreeMap<String, u64>,
     pub coder_total: u64,
     pub watch_streams: u64,
@@ -85,6 +87,7 @@ impl RunResult {
             lag_p50_ms: f64::NAN,
             lag_p99_ms: f64::NAN,
             lag_max_ms: f64::NAN,
+            no_status_max_ms: f64::NAN,
             coder_by_route: BTreeMap::new(),
             coder_total: 0,
             watch_streams: 0,
@@ -186,6 +189,11 @@ pub fn run_detail(r: &RunResult) -> String {
         s,
         "| Ready lag p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |",
         r.lag_p50_ms, r.lag_p99_ms, r.lag_max_ms
+    );
+    let _ = writeln!(
+        s,
+        "| longest time a request had no status | {:.0} ms |",
+        r.no_status_max_ms
     );
     for (route, c) in &r.coder_by_route {
         let _ = writeln!(

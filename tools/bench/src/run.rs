@@ -294,8 +294,26 @@ async fn create(
 #[derive(Default)]
 pub struct Seen {
     pub ready: HashMap<String, Timestamp>,
+    /// When each request was first seen, and when first seen with a status.
+    pub first_seen: HashMap<String, Timestamp>,
+    pub first_status: HashMap<String, Timestamp>,
     pub failed: HashMap<String, String>,
     pub started: HashSet<String>,
+}
+
+impl Seen {
+    /// The longest time (ms) any request was seen without a status: from the bench's watch
+    /// first seeing it until it first saw it with one (until now when it never did).
+    pub fn longest_without_status_ms(&self) -> f64 {
+        let now = Timestamp::now();
+        self.first_seen
+            .iter()
+            .map(|(name, seen)| {
+                let until = self.first_status.get(name).copied().unwrap_or(now);
+                until.duration_since(*seen).as_secs_f64() * 1000.0
+            })
+            .fold(0.0, f64::max)
+    }
 }
 
 /// A watch on the run's requests in this process.
@@ -337,6 +355,10 @@ impl ReadyWatch {
                     };
                     let name = o.metadata.name.clone().unwrap_or_default();
                     let mut s = seen.lock().expect("lock");
+                    s.first_seen.entry(name.clone()).or_insert(now);
+                    if o.status.is_some() {
+                        s.first_status.entry(name.clone()).or_insert(now);
+                    }
                     if o.status.as_ref().is_some_and(|st| st.build.is_some()) {
                         s.started.insert(name.clone());
                     }
@@ -562,6 +584,7 @@ pub async fn run_one(
     drop(ready_watch);
     let lags = world.lags(&seen.ready);
     r.set_lags(&lags);
+    r.no_status_max_ms = seen.longest_without_status_ms();
     r.lost = plan.n.saturating_sub(seen.ready.len());
     let (dup, unstarted) = world.duplicate_builds();
     r.duplicate_builds = dup;
