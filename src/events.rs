@@ -7,7 +7,11 @@
 //!
 //! Events are the least urgent API writes: they go through a bounded queue served by a few
 //! workers, so a burst of transitions never crowds out status writes at the API server. When the
-//! queue is full the event is dropped and counted (as client-go's event broadcaster does).
+//! queue is full the event is dropped and counted (as client-go's event broadcaster does). A
+//! Normal event that waited longer than [`MAX_DELAY`] for its turn is dropped and counted too:
+//! under load the API server's time goes to the writes each request needs (its first status,
+//! the start record, the final status), and Events are sent only where they fit. Warnings are
+//! always sent.
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -17,6 +21,7 @@ use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::crd::WorkspaceStartRequest;
@@ -30,6 +35,14 @@ pub const QUEUE_CAPACITY: usize = 1024;
 /// Concurrent Event creates.
 const WORKERS: usize = 1;
 
+/// A Normal event still waiting for a write slot after this long is dropped (counted).
+pub const MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// True when an event queued `waited` ago should still be sent.
+fn still_fits(type_: Option<&str>, waited: Duration) -> bool {
+    type_ == Some("Warning") || waited <= MAX_DELAY
+}
+
 /// Event severity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventType {
@@ -42,7 +55,7 @@ pub enum EventType {
 /// Creates Events as `reportingController` / `reportingInstance`.
 #[derive(Clone)]
 pub struct EventPublisher {
-    queue: mpsc::Sender<Event>,
+    queue: mpsc::Sender<(Event, Instant)>,
     dropped: Counter,
     controller: String,
     instance: String,
@@ -51,7 +64,8 @@ pub struct EventPublisher {
 impl EventPublisher {
     /// A publisher for `controller` running as `instance` (the pod name); starts its workers
     /// on the current tokio runtime. Each create takes one of `slots` (shared with the status
-    /// writes that are not final). Events dropped on a full queue are counted in `dropped`.
+    /// writes that are not final). Events dropped (queue full, or no slot within [`MAX_DELAY`])
+    /// are counted in `dropped`.
     pub fn start(
         client: kube::Client,
         controller: &str,
@@ -59,16 +73,23 @@ impl EventPublisher {
         dropped: Counter,
         slots: Arc<Semaphore>,
     ) -> EventPublisher {
-        let (queue, rx) = mpsc::channel::<Event>(QUEUE_CAPACITY);
+        let (queue, rx) = mpsc::channel::<(Event, Instant)>(QUEUE_CAPACITY);
+        let stale = dropped.clone();
         tokio::spawn(
             tokio_stream::wrappers::ReceiverStream::new(rx).for_each_concurrent(
                 WORKERS,
-                move |ev| {
+                move |(ev, queued)| {
                     let client = client.clone();
                     let slots = Arc::clone(&slots);
+                    let stale = stale.clone();
                     async move {
                         let _slot = slots.acquire().await.ok();
-                        send(&client, &ev).await
+                        if still_fits(ev.type_.as_deref(), queued.elapsed()) {
+                            send(&client, &ev).await;
+                        } else {
+                            stale.inc();
+                            tracing::debug!(reason = ?ev.reason, "event waited too long for a write slot; dropped");
+                        }
                     }
                 },
             ),
@@ -92,7 +113,7 @@ impl EventPublisher {
         note: Option<&str>,
     ) {
         let ev = self.event(wsr, type_, reason, action, note);
-        if self.queue.try_send(ev).is_err() {
+        if self.queue.try_send((ev, Instant::now())).is_err() {
             self.dropped.inc();
             tracing::debug!(request = %wsr.name_any(), reason, "event queue full; event dropped");
         }
@@ -148,5 +169,21 @@ async fn send(client: &kube::Client, ev: &Event) {
         .await
     {
         tracing::warn!(error = %e, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_normal_events_are_dropped_and_warnings_never() {
+        assert!(still_fits(Some("Normal"), Duration::ZERO));
+        assert!(still_fits(Some("Normal"), MAX_DELAY));
+        assert!(!still_fits(
+            Some("Normal"),
+            MAX_DELAY + Duration::from_millis(1)
+        ));
+        assert!(still_fits(Some("Warning"), Duration::from_secs(600)));
     }
 }
