@@ -512,6 +512,15 @@ fn decide_workspace(
         name: ws.name.clone(),
         owner_name: Some(ws.owner_name.clone()).filter(|s| !s.is_empty()),
     });
+    // The chat tool checks its owner first, whatever the workspace is doing (`asOwner` in
+    // startworkspace.go runs before it looks at the build).
+    let mut next = next;
+    if chat_owner.is_some() {
+        next = match owner_gate(next, ws, owner) {
+            Ok(next) => next,
+            Err(done) => return *done,
+        };
+    }
     let lb = &ws.latest_build;
     let next = match follow_latest(next, lb) {
         Ok(next) => next,
@@ -660,6 +669,35 @@ fn followed_build_ended(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
     next.fail(reason, msg)
 }
 
+/// The chat tool acts only for an active chat owner (`asOwner`): `Ok` when the owner is known
+/// active, else the decision (ask for the owner, fail, or retry).
+fn owner_gate<'a>(
+    next: Next<'a>,
+    ws: &Workspace,
+    owner: &OwnerState,
+) -> Result<Next<'a>, Box<Decision>> {
+    match owner {
+        OwnerState::Active => Ok(next),
+        OwnerState::Unchecked => {
+            let phase = next.input.status.phase.unwrap_or(Phase::Pending);
+            let check = Action::CheckOwner { owner: ws.owner_id };
+            Err(Box::new(next.progressing(
+                phase,
+                reasons::PENDING,
+                "checking that the chat owner is active",
+                check,
+            )))
+        }
+        OwnerState::Inactive(message) => Err(Box::new(next.fail(reasons::OWNER_INACTIVE, message))),
+        OwnerState::Unavailable => Err(Box::new(retrying(
+            next,
+            reasons::CODER_UNAVAILABLE,
+            "Coder is unavailable; retrying with backoff",
+            "Coder stayed unavailable until the request's deadline",
+        ))),
+    }
+}
+
 /// Nothing runs and nothing is followed: start the workspace, as the chat tool does once the
 /// chat owner is active (`asOwner`). A dormant workspace is started too: current Coder wakes
 /// it in the start build's transaction.
@@ -672,27 +710,10 @@ fn start(mut next: Next<'_>, ws: &Workspace, owner: &OwnerState) -> Decision {
         );
     }
     if input.spec.chat_id.is_some() {
-        match owner {
-            OwnerState::Unchecked => {
-                let check = Action::CheckOwner { owner: ws.owner_id };
-                return next.progressing(
-                    Phase::Starting,
-                    reasons::START_REQUESTED,
-                    "checking that the chat owner is active",
-                    check,
-                );
-            }
-            OwnerState::Inactive(message) => return next.fail(reasons::OWNER_INACTIVE, message),
-            OwnerState::Unavailable => {
-                return retrying(
-                    next,
-                    reasons::CODER_UNAVAILABLE,
-                    "Coder is unavailable; retrying with backoff",
-                    "Coder stayed unavailable until the request's deadline",
-                );
-            }
-            OwnerState::Active => {}
-        }
+        next = match owner_gate(next, ws, owner) {
+            Ok(next) => next,
+            Err(done) => return *done,
+        };
     }
     let requested = next.st.build_requested_at.is_some();
     if !requested || next.st.outcome.is_none() {

@@ -324,10 +324,17 @@ async fn inactive_chat_owner_is_refused() {
     let (dave, dave_ws, dave_chat) = chat_of("dave");
     sim.delete_user(dave.id);
     let (_, erin_ws, erin_chat) = chat_of("erin");
+    // The newest tool checks the owner before anything else: a running workspace too.
+    let frank = sim.add_user("frank");
+    let frank_ws =
+        sim.add_workspace(WorkspaceSeed::new(frank.id, "dev").state(InitialState::Running));
+    let frank_chat = sim.add_chat(frank.id, Some(frank_ws));
+    sim.set_user_status(frank.id, "suspended");
     for (name, chat) in [
         ("suspended", bob_chat),
         ("dormant", carol_chat),
         ("deleted", dave_chat),
+        ("running", frank_chat),
         ("active", erin_chat),
     ] {
         env.create(name, spec(chat)).await;
@@ -336,10 +343,16 @@ async fn inactive_chat_owner_is_refused() {
         ("suspended", bob_ws, "bob"),
         ("dormant", carol_ws, "carol"),
         ("deleted", dave_ws, "dave"),
+        ("running", frank_ws, "frank"),
     ] {
         let w = assert_failed(&env, name, "OwnerInactive").await;
         assert!(message(&w).contains(who), "{name}: {}", message(&w));
         assert_eq!(sim.builds_created(ws), 0, "{name}: nothing started");
+        assert_eq!(
+            w.status.as_ref().and_then(|s| s.outcome),
+            None,
+            "{name}: not reported as started"
+        );
         let evs = env.events(name).await;
         assert!(
             evs.iter()

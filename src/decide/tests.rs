@@ -388,12 +388,49 @@ fn every_branch() {
         ),
         // The chat tool acts only for an active chat owner (asOwner), checked before a start.
         case(
-            "chat_owner_checked_before_a_start",
+            "chat_owner_checked_first",
             seen_ws(workspace(stopped()), OwnerState::Unchecked),
-            Starting,
-            reasons::START_REQUESTED,
+            Pending,
+            reasons::PENDING,
             CheckOwner,
         ),
+        // The newest tool checks the owner before it looks at the build at all.
+        case(
+            "chat_owner_checked_first_even_when_a_build_runs",
+            seen_ws(
+                workspace(build(2, T::Start, J::Running, vec![])),
+                OwnerState::Unchecked,
+            ),
+            Pending,
+            reasons::PENDING,
+            CheckOwner,
+        ),
+        case(
+            "inactive_owner_of_a_running_workspace_is_refused",
+            seen_ws(
+                workspace(build(2, T::Start, J::Succeeded, ready_agent())),
+                OwnerState::Inactive("suspended".into()),
+            ),
+            Failed,
+            reasons::OWNER_INACTIVE,
+            Finish,
+        ),
+        // A later pass (the chat read once) checks again only before a start build.
+        case(
+            "chat_owner_checked_again_before_a_later_start",
+            Observation::Workspace {
+                chat_owner: None,
+                workspace: Box::new(workspace(stopped())),
+                owner: OwnerState::Unchecked,
+            },
+            Starting,
+            reasons::PENDING,
+            CheckOwner,
+        )
+        .status(WorkspaceStartRequestStatus {
+            build: Some(build_info(&build(1, T::Stop, J::Running, vec![]))),
+            ..status_started_at(0)
+        }),
         case(
             "inactive_chat_owner_is_refused",
             seen_ws(
@@ -412,15 +449,17 @@ fn every_branch() {
             Retry,
         ),
         case(
-            "no_owner_check_without_a_start",
-            seen_ws(
-                workspace(build(2, T::Start, J::Running, vec![])),
-                OwnerState::Unchecked,
-            ),
+            "no_owner_check_on_a_later_pass_without_a_start",
+            Observation::Workspace {
+                chat_owner: None,
+                workspace: Box::new(workspace(build(2, T::Start, J::Running, vec![]))),
+                owner: OwnerState::Unchecked,
+            },
             Starting,
             reasons::BUILD_IN_PROGRESS,
             Requeue,
-        ),
+        )
+        .status(following(2)),
         case(
             "workspace_request_needs_no_chat_owner",
             Observation::Workspace {
