@@ -9,6 +9,8 @@
 #                             (--coder-watch=true), poll (default all three)
 #   BENCH_RESTART=false       skip the restart with N finished requests after each watch run
 #   BENCH_RESUME_N=1000       requests in flight when the operator is killed (0 = skip)
+#   BENCH_SHARDS=2            also each watch run split over 2 operator processes (the default
+#                             deployment and shard s1): wall time, CPU and RSS per process
 #   BENCH_CHAOS=1             also N=1000 under faults (operator SIGKILLed every 5 s, API
 #                             server restarted once)
 #   BENCH_OPERATOR_ARGS=...   extra operator flags, e.g. "--concurrency=32"

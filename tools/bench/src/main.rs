@@ -102,6 +102,10 @@ pub struct Args {
     /// Size of the chaos runs.
     #[arg(long, env = "BENCH_CHAOS_N", default_value_t = 1000)]
     pub chaos_n: usize,
+    /// Also run the `watch` mode with the requests split over this many operator processes (the
+    /// default deployment and `--shard=s1`, …); 1 = no sharded runs.
+    #[arg(long, env = "BENCH_SHARDS", default_value_t = 1)]
+    pub shards: usize,
     /// Also write the summary (markdown) to this file.
     #[arg(long, env = "BENCH_OUT")]
     pub out: Option<PathBuf>,
@@ -139,7 +143,10 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
         .operator_bin
         .clone()
         .unwrap_or_else(|| repo.join("target/release/workspace-start-operator"));
-    let needs_operator = args.modes.iter().any(|m| m != "floor") || args.chaos || args.resume_n > 0;
+    let needs_operator = args.modes.iter().any(|m| m != "floor")
+        || args.chaos
+        || args.resume_n > 0
+        || args.shards > 1;
     if needs_operator && !bin.exists() {
         bail!(
             "operator binary {} not found: cargo build --release --bin workspace-start-operator",
@@ -167,6 +174,15 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
                     .unwrap_or_default();
                 eprintln!("bench: run {}", plan.label());
                 let r = run::run_one(&args, &plane, &bin, &plan, &starts)
+                    .await
+                    .with_context(|| format!("run {}", plan.label()))?;
+                println!("{}", report::run_detail(&r));
+                results.push(r);
+            }
+            if args.shards > 1 {
+                let plan = Plan::new(n, shape, "watch", false).with_shards(args.shards);
+                eprintln!("bench: run {}", plan.label());
+                let r = run::run_one(&args, &plane, &bin, &plan, &[])
                     .await
                     .with_context(|| format!("run {}", plan.label()))?;
                 println!("{}", report::run_detail(&r));

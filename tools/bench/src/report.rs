@@ -60,8 +60,12 @@ pub struct RunResult {
     /// API-server requests by `VERB resource`, the bench's own creates excluded; empty when
     /// not measured (chaos runs).
     pub api_by_kind: BTreeMap<String, f64>,
+    /// Peak RSS of the operator (the largest process when sharded).
     pub rss_kib: u64,
+    /// CPU of the operator (all processes when sharded).
     pub cpu_s: f64,
+    /// Per operator process: (peak RSS KiB, CPU s).
+    pub per_process: Vec<(u64, f64)>,
     pub start_builds: u64,
     pub duplicate_builds: usize,
     pub unstarted_workspaces: usize,
@@ -81,7 +85,11 @@ impl RunResult {
             shape: plan.shape.clone(),
             n: plan.n,
             workspaces,
-            mode: plan.mode.clone(),
+            mode: if plan.shards > 1 {
+                format!("{} ×{} shards", plan.mode, plan.shards)
+            } else {
+                plan.mode.clone()
+            },
             chaos: plan.chaos,
             wall,
             lag_p50_ms: f64::NAN,
@@ -95,6 +103,7 @@ impl RunResult {
             api_by_kind: BTreeMap::new(),
             rss_kib: 0,
             cpu_s: 0.0,
+            per_process: Vec::new(),
             start_builds: 0,
             duplicate_builds: 0,
             unstarted_workspaces: 0,
@@ -324,6 +333,7 @@ pub fn summary(args: &Args, repo: &Path, rs: &[RunResult], resume: Option<&Resum
     restart_table(&mut s, rs, resume);
     chaos_table(&mut s, rs);
     poll_table(&mut s, rs);
+    shards_table(&mut s, rs);
     s
 }
 
@@ -530,5 +540,54 @@ fn poll_table(s: &mut String, rs: &[RunResult]) {
             ratio(p.coder_total as f64, w.coder_total as f64),
             ratio(p.wall.as_secs_f64(), w.wall.as_secs_f64())
         );
+    }
+}
+
+/// Sharded runs (`BENCH_SHARDS`) beside the one-process run of the same size and shape.
+fn shards_table(s: &mut String, rs: &[RunResult]) {
+    let sharded: Vec<&RunResult> = rs.iter().filter(|r| r.per_process.len() > 1).collect();
+    if sharded.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nThe same N split over operator processes (the default deployment and shards, requests of \
+         one workspace in one shard) against one process:\n\n\
+         | N | shape | processes | wall s | wall / one | lag p50 ms | lag p99 ms | CPU s per process | CPU s total | RSS MiB per process |\n\
+         |---:|---|---:|---:|---:|---:|---:|---|---:|---|"
+    );
+    for r in sharded {
+        let one = rs
+            .iter()
+            .find(|o| o.mode == "watch" && !o.chaos && o.n == r.n && o.shape == r.shape);
+        for x in one.into_iter().chain([r]) {
+            let cpu: Vec<String> = x
+                .per_process
+                .iter()
+                .map(|p| format!("{:.1}", p.1))
+                .collect();
+            let rss: Vec<String> = x
+                .per_process
+                .iter()
+                .map(|p| format!("{:.1}", p.0 as f64 / 1024.0))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} | {} | {:.0} | {:.0} | {} | {:.1} | {} |",
+                x.n,
+                x.shape,
+                x.per_process.len(),
+                x.wall.as_secs_f64(),
+                one.map_or("–".into(), |o| ratio(
+                    x.wall.as_secs_f64(),
+                    o.wall.as_secs_f64()
+                )),
+                x.lag_p50_ms,
+                x.lag_p99_ms,
+                cpu.join(" + "),
+                x.cpu_s,
+                rss.join(" + "),
+            );
+        }
     }
 }

@@ -38,6 +38,9 @@ pub struct Plan {
     pub mode: String,
     /// Under faults (see [`chaos`]).
     pub chaos: bool,
+    /// Operator processes the requests are split over (the default deployment and shards
+    /// `s1`, `s2`, …); 1 = one process, as deployed without shards.
+    pub shards: usize,
 }
 
 impl Plan {
@@ -48,14 +51,26 @@ impl Plan {
             shape: shape.to_owned(),
             mode: mode.to_owned(),
             chaos,
+            shards: 1,
         }
+    }
+
+    /// The same plan split over `shards` operator processes.
+    pub fn with_shards(mut self, shards: usize) -> Plan {
+        self.shards = shards.max(1);
+        self
     }
 
     /// `n=… shape=… mode=…`.
     pub fn label(&self) -> String {
         let chaos = if self.chaos { " chaos" } else { "" };
+        let shards = if self.shards > 1 {
+            format!(" shards={}", self.shards)
+        } else {
+            String::new()
+        };
         format!(
-            "n={} shape={} mode={}{chaos}",
+            "n={} shape={} mode={}{chaos}{shards}",
             self.n, self.shape, self.mode
         )
     }
@@ -83,6 +98,8 @@ pub struct World {
     /// Request name, workspace, spec.
     pub requests: Vec<(String, Uuid, serde_json::Value)>,
     pub launch: Launch,
+    /// Operator processes the requests are split over (see [`Plan::shards`]).
+    pub shards: usize,
 }
 
 impl World {
@@ -168,13 +185,24 @@ impl World {
             workspaces,
             requests,
             launch,
+            shards: 1,
         })
     }
 
     /// Creates every request, `concurrency` at a time, as fast as the API server accepts them.
     pub async fn create_all(&self, concurrency: usize) -> anyhow::Result<()> {
+        let index: HashMap<Uuid, usize> = self
+            .workspaces
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (*w, i))
+            .collect();
         futures::stream::iter(self.requests.iter())
-            .map(|(name, _, spec)| create(&self.api, name, spec))
+            .map(|(name, ws, spec)| {
+                // By workspace, so one workspace's requests stay in one shard.
+                let shard = index.get(ws).map_or(0, |i| i % self.shards);
+                create(&self.api, name, spec, shard)
+            })
             .buffer_unordered(concurrency)
             .try_collect::<Vec<()>>()
             .await?;
@@ -263,15 +291,25 @@ impl World {
     }
 }
 
+/// The shard label of shard `k`: none for the default deployment (0), `s<k>` otherwise.
+pub fn shard_name(k: usize) -> Option<String> {
+    (k > 0).then(|| format!("s{k}"))
+}
+
 async fn create(
     api: &Api<WorkspaceStartRequest>,
     name: &str,
     spec: &serde_json::Value,
+    shard: usize,
 ) -> anyhow::Result<()> {
+    let mut metadata = serde_json::json!({"name": name});
+    if let Some(s) = shard_name(shard) {
+        metadata["labels"] = serde_json::json!({"coder.com/shard": s});
+    }
     let obj: WorkspaceStartRequest = serde_json::from_value(serde_json::json!({
         "apiVersion": "coder.com/v1alpha1",
         "kind": "WorkspaceStartRequest",
-        "metadata": {"name": name},
+        "metadata": metadata,
         "spec": spec,
     }))?;
     let mut tries = 0;
@@ -444,6 +482,22 @@ pub fn coder_requests(counters: &BTreeMap<String, u64>) -> (BTreeMap<String, u64
 enum Driver {
     Floor(floor::Floor),
     Operator(Box<Operator>),
+    /// One operator process per shard ([`Plan::shards`]).
+    Shards(Vec<Operator>),
+}
+
+/// One operator process per shard: the default deployment and `--shard=s<k>`.
+async fn start_shards(launch: &Launch, shards: usize) -> anyhow::Result<Vec<Operator>> {
+    let mut ops = Vec::with_capacity(shards);
+    for k in 0..shards {
+        let mut l = launch.clone();
+        if let Some(s) = shard_name(k) {
+            l.extra.push(format!("--shard={s}"));
+            l.log = l.log.with_extension(format!("{s}.log"));
+        }
+        ops.push(Operator::start(&l).await?);
+    }
+    Ok(ops)
 }
 
 /// Runs `plan` and returns its figures.
@@ -478,7 +532,8 @@ pub async fn run_one(
         running_ms: args.running_ms,
         watch,
     };
-    let world = World::new(args, plane, bin, &spec).await?;
+    let mut world = World::new(args, plane, bin, &spec).await?;
+    world.shards = plan.shards;
     let is_floor = plan.mode == "floor";
     let mut driver = if is_floor {
         let names: Vec<(String, Uuid)> = world
@@ -492,15 +547,18 @@ pub async fn run_one(
             &world.ns,
             &names,
         )?)
+    } else if plan.shards > 1 {
+        Driver::Shards(start_shards(&world.launch, plan.shards).await?)
     } else {
         Driver::Operator(Box::new(Operator::start(&world.launch).await?))
     };
     let ready_watch = ReadyWatch::start(&world.api).await;
     world.sim.reset_counters();
     let api_before = measure::apiserver_requests(&world.admin).await?;
-    let cpu_before = match &driver {
-        Driver::Operator(op) => measure::proc_usage(op.pid).1,
-        Driver::Floor(_) => 0.0,
+    let cpu_before: Vec<f64> = match &driver {
+        Driver::Operator(op) => vec![measure::proc_usage(op.pid).1],
+        Driver::Shards(ops) => ops.iter().map(|op| measure::proc_usage(op.pid).1).collect(),
+        Driver::Floor(_) => Vec::new(),
     };
 
     let t0 = Instant::now();
@@ -564,22 +622,28 @@ pub async fn run_one(
     let api_after = measure::apiserver_requests(&world.admin).await?;
     let counters = world.sim.counters();
     let mut r = RunResult::new(plan, world.workspaces.len(), wall);
-    match &driver {
-        Driver::Operator(op) => {
-            let (rss, cpu_after) = measure::proc_usage(op.pid);
-            r.rss_kib = rss.max(faults.rss_kib);
-            r.cpu_s = (cpu_after - cpu_before.min(cpu_after)) + faults.cpu_s;
-            let text = op.metrics_text().await.unwrap_or_default();
-            r.too_many = measure::sum_metric(
-                &text,
-                "workspace_start_operator_coder_requests",
-                "code=\"429\"",
-            );
-        }
+    let ops: Vec<&Operator> = match &driver {
+        Driver::Operator(op) => vec![op],
+        Driver::Shards(ops) => ops.iter().collect(),
         Driver::Floor(f) => {
             r.floor_status_bytes = Some(f.status_bytes);
+            Vec::new()
         }
+    };
+    for (op, before) in ops.into_iter().zip(cpu_before) {
+        let (rss, cpu_after) = measure::proc_usage(op.pid);
+        let cpu = cpu_after - before.min(cpu_after);
+        r.per_process.push((rss, cpu));
+        r.rss_kib = r.rss_kib.max(rss.max(faults.rss_kib));
+        r.cpu_s += cpu;
+        let text = op.metrics_text().await.unwrap_or_default();
+        r.too_many += measure::sum_metric(
+            &text,
+            "workspace_start_operator_coder_requests",
+            "code=\"429\"",
+        );
     }
+    r.cpu_s += faults.cpu_s;
     let seen = std::mem::take(&mut *ready_watch.seen.lock().expect("lock"));
     drop(ready_watch);
     let lags = world.lags(&seen.ready);
@@ -609,6 +673,11 @@ pub async fn run_one(
             r.restart = Some(restart::finished(&world, *op).await?);
         }
         Driver::Operator(op) => op.stop().await,
+        Driver::Shards(ops) => {
+            for op in ops {
+                op.stop().await;
+            }
+        }
         Driver::Floor(_) => {}
     }
     world.clean_up().await?;
