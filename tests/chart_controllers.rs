@@ -6,6 +6,7 @@
 //! would once the container's `/readyz` answers, so rollouts progress as on a cluster. No operator
 //! runs here; the Pods stand for it.
 
+mod opproc;
 mod support;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource as _, ResourceExt};
+use opproc::eventually;
 use serde_json::json;
 use support::{ControlPlaneBins, repo};
 use workspace_start_operator::crd::WorkspaceStartRequest;
@@ -48,22 +50,6 @@ async fn plane() -> &'static ControlPlane {
         .await
         .expect("install the CRD");
     plane
-}
-
-/// Polls `f` until it returns `Some`, at most `T`.
-async fn eventually<V, F, Fut>(what: &str, mut f: F) -> V
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<V>>,
-{
-    let deadline = Instant::now() + T;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {T:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// Runs `helm` against the plane (admin kubeconfig, Helm's state in `home`); panics with its
@@ -170,7 +156,7 @@ async fn edit_may_create_requests_and_view_may_not_through_the_aggregated_roles(
     let bob: Api<WorkspaceStartRequest> = Api::namespaced(impersonating(plane, "bob"), &ns);
 
     // The clusterrole-aggregation controller copies the rules into `edit` asynchronously.
-    eventually("alice (edit) may create a request", || async {
+    eventually("alice (edit) may create a request", T, || async {
         alice
             .create(&PostParams::default(), &request("from-alice", None))
             .await
@@ -228,6 +214,7 @@ async fn request_owned_by_a_configmap_is_garbage_collected_with_it() {
         .expect("delete owner");
     eventually(
         "the garbage collector deletes the owned request",
+        T,
         || async { matches!(wsrs.get_opt("owned").await, Ok(None)).then_some(()) },
     )
     .await;
@@ -405,36 +392,53 @@ async fn rolled_out(admin: &Client, ns: &str, name: &str, replicas: i32) -> Depl
     }
 }
 
-fn install_args<'a>(verb: &'a str, release: &'a str, ns: &'a str, chart: &'a str) -> Vec<&'a str> {
-    vec![
-        verb,
-        release,
-        chart,
-        "--namespace",
-        ns,
-        "--set=coder.url=https://coder.example.com",
-        "--set=coder.token=not-a-real-token",
-    ]
+/// A release of the chart in its own namespace, installed and upgraded with `helm` as a user
+/// would (Coder URL and token set, everything else default).
+struct Release {
+    plane: &'static ControlPlane,
+    ns: String,
+    /// Contains the chart's name, so it is also the Deployment's name.
+    name: String,
+    home: tempfile::TempDir,
+}
+
+impl Release {
+    async fn new(prefix: &str) -> Release {
+        let plane = plane().await;
+        let ns = plane.create_namespace(prefix).await.expect("namespace");
+        Release {
+            plane,
+            name: format!("workspace-start-operator-{ns}"),
+            ns,
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// `helm install` (`verb` = "install") or `helm upgrade --reuse-values`, with `sets`.
+    fn helm(&self, verb: &str, sets: &[&str]) {
+        let chart = repo().join("charts/workspace-start-operator");
+        let chart = chart.display().to_string();
+        let mut args = vec![verb, &self.name, &chart, "--namespace", &self.ns];
+        if verb == "install" {
+            args.extend([
+                "--set=coder.url=https://coder.example.com",
+                "--set=coder.token=not-a-real-token",
+            ]);
+        } else {
+            args.push("--reuse-values");
+        }
+        args.extend(sets);
+        helm(self.plane, self.home.path(), &args);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_deployment_rolls_out_to_a_replicaset_of_ready_pods() {
-    let plane = plane().await;
-    let admin = plane.admin_client();
-    let ns = plane.create_namespace("rollout").await.expect("namespace");
-    let home = tempfile::tempdir().expect("tempdir");
+    let release = Release::new("rollout").await;
+    let (admin, ns) = (release.plane.admin_client(), release.ns.clone());
     let _kubelet = stand_in_kubelet(admin.clone(), &ns);
-    let chart = repo()
-        .join("charts/workspace-start-operator")
-        .display()
-        .to_string();
-    // Contains the chart name, so the release name is the Deployment's name too.
-    let release = format!("workspace-start-operator-{ns}");
-    helm(
-        plane,
-        home.path(),
-        &install_args("install", &release, &ns, &chart),
-    );
+    release.helm("install", &[]);
+    let release = release.name;
 
     let deployment = rolled_out(&admin, &ns, &release, 1).await;
     let sets = Api::<ReplicaSet>::namespaced(admin.clone(), &ns)
@@ -480,61 +484,44 @@ async fn chart_deployment_rolls_out_to_a_replicaset_of_ready_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_upgrades_one_two_one_replicas_never_run_two_pods_without_leader_election() {
-    let plane = plane().await;
-    let admin = plane.admin_client();
-    let ns = plane.create_namespace("scale").await.expect("namespace");
-    let home = tempfile::tempdir().expect("tempdir");
-    let _kubelet = stand_in_kubelet(admin.clone(), &ns);
+    let release = Release::new("scale").await;
+    let (admin, ns, name) = (release.plane.admin_client(), &release.ns, &release.name);
+    let _kubelet = stand_in_kubelet(admin.clone(), ns);
     let seen = Arc::new(Mutex::new(Observed::default()));
     let watches = [
-        observe(admin.clone(), &ns, seen.clone(), Observed::replica_set),
-        observe(admin.clone(), &ns, seen.clone(), Observed::pod),
+        observe(admin.clone(), ns, seen.clone(), Observed::replica_set),
+        observe(admin.clone(), ns, seen.clone(), Observed::pod),
     ];
-    let chart = repo()
-        .join("charts/workspace-start-operator")
-        .display()
-        .to_string();
-    // Contains the chart name, so the release name is the Deployment's name too.
-    let release = format!("workspace-start-operator-{ns}");
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), &ns);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(admin.clone(), ns);
 
-    helm(
-        plane,
-        home.path(),
-        &install_args("install", &release, &ns, &chart),
-    );
-    rolled_out(&admin, &ns, &release, 1).await;
-    assert!(pdbs.get_opt(&release).await.expect("read").is_none());
+    release.helm("install", &[]);
+    rolled_out(&admin, ns, name, 1).await;
+    assert!(pdbs.get_opt(name).await.expect("read").is_none());
 
     // 1 → 2 together with a change of the pod template: the deployment controller scales the
     // current ReplicaSet first, then rolls out the new template.
-    let mut up = install_args("upgrade", &release, &ns, &chart);
-    up.extend([
-        "--reuse-values",
-        "--set=replicaCount=2",
-        "--set=logging.level=debug",
-    ]);
-    helm(plane, home.path(), &up);
-    rolled_out(&admin, &ns, &release, 2).await;
+    release.helm(
+        "upgrade",
+        &["--set=replicaCount=2", "--set=logging.level=debug"],
+    );
+    rolled_out(&admin, ns, name, 2).await;
     eventually(
         "the PodDisruptionBudget allows one disruption of two pods",
+        T,
         || async {
-            let s = pdbs.get_opt(&release).await.ok()??.status?;
+            let s = pdbs.get_opt(name).await.ok()??.status?;
             (s.expected_pods == Some(2) && s.disruptions_allowed == Some(1)).then_some(())
         },
     )
     .await;
 
     // 2 → 1, again with a template change.
-    let mut down = install_args("upgrade", &release, &ns, &chart);
-    down.extend([
-        "--reuse-values",
-        "--set=replicaCount=1",
-        "--set=logging.level=info",
-    ]);
-    helm(plane, home.path(), &down);
-    rolled_out(&admin, &ns, &release, 1).await;
-    assert!(pdbs.get_opt(&release).await.expect("read").is_none());
+    release.helm(
+        "upgrade",
+        &["--set=replicaCount=1", "--set=logging.level=info"],
+    );
+    rolled_out(&admin, ns, name, 1).await;
+    assert!(pdbs.get_opt(name).await.expect("read").is_none());
     watches.iter().for_each(|w| w.abort());
 
     let seen = seen.lock().expect("lock");

@@ -10,6 +10,7 @@ use kube::Api;
 
 use crate::{
     ControlPlane, Error,
+    probe::Probe,
     process::{check_alive, lock, spawn_proc, stop_proc},
     run_dir::STOP_GRACE,
 };
@@ -58,34 +59,18 @@ impl ControlPlane {
 
     /// Polls `/readyz` with the admin token until 200, failing fast if a process exits.
     pub(crate) async fn wait_apiserver_ready(&self) -> Result<(), Error> {
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        let url = format!("{}/readyz", self.server_url());
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("no response yet");
-        while Instant::now() < deadline {
-            check_alive(&self.guard.etcd)?;
-            check_alive(&self.guard.apiserver)?;
-            match http.get(&url).bearer_auth(&self.admin_token).send().await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => {
-                    last = format!(
-                        "HTTP {}: {}",
-                        r.status(),
-                        r.text().await.unwrap_or_default()
-                    )
-                }
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(Error::Timeout {
-            what: format!("kube-apiserver {url} (last: {last})"),
+        let probe = Probe {
+            what: "kube-apiserver",
+            url: format!("{}/readyz", self.server_url()),
+            token: Some(&self.admin_token),
             timeout: READY_TIMEOUT,
-            log_tail: self.guard.log_tails(),
-        })
+        };
+        probe
+            .wait(&self.guard, || {
+                check_alive(&self.guard.etcd)?;
+                check_alive(&self.guard.apiserver)
+            })
+            .await
     }
 
     /// Waits (30 s) until the `default` namespace exists: the API is usable from then on.

@@ -10,6 +10,7 @@ use crate::{
     ControlPlane, Error,
     binaries::{CONTROLLER_MANAGER, require},
     ports::free_ports,
+    probe::Probe,
     process::{check_alive, lock, spawn_proc, stop_proc},
 };
 
@@ -94,26 +95,14 @@ impl ControlPlane {
     /// Polls `https://127.0.0.1:<port>/healthz` (always allowed) until 200, failing fast if the
     /// process exits.
     async fn wait_controller_manager_healthy(&self, port: u16) -> Result<(), Error> {
-        let http = reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        let url = format!("https://127.0.0.1:{port}/healthz");
-        let deadline = Instant::now() + HEALTHY_TIMEOUT;
-        let mut last = String::from("no response yet");
-        while Instant::now() < deadline {
-            check_alive(&self.guard.controller_manager)?;
-            match http.get(&url).send().await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => last = format!("HTTP {}", r.status()),
-                Err(e) => last = e.to_string(),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(Error::Timeout {
-            what: format!("{CONTROLLER_MANAGER} {url} (last: {last})"),
+        let probe = Probe {
+            what: CONTROLLER_MANAGER,
+            url: format!("https://127.0.0.1:{port}/healthz"),
+            token: None,
             timeout: HEALTHY_TIMEOUT,
-            log_tail: self.guard.log_tails(),
-        })
+        };
+        probe
+            .wait(&self.guard, || check_alive(&self.guard.controller_manager))
+            .await
     }
 }

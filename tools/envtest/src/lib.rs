@@ -17,8 +17,9 @@
 //!
 //! Modules: [`plane`](ControlPlane) (start, shared plane, accessors), `etcd`, `apiserver`,
 //! `controller_manager`, `manifests` (apply YAML, install CRDs), `accounts` (namespaces,
-//! ServiceAccount and token clients), `process` (child processes), `run_dir` (temp dir and
-//! teardown), `credentials`, `kubeconfig`, `ports`, `binaries`, `error`.
+//! ServiceAccount and token clients), `process` (child processes), `probe` (HTTPS health
+//! probes), `run_dir` (temp dir and teardown), `credentials`, `kubeconfig`, `ports`, `binaries`,
+//! `error`.
 
 mod accounts;
 mod apiserver;
@@ -31,6 +32,7 @@ mod kubeconfig;
 mod manifests;
 mod plane;
 mod ports;
+mod probe;
 mod process;
 mod run_dir;
 
