@@ -5,7 +5,7 @@ export WSO_CACHE
 CRD := crds/workspacestartrequests.coder.com.yaml
 CHART_CRD := charts/workspace-start-operator/crds/workspacestartrequests.coder.com.yaml
 
-.PHONY: all build tools crd test unit e2e chart-test demo bench lint
+.PHONY: all build tools crd test unit e2e chart-test demo bench lint image
 
 all: build
 
@@ -22,8 +22,12 @@ crd:
 	cargo run -q --bin workspace-start-operator -- crd > $(CRD)
 	cp $(CRD) $(CHART_CRD)
 
-## test: every test: unit, simulator contract, control plane, end-to-end, chart, GitOps
-test: tools
+## image: the operator's OCI image without a Docker daemon -> dist/workspace-start-operator-<version>.oci.tar
+image:
+	scripts/image.sh >/dev/null
+
+## test: every test: unit, simulator contract, control plane, end-to-end, chart, GitOps, image
+test: tools image
 	cargo test --workspace --no-fail-fast
 	scripts/test-chart.sh
 
