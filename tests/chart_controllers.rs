@@ -356,35 +356,31 @@ where
     })
 }
 
-/// Waits until the Deployment's rollout of its current spec is complete with `replicas` pods;
-/// on timeout, panics with the last status and pods seen.
+/// Waits until Deployment `name` has rolled out its current spec: `replicas` updated and
+/// available pods and no others (its status counts the pods of old ReplicaSets too); on timeout,
+/// panics with its status and the namespace's pods.
 async fn rolled_out(admin: &Client, ns: &str, name: &str, replicas: i32) -> Deployment {
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
     let deadline = Instant::now() + T;
     loop {
         let d = deployments.get(name).await.expect("read Deployment");
-        let listed = pods.list(&ListParams::default()).await.expect("list pods");
         let s = d.status.clone().unwrap_or_default();
-        let done = s.observed_generation == d.metadata.generation
+        if s.observed_generation == d.metadata.generation
             && s.replicas == Some(replicas)
             && s.updated_replicas == Some(replicas)
             && s.available_replicas == Some(replicas)
-            && listed.items.len() == replicas as usize;
-        if done {
+        {
             return d;
         }
         if Instant::now() > deadline {
-            let pods: Vec<_> = listed
+            let pods = Api::<Pod>::namespaced(admin.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .expect("list pods");
+            let pods: Vec<_> = pods
                 .items
                 .iter()
-                .map(|p| {
-                    (
-                        p.name_any(),
-                        p.status.as_ref().and_then(|s| s.phase.clone()),
-                        is_ready(p),
-                    )
-                })
+                .map(|p| (p.name_any(), p.labels().clone(), is_ready(p)))
                 .collect();
             panic!("deployment {name} not rolled out to {replicas} in {T:?}: {s:?}; pods {pods:?}");
         }
@@ -540,68 +536,30 @@ async fn helm_upgrades_one_two_one_replicas_never_run_two_pods_without_leader_el
     );
 }
 
-/// Waits until Deployment `name` has `replicas` updated and available pods of its current spec;
-/// on timeout, panics with its status and the namespace's pods.
-async fn available(admin: &Client, ns: &str, name: &str, replicas: i32) {
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), ns);
-    let deadline = Instant::now() + T;
-    loop {
-        let d = deployments.get(name).await.expect("read Deployment");
-        let s = d.status.clone().unwrap_or_default();
-        if s.observed_generation == d.metadata.generation
-            && s.replicas == Some(replicas)
-            && s.updated_replicas == Some(replicas)
-            && s.available_replicas == Some(replicas)
-        {
-            return;
-        }
-        if Instant::now() > deadline {
-            let pods = Api::<Pod>::namespaced(admin.clone(), ns)
-                .list(&ListParams::default())
-                .await
-                .expect("list pods");
-            let pods: Vec<_> = pods
-                .items
-                .iter()
-                .map(|p| (p.name_any(), p.labels().clone(), is_ready(p)))
-                .collect();
-            panic!(
-                "deployment {name} not available with {replicas} pods in {T:?}: {s:?}; pods {pods:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// Shards beside the default Deployment: the default Deployment's selector also matches shard
 /// pods, yet each Deployment runs exactly its own pods (controller references), and each
 /// PodDisruptionBudget counts only its own Deployment's pods.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shard_deployments_roll_out_beside_the_default_and_each_budget_counts_its_own_pods() {
-    let plane = plane().await;
-    let admin = plane.admin_client();
-    let ns = plane.create_namespace("shards").await.expect("namespace");
-    let home = tempfile::tempdir().expect("tempdir");
+    let installed = Release::new("shards").await;
+    let (admin, ns) = (installed.plane.admin_client(), installed.ns.clone());
     let _kubelet = stand_in_kubelet(admin.clone(), &ns);
-    let chart = repo()
-        .join("charts/workspace-start-operator")
-        .display()
-        .to_string();
-    let release = format!("workspace-start-operator-{ns}");
-    let mut args = install_args("install", &release, &ns, &chart);
-    args.extend([
-        "--set=replicaCount=2",
-        "--set=shards[0].name=a",
-        "--set=shards[0].replicaCount=2",
-        "--set=shards[1].name=b",
-        // Unset, a shard's replicaCount would be the chart's (2).
-        "--set=shards[1].replicaCount=1",
-    ]);
-    helm(plane, home.path(), &args);
+    installed.helm(
+        "install",
+        &[
+            "--set=replicaCount=2",
+            "--set=shards[0].name=a",
+            "--set=shards[0].replicaCount=2",
+            "--set=shards[1].name=b",
+            // Unset, a shard's replicaCount would be the chart's (2).
+            "--set=shards[1].replicaCount=1",
+        ],
+    );
+    let release = installed.name.clone();
     let shard_a = format!("{release}-shard-a");
     let shard_b = format!("{release}-shard-b");
     for (name, replicas) in [(&release, 2), (&shard_a, 2), (&shard_b, 1)] {
-        available(&admin, &ns, name, replicas).await;
+        rolled_out(&admin, &ns, name, replicas).await;
     }
 
     // Every pod belongs, through its ReplicaSet, to the Deployment of its shard.
@@ -645,6 +603,7 @@ async fn shard_deployments_roll_out_beside_the_default_and_each_budget_counts_it
     for name in [&release, &shard_a] {
         eventually(
             &format!("PodDisruptionBudget {name} counts its two pods"),
+            T,
             || async {
                 let s = pdbs.get_opt(name).await.ok()??.status?;
                 (s.expected_pods == Some(2) && s.disruptions_allowed == Some(1)).then_some(())
