@@ -172,21 +172,11 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
                     .find(|r| r.n == n && &r.shape == shape && r.mode == "watch")
                     .map(|r| r.build_starts.clone())
                     .unwrap_or_default();
-                eprintln!("bench: run {}", plan.label());
-                let r = run::run_one(&args, &plane, &bin, &plan, &starts)
-                    .await
-                    .with_context(|| format!("run {}", plan.label()))?;
-                println!("{}", report::run_detail(&r));
-                results.push(r);
+                results.push(run_printed(&args, &plane, &bin, &plan, &starts).await?);
             }
             if args.shards > 1 {
                 let plan = Plan::new(n, shape, "watch", false).with_shards(args.shards);
-                eprintln!("bench: run {}", plan.label());
-                let r = run::run_one(&args, &plane, &bin, &plan, &[])
-                    .await
-                    .with_context(|| format!("run {}", plan.label()))?;
-                println!("{}", report::run_detail(&r));
-                results.push(r);
+                results.push(run_printed(&args, &plane, &bin, &plan, &[]).await?);
             }
         }
     }
@@ -203,12 +193,7 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     if args.chaos {
         for shape in &args.shapes {
             let plan = Plan::new(args.chaos_n, shape, "watch", true);
-            eprintln!("bench: run {}", plan.label());
-            let r = run::run_one(&args, &plane, &bin, &plan, &[])
-                .await
-                .with_context(|| format!("run {}", plan.label()))?;
-            println!("{}", report::run_detail(&r));
-            results.push(r);
+            results.push(run_printed(&args, &plane, &bin, &plan, &[]).await?);
         }
     }
     let summary = report::summary(&args, &repo, &results, resume.as_ref());
@@ -218,4 +203,20 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     }
     drop(plane);
     Ok(())
+}
+
+/// Runs `plan` (see [`run::run_one`]) and prints its table.
+async fn run_printed(
+    args: &Args,
+    plane: &envtest::ControlPlane,
+    bin: &std::path::Path,
+    plan: &Plan,
+    floor_starts: &[std::time::Duration],
+) -> anyhow::Result<RunResult> {
+    eprintln!("bench: run {}", plan.label());
+    let r = run::run_one(args, plane, bin, plan, floor_starts)
+        .await
+        .with_context(|| format!("run {}", plan.label()))?;
+    println!("{}", report::run_detail(&r));
+    Ok(r)
 }
