@@ -376,7 +376,9 @@ fn coder_failure(e: CoderError) -> Observation {
     match e.disposition() {
         Disposition::Retry => {
             tracing::warn!(error = %e, "Coder unavailable");
-            Observation::CoderUnavailable
+            Observation::CoderUnavailable {
+                cause: e.transient_cause(),
+            }
         }
         Disposition::Fail { reason, message } => {
             tracing::warn!(error = %e, reason, "Coder refused the request");
@@ -431,7 +433,8 @@ async fn apply_status(
     })
 }
 
-/// Publishes an Event when the Ready reason changes (one per transition).
+/// Publishes an Event when the Ready reason changes (one per transition), and when the request
+/// finishes.
 fn publish_transition(
     ctx: &Context,
     wsr: &WorkspaceStartRequest,
@@ -441,10 +444,13 @@ fn publish_transition(
     let Some(new_reason) = conditions::ready_reason(&new.conditions) else {
         return;
     };
-    if conditions::ready_reason(&old.conditions) == Some(new_reason) {
+    // A retried error that reaches its deadline keeps its reason: its failure is news too.
+    let finished = new.phase.is_some_and(Phase::is_terminal) && old.phase != new.phase;
+    if conditions::ready_reason(&old.conditions) == Some(new_reason) && !finished {
         return;
     }
-    let warning = new.phase == Some(Phase::Failed) || new_reason == reasons::CODER_UNAVAILABLE;
+    let warning = new.phase == Some(Phase::Failed)
+        || [reasons::CODER_UNAVAILABLE, reasons::SECRET_UNREADABLE].contains(&new_reason);
     let type_ = if warning {
         EventType::Warning
     } else {
@@ -549,7 +555,14 @@ async fn contain_panic(
         .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
     let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
     let decision = decide::reject(
-        &input_for(wsr, prev, Observation::CoderUnavailable, ctx.settings.poll),
+        &input_for(
+            wsr,
+            prev,
+            Observation::CoderUnavailable {
+                cause: String::new(),
+            },
+            ctx.settings.poll,
+        ),
         reasons::INTERNAL_ERROR,
         "the operator hit an internal error while reconciling this request (details in the operator log); it is not retried",
     );
@@ -685,7 +698,12 @@ async fn connection(
             Observation::Retrying {
                 reason: reasons::SECRET_UNREADABLE,
                 message: format!(
-                    "cannot read the Secret named by spec.coderRef ({}); retrying",
+                    "cannot read Secret {:?} named by spec.coderRef ({})",
+                    wsr.spec
+                        .coder_ref
+                        .as_ref()
+                        .map(|r| r.name.as_str())
+                        .unwrap_or_default(),
                     kube_error_summary(&e)
                 ),
             }
@@ -787,7 +805,7 @@ impl Pass<'_> {
             Err(e) => match e.disposition() {
                 Disposition::Retry => {
                     tracing::warn!(request = %self.oref, error = %e, "cannot check the chat owner");
-                    Ok(OwnerState::Unavailable)
+                    Ok(OwnerState::Unavailable(e.transient_cause()))
                 }
                 Disposition::Fail { reason, message } => Err(Observation::Failed {
                     reason,
@@ -824,7 +842,9 @@ impl Pass<'_> {
                     let input = input_for(
                         self.wsr,
                         &decision.status,
-                        Observation::CoderUnavailable,
+                        Observation::CoderUnavailable {
+                            cause: String::new(),
+                        },
                         self.poll(),
                     );
                     return Ok(Started::Decided(Box::new(decide::queued(&input, &build))));
@@ -853,7 +873,9 @@ impl Pass<'_> {
                     let input = input_for(
                         self.wsr,
                         &decision.status,
-                        Observation::CoderUnavailable,
+                        Observation::CoderUnavailable {
+                            cause: String::new(),
+                        },
                         self.ctx.settings.poll,
                     );
                     return Ok(Started::Decided(Box::new(decide::reject(

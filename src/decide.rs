@@ -37,9 +37,14 @@ pub enum Observation {
         message: String,
     },
     /// Coder is down, slow, overloaded or returned 5xx/429: retry later.
-    CoderUnavailable,
+    CoderUnavailable {
+        /// What failed, for the message (see `CoderError::transient_cause`; bounded, no
+        /// token). Empty when unknown.
+        cause: String,
+    },
     /// Something other than Coder failed for now (e.g. the API server while reading the
-    /// `coderRef` Secret): retry with backoff until the deadline, showing this reason.
+    /// `coderRef` Secret): retry with backoff until the deadline, showing this reason. The
+    /// message says what fails ("cannot read …"); `decide` adds "retrying" or the deadline.
     Retrying {
         /// A reason from [`reasons`] (in progress; also the failure reason at the deadline).
         reason: &'static str,
@@ -73,8 +78,9 @@ pub enum OwnerState {
     Active,
     /// Suspended, dormant, deleted or unknown: nothing is started; the message says which.
     Inactive(String),
-    /// Coder could not say (5xx, 429, timeout): retry.
-    Unavailable,
+    /// Coder could not say (5xx, 429, timeout): retry. Holds the cause, as
+    /// [`Observation::CoderUnavailable`] does.
+    Unavailable(String),
 }
 
 /// Everything `decide` looks at.
@@ -443,15 +449,11 @@ pub fn decide(input: &Input<'_>) -> Decision {
             reasons::WORKSPACE_DELETED,
             "workspace was deleted (or is not visible to this Coder token)",
         ),
-        Observation::CoderUnavailable => retrying(
-            next,
-            reasons::CODER_UNAVAILABLE,
-            "Coder is unavailable; retrying with backoff",
-            "Coder stayed unavailable until the request's deadline",
-        ),
+        Observation::CoderUnavailable { cause } => unavailable(next, cause),
         Observation::Retrying { reason, message } => {
-            let last = format!("{message} (until the request's deadline)");
-            retrying(next, reason, message, &last)
+            let now = format!("{message}; retrying with backoff");
+            let last = format!("{message}, until the request's deadline");
+            retrying(next, reason, &now, &last)
         }
         Observation::Workspace {
             chat_owner,
@@ -459,6 +461,25 @@ pub fn decide(input: &Input<'_>) -> Decision {
             owner,
         } => decide_workspace(next, *chat_owner, workspace, owner),
     }
+}
+
+/// Coder is unavailable: retries with backoff until the deadline, then fails. Both messages
+/// name the `cause` (the last error), so a request that times out says why.
+fn unavailable(next: Next<'_>, cause: &str) -> Decision {
+    if cause.is_empty() {
+        return retrying(
+            next,
+            reasons::CODER_UNAVAILABLE,
+            "Coder is unavailable; retrying with backoff",
+            "Coder stayed unavailable until the request's deadline",
+        );
+    }
+    retrying(
+        next,
+        reasons::CODER_UNAVAILABLE,
+        &format!("Coder is unavailable ({cause}); retrying with backoff"),
+        &format!("Coder stayed unavailable until the request's deadline: last error: {cause}"),
+    )
 }
 
 /// Retries with backoff, showing `reason` and `message`, until the deadline of the current
@@ -689,12 +710,7 @@ fn owner_gate<'a>(
             )))
         }
         OwnerState::Inactive(message) => Err(Box::new(next.fail(reasons::OWNER_INACTIVE, message))),
-        OwnerState::Unavailable => Err(Box::new(retrying(
-            next,
-            reasons::CODER_UNAVAILABLE,
-            "Coder is unavailable; retrying with backoff",
-            "Coder stayed unavailable until the request's deadline",
-        ))),
+        OwnerState::Unavailable(cause) => Err(Box::new(unavailable(next, cause))),
     }
 }
 

@@ -442,7 +442,9 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         let step = case.steps.get(i).unwrap_or(&calm);
         let obs = if step.unavailable {
             unavailable += 1;
-            Observation::CoderUnavailable
+            Observation::CoderUnavailable {
+                cause: "HTTP 503 from /api/v2/workspaces/{id}".into(),
+            }
         } else {
             world.observe(now)
         };
@@ -724,7 +726,9 @@ fn any_observation() -> impl Strategy<Value = Observation> {
         prop_oneof![
             Just(OwnerState::Unchecked),
             Just(OwnerState::Active),
-            Just(OwnerState::Unavailable),
+            Just(OwnerState::Unavailable(
+                "HTTP 503 from /api/v2/users/{user}".into()
+            )),
             ".{0,40}".prop_map(OwnerState::Inactive),
         ],
     )

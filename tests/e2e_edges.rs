@@ -142,10 +142,16 @@ async fn coder_down_then_back_recovers() {
     assert_eq!(ready(&w), ("False".into(), "CoderUnavailable".into()));
     assert_eq!(cond(&w, "Stalled").0, "False");
     assert_eq!(sim.builds_created(ws), 0);
+    // The message names what failed (status, Coder's message, route), not just "unavailable".
+    let retrying = "Coder is unavailable (HTTP 503 from /api/v2/workspaces/{id}: Service Unavailable); retrying with backoff";
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some(retrying)
+    );
     let evs = env.events("d").await;
     assert!(
         evs.iter()
-            .any(|e| e.0 == "Warning" && e.1 == "CoderUnavailable"),
+            .any(|e| e.0 == "Warning" && e.1 == "CoderUnavailable" && e.2 == retrying),
         "{evs:?}"
     );
 
@@ -154,6 +160,77 @@ async fn coder_down_then_back_recovers() {
     assert_eq!(ready(&w), ("True".into(), "Ready".into()));
     assert_eq!(cond(&w, "Reconciling").0, "False");
     assert_eq!(sim.builds_created(ws), 1, "exactly one build");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coder_unavailable_until_the_deadline_names_the_last_error() {
+    let mut env = Env::new("e2e-down-deadline").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let down = stopped(&env, env.alice.id, "down");
+    let fine = stopped(&env, env.alice.id, "fine");
+    sim.set_fault(WS_GET, Fault::on_path(down.to_string(), Fault::Status(503)));
+    env.create(
+        "down",
+        json!({"workspace": {"id": down.to_string()}, "timeouts": {"build": "4s"}}),
+    )
+    .await;
+    env.create_for_workspace("fine", fine).await;
+
+    let w = assert_failed(&env, "down", "CoderUnavailable").await;
+    let last = "Coder stayed unavailable until the request's deadline: last error: HTTP 503 from /api/v2/workspaces/{id}: Service Unavailable";
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some(last)
+    );
+    let deadline = Instant::now() + T;
+    loop {
+        let evs = env.events("down").await;
+        if evs
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "CoderUnavailable" && e.2 == last)
+        {
+            assert!(
+                evs.iter().all(|e| !e.2.contains(&env.alice.token)),
+                "{evs:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Warning Event with {last:?}: {evs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sim.builds_created(down), 0);
+    // Another request on the same Coder went on.
+    let w = env.wait_terminal("fine", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_build_refused_without_validations_fails_with_coders_words() {
+    let mut env = Env::new("e2e-400-bare").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let ws = stopped(&env, env.alice.id, "refused");
+    // A 400 with a message and a detail but no `validations` (wsbuilder's BuildError shape).
+    sim.set_fault(BUILD_POST, Fault::Status(400));
+    env.create_for_workspace("bare", ws).await;
+    let w = assert_failed(&env, "bare", "BuildRejected").await;
+    let message = "Coder refused the start build (400): Bad Request (coder-sim: injected fault)";
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some(message)
+    );
+    let evs = env.events("bare").await;
+    assert!(
+        evs.iter()
+            .any(|e| e.0 == "Warning" && e.1 == "BuildRejected" && e.2 == message),
+        "{evs:?}"
+    );
+    assert_eq!(sim.count(BUILD_POST), 1, "a refusal is final: no retry");
+    assert_eq!(sim.builds_created(ws), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,6 +558,67 @@ async fn coder_ref_secret_cases() {
         0,
         "nothing started for the failures"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_coder_ref_secret_is_shown_retried_and_failed_at_the_deadline() {
+    let mut env = Env::new("e2e-unreadable").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let target = stopped(&env, env.alice.id, "behind-a-broken-secret");
+    let bystander = stopped(&env, env.alice.id, "bystander");
+    // A Secret the API server holds but cannot decode: every read of it answers 500.
+    env.plane
+        .etcd_put(
+            &format!("/registry/secrets/{}/broken", env.ns),
+            b"not a protobuf-encoded Secret",
+        )
+        .await
+        .expect("write to etcd");
+    env.create(
+        "unreadable",
+        json!({"workspace": {"id": target.to_string()}, "coderRef": {"name": "broken"}, "timeouts": {"build": "8s"}}),
+    )
+    .await;
+    env.create_for_workspace("bystander", bystander).await;
+
+    let what = r#"cannot read Secret "broken" named by spec.coderRef (API server answered 500 InternalError)"#;
+    let retrying = format!("{what}; retrying with backoff");
+    let w = env
+        .wait_for("unreadable", T, |w| {
+            cond(w, "Reconciling") == ("True".into(), "SecretUnreadable".into())
+        })
+        .await;
+    assert_eq!(ready(&w), ("False".into(), "SecretUnreadable".into()));
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some(retrying.as_str())
+    );
+    // Other requests go on meanwhile.
+    let w = env.wait_terminal("bystander", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+
+    let w = assert_failed(&env, "unreadable", "SecretUnreadable").await;
+    let last = format!("{what}, until the request's deadline");
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some(last.as_str())
+    );
+    let deadline = Instant::now() + T;
+    loop {
+        let evs = env.events("unreadable").await;
+        let warned = |m: &str| {
+            evs.iter()
+                .any(|e| e.0 == "Warning" && e.1 == "SecretUnreadable" && e.2 == m)
+        };
+        if warned(&retrying) && warned(&last) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Warning Events missing: {evs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sim.builds_created(target), 0, "nothing started");
+    assert!(env.operator().is_running());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -81,6 +81,9 @@ pub struct ClientOptions {
     pub watch_idle: Duration,
 }
 
+/// How long connecting to Coder may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Default [`ClientOptions::max_body_bytes`]: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 /// Default [`ClientOptions::max_frame_bytes`]: 1 MiB.
@@ -117,6 +120,7 @@ struct Inner {
     observer: Option<CallObserver>,
     max_body: usize,
     max_frame: usize,
+    request_timeout: Duration,
     watch_idle: Duration,
     accounts: Accounts,
 }
@@ -151,13 +155,13 @@ impl CoderClient {
         // Redirects are not followed: the session token must reach only the configured URL.
         let http = reqwest::Client::builder()
             .timeout(opts.request_timeout)
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(16)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
         let stream_http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(Duration::from_secs(45))
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -172,6 +176,7 @@ impl CoderClient {
                 limiter: RateLimiter::new(opts.requests_per_minute),
                 observer: opts.observer.clone(),
                 max_body: opts.max_body_bytes,
+                request_timeout: opts.request_timeout,
                 max_frame: opts.max_frame_bytes,
                 watch_idle: opts.watch_idle,
                 accounts: Accounts::default(),
@@ -192,7 +197,12 @@ impl CoderClient {
     /// Maps a transport failure (timeout, refused, reset) to an error and counts it.
     fn transport_error(&self, endpoint: &'static str, e: reqwest::Error) -> CoderError {
         let err = if e.is_timeout() {
-            CoderError::Timeout { endpoint }
+            let after = if e.is_connect() {
+                CONNECT_TIMEOUT
+            } else {
+                self.inner.request_timeout
+            };
+            CoderError::Timeout { endpoint, after }
         } else {
             CoderError::Connect {
                 endpoint,
@@ -246,6 +256,7 @@ impl CoderClient {
         self.observe(endpoint, status.as_str());
         if !status.is_success() {
             // An error body beyond the limit is cut there: its message is all we read from it.
+            let bytes = redact(&bytes, self.inner.token.expose());
             let err = CoderError::from_response(endpoint, status.as_u16(), retry_after, &bytes);
             if status == StatusCode::TOO_MANY_REQUESTS {
                 self.inner
@@ -545,6 +556,27 @@ where
     }
 }
 
+/// An error body with every copy of the session token replaced: Coder's message ends up in
+/// status, Events and logs, and a hostile or buggy server could echo the token.
+fn redact(body: &[u8], token: &str) -> Vec<u8> {
+    let token = token.as_bytes();
+    if token.is_empty() || body.len() < token.len() {
+        return body.to_vec();
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        if body[i..].starts_with(token) {
+            out.extend_from_slice(b"[redacted]");
+            i += token.len();
+        } else {
+            out.push(body[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// What a watch frame means: a workspace (`data`), Coder's error (`error`), or nothing (pings
 /// and unknown events).
 fn watch_item(frame: Frame) -> Option<Result<WatchEvent, CoderError>> {
@@ -656,5 +688,70 @@ mod tests {
             CoderClient::new("http://x", SessionToken::new(" "), &o),
             Err(CoderError::Config(_))
         ));
+    }
+
+    /// A client for `url` with a 300 ms request timeout.
+    fn quick_client(url: &str, token: &str) -> CoderClient {
+        let o = ClientOptions {
+            request_timeout: Duration::from_millis(300),
+            ..ClientOptions::default()
+        };
+        CoderClient::new(url, SessionToken::new(token), &o).expect("client")
+    }
+
+    #[tokio::test]
+    async fn outages_name_their_cause_without_the_url() {
+        // A port nobody listens on: connection refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", closed.local_addr().expect("addr"));
+        drop(closed);
+        let e = quick_client(&url, "t").me().await.expect_err("refused");
+        assert_eq!(
+            e.transient_cause(),
+            "/api/v2/users/me: cannot connect to Coder: connection refused"
+        );
+        // A server that accepts and never answers: the request timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", silent.local_addr().expect("addr"));
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                conns.push(c);
+            }
+        });
+        let e = quick_client(&url, "t").me().await.expect_err("timeout");
+        assert_eq!(e.transient_cause(), "/api/v2/users/me timed out after 0.3s");
+        held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_5xx_names_its_status_and_never_echoes_the_token() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut c, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let body = r#"{"message":"database down for token s3cr3t-tok"}"#;
+                let resp = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(resp.as_bytes()).await;
+            }
+        });
+        let e = quick_client(&url, "s3cr3t-tok")
+            .me()
+            .await
+            .expect_err("503");
+        assert_eq!(
+            e.transient_cause(),
+            "HTTP 503 from /api/v2/users/me: database down for token [redacted]"
+        );
     }
 }

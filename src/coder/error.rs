@@ -79,6 +79,8 @@ pub enum CoderError {
         status: u16,
         /// Coder's message.
         message: String,
+        /// Coder's detail, bounded (wsbuilder puts the cause of a refused build there).
+        detail: String,
         /// Field validations.
         validations: Vec<Validation>,
     },
@@ -111,10 +113,12 @@ pub enum CoderError {
         message: String,
     },
     /// The request timed out.
-    #[error("{endpoint}: request timed out")]
+    #[error("{endpoint}: request timed out after {after:?}")]
     Timeout {
         /// Route template of the call.
         endpoint: &'static str,
+        /// The timeout that expired (connect or whole request).
+        after: Duration,
     },
     /// Could not connect or the connection broke.
     #[error("{endpoint}: connection failed: {source}")]
@@ -187,6 +191,7 @@ impl CoderError {
                 endpoint,
                 status,
                 message,
+                detail: bounded_text(parsed.detail.as_deref().unwrap_or_default()),
                 validations,
             },
             429 => CoderError::RateLimited {
@@ -241,6 +246,7 @@ impl CoderError {
                 status,
                 message,
                 validations,
+                ..
             } => fail(
                 reasons::CODER_REQUEST_INVALID,
                 format!(
@@ -308,17 +314,57 @@ impl CoderError {
             CoderError::Invalid {
                 status,
                 message,
+                detail,
                 validations,
                 ..
             } => fail(
                 reasons::BUILD_REJECTED,
                 format!(
                     "Coder refused the start build ({status}): {}",
-                    with_fields(message, validations)
+                    with_fields_or_detail(message, detail, validations)
                 ),
             ),
             other => other.disposition(),
         }
+    }
+
+    /// What went wrong, for a request that Coder kept unavailable: the status and Coder's
+    /// message, or the kind of transport failure, and the route template it answered
+    /// (e.g. `HTTP 503 from /api/v2/workspaces/{id}: …`). Bounded; never a URL or a token.
+    pub fn transient_cause(&self) -> String {
+        let cause = match self {
+            CoderError::Server {
+                endpoint,
+                status,
+                message,
+            } if message.is_empty() => format!("HTTP {status} from {endpoint}"),
+            CoderError::Server {
+                endpoint,
+                status,
+                message,
+            } => format!("HTTP {status} from {endpoint}: {message}"),
+            CoderError::RateLimited {
+                endpoint,
+                retry_after: Some(after),
+            } => format!(
+                "HTTP 429 (rate limited) from {endpoint}, retry after {}s",
+                after.as_secs()
+            ),
+            CoderError::RateLimited { endpoint, .. } => {
+                format!("HTTP 429 (rate limited) from {endpoint}")
+            }
+            CoderError::Timeout { endpoint, after } => {
+                format!("{endpoint} timed out after {}", seconds(*after))
+            }
+            CoderError::Connect { endpoint, source } => {
+                format!("{endpoint}: {}", connection_failure(source))
+            }
+            CoderError::WatchIdle { endpoint, idle } => {
+                format!("{endpoint} sent nothing for {}", seconds(*idle))
+            }
+            other => other.to_string(),
+        };
+        bounded_text(&cause)
     }
 
     /// The delay Coder asked for, if any.
@@ -365,6 +411,40 @@ fn bounded_text(s: &str) -> String {
     out.trim().to_owned()
 }
 
+/// `10s` or `2.5s`.
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// What broke a connection, from the innermost cause (e.g. `connection refused`): the
+/// outer layers only repeat "error sending request". The URL was stripped by the client.
+fn connection_failure(e: &reqwest::Error) -> String {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let detail = inner.to_string();
+    let lower = detail.to_lowercase();
+    let kind = if e.is_connect() {
+        "cannot connect to Coder"
+    } else if e.is_body() || e.is_decode() {
+        "the connection broke while reading Coder's answer"
+    } else {
+        "the request to Coder failed"
+    };
+    if lower.contains("connection refused") {
+        format!("{kind}: connection refused")
+    } else if lower.contains("reset") {
+        format!("{kind}: connection reset")
+    } else {
+        format!("{kind}: {detail}")
+    }
+}
+
 /// Coder's message, or a placeholder when it sent none.
 fn or_none(message: &str) -> &str {
     if message.is_empty() {
@@ -381,6 +461,16 @@ fn with_fields(message: &str, validations: &[Validation]) -> String {
     }
     let fields: Vec<&str> = validations.iter().map(|v| v.field.as_str()).collect();
     format!("{}; fields: {}", or_none(message), fields.join(", "))
+}
+
+/// As [`with_fields`]; without validations, Coder's detail follows its message when it adds
+/// something: wsbuilder answers a refused build with a generic message ("resolve
+/// parameters", "Unable to validate parameter \"region\"") and the cause in the detail.
+fn with_fields_or_detail(message: &str, detail: &str, validations: &[Validation]) -> String {
+    if !validations.is_empty() || detail.is_empty() || detail == message {
+        return with_fields(message, validations);
+    }
+    format!("{} ({detail})", or_none(message))
 }
 
 /// `4 MiB`, `512 KiB` or `100 bytes`.
@@ -411,7 +501,10 @@ mod tests {
             CoderError::from_response(EP, 500, None, b"{}"),
             CoderError::from_response(EP, 503, None, b"oops"),
             CoderError::from_response(EP, 429, Some(Duration::from_secs(2)), b""),
-            CoderError::Timeout { endpoint: EP },
+            CoderError::Timeout {
+                endpoint: EP,
+                after: Duration::from_secs(10),
+            },
         ];
         for e in &retried {
             assert_eq!(e.disposition(), Disposition::Retry, "{e}");
@@ -492,6 +585,19 @@ mod tests {
     #[test]
     fn a_start_build_refusal_makes_sense_with_or_without_validations() {
         let ep = "/api/v2/workspaces/{id}/builds";
+        let wsbuilder = CoderError::from_response(
+            ep,
+            400,
+            None,
+            br#"{"message":"Unable to validate parameter \"region\"","detail":"parameter validation failed\nrequired parameter value missing"}"#,
+        );
+        assert_eq!(
+            wsbuilder.start_build_disposition(),
+            Disposition::Fail {
+                reason: reasons::BUILD_REJECTED,
+                message: r#"Coder refused the start build (400): Unable to validate parameter "region" (parameter validation failed required parameter value missing)"#.into()
+            }
+        );
         let bare = CoderError::from_response(ep, 400, None, br#"{"message":"Invalid request."}"#);
         assert_eq!(
             bare.start_build_disposition(),

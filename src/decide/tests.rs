@@ -230,6 +230,13 @@ fn act(a: &Action) -> Act {
     }
 }
 
+/// Coder unavailable with a 503.
+fn down() -> Observation {
+    Observation::CoderUnavailable {
+        cause: "HTTP 503 from /api/v2/workspaces/{id}: db down".into(),
+    }
+}
+
 fn with_agents(agents: Vec<Agent>) -> Observation {
     seen(build(2, Transition::Start, JobStatus::Succeeded, agents))
 }
@@ -334,14 +341,14 @@ fn every_branch() {
         // Coder unavailable: retry until the deadline, then fail.
         case(
             "coder_down_retries",
-            Observation::CoderUnavailable,
+            down(),
             Pending,
             reasons::CODER_UNAVAILABLE,
             Retry,
         ),
         case(
             "coder_down_past_deadline",
-            Observation::CoderUnavailable,
+            down(),
             Failed,
             reasons::CODER_UNAVAILABLE,
             Finish,
@@ -350,7 +357,7 @@ fn every_branch() {
         .at(601),
         case(
             "coder_down_while_waiting_for_agent",
-            Observation::CoderUnavailable,
+            down(),
             WaitingForAgent,
             reasons::CODER_UNAVAILABLE,
             Retry,
@@ -443,7 +450,10 @@ fn every_branch() {
         ),
         case(
             "chat_owner_unknown_for_now_retries",
-            seen_ws(workspace(stopped()), OwnerState::Unavailable),
+            seen_ws(
+                workspace(stopped()),
+                OwnerState::Unavailable("HTTP 503 from /api/v2/users/{user}".into()),
+            ),
             Pending,
             reasons::CODER_UNAVAILABLE,
             Retry,
@@ -849,14 +859,7 @@ fn every_branch() {
             ..spec()
         }),
         // Terminal requests cost nothing and never change.
-        case(
-            "terminal_is_final",
-            Observation::CoderUnavailable,
-            Ready,
-            "",
-            Finish,
-        )
-        .status(WorkspaceStartRequestStatus {
+        case("terminal_is_final", down(), Ready, "", Finish).status(WorkspaceStartRequestStatus {
             phase: Some(Ready),
             ..Default::default()
         }),
@@ -1070,13 +1073,49 @@ fn go_durations_parse_as_go_does() {
 }
 
 #[test]
+fn coder_unavailable_names_the_last_error_while_retrying_and_at_the_deadline() {
+    let st = status_started_at(0);
+    let at = |now: i64, obs: Observation| {
+        decide(&Input {
+            spec: &spec(),
+            generation: Some(1),
+            status: &st,
+            observation: obs,
+            now: t(now),
+            poll: Duration::from_secs(2),
+        })
+        .status
+        .message
+        .unwrap_or_default()
+    };
+    assert_eq!(
+        at(10, down()),
+        "Coder is unavailable (HTTP 503 from /api/v2/workspaces/{id}: db down); retrying with backoff"
+    );
+    assert_eq!(
+        at(601, down()),
+        "Coder stayed unavailable until the request's deadline: last error: HTTP 503 from /api/v2/workspaces/{id}: db down"
+    );
+    let owner = seen_ws(
+        workspace(stopped()),
+        OwnerState::Unavailable(
+            "/api/v2/users/{user}: cannot connect to Coder: connection refused".into(),
+        ),
+    );
+    assert_eq!(
+        at(601, owner),
+        "Coder stayed unavailable until the request's deadline: last error: /api/v2/users/{user}: cannot connect to Coder: connection refused"
+    );
+}
+
+#[test]
 fn queued_build_is_followed_as_our_own() {
     let st = requested_after(1);
     let input = Input {
         spec: &spec(),
         generation: Some(1),
         status: &st,
-        observation: Observation::CoderUnavailable,
+        observation: down(),
         now: t(1),
         poll: Duration::from_secs(2),
     };

@@ -195,6 +195,28 @@ impl ControlPlane {
         format!("https://127.0.0.1:{}", self.apiserver_port)
     }
 
+    /// `http://127.0.0.1:<port>` of etcd (its v3 JSON gateway too), for tests that must put
+    /// into storage what the API server would refuse, e.g. an object it cannot decode.
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
+    }
+
+    /// Writes `value` under `key` straight into etcd (its v3 JSON gateway), bypassing the API
+    /// server: how a test stores an object the API server cannot decode (a storage fault).
+    pub async fn etcd_put(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let body = serde_json::json!({"key": b64(key.as_bytes()), "value": b64(value)});
+        reqwest::Client::new()
+            .post(format!("{}/v3/kv/put", self.etcd_url()))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
     /// PEM of the certificate(s) to trust for [`ControlPlane::server_url`].
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
