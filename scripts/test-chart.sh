@@ -92,6 +92,8 @@ check "reject: bad log format" reject "/logging/format" "${url[@]}" --set coder.
 check "reject: non-http coder.url" reject "/coder/url" --set coder.url=coder.example.com --set coder.existingSecret=s
 check "reject: coder.allowedUrls entry that is no http(s) URL prefix" reject "/coder/allowedUrls/0" "${url[@]}" \
   --set coder.existingSecret=s --set 'coder.allowedUrls[0]=169.254.169.254'
+check "reject: mcp.shard that is no label value" reject "/mcp/shard" "${url[@]}" \
+  --set coder.existingSecret=s --set mcp.shard=GPU
 check "reject: secretNamespaces outside watchNamespaces" reject "is not in watchNamespaces" "${url[@]}" \
   --set coder.existingSecret=s --set 'watchNamespaces={a}' --set 'rbac.secretNamespaces={b}'
 check "reject: ServiceMonitor interval that is not a Prometheus duration" reject "/serviceMonitor/interval" "${url[@]}" \

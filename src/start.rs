@@ -17,6 +17,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use crate::crd::WorkspaceStartRequest;
 use crate::decide::parse_duration;
 use crate::follow::{self, Followed, Progress};
+use crate::shard::Shard;
 use crate::start_result::{StartResult, humanize};
 use crate::submit::{self, ArgError, NewRequest, Target, TargetArgs, Via};
 
@@ -73,6 +74,10 @@ pub struct StartArgs {
     /// Output format of the result (progress goes to stderr).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,
+    /// Send the request to this operator shard (label `coder.com/shard=NAME`); default: the
+    /// operator deployment without `--shard`.
+    #[arg(long, value_name = "NAME", default_value = "", hide_default_value = true, value_parser = Shard::parse)]
+    pub shard: Shard,
     /// Path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -172,6 +177,7 @@ async fn run(args: &StartArgs) -> Result<u8, StartError> {
         parameters,
         via: Via::Start,
         requested_by: None,
+        shard: args.shard.clone(),
     };
     let created = new
         .create(&client)

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::crd::{
     BuildParameter, WorkspaceSelector, WorkspaceStartRequest, WorkspaceStartRequestSpec,
 };
+use crate::shard::{SHARD_LABEL, Shard};
 
 /// Label: how the request was created (`mcp` or `start`).
 pub const LABEL_VIA: &str = "coder.com/requested-via";
@@ -346,6 +347,9 @@ pub struct NewRequest {
     pub via: Via,
     /// The Kubernetes username of the caller, when known (MCP).
     pub requested_by: Option<String>,
+    /// The operator shard to send it to (the `coder.com/shard` label); the default shard
+    /// (no label) unless set.
+    pub shard: Shard,
 }
 
 impl NewRequest {
@@ -357,6 +361,9 @@ impl NewRequest {
         };
         self.target.apply(&mut spec);
         let mut labels = BTreeMap::from([(LABEL_VIA.to_owned(), self.via.label().to_owned())]);
+        if let Some(shard) = self.shard.name() {
+            labels.insert(SHARD_LABEL.to_owned(), shard.to_owned());
+        }
         let mut annotations = BTreeMap::new();
         if let Some(user) = &self.requested_by {
             annotations.insert(ANNOTATION_REQUESTED_BY.to_owned(), user.clone());
@@ -537,6 +544,7 @@ mod tests {
             parameters: vec![],
             via: Via::Mcp,
             requested_by: Some("system:serviceaccount:bots:chat-bot".into()),
+            shard: Shard::unlabelled(),
         };
         let obj = req.object();
         assert_eq!(obj.metadata.generate_name.as_deref(), Some("alice-dev-"));
@@ -566,6 +574,7 @@ mod tests {
             parameters: vec![],
             via: Via::Start,
             requested_by: Some("oidc:alice@example.com".into()),
+            shard: Shard::unlabelled(),
         };
         let obj = req.object();
         let labels = obj.metadata.labels.expect("labels");
@@ -573,5 +582,20 @@ mod tests {
         assert_eq!(labels[LABEL_VIA], "start");
         assert_eq!(obj.metadata.generate_name.as_deref(), Some("chat-"));
         assert!(service_account_of("system:serviceaccount:ns").is_none());
+    }
+
+    #[test]
+    fn a_request_for_a_shard_carries_its_label() {
+        let req = NewRequest {
+            namespace: "team-a".into(),
+            target: Target::Chat(Uuid::nil()),
+            parameters: vec![],
+            via: Via::Start,
+            requested_by: None,
+            shard: Shard::parse("gpu").expect("shard"),
+        };
+        let labels = req.object().metadata.labels.expect("labels");
+        assert_eq!(labels[SHARD_LABEL], "gpu");
+        assert_eq!(labels[LABEL_VIA], "start");
     }
 }

@@ -790,3 +790,64 @@ async fn mcp_server_stops_promptly_during_a_long_call_and_the_request_goes_on() 
     assert_eq!(reqs.len(), 1);
     assert_eq!(w.env.sim.sim().builds_created(slow), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_command_and_mcp_send_requests_to_a_shard() {
+    let mut w = World::new("to-shard").await;
+    let shard_op = w.env.spawn_operator(&["--shard=gpu"], &[]).await;
+    w.start_mcp(&["--shard=gpu"]).await;
+    let by_start = stopped(&w.env, "by-start");
+    let by_mcp = stopped(&w.env, "by-mcp");
+    let chat = w.env.sim.sim().add_chat(w.env.alice.id, Some(by_mcp));
+
+    // `start --shard`: labelled for the shard, followed until Ready.
+    let (code, stdout, stderr) = start_cmd(
+        &w,
+        &[
+            "--workspace",
+            &by_start.to_string(),
+            "--shard",
+            "gpu",
+            "--wait",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(result["phase"], "Ready", "{result}");
+    let from_start = result["name"].as_str().expect("name").to_owned();
+
+    // The MCP server run with `--shard` labels what it creates.
+    let (code, result, stderr) = w.start_chat_as_bot(chat).await;
+    assert_eq!(code, 0, "{stderr}\nMCP log:\n{}", w.mcp_log());
+    assert_eq!(result["phase"], "Ready", "{result}");
+    let from_mcp = result["name"].as_str().expect("name").to_owned();
+
+    let default_log = w.env.operator().logs();
+    for name in [&from_start, &from_mcp] {
+        let r = w.env.wsrs().get(name).await.expect("get");
+        let labels = r.metadata.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get("coder.com/shard").map(String::as_str),
+            Some("gpu"),
+            "{labels:?}"
+        );
+        // Reconciled by the shard, never by the default deployment.
+        assert!(
+            shard_op.logs().contains(name.as_str()),
+            "shard log lacks {name}"
+        );
+        assert!(!default_log.contains(name.as_str()), "default took {name}");
+    }
+    assert_eq!(w.env.sim.sim().builds_created(by_start), 1);
+    assert_eq!(w.env.sim.sim().builds_created(by_mcp), 1);
+
+    // A shard name that cannot be a label value: exit 2 naming the flag, nothing created.
+    let before = w.requests().await.len();
+    let (code, _, stderr) = start_cmd(&w, &["--workspace", "alice/dev", "--shard", "GPU"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--shard"), "{stderr}");
+    assert_eq!(w.requests().await.len(), before);
+}

@@ -66,6 +66,16 @@ pub struct McpArgs {
         default_value = ""
     )]
     pub namespaces: Vec<String>,
+    /// Operator shard the requests are sent to (label `coder.com/shard=NAME`); empty: the
+    /// operator deployment without `--shard`.
+    #[arg(
+        long,
+        env = "WSO_MCP_SHARD",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = crate::shard::Shard::parse
+    )]
+    pub shard: crate::shard::Shard,
     /// Tool calls per minute per caller (token bucket).
     #[arg(long, env = "WSO_MCP_CALLS_PER_MINUTE", default_value = "30")]
     pub calls_per_minute: NonZeroU32,
@@ -104,6 +114,8 @@ pub struct Settings {
     pub default_wait: Duration,
     /// Longest wait.
     pub max_wait: Duration,
+    /// The shard requests are labelled for.
+    pub shard: crate::shard::Shard,
 }
 
 /// Why the MCP server stopped.
@@ -199,6 +211,7 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         namespaces: crate::config::non_empty(&args.namespaces),
         default_wait: wait_timeout(&args.default_wait)?,
         max_wait: wait_timeout(&args.max_wait)?,
+        shard: args.shard.clone(),
     };
     let shutdown = crate::process::shutdown_signal().boxed().shared();
     let client = kube::Client::try_default().await?;

@@ -245,6 +245,7 @@ impl Server {
             parameters,
             via: Via::Mcp,
             requested_by: Some(caller.username.clone()),
+            shard: self.settings.shard.clone(),
         };
         let created = new
             .create(&self.client)
