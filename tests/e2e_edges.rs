@@ -35,6 +35,32 @@ fn phase(w: &WorkspaceStartRequest) -> Option<Phase> {
     w.status.as_ref().and_then(|s| s.phase)
 }
 
+/// Waits until the request has a Warning Event with `reason` for each of `messages`; returns
+/// its Events.
+async fn wait_for_warnings(
+    env: &Env,
+    name: &str,
+    reason: &str,
+    messages: &[&str],
+) -> Vec<(String, String, String)> {
+    let deadline = Instant::now() + T;
+    loop {
+        let evs = env.events(name).await;
+        let warned = |m: &&str| {
+            evs.iter()
+                .any(|e| e.0 == "Warning" && e.1 == reason && e.2 == *m)
+        };
+        if messages.iter().all(warned) {
+            return evs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no Warning Event {reason} for each of {messages:?}: {evs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Asserts the request failed with `reason`.
 async fn assert_failed(env: &Env, name: &str, reason: &str) -> WorkspaceStartRequest {
     let w = env.wait_terminal(name, T).await;
@@ -183,25 +209,11 @@ async fn coder_unavailable_until_the_deadline_names_the_last_error() {
         w.status.as_ref().and_then(|s| s.message.as_deref()),
         Some(last)
     );
-    let deadline = Instant::now() + T;
-    loop {
-        let evs = env.events("down").await;
-        if evs
-            .iter()
-            .any(|e| e.0 == "Warning" && e.1 == "CoderUnavailable" && e.2 == last)
-        {
-            assert!(
-                evs.iter().all(|e| !e.2.contains(&env.alice.token)),
-                "{evs:?}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no Warning Event with {last:?}: {evs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let evs = wait_for_warnings(&env, "down", "CoderUnavailable", &[last]).await;
+    assert!(
+        evs.iter().all(|e| !e.2.contains(&env.alice.token)),
+        "{evs:?}"
+    );
     assert_eq!(sim.builds_created(down), 0);
     // Another request on the same Coder went on.
     let w = env.wait_terminal("fine", T).await;
@@ -604,19 +616,7 @@ async fn an_unreadable_coder_ref_secret_is_shown_retried_and_failed_at_the_deadl
         w.status.as_ref().and_then(|s| s.message.as_deref()),
         Some(last.as_str())
     );
-    let deadline = Instant::now() + T;
-    loop {
-        let evs = env.events("unreadable").await;
-        let warned = |m: &str| {
-            evs.iter()
-                .any(|e| e.0 == "Warning" && e.1 == "SecretUnreadable" && e.2 == m)
-        };
-        if warned(&retrying) && warned(&last) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "Warning Events missing: {evs:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_warnings(&env, "unreadable", "SecretUnreadable", &[&retrying, &last]).await;
     assert_eq!(sim.builds_created(target), 0, "nothing started");
     assert!(env.operator().is_running());
 }
