@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
@@ -44,6 +46,30 @@ pub struct Connections {
     opts: ClientOptions,
     allowed: AllowedUrls,
     clients: Mutex<HashMap<String, CoderClient>>,
+    /// The operator-wide connection and the token file version it was made from.
+    operator_wide: Mutex<Option<(FileVersion, Connection)>>,
+}
+
+/// What tells one version of a file from the next without reading it: a rotated token file
+/// (written in place, or a Secret volume's symlink swapped to a new file) changes at least one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileVersion {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl FileVersion {
+    /// The version of the file `path` leads to (symlinks followed), as the read would see it.
+    fn of(path: &Path) -> Option<FileVersion> {
+        // A stat of a local file; cheaper than handing it to the blocking pool.
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileVersion {
+            modified: m.modified().ok(),
+            len: m.len(),
+            inode: m.ino(),
+        })
+    }
 }
 
 /// The URL prefixes a `coderRef` Secret's `url` must match: same scheme, host and port, and a
@@ -148,6 +174,7 @@ impl Connections {
             opts,
             allowed,
             clients: Mutex::new(HashMap::new()),
+            operator_wide: Mutex::new(None),
         }
     }
 
@@ -223,7 +250,9 @@ impl Connections {
         }
     }
 
-    /// The operator-wide connection (`--coder-url`, `--coder-token-file`).
+    /// The operator-wide connection (`--coder-url`, `--coder-token-file`). The token file is
+    /// read again whenever it changed (so a rotated token is used from the next reconcile on),
+    /// and otherwise not: reading it on every reconcile cost an eighth of the operator's CPU.
     pub async fn operator_wide(&self) -> Result<Connection, ResolveError> {
         let (Some(url), Some(file)) = (&self.default_url, &self.default_token_file) else {
             return Err(misconfigured(
@@ -231,6 +260,29 @@ impl Connections {
                 "no operator-wide Coder connection is configured (--coder-url and --coder-token-file); set spec.coderRef",
             ));
         };
+        let version = FileVersion::of(file);
+        if let Some(version) = &version
+            && let Some((seen, conn)) = self.lock_operator_wide().as_ref()
+            && seen == version
+        {
+            return Ok(conn.clone());
+        }
+        let conn = self.read_operator_wide(url, file).await?;
+        // Remembered only when the file did not change around the read (else read it again).
+        if let Some(version) = version
+            && FileVersion::of(file).as_ref() == Some(&version)
+        {
+            *self.lock_operator_wide() = Some((version, conn.clone()));
+        }
+        Ok(conn)
+    }
+
+    fn lock_operator_wide(&self) -> std::sync::MutexGuard<'_, Option<(FileVersion, Connection)>> {
+        self.operator_wide.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the token file and returns the connection for `url` with that token.
+    async fn read_operator_wide(&self, url: &str, file: &Path) -> Result<Connection, ResolveError> {
         let token = tokio::fs::read_to_string(file).await.map_err(|e| {
             tracing::error!(path = %file.display(), error = %e, "cannot read the Coder token file");
             misconfigured(
@@ -323,6 +375,56 @@ mod tests {
         );
         assert!(AllowedUrls::new(&["ftp://x".into()], None).is_err());
         assert!(AllowedUrls::new(&["coder.example.com".into()], None).is_err());
+    }
+
+    fn operator_wide_connections(token_file: &Path) -> Connections {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("uri"));
+        let kube = kube::Client::try_from(config).expect("kube client");
+        Connections::new(
+            kube,
+            Some("http://127.0.0.1:9".into()),
+            Some(token_file.to_owned()),
+            ClientOptions::default(),
+            AllowedUrls::default(),
+        )
+    }
+
+    fn key(r: Result<Connection, ResolveError>) -> String {
+        match r {
+            Ok(c) => c.key,
+            Err(e) => panic!("no connection: {e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_token_file_is_read_again_only_when_it_changed() {
+        let dir = std::env::temp_dir().join(format!("wso-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "first-token\n").expect("write");
+        let conns = operator_wide_connections(&file);
+        let first = key(conns.operator_wide().await);
+        assert_eq!(key(conns.operator_wide().await), first, "unchanged file");
+
+        // Rotated in place (same length, so only the modification time tells).
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&file, "other-token\n").expect("write");
+        let rotated = key(conns.operator_wide().await);
+        assert_ne!(rotated, first, "the rotated token is used at once");
+
+        // Rotated as a Secret volume does it: a new file behind the same path.
+        let next = dir.join("token.next");
+        std::fs::write(&next, "third-token\n").expect("write");
+        std::fs::rename(&next, &file).expect("rename");
+        let swapped = key(conns.operator_wide().await);
+        assert_ne!(swapped, rotated, "the swapped-in token is used at once");
+
+        std::fs::remove_file(&file).expect("remove");
+        assert!(
+            conns.operator_wide().await.is_err(),
+            "a vanished token file is an error, not the last token"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
