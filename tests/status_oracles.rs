@@ -335,7 +335,18 @@ async fn status_fixtures_are_what_the_operator_writes() {
         env.create(name, spec.clone()).await;
     }
     for (name, _, phase) in &runs {
-        let w = env.wait_phase(name, *phase, T).await;
+        let w = env
+            .wait_for(name, T, |w| {
+                let status = w.status.as_ref();
+                let starting_build = status
+                    .and_then(|s| s.build.as_ref())
+                    .is_some_and(|b| b.transition == "start");
+                // `Starting` is captured once the start build exists, not at the start record
+                // written just before it is requested (a moment a slow run may catch).
+                status.and_then(|s| s.phase) == Some(*phase)
+                    && (*phase != Phase::Starting || starting_build)
+            })
+            .await;
         capture(name, &w);
     }
 
