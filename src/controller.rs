@@ -31,10 +31,12 @@ use crate::metrics::{CONTROLLER, ControllerLabels, Health, Metrics, PhaseLabels}
 use crate::shard::Shard;
 use crate::status::StatusWriter;
 use crate::watch::{Watches, WorkspaceKey};
+use crate::write_slots::WriteSlots;
 
-/// How long a progress write waits for a write slot before it is left for a later pass: long
-/// enough for one write in flight on an idle API server, short enough not to hold the request
-/// (and a final status right behind it) when the API server is busy.
+/// How long a progress write waits for spare write capacity (no required write waiting, a free
+/// write slot) before it is left for a later pass: long enough for one write in flight on an idle
+/// API server, short enough not to hold the request (and a final status right behind it) when
+/// the API server is busy.
 const PROGRESS_SLOT_WAIT: Duration = Duration::from_millis(25);
 
 /// The longest a finished request with a TTL waits before its expiry is checked again.
@@ -125,8 +127,9 @@ pub struct Context {
     starts: Arc<StartQueue>,
     /// Slots for reconciles of requests already started or finished.
     follow_slots: Semaphore,
-    /// Slots for API writes other than final statuses (status writes and Events).
-    write_slots: Arc<Semaphore>,
+    /// Slots for API writes other than final statuses (status writes and Events), and the
+    /// required writes spare ones give way to.
+    write_slots: Arc<WriteSlots>,
     /// The watch caches of this shard's requests (one per watched namespace scope).
     held: Mutex<Vec<reflector::Store<WorkspaceStartRequest>>>,
 }
@@ -140,7 +143,7 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Context> {
-        let write_slots = Arc::new(Semaphore::new(usize::from(settings.write_slots.max(1))));
+        let write_slots = WriteSlots::new(usize::from(settings.write_slots));
         let events = EventPublisher::start(
             kube.clone(),
             FIELD_MANAGER,
@@ -149,8 +152,12 @@ impl Context {
             Arc::clone(&write_slots),
         );
         let status = Arc::new(StatusWriter::default());
-        let first_status =
-            FirstStatus::start(kube.clone(), Arc::clone(&status), settings.shard.clone());
+        let first_status = FirstStatus::start(
+            kube.clone(),
+            Arc::clone(&status),
+            Arc::clone(&write_slots),
+            settings.shard.clone(),
+        );
         Arc::new(Context {
             kube,
             connections,
@@ -891,7 +898,8 @@ impl Pass<'_> {
     /// operator re-reads Coder instead of requesting another build. False when the request
     /// has left this shard.
     async fn record_start(&mut self, status: &WorkspaceStartRequestStatus) -> Result<bool, Error> {
-        let slot = self.ctx.write_slots.acquire().await.ok();
+        let _required = self.ctx.write_slots.require();
+        let slot = self.ctx.write_slots.slot().await;
         let ownership = apply_status(self.ctx, &self.api, self.wsr, &self.written, status).await?;
         drop(slot);
         if ownership == Ownership::Moved {
@@ -958,23 +966,28 @@ async fn conclude(
 ) -> Result<KubeAction, Error> {
     // Final statuses go to the API server at once. Every other write takes a write slot (shared
     // with Events), so at most `write_slots` of them are in flight ahead of a final status.
-    // Progress (a started request's status that is not final) waits for a slot only briefly:
-    // when the API server is busy it is left to a later pass (the next watch event or poll),
-    // where newer progress replaces it. Progress detail alone is also written at most once a
-    // second.
+    // Progress (a started request's status that is not final) is a spare write: it waits briefly
+    // for a moment when no required write (first status, start record, final status) is waiting
+    // and a slot is free; when the API server is busy it is left to a later pass (the next watch
+    // event or poll), where newer progress replaces it. Progress detail alone is also written at
+    // most once a second.
     // A start record cleared after a 409 (someone else's build is joined) is never postponed:
     // a later pass deciding on the old record would take that build for ours.
     let cleared = prev.build_requested_at.is_some() && decision.status.build_requested_at.is_none();
     let progress = matches!(decision.action, Action::Requeue(_)) && !not_started(prev) && !cleared;
+    let changed = prev != &decision.status;
+    let required = (changed && !progress).then(|| ctx.write_slots.require());
     let mut defer = None;
     let mut _write_slot = None;
-    if prev != &decision.status && !matches!(decision.action, Action::Finish) {
+    if changed && !matches!(decision.action, Action::Finish) {
         if !progress {
-            _write_slot = ctx.write_slots.acquire().await.ok();
+            _write_slot = ctx.write_slots.slot().await;
         } else if let Some(wait) = ctx.status.defer(oref, prev, &decision.status) {
             defer = Some(wait);
-        } else if let Ok(Ok(slot)) =
-            tokio::time::timeout(PROGRESS_SLOT_WAIT, ctx.write_slots.acquire()).await
+        } else if let Some(slot) = ctx
+            .write_slots
+            .spare_slot(Instant::now() + PROGRESS_SLOT_WAIT, Duration::ZERO)
+            .await
         {
             _write_slot = Some(slot);
         } else {
@@ -988,6 +1001,7 @@ async fn conclude(
         }
         publish_transition(ctx, wsr, prev, &decision.status);
     }
+    drop(required);
     ctx.track_phase(oref, decision.status.phase);
     match decision.action {
         Action::Finish => {

@@ -8,10 +8,11 @@
 //! Events are the least urgent API writes: they go through a bounded queue served by a few
 //! workers, so a burst of transitions never crowds out status writes at the API server. When the
 //! queue is full the event is dropped and counted (as client-go's event broadcaster does). A
-//! Normal event that waited longer than [`MAX_DELAY`] for its turn is dropped and counted too:
-//! under load the API server's time goes to the writes each request needs (its first status,
-//! the start record, the final status), and Events are sent only where they fit. Warnings are
-//! always sent.
+//! Normal event is a spare write ([`WriteSlots::spare_slot`]): it waits until no required write
+//! (a first status, a start record, a final status) is waiting or was for [`EVENT_QUIET`], and is dropped and counted when
+//! that moment has not come within [`MAX_DELAY`] of its transition. Under load the API server's
+//! time goes to the writes each request needs, and Events are sent only where they fit; at low
+//! load every transition gets its Event. Warnings are always sent.
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -22,9 +23,10 @@ use kube::{Resource, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::crd::WorkspaceStartRequest;
+use crate::write_slots::{EVENT_QUIET, WriteSlots};
 
 /// Largest note the API server accepts (1 kB).
 const MAX_NOTE: usize = 1024;
@@ -35,12 +37,13 @@ pub const QUEUE_CAPACITY: usize = 1024;
 /// Concurrent Event creates.
 const WORKERS: usize = 1;
 
-/// A Normal event still waiting for a write slot after this long is dropped (counted).
-pub const MAX_DELAY: Duration = Duration::from_secs(2);
+/// A Normal event that found no spare write capacity this long after its transition is dropped
+/// (counted).
+pub const MAX_DELAY: Duration = Duration::from_secs(1);
 
-/// True when an event queued `waited` ago should still be sent.
-fn still_fits(type_: Option<&str>, waited: Duration) -> bool {
-    type_ == Some("Warning") || waited <= MAX_DELAY
+/// True for the events that are always sent (they take a write slot like a required write).
+fn always_sent(type_: Option<&str>) -> bool {
+    type_ == Some("Warning")
 }
 
 /// Event severity.
@@ -63,15 +66,15 @@ pub struct EventPublisher {
 
 impl EventPublisher {
     /// A publisher for `controller` running as `instance` (the pod name); starts its workers
-    /// on the current tokio runtime. Each create takes one of `slots` (shared with the status
-    /// writes that are not final). Events dropped (queue full, or no slot within [`MAX_DELAY`])
-    /// are counted in `dropped`.
+    /// on the current tokio runtime. Each create takes one of the write `slots`; a Normal one
+    /// only where it fits (see the module doc). Events dropped (queue full, or no spare capacity
+    /// within [`MAX_DELAY`]) are counted in `dropped`.
     pub fn start(
         client: kube::Client,
         controller: &str,
         instance: Option<String>,
         dropped: Counter,
-        slots: Arc<Semaphore>,
+        slots: Arc<WriteSlots>,
     ) -> EventPublisher {
         let (queue, rx) = mpsc::channel::<(Event, Instant)>(QUEUE_CAPACITY);
         let stale = dropped.clone();
@@ -83,12 +86,16 @@ impl EventPublisher {
                     let slots = Arc::clone(&slots);
                     let stale = stale.clone();
                     async move {
-                        let _slot = slots.acquire().await.ok();
-                        if still_fits(ev.type_.as_deref(), queued.elapsed()) {
+                        let slot = if always_sent(ev.type_.as_deref()) {
+                            slots.slot().await
+                        } else {
+                            slots.spare_slot(queued + MAX_DELAY, EVENT_QUIET).await
+                        };
+                        if slot.is_some() {
                             send(&client, &ev).await;
                         } else {
                             stale.inc();
-                            tracing::debug!(reason = ?ev.reason, "event waited too long for a write slot; dropped");
+                            tracing::debug!(reason = ?ev.reason, "no spare write capacity for the event in time; dropped");
                         }
                     }
                 },
@@ -177,13 +184,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn late_normal_events_are_dropped_and_warnings_never() {
-        assert!(still_fits(Some("Normal"), Duration::ZERO));
-        assert!(still_fits(Some("Normal"), MAX_DELAY));
-        assert!(!still_fits(
-            Some("Normal"),
-            MAX_DELAY + Duration::from_millis(1)
-        ));
-        assert!(still_fits(Some("Warning"), Duration::from_secs(600)));
+    fn warnings_are_always_sent() {
+        assert!(always_sent(Some("Warning")));
+        assert!(!always_sent(Some("Normal")));
     }
 }

@@ -4,8 +4,10 @@
 //! it kstatus, and every tool built on it, reads a request that has no status as Current (done).
 //!
 //! At most one API write per request, off the reconcile's path: a few writer tasks take requests
-//! from a FIFO queue. They take none of the controller's write slots (final statuses never wait
-//! behind them; progress deferral never postpones them). Each write carries the
+//! from a FIFO queue, each [`GRACE`] after the operator saw it, so a request whose reconcile
+//! writes its start record (or any status) within that time needs no first status at all. They take none of the controller's write slots (final statuses never wait
+//! behind them), and each first status not yet settled is a required write
+//! ([`WriteSlots::require`]): progress and Normal Events give way to it. Each write carries the
 //! `resourceVersion` the request had without a status as a precondition, so it can never replace
 //! a status the reconcile wrote meanwhile: the API server answers 409 and the first status is
 //! dropped. A request whose reconcile writes its own status first is taken off the queue
@@ -13,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,15 +28,23 @@ use crate::conditions::{self, reasons, types};
 use crate::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
 use crate::shard::Shard;
 use crate::status::StatusWriter;
+use crate::write_slots::{Required, WriteSlots};
 
-/// Concurrent first-status writes.
-pub const WRITERS: usize = 2;
+/// Concurrent first-status writes. The kube client speaks HTTP/2, so they share one connection;
+/// with 16 the first statuses keep pace with a burst of creates (the bench's N=1000 at about
+/// 300 creates/s on 2 cores), and the API server is the bound.
+pub const WRITERS: usize = 16;
 
 /// Message of a request waiting in the start queue.
 pub const WAITING_FOR_SLOT: &str = "waiting for a start slot";
 
 /// Message of a request whose reconcile is reading Coder.
 pub const READING_CODER: &str = "reading the chat and workspace from Coder";
+
+/// How long after the operator saw a request its first status is written (unless the reconcile
+/// wrote a status by then): a start record written within this time makes it needless. Well
+/// within the 2 s a request may go without status.
+pub const GRACE: Duration = Duration::from_millis(250);
 
 /// Attempts per request (API errors other than 404 and 409 are retried this often).
 const ATTEMPTS: u32 = 5;
@@ -79,6 +89,8 @@ struct Job {
     wsr: Arc<WorkspaceStartRequest>,
     message: &'static str,
     attempt: u32,
+    /// Not written before this moment.
+    due: Instant,
 }
 
 enum Entry {
@@ -90,20 +102,32 @@ enum Entry {
     Retrying,
 }
 
+/// A request whose first status is not settled yet; announced as a required write from the
+/// moment a writer takes it (a request within its grace is not waiting for the API server).
+struct Unsettled {
+    entry: Entry,
+    required: Option<Required>,
+}
+
 #[derive(Default)]
 struct Queue {
     order: VecDeque<Obj>,
     /// Requests whose first status is not settled yet (neither written nor cancelled).
-    entries: HashMap<Obj, Entry>,
+    entries: HashMap<Obj, Unsettled>,
 }
 
 impl Queue {
-    /// Adds `job` for `obj` unless `obj` is already unsettled; true when added.
+    /// Adds `job` for `obj` unless `obj` is already unsettled; true when added. Jobs are pushed
+    /// in the order of their `due` time.
     fn push(&mut self, obj: Obj, job: Job) -> bool {
         if self.entries.contains_key(&obj) {
             return false;
         }
-        self.entries.insert(obj.clone(), Entry::Queued(job));
+        let entry = Unsettled {
+            entry: Entry::Queued(job),
+            required: None,
+        };
+        self.entries.insert(obj.clone(), entry);
         self.order.push_back(obj);
         true
     }
@@ -113,19 +137,33 @@ impl Queue {
         self.entries.remove(obj);
     }
 
-    /// The oldest queued job, marked as being written.
-    fn pop(&mut self) -> Option<(Obj, Job)> {
+    /// The oldest queued job when it is due at `now`, marked as being written and announced by
+    /// `required`; otherwise when the next one is due (`None`: the queue is empty).
+    fn pop(
+        &mut self,
+        now: Instant,
+        required: impl FnOnce() -> Required,
+    ) -> Result<(Obj, Job), Option<Instant>> {
         while let Some(obj) = self.order.pop_front() {
-            let Some(entry) = self.entries.get_mut(&obj) else {
+            let Some(Unsettled { entry, required: r }) = self.entries.get_mut(&obj) else {
                 continue;
             };
-            if matches!(entry, Entry::Queued(_))
-                && let Entry::Queued(job) = std::mem::replace(entry, Entry::Writing)
-            {
-                return Some((obj, job));
+            match entry {
+                Entry::Queued(job) if job.due > now => {
+                    let due = job.due;
+                    self.order.push_front(obj);
+                    return Err(Some(due));
+                }
+                Entry::Queued(_) => {
+                    if let Entry::Queued(job) = std::mem::replace(entry, Entry::Writing) {
+                        r.get_or_insert_with(required);
+                        return Ok((obj, job));
+                    }
+                }
+                Entry::Writing | Entry::Retrying => {}
             }
         }
-        None
+        Err(None)
     }
 }
 
@@ -135,6 +173,8 @@ pub struct FirstStatus {
     wake: Notify,
     kube: kube::Client,
     status: Arc<StatusWriter>,
+    /// Where first statuses are announced as required writes.
+    slots: Arc<WriteSlots>,
     /// This process's shard: a request that moved to another shard is left to it.
     shard: Shard,
 }
@@ -149,13 +189,20 @@ enum Outcome {
 
 impl FirstStatus {
     /// Starts [`WRITERS`] writers on the current tokio runtime for the requests of `shard`.
-    /// Written statuses are remembered in `status` (so their watch echo needs no reconcile).
-    pub fn start(kube: kube::Client, status: Arc<StatusWriter>, shard: Shard) -> Arc<FirstStatus> {
+    /// Written statuses are remembered in `status` (so their watch echo needs no reconcile);
+    /// unsettled ones are announced as required writes in `slots`.
+    pub fn start(
+        kube: kube::Client,
+        status: Arc<StatusWriter>,
+        slots: Arc<WriteSlots>,
+        shard: Shard,
+    ) -> Arc<FirstStatus> {
         let this = Arc::new(FirstStatus {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             kube,
             status,
+            slots,
             shard,
         });
         for _ in 0..WRITERS {
@@ -181,6 +228,7 @@ impl FirstStatus {
             wsr: Arc::clone(wsr),
             message,
             attempt: 0,
+            due: Instant::now() + GRACE,
         };
         if self.lock().push(obj, job) {
             self.wake.notify_one();
@@ -198,16 +246,27 @@ impl FirstStatus {
         self.lock().entries.len()
     }
 
-    /// The next queued job, marked as being written.
-    fn pop(&self) -> Option<(Obj, Job)> {
-        self.lock().pop()
+    /// The next queued job when it is due, marked as being written.
+    fn pop(&self) -> Result<(Obj, Job), Option<Instant>> {
+        self.lock().pop(Instant::now(), || self.slots.require())
     }
 
     async fn write_loop(self: Arc<Self>) {
         loop {
-            let Some((obj, job)) = self.pop() else {
-                self.wake.notified().await;
-                continue;
+            let (obj, job) = match self.pop() {
+                Ok(next) => next,
+                Err(None) => {
+                    self.wake.notified().await;
+                    continue;
+                }
+                Err(Some(due)) => {
+                    let due = tokio::time::Instant::from_std(due);
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                    continue;
+                }
             };
             match self.write(&obj, &job).await {
                 Outcome::Settled => {}
@@ -231,7 +290,7 @@ impl FirstStatus {
             q.entries.remove(&obj);
             return;
         }
-        let Some(entry) = q.entries.get_mut(&obj) else {
+        let Some(Unsettled { entry, .. }) = q.entries.get_mut(&obj) else {
             return;
         };
         *entry = Entry::Retrying;
@@ -239,15 +298,21 @@ impl FirstStatus {
         let job = Job {
             wsr,
             attempt,
+            due: Instant::now(),
             ..job
         };
         let this = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             let mut q = this.lock();
-            if let Some(entry @ Entry::Retrying) = q.entries.get_mut(&obj) {
+            if let Some(Unsettled {
+                entry: entry @ Entry::Retrying,
+                ..
+            }) = q.entries.get_mut(&obj)
+            {
                 *entry = Entry::Queued(job);
-                q.order.push_back(obj);
+                // Overdue: ahead of the requests still within their grace.
+                q.order.push_front(obj);
                 drop(q);
                 this.wake.notify_one();
             }
@@ -355,7 +420,7 @@ mod tests {
         assert!(st.build_requested_at.is_none());
     }
 
-    fn job(name: &str) -> (Obj, Job) {
+    fn job(name: &str, due: Instant) -> (Obj, Job) {
         let wsr: WorkspaceStartRequest = serde_json::from_value(serde_json::json!({
             "apiVersion": "coder.com/v1alpha1",
             "kind": "WorkspaceStartRequest",
@@ -367,38 +432,70 @@ mod tests {
             wsr: Arc::new(wsr),
             message: WAITING_FOR_SLOT,
             attempt: 0,
+            due,
         };
         (ObjectRef::new(name).within("ns"), job)
     }
 
-    #[test]
-    fn queue_writes_each_request_once_in_arrival_order() {
-        let mut q = Queue::default();
-        let (a, ja) = job("a");
-        let (b, jb) = job("b");
-        assert!(q.push(a.clone(), ja.clone()));
-        assert!(q.push(b.clone(), jb));
-        assert!(!q.push(a.clone(), ja.clone()), "queued once");
-        assert_eq!(q.pop().map(|(o, _)| o), Some(a.clone()));
-        assert!(!q.push(a.clone(), ja), "being written: not queued again");
-        assert_eq!(q.pop().map(|(o, _)| o), Some(b));
-        assert!(q.pop().is_none());
+    fn popped(q: &mut Queue, now: Instant, slots: &WriteSlots) -> Option<Obj> {
+        q.pop(now, || slots.require()).ok().map(|(o, _)| o)
     }
 
     #[test]
-    fn a_cancelled_request_is_never_written() {
+    fn queue_writes_each_request_once_in_arrival_order() {
+        let slots = WriteSlots::new(1);
+        let now = Instant::now();
         let mut q = Queue::default();
-        let (a, ja) = job("a");
-        let (b, jb) = job("b");
+        let (a, ja) = job("a", now);
+        let (b, jb) = job("b", now);
+        assert!(q.push(a.clone(), ja.clone()));
+        assert!(q.push(b.clone(), jb));
+        assert!(!q.push(a.clone(), ja.clone()), "queued once");
+        assert_eq!(popped(&mut q, now, &slots), Some(a.clone()));
+        assert!(!q.push(a.clone(), ja), "being written: not queued again");
+        assert_eq!(popped(&mut q, now, &slots), Some(b));
+        assert!(matches!(q.pop(now, || slots.require()), Err(None)));
+    }
+
+    #[test]
+    fn a_request_is_written_only_after_its_grace() {
+        let slots = WriteSlots::new(1);
+        let now = Instant::now();
+        let mut q = Queue::default();
+        let (a, ja) = job("a", now + GRACE);
+        q.push(a.clone(), ja);
+        assert!(
+            matches!(q.pop(now, || slots.require()), Err(Some(due)) if due == now + GRACE),
+            "not yet due: the writers wait until then"
+        );
+        assert_eq!(
+            slots.required(),
+            0,
+            "within its grace it holds back nothing"
+        );
+        assert_eq!(popped(&mut q, now + GRACE, &slots), Some(a));
+        assert_eq!(slots.required(), 1, "being written: spare writes give way");
+    }
+
+    #[test]
+    fn a_request_that_wrote_its_own_status_within_its_grace_gets_no_first_status() {
+        let slots = WriteSlots::new(1);
+        let now = Instant::now();
+        let mut q = Queue::default();
+        let (a, ja) = job("a", now + GRACE);
+        let (b, jb) = job("b", now + GRACE);
         q.push(a.clone(), ja);
         q.push(b.clone(), jb);
+        // a's reconcile wrote its start record first.
         q.cancel(&a);
-        assert_eq!(q.pop().map(|(o, _)| o), Some(b.clone()));
+        assert_eq!(popped(&mut q, now + GRACE, &slots), Some(b.clone()));
+        assert_eq!(slots.required(), 1, "b is being written");
         q.cancel(&b);
         assert!(
             q.entries.is_empty(),
             "a write in flight is cancelled too (not remembered)"
         );
-        assert!(q.pop().is_none());
+        assert_eq!(slots.required(), 0, "settled: spare writes may go");
+        assert!(matches!(q.pop(now + GRACE, || slots.require()), Err(None)));
     }
 }

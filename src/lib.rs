@@ -29,3 +29,4 @@ pub mod status;
 pub mod submit;
 pub mod triggers;
 pub mod watch;
+pub mod write_slots;

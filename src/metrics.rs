@@ -84,8 +84,8 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     /// `workspace_start_operator_leader`: 1 while this replica holds the lease.
     pub leader: Gauge,
-    /// `workspace_start_operator_events_dropped_total`: Events dropped on a full queue or after
-    /// waiting too long for a write slot.
+    /// `workspace_start_operator_events_dropped_total`: Events dropped on a full queue, or
+    /// Normal ones that found no spare write capacity in time.
     pub events_dropped: Counter,
     /// `workspace_start_operator_progress_writes_postponed_total`: progress writes left for a
     /// later pass because the API server was busy.
@@ -197,7 +197,7 @@ impl Metrics {
         );
         registry.register(
             "workspace_start_operator_events_dropped",
-            "Events dropped because the event queue was full or they waited too long for a write slot",
+            "Events dropped because the event queue was full or no spare write capacity came in time",
             events_dropped.clone(),
         );
         registry.register(
