@@ -327,6 +327,15 @@ async fn observe(
         connection: conn.key.clone(),
         workspace: id,
     };
+    // First pass (the caller holds no workspace lock yet): requests that learn the same
+    // workspace at the same time would all miss the cache and each read Coder. The first to
+    // hold the workspace's lock reads it; the others wait for that read and share it.
+    let _first_read = match &target {
+        Target::Id(id) if use_cache && known.is_none() => {
+            Some(ctx.watches.workspace_lock(&key_for(*id)).lock_owned().await)
+        }
+        _ => None,
+    };
     let cached = match &target {
         Target::Id(id) if use_cache => ctx.watches.cached(&key_for(*id)),
         _ => None,
