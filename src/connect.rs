@@ -15,7 +15,8 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::coder::{ClientOptions, CoderClient, CoderError, SessionToken};
+use crate::coder::credentials::{self, SessionToken};
+use crate::coder::{ClientOptions, CoderClient, CoderError};
 use crate::conditions::reasons;
 use crate::crd::WorkspaceStartRequest;
 use crate::decide::Observation;
@@ -213,41 +214,46 @@ impl Connections {
                     }
                     Err(e) => return Err(ResolveError::Kube(e)),
                 };
-                let field = |k: &str| {
-                    secret
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(k))
-                        .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                        .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(k)).cloned())
-                        .map(|s| s.trim().to_owned())
-                        .filter(|s| !s.is_empty())
-                };
-                let (Some(url), Some(token)) = (field("url"), field("token")) else {
-                    return Err(misconfigured(
-                        reasons::SECRET_INVALID,
-                        format!(
-                            "Secret {:?} (spec.coderRef) needs non-empty keys \"url\" and \"token\"",
-                            r.name
-                        ),
-                    ));
-                };
-                if !self.allowed.permits(&url) {
-                    return Err(misconfigured(
-                        reasons::CODER_URL_NOT_ALLOWED,
-                        format!(
-                            "the url in Secret {:?} (spec.coderRef) is not an allowed Coder URL (allowed: {}); an administrator can add it to coder.allowedUrls",
-                            r.name,
-                            self.allowed.describe()
-                        ),
-                    ));
-                }
-                self.client(&url, SessionToken::new(token)).map_err(|e| {
-                    misconfigured(reasons::SECRET_INVALID, format!("Secret {:?}: {e}", r.name))
-                })
+                self.secret_connection(&r.name, &secret)
             }
             None => self.operator_wide().await,
         }
+    }
+
+    /// The connection a `coderRef` Secret describes: its `url` and `token` must be usable
+    /// (else `SecretInvalid` naming the key, never showing the value) and the URL allowed.
+    fn secret_connection(&self, name: &str, secret: &Secret) -> Result<Connection, ResolveError> {
+        let (Some(url), Some(token)) = (secret_value(secret, "url"), secret_value(secret, "token"))
+        else {
+            return Err(misconfigured(
+                reasons::SECRET_INVALID,
+                format!(
+                    "Secret {name:?} (spec.coderRef) needs non-empty keys \"url\" and \"token\""
+                ),
+            ));
+        };
+        let invalid = |key: &str, what: &str, why: &dyn std::fmt::Display| {
+            misconfigured(
+                reasons::SECRET_INVALID,
+                format!(
+                    "key {key:?} of Secret {name:?} (spec.coderRef) is not a usable {what}: it {why}"
+                ),
+            )
+        };
+        let url = credentials::base_url(url).map_err(|e| invalid("url", "Coder URL", &e))?;
+        let token =
+            SessionToken::parse(token).map_err(|e| invalid("token", "Coder session token", &e))?;
+        if !self.allowed.permits(&url) {
+            return Err(misconfigured(
+                reasons::CODER_URL_NOT_ALLOWED,
+                format!(
+                    "the url in Secret {name:?} (spec.coderRef) is not an allowed Coder URL (allowed: {}); an administrator can add it to coder.allowedUrls",
+                    self.allowed.describe()
+                ),
+            ));
+        }
+        self.client(&url, token)
+            .map_err(|e| misconfigured(reasons::SECRET_INVALID, format!("Secret {name:?}: {e}")))
     }
 
     /// The operator-wide connection (`--coder-url`, `--coder-token-file`). The token file is
@@ -283,14 +289,21 @@ impl Connections {
 
     /// Reads the token file and returns the connection for `url` with that token.
     async fn read_operator_wide(&self, url: &str, file: &Path) -> Result<Connection, ResolveError> {
-        let token = tokio::fs::read_to_string(file).await.map_err(|e| {
+        let raw = tokio::fs::read(file).await.map_err(|e| {
             tracing::error!(path = %file.display(), error = %e, "cannot read the Coder token file");
             misconfigured(
                 reasons::CODER_NOT_CONFIGURED,
                 "the operator cannot read its Coder token file",
             )
         })?;
-        self.client(url, SessionToken::new(token))
+        let token = SessionToken::parse(raw).map_err(|e| {
+            tracing::error!(path = %file.display(), problem = %e, "the Coder token file does not hold a usable session token");
+            misconfigured(
+                reasons::CODER_NOT_CONFIGURED,
+                format!("the operator's Coder token file (--coder-token-file) is not a usable Coder session token: it {e}"),
+            )
+        })?;
+        self.client(url, token)
             .map_err(|e| misconfigured(reasons::CODER_NOT_CONFIGURED, e.to_string()))
     }
 
@@ -309,6 +322,24 @@ impl Connections {
         clients.insert(key.clone(), c.clone());
         Ok(Connection { client: c, key })
     }
+}
+
+/// The bytes of `key` in the Secret (`data`, else `stringData`), unless absent or blank.
+fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
+    let data = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| &v.0[..]);
+    let string_data = || {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(String::as_bytes)
+    };
+    data.or_else(string_data)
+        .filter(|v| !v.trim_ascii().is_empty())
 }
 
 /// A DNS-1123 subdomain, as Kubernetes requires of Secret names.
@@ -424,6 +455,29 @@ mod tests {
             conns.operator_wide().await.is_err(),
             "a vanished token file is an error, not the last token"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_token_file_fails_requests_with_the_reason() {
+        let dir = std::env::temp_dir().join(format!("wso-bad-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "first-half\nsecond-half\n").expect("write");
+        let conns = operator_wide_connections(&file);
+        match conns.operator_wide().await {
+            Err(ResolveError::Request(Observation::Failed { reason, message })) => {
+                assert_eq!(reason, reasons::CODER_NOT_CONFIGURED);
+                assert_eq!(
+                    message,
+                    "the operator's Coder token file (--coder-token-file) is not a usable Coder session token: it contains a line break at byte 10 (a session token is one line of visible ASCII)"
+                );
+            }
+            other => panic!("want CoderNotConfigured: {other:?}"),
+        }
+        // Fixed in place: used from the next reconcile on.
+        std::fs::write(&file, "second-half\n").expect("write");
+        assert!(conns.operator_wide().await.is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -417,7 +417,8 @@ impl Watches {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::coder::client::{ClientOptions, SessionToken};
+    use crate::coder::client::ClientOptions;
+    use crate::coder::credentials::SessionToken;
     use crate::coder::types::{JobStatus, ProvisionerJob, Transition};
 
     fn workspace(id: Uuid, build_number: i64) -> Workspace {
@@ -456,7 +457,7 @@ mod tests {
         // Nothing listens there: the stream task just retries in the background.
         let client = CoderClient::new(
             "http://127.0.0.1:9",
-            SessionToken::new("t"),
+            SessionToken::parse("t").expect("token"),
             &ClientOptions::default(),
         )
         .expect("client");

@@ -535,24 +535,44 @@ async fn coder_ref_secret_cases() {
     env.create_secret("no-token", &[("url", &url)]).await;
     env.create_secret("bob-creds", &[("url", &url), ("token", &bob.token)])
         .await;
+    // A token torn by a newline in the middle cannot be an HTTP header value: it fails at once
+    // and says which key is wrong, without retrying as if Coder were down or echoing the token.
+    let (head, tail) = bob.token.split_at(bob.token.len() / 2);
+    env.create_secret(
+        "torn-token",
+        &[("url", &url), ("token", &format!("{head}\n{tail}\n"))],
+    )
+    .await;
+    let calls_before = sim.counters().values().sum::<u64>();
 
-    env.create(
-        "missing",
-        json!({"workspace": {"id": untouched.to_string()}, "coderRef": {"name": "does-not-exist"}}),
-    )
-    .await;
-    env.create(
-        "invalid",
-        json!({"workspace": {"id": untouched.to_string()}, "coderRef": {"name": "no-token"}}),
-    )
-    .await;
+    let on = |secret: &str| json!({"workspace": {"id": untouched.to_string()}, "coderRef": {"name": secret}});
+    env.create("missing", on("does-not-exist")).await;
+    env.create("invalid", on("no-token")).await;
+    env.create("torn", on("torn-token")).await;
+    assert_failed(&env, "missing", "SecretNotFound").await;
+    assert_failed(&env, "invalid", "SecretInvalid").await;
+    let w = assert_failed(&env, "torn", "SecretInvalid").await;
+    let torn = format!(
+        "key \"token\" of Secret \"torn-token\" (spec.coderRef) is not a usable Coder session token: it contains a line break at byte {} (a session token is one line of visible ASCII)",
+        head.len()
+    );
+    assert_eq!(
+        w.status.as_ref().and_then(|s| s.message.as_deref()),
+        Some(torn.as_str())
+    );
+    wait_for_warnings(&env, "torn", "SecretInvalid", &[&torn]).await;
+    assert_eq!(
+        sim.counters().values().sum::<u64>(),
+        calls_before,
+        "no Coder call for a request whose Secret is missing or unusable: {:?}",
+        sim.counters()
+    );
+
     env.create(
         "bob",
         json!({"workspace": {"id": target.to_string()}, "coderRef": {"name": "bob-creds"}}),
     )
     .await;
-    assert_failed(&env, "missing", "SecretNotFound").await;
-    assert_failed(&env, "invalid", "SecretInvalid").await;
     // alice's operator-wide token cannot see bob's workspace: Ready proves bob's credentials
     // from the Secret were used.
     let w = env.wait_terminal("bob", T).await;

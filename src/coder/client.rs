@@ -11,6 +11,7 @@ use reqwest::{Method, StatusCode, header};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use super::credentials::{self, SessionToken};
 use super::error::CoderError;
 use super::ratelimit::RateLimiter;
 use super::sse::{Frame, SseParser};
@@ -21,27 +22,6 @@ use super::users::Accounts;
 
 /// Header carrying the session token.
 pub const SESSION_TOKEN_HEADER: &str = "Coder-Session-Token";
-
-/// A Coder session token. Its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SessionToken(String);
-
-impl SessionToken {
-    /// Wraps a token (surrounding whitespace is trimmed).
-    pub fn new(token: impl AsRef<str>) -> SessionToken {
-        SessionToken(token.as_ref().trim().to_owned())
-    }
-    /// The raw token, for the auth header and for redaction checks.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SessionToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SessionToken(<redacted>)")
-    }
-}
 
 /// Observes every Coder call: endpoint route template and status label (`200`, `409`,
 /// `timeout`, …). Used for metrics.
@@ -140,18 +120,8 @@ impl CoderClient {
         token: SessionToken,
         opts: &ClientOptions,
     ) -> Result<CoderClient, CoderError> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        let parsed = reqwest::Url::parse(&base)
-            .map_err(|e| CoderError::Config(format!("invalid Coder URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(CoderError::Config(format!(
-                "invalid Coder URL scheme {:?}: use http or https",
-                parsed.scheme()
-            )));
-        }
-        if token.expose().is_empty() {
-            return Err(CoderError::Config("empty Coder session token".into()));
-        }
+        let base = credentials::base_url(base_url)
+            .map_err(|e| CoderError::Config(format!("the Coder URL {e}")))?;
         // Redirects are not followed: the session token must reach only the configured URL.
         let http = reqwest::Client::builder()
             .timeout(opts.request_timeout)
@@ -642,13 +612,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_is_never_printed() {
-        let t = SessionToken::new("secret-value\n");
-        assert_eq!(t.expose(), "secret-value");
-        assert!(!format!("{t:?}").contains("secret"));
-    }
-
-    #[test]
     fn watch_frames_become_workspaces_and_errors() {
         let ws = r#"{"id":"e3f4c0de-0000-4000-8000-000000000001","name":"dev","owner_id":"51aa0000-0000-4000-8000-000000000002","owner_name":"alice","latest_build":{"id":"6f1c0000-0000-4000-8000-000000000003","build_number":2,"transition":"start","status":"starting","job":{"id":"7a000000-0000-4000-8000-000000000004","status":"running"},"resources":[]}}"#;
         let frame = |event: &str, data: &str| Frame {
@@ -678,25 +641,36 @@ mod tests {
     }
 
     #[test]
-    fn bad_urls_and_empty_tokens_are_config_errors() {
+    fn unusable_urls_are_config_errors() {
         let o = ClientOptions::default();
-        assert!(matches!(
-            CoderClient::new("ftp://x", SessionToken::new("t"), &o),
-            Err(CoderError::Config(_))
-        ));
-        assert!(matches!(
-            CoderClient::new("http://x", SessionToken::new(" "), &o),
-            Err(CoderError::Config(_))
-        ));
+        for (url, why) in [
+            (
+                "ftp://x",
+                "the Coder URL has scheme \"ftp\"; use http or https",
+            ),
+            (
+                "https://x/?a=b",
+                "the Coder URL has a query; use http(s)://host[:port][/path]",
+            ),
+        ] {
+            match CoderClient::new(url, token("t"), &o) {
+                Err(CoderError::Config(m)) => assert_eq!(m, why, "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    fn token(t: &str) -> SessionToken {
+        SessionToken::parse(t).expect("token")
     }
 
     /// A client for `url` with a 300 ms request timeout.
-    fn quick_client(url: &str, token: &str) -> CoderClient {
+    fn quick_client(url: &str, t: &str) -> CoderClient {
         let o = ClientOptions {
             request_timeout: Duration::from_millis(300),
             ..ClientOptions::default()
         };
-        CoderClient::new(url, SessionToken::new(token), &o).expect("client")
+        CoderClient::new(url, token(t), &o).expect("client")
     }
 
     #[tokio::test]

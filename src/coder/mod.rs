@@ -1,12 +1,14 @@
 //! Everything about talking to Coder: JSON types, the REST client, its errors and rate limits.
 
 pub mod client;
+pub mod credentials;
 pub mod error;
 pub mod ratelimit;
 pub mod sse;
 pub mod types;
 pub mod users;
 
-pub use client::{CallObserver, ClientOptions, CoderClient, SessionToken, WatchEvent};
+pub use client::{CallObserver, ClientOptions, CoderClient, WatchEvent};
+pub use credentials::{SessionToken, TokenError, UrlError};
 pub use error::CoderError;
 pub use users::OwnerAccount;
