@@ -1091,23 +1091,6 @@ pub fn error_policy(wsr: Arc<WorkspaceStartRequest>, err: &Error, ctx: Arc<Conte
     KubeAction::requeue(ctx.backoff(&ObjectRef::from_obj(&*wsr), None))
 }
 
-/// Reads (and logs) who the operator-wide token is, once at start: a wrong token shows at
-/// once, and the chat owner check (`Pass::owner_state`) knows the token's own user without a
-/// call on a request's path. Failures are only logged; requests retry on their own.
-async fn introduce(ctx: Arc<Context>) {
-    let Ok(conn) = ctx.connections.operator_wide().await else {
-        return;
-    };
-    match conn.client.identity().await {
-        Ok(id) => {
-            tracing::info!(coder_url = %conn.client.base_url(), user = %id, "Coder token accepted")
-        }
-        Err(e) => {
-            tracing::warn!(coder_url = %conn.client.base_url(), error = %e, "cannot check the Coder token")
-        }
-    }
-}
-
 /// Runs one controller per watched namespace (or one for all) until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -1138,7 +1121,6 @@ pub async fn run(
             }
         }
     });
-    tokio::spawn(introduce(Arc::clone(&ctx)));
     let mut controllers = Vec::new();
     // Ready once every scope's watcher finished its initial list (caches synced).
     let pending_syncs = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));

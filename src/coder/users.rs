@@ -4,7 +4,8 @@
 //!
 //! - When the owner is the token's own user, every request this client makes proves the owner
 //!   active: Coder refuses the keys of suspended and deleted users with 401 and activates a
-//!   dormant user on their first request. The token's identity is read once.
+//!   dormant user on their first request. The token's identity is read once, when a
+//!   request first needs it (a restarted operator with only finished requests calls nothing).
 //! - Otherwise `GET /api/v2/users/{id}` gives the status. Coder keeps deleted users readable by
 //!   id (a tombstone), so the username is looked up too: a deleted user's no longer resolves
 //!   to them. An active owner is remembered for [`ACTIVE_FOR`]; concurrent checks of one owner
