@@ -31,6 +31,7 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// An entry with no read, no follower and no stream.
     pub(super) fn new() -> Entry {
         Entry {
             subscribers: HashSet::new(),

@@ -5,9 +5,9 @@
 //! subscribed request, so a request turns Ready within milliseconds of the agent. While a
 //! stream is live, reconciles read the workspace from here instead of calling Coder.
 //!
-//! - [`cache`]: the per-workspace entries, their sequence numbers and how long a read is trusted.
-//! - [`followers`]: which requests follow which workspace, and when an entry is dropped.
-//! - [`stream`]: the `/watch` stream task that feeds the cache and triggers the followers.
+//! - `cache`: the per-workspace entries, their sequence numbers and how long a read is trusted.
+//! - `followers`: which requests follow which workspace, and when an entry is dropped.
+//! - `stream`: the `/watch` stream task that feeds the cache and triggers the followers.
 
 mod cache;
 mod followers;
