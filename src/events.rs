@@ -9,8 +9,8 @@
 //! workers, so a burst of transitions never crowds out status writes at the API server. When the
 //! queue is full the event is dropped and counted (as client-go's event broadcaster does). A
 //! Normal event is a spare write ([`WriteSlots::spare_slot`]): it waits until no required write
-//! (a first status, a start record, a final status) is waiting or was for [`EVENT_QUIET`], and is dropped and counted when
-//! that moment has not come within [`MAX_DELAY`] of its transition. Under load the API server's
+//! (a first status, a start record, a final status) is waiting or was for [`EVENT_QUIET`], and
+//! is dropped and counted when that moment has not come within [`MAX_DELAY`] of its transition. Under load the API server's
 //! time goes to the writes each request needs, and Events are sent only where they fit; at low
 //! load every transition gets its Event. Warnings are always sent.
 

@@ -5,8 +5,9 @@
 //!
 //! At most one API write per request, off the reconcile's path: a few writer tasks take requests
 //! from a FIFO queue, each [`GRACE`] after the operator saw it, so a request whose reconcile
-//! writes its start record (or any status) within that time needs no first status at all. They take none of the controller's write slots (final statuses never wait
-//! behind them), and each first status not yet settled is a required write
+//! writes its start record (or any status) within that time needs no first status at all.
+//! They take none of the controller's write slots (final statuses never wait behind them), and
+//! each first status not yet settled is a required write
 //! ([`WriteSlots::require`]): progress and Normal Events give way to it. Each write carries the
 //! `resourceVersion` the request had without a status as a precondition, so it can never replace
 //! a status the reconcile wrote meanwhile: the API server answers 409 and the first status is
