@@ -1,7 +1,8 @@
 //! The first status of a new request: `observedGeneration`, phase `Pending`, `Ready=False` and
-//! `Reconciling=True` (reason `Pending`), written as soon as the controller sees the request,
-//! before any Coder call (which can hang) and while the request waits in the start queue. Without
-//! it kstatus, and every tool built on it, reads a request that has no status as Current (done).
+//! `Reconciling=True` (reason `Pending`), written [`GRACE`] after the controller sees the
+//! request, whatever its Coder calls (which can hang) do, also while it waits in the start
+//! queue. Without it kstatus, and every tool built on it, reads a request that has no status as
+//! Current (done).
 //!
 //! At most one API write per request, off the reconcile's path: a few writer tasks take requests
 //! from a FIFO queue, each [`GRACE`] after the operator saw it, so a request whose reconcile
