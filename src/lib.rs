@@ -1,32 +1,19 @@
 //! workspace-start-operator: a Kubernetes operator that starts Coder workspaces on request.
 //!
-//! Data flows one way: [`controller`] observes Coder through [`coder`], asks the pure
-//! [`decide`] state machine what to do, acts, and writes the status (see [`conditions`]).
-//!
-//! Chat services and people start workspaces through requests too: [`mcp`] (an MCP server) and
-//! [`start`] (a command and kubectl plugin) create one with [`submit`], follow it with [`follow`]
-//! and report it as [`start_result`], in the shape of Coder's own `start_workspace` tool.
+//! Four rooms, each importing only the ones listed before it:
+//! - [`api`]: the shared vocabulary (the CRD types, conditions and reasons, the shard label, Go
+//!   durations), without I/O.
+//! - [`coder`]: the Coder REST client; it speaks HTTP and knows nothing of the CRD.
+//! - [`process`]: plumbing every program shares (logging, shutdown, the Kubernetes client, the
+//!   health and metrics server); [`cli`] parses the command line of every subcommand.
+//! - [`operator`]: `run`. Data flows one way: observe Coder → [`operator::decide`] (pure) →
+//!   act → status.
+//! - [`client`]: `start` and `mcp`, which create requests and track them for people and chat
+//!   services, reporting in the shape of Coder's own `start_workspace` tool.
 
-pub mod admission;
+pub mod api;
+pub mod cli;
+pub mod client;
 pub mod coder;
-pub mod conditions;
-pub mod config;
-pub mod connect;
-pub mod controller;
-pub mod crd;
-pub mod decide;
-pub mod events;
-pub mod first_status;
-pub mod follow;
-pub mod kube_client;
-pub mod mcp;
-pub mod metrics;
+pub mod operator;
 pub mod process;
-pub mod shard;
-pub mod start;
-pub mod start_result;
-pub mod status;
-pub mod submit;
-pub mod triggers;
-pub mod watch;
-pub mod write_slots;

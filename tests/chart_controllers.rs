@@ -26,7 +26,7 @@ use kube::{Client, Resource as _, ResourceExt};
 use opproc::eventually;
 use serde_json::json;
 use support::{ControlPlaneBins, repo};
-use workspace_start_operator::crd::WorkspaceStartRequest;
+use workspace_start_operator::api::crd::WorkspaceStartRequest;
 
 /// Controllers on a busy 2-core machine (and the garbage collector's 30 s discovery of new
 /// kinds) can take a while; every wait is for a condition, never a fixed sleep.

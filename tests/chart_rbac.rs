@@ -23,7 +23,7 @@ use kube::api::{Api, PostParams};
 use opproc::{Launch, Proc, helm_template};
 use serde_json::json;
 use support::{kubectl_admin, ready, repo};
-use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 /// The ServiceAccount name every test renders (fixed through `serviceAccount.name`).
 const SA: &str = "workspace-start-operator";

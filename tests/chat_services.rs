@@ -23,7 +23,7 @@ use kube::api::{Api, ListParams, PostParams};
 use opproc::{Launch, Proc, helm_template};
 use serde_json::{Value, json};
 use support::{Env, operator_bin, repo};
-use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 /// The audience the MCP server expects by default (chart value `mcp.audience`).
 const AUDIENCE: &str = "workspace-start-operator";

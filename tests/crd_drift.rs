@@ -2,7 +2,7 @@
 
 #[test]
 fn checked_in_crd_matches_the_rust_types() {
-    let generated = workspace_start_operator::crd::crd_yaml().expect("render CRD");
+    let generated = workspace_start_operator::api::crd::crd_yaml().expect("render CRD");
     for path in [
         "crds/workspacestartrequests.coder.com.yaml",
         "charts/workspace-start-operator/crds/workspacestartrequests.coder.com.yaml",

@@ -18,15 +18,16 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use proptest::prelude::*;
 use uuid::Uuid;
-use workspace_start_operator::coder::types::{
-    Agent, JobStatus, ProvisionerJob, Resource, Transition, Workspace, WorkspaceBuild,
-};
-use workspace_start_operator::crd::{
+use workspace_start_operator::api::crd::{
     Outcome, Phase, Timeouts, WorkspaceSelector, WorkspaceStartRequestSpec,
     WorkspaceStartRequestStatus,
 };
-use workspace_start_operator::decide::{
-    Action, Input, Observation, OwnerState, build_info, decide, parse_duration, ttl_expiry,
+use workspace_start_operator::api::duration::parse_duration;
+use workspace_start_operator::coder::types::{
+    Agent, JobStatus, ProvisionerJob, Resource, Transition, Workspace, WorkspaceBuild,
+};
+use workspace_start_operator::operator::decide::{
+    Action, Input, Observation, OwnerState, build_info, decide, ttl_expiry,
 };
 
 const WS: u128 = 0xe3f4_0000_0000_4000_8000_0000_0000_0001;
@@ -637,7 +638,7 @@ fn any_spec() -> impl Strategy<Value = WorkspaceStartRequestSpec> {
         any_timeout(),
         prop_oneof![
             Just(None),
-            (0..=workspace_start_operator::crd::MAX_TTL_SECONDS).prop_map(Some),
+            (0..=workspace_start_operator::api::crd::MAX_TTL_SECONDS).prop_map(Some),
             any::<i64>().prop_map(Some),
         ],
         proptest::option::of("[a-z-]{1,20}"),
@@ -655,7 +656,7 @@ fn any_spec() -> impl Strategy<Value = WorkspaceStartRequestSpec> {
                 parameters: params
                     .into_iter()
                     .map(
-                        |(name, value)| workspace_start_operator::crd::BuildParameter {
+                        |(name, value)| workspace_start_operator::api::crd::BuildParameter {
                             name,
                             value,
                         },
@@ -770,7 +771,7 @@ fn any_status() -> impl Strategy<Value = WorkspaceStartRequestStatus> {
                 ..Default::default()
             };
             if let Some(t) = succeeded {
-                workspace_start_operator::conditions::set(
+                workspace_start_operator::api::conditions::set(
                     &mut st.conditions,
                     "BuildSucceeded",
                     "True",

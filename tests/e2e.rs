@@ -8,7 +8,7 @@ use std::time::Duration;
 use coder_sim::{AgentSeed, BuildScript, InitialState, LifecycleState, Transition, WorkspaceSeed};
 use serde_json::json;
 use support::{Env, ready};
-use workspace_start_operator::crd::{Outcome, Phase};
+use workspace_start_operator::api::crd::{Outcome, Phase};
 
 const T: Duration = Duration::from_secs(30);
 

@@ -12,7 +12,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 use support::{Env, eventually, ready};
-use workspace_start_operator::crd::{Outcome, Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Outcome, Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
 const WS_GET: &str = "GET /api/v2/workspaces/{id}";

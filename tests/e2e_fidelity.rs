@@ -16,7 +16,7 @@ use coder_sim::{
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use support::{Env, eventually, ready};
-use workspace_start_operator::crd::{Outcome, Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Outcome, Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
 const WS_GET: &str = "GET /api/v2/workspaces/{id}";

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use coder_sim::{BuildScript, Fault, WorkspaceSeed};
 use support::{Env, ready};
-use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
 const WS_GET: &str = "GET /api/v2/workspaces/{id}";

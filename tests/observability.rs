@@ -11,7 +11,7 @@ use std::time::Duration;
 use coder_sim::WorkspaceSeed;
 use opproc::{Launch, Proc, eventually};
 use support::{Env, RELEASE, ready, render_chart};
-use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -517,9 +517,10 @@ async fn log_level_from_flag_and_env() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_client_speaks_http2_to_the_api_server() {
     let env = Env::new("obs-h2").await;
-    let client =
-        workspace_start_operator::kube_client::from_config(env.plane.admin_config().clone())
-            .expect("client");
+    let client = workspace_start_operator::process::kube_client::from_config(
+        env.plane.admin_config().clone(),
+    )
+    .expect("client");
     let req = http::Request::get("/version")
         .body(Vec::new())
         .expect("request");

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use support::{Env, RELEASE, ready, render_chart};
-use workspace_start_operator::crd::{Outcome, Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Outcome, Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(60);
 const POST_BUILDS: &str = "POST /api/v2/workspaces/{id}/builds";

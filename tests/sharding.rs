@@ -17,7 +17,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 use support::{Env, Operator, ready, render_chart};
-use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(90);
 const POST_BUILDS: &str = "POST /api/v2/workspaces/{id}/builds";

@@ -16,8 +16,8 @@ use coder_sim::{BuildScript, Fault, LifecycleState, WorkspaceSeed};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::{ControlPlaneBins, Env};
-use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
-use workspace_start_operator::first_status::{READING_CODER, WAITING_FOR_SLOT};
+use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
+use workspace_start_operator::operator::first_status::{READING_CODER, WAITING_FOR_SLOT};
 
 const T: Duration = Duration::from_secs(60);
 const GET_WS: &str = "GET /api/v2/workspaces/{id}";
@@ -324,7 +324,8 @@ async fn status_fixtures_are_what_the_operator_writes() {
     // The read times out: Coder unavailable, retried.
     let w = env
         .wait_for("new", T, |w| {
-            support::ready(w).1 == workspace_start_operator::conditions::reasons::CODER_UNAVAILABLE
+            support::ready(w).1
+                == workspace_start_operator::api::conditions::reasons::CODER_UNAVAILABLE
         })
         .await;
     capture("pending-coder-unavailable", &w);

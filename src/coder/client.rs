@@ -11,6 +11,7 @@ use reqwest::{Method, StatusCode, header};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use super::accounts::Accounts;
 use super::credentials::{self, SessionToken};
 use super::error::CoderError;
 use super::ratelimit::RateLimiter;
@@ -18,7 +19,6 @@ use super::sse::{Frame, SseParser};
 use super::types::{
     BuildInfo, Chat, ChatResponse, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
 };
-use super::users::Accounts;
 
 /// Header carrying the session token.
 pub const SESSION_TOKEN_HEADER: &str = "Coder-Session-Token";

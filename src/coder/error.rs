@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::types::{ErrorBody, Validation};
-use crate::conditions::reasons;
+use crate::api::conditions::reasons;
 
 /// The most of Coder's own message kept (in errors, logs, status and Events).
 const MAX_MESSAGE_CHARS: usize = 300;

@@ -1,5 +1,6 @@
 //! Everything about talking to Coder: JSON types, the REST client, its errors and rate limits.
 
+pub mod accounts;
 pub mod client;
 pub mod credentials;
 pub mod error;

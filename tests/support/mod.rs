@@ -12,7 +12,7 @@ use envtest::ControlPlane;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 /// Release name used when rendering the chart (fixes the ServiceAccount name).
 pub const RELEASE: &str = "workspace-start-operator";

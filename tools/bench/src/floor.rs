@@ -15,7 +15,7 @@ use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::Value;
 use uuid::Uuid;
-use workspace_start_operator::crd::{FIELD_MANAGER, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{FIELD_MANAGER, WorkspaceStartRequest};
 
 /// A Ready status as the operator writes it (captured from a real run), used as the template.
 const READY_FIXTURE: &str = include_str!("../../../tests/fixtures/status/ready.json");
@@ -68,7 +68,7 @@ pub fn start(
         .build()?;
     let client = {
         let _in_rt = rt.enter();
-        workspace_start_operator::kube_client::from_config(config.clone())?
+        workspace_start_operator::process::kube_client::from_config(config.clone())?
     };
     let api: Api<WorkspaceStartRequest> = Api::namespaced(client, ns);
     let fixture: Value = serde_json::from_str(READY_FIXTURE).unwrap_or_default();

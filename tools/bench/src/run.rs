@@ -16,7 +16,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use uuid::Uuid;
-use workspace_start_operator::crd::WorkspaceStartRequest;
+use workspace_start_operator::api::crd::WorkspaceStartRequest;
 
 use crate::Args;
 use crate::chaos;
@@ -120,8 +120,9 @@ impl World {
         } = *spec;
         // The operator's own client (HTTP/2): the floor writer's concurrent writes, the creates
         // and the Ready watch share one connection, as the operator's do.
-        let admin =
-            workspace_start_operator::kube_client::from_config(plane.admin_config().clone())?;
+        let admin = workspace_start_operator::process::kube_client::from_config(
+            plane.admin_config().clone(),
+        )?;
         let ns = plane.create_namespace(&format!("bench-{label}")).await?;
         let sim_server = SimServer::start(SimConfig {
             rate_limit_per_minute: args.sim_rate_limit,

@@ -1,0 +1,76 @@
+//! Flags of `mcp`, the MCP server for chat services.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::api::shard::Shard;
+use crate::process::LogFormat;
+
+/// Flags of `mcp`. Each also reads the environment variable shown, as the Helm chart sets them.
+#[derive(Args, Debug, Clone)]
+#[command(args_override_self = true)]
+pub struct McpArgs {
+    /// Address of the MCP endpoint (Streamable HTTP at /mcp).
+    #[arg(long, env = "WSO_MCP_ADDR", default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "WSO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Audience callers' tokens must be issued for (TokenReview). Empty: the API server's own
+    /// audiences, i.e. ordinary ServiceAccount tokens.
+    #[arg(
+        long,
+        env = "WSO_MCP_AUDIENCE",
+        default_value = "workspace-start-operator"
+    )]
+    pub audience: String,
+    /// Namespaces requests may be created in, comma-separated (the operator's watched
+    /// namespaces); empty allows any namespace the caller may create requests in.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub namespaces: Vec<String>,
+    /// Operator shard the requests are sent to (label `coder.com/shard=NAME`); empty: the
+    /// operator deployment without `--shard`.
+    #[arg(
+        long,
+        env = "WSO_MCP_SHARD",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = Shard::parse
+    )]
+    pub shard: Shard,
+    /// Tool calls per minute per caller (token bucket).
+    #[arg(long, env = "WSO_MCP_CALLS_PER_MINUTE", default_value = "30")]
+    pub calls_per_minute: NonZeroU32,
+    /// Burst of tool calls per caller.
+    #[arg(long, env = "WSO_MCP_CALL_BURST", default_value = "10")]
+    pub call_burst: NonZeroU32,
+    /// Default wait of a tool call (Go duration).
+    #[arg(long, env = "WSO_MCP_DEFAULT_WAIT", default_value = "10m", value_parser = super::positive_duration)]
+    pub default_wait: Duration,
+    /// Longest wait a caller may ask for (Go duration).
+    #[arg(long, env = "WSO_MCP_MAX_WAIT", default_value = "30m", value_parser = super::positive_duration)]
+    pub max_wait: Duration,
+    /// Host names the server answers to (DNS-rebinding protection), comma-separated; empty
+    /// accepts any Host (callers authenticate with a Bearer token either way).
+    #[arg(
+        long,
+        env = "WSO_MCP_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "WSO_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level or tracing filter.
+    #[arg(long, env = "WSO_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}

@@ -1,0 +1,211 @@
+//! `workspace-start-operator mcp`: a Model Context Protocol server over Streamable HTTP (the
+//! official Rust SDK, `rmcp`) that gives chat services Coder's `start_workspace` tool without
+//! Kubernetes code. Every start is a WorkspaceStartRequest created for the caller, so it shows in
+//! `kubectl get wsr`, is covered by RBAC and audited. Stateless (no MCP sessions), so replicas
+//! behind one Service need no affinity.
+//!
+//! Layout: [`auth`] (TokenReview middleware, SubjectAccessReview, per-caller rate limit),
+//! [`tools`] (the two tools), [`metrics`] (what `/metrics` serves).
+
+pub mod auth;
+pub mod metrics;
+pub mod tools;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use futures::FutureExt;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use tokio_util::sync::CancellationToken;
+
+use self::auth::{Authenticator, CallLimit, Caller};
+use self::metrics::McpMetrics;
+use crate::cli::mcp::McpArgs;
+use crate::process::http::Health;
+
+/// Path of the MCP endpoint.
+pub const ENDPOINT: &str = "/mcp";
+
+/// Settings the tools read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespaces requests may be created in (empty: any).
+    pub namespaces: Vec<String>,
+    /// Wait when a call names none.
+    pub default_wait: Duration,
+    /// Longest wait.
+    pub max_wait: Duration,
+    /// The shard requests are labelled for.
+    pub shard: crate::api::shard::Shard,
+}
+
+/// Why the MCP server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    /// A flag was invalid.
+    #[error(transparent)]
+    Argument(#[from] crate::client::submit::ArgError),
+    /// No Kubernetes client.
+    #[error("cannot connect to Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// A listener failed.
+    #[error("cannot serve: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// One MCP server instance (the SDK makes one per request; they share everything).
+#[derive(Clone)]
+pub struct Server {
+    client: kube::Client,
+    settings: Arc<Settings>,
+    limit: Arc<CallLimit>,
+    metrics: Arc<McpMetrics>,
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        let mut config = ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_instructions(
+                "Start Coder workspaces through Kubernetes WorkspaceStartRequests: call \
+                 start_workspace with chat_id, workspace_id, or owner and name; \
+                 get_workspace_start reads a request by name.",
+            );
+        config.server_info =
+            Implementation::new("workspace-start-operator", env!("CARGO_PKG_VERSION"));
+        config
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        tools::definitions().into_iter().find(|t| t.name == name)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(tools::definitions()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Caller>())
+            .cloned()
+            .ok_or_else(|| ErrorData::internal_error("request was not authenticated", None))?;
+        let args = request.arguments.clone();
+        self.call(&request.name, args, &caller, context)
+            .await
+            .map(Into::into)
+    }
+}
+
+/// Runs `mcp` until SIGTERM/ctrl-c.
+pub fn main(args: McpArgs) -> ExitCode {
+    crate::process::init_logging(args.log_format, &args.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&McpError::Serve(e)),
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &McpError) -> ExitCode {
+    tracing::error!(error = %e, "exiting");
+    eprintln!("workspace-start-operator mcp: {e}");
+    ExitCode::FAILURE
+}
+
+async fn run(args: McpArgs) -> Result<(), McpError> {
+    let settings = Settings {
+        namespaces: crate::cli::non_empty(&args.namespaces),
+        default_wait: args.default_wait,
+        max_wait: args.max_wait,
+        shard: args.shard.clone(),
+    };
+    let shutdown = crate::process::shutdown_signal().boxed().shared();
+    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(McpMetrics::new());
+    let health = Health::default();
+    let exposition: Arc<dyn crate::process::http::Exposition> = metrics.clone();
+    let metrics_server = tokio::spawn(crate::process::http::serve(
+        args.metrics_addr,
+        exposition,
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let limit = Arc::new(CallLimit::new(args.calls_per_minute, args.call_burst));
+    limit.spawn_cleanup();
+    let audience = Some(args.audience.clone()).filter(|a| !a.is_empty());
+    let server = Server {
+        client: client.clone(),
+        settings: Arc::new(settings),
+        limit,
+        metrics: Arc::clone(&metrics),
+    };
+    // Cancelled on shutdown: ends in-flight tool calls (their requests go on; callers can read
+    // them with get_workspace_start) so the process stops within its grace period.
+    let cancel = CancellationToken::new();
+    let auth = Authenticator::new(client.clone(), audience, metrics);
+    let app = router(server, auth, &args.allowed_hosts, cancel.clone());
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, audience = %args.audience, "serving MCP at {ENDPOINT}");
+    client.apiserver_version().await?;
+    health.set_ready(true);
+    let stop = shutdown.clone().map(move |()| cancel.cancel());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await?;
+    let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
+    Ok(())
+}
+
+/// `/mcp` behind the token check.
+fn router(
+    server: Server,
+    auth: Authenticator,
+    allowed_hosts: &[String],
+    cancel: CancellationToken,
+) -> Router {
+    let hosts = crate::cli::non_empty(allowed_hosts);
+    let mut config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_cancellation_token(cancel)
+        .with_sse_keep_alive(Some(Duration::from_secs(15)));
+    config = if hosts.is_empty() {
+        config.disable_allowed_hosts()
+    } else {
+        config.with_allowed_hosts(hosts)
+    };
+    let service: StreamableHttpService<Server, NeverSessionManager> = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .nest_service(ENDPOINT, service)
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::authenticate,
+        ))
+}

@@ -1,0 +1,1197 @@
+//! The kube-runtime controller: observe Coder → [`decide`] → act (start build) → status by
+//! server-side apply, with Events on every transition, per-object backoff and TTL cleanup.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use jiff::Timestamp;
+use kube::api::{Api, DeleteParams};
+use kube::runtime::controller::{self, Action as KubeAction, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use rand::Rng;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::api::conditions::{self, reasons};
+use crate::api::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
+use crate::api::shard::Shard;
+use crate::coder::error::Disposition;
+use crate::coder::types::Workspace;
+use crate::coder::{CoderError, OwnerAccount};
+use crate::operator::connect::{Connection, Connections, ResolveError};
+use crate::operator::decide::{self, Action, Decision, Input, Observation, OwnerState};
+use crate::operator::events::{EventPublisher, EventType};
+use crate::operator::first_status::FirstStatus;
+use crate::operator::metrics::{CONTROLLER, ControllerLabels, Metrics, PhaseLabels};
+use crate::operator::start_queue::StartQueue;
+use crate::operator::status::StatusWriter;
+use crate::operator::streams::{Watches, WorkspaceKey};
+use crate::operator::write_slots::WriteSlots;
+use crate::process::http::Health;
+
+/// How long a progress write waits for spare write capacity (no required write waiting, a free
+/// write slot) before it is left for a later pass: long enough for one write in flight on an idle
+/// API server, short enough not to hold the request (and a final status right behind it) when
+/// the API server is busy.
+const PROGRESS_SLOT_WAIT: Duration = Duration::from_millis(25);
+
+/// The longest a finished request with a TTL waits before its expiry is checked again.
+const TTL_RECHECK: Duration = Duration::from_secs(24 * 3600);
+
+/// How often unused workspace entries are dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Errors that make a reconcile retry with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Writing the status failed.
+    #[error("patching status of {name}: {source}")]
+    StatusPatch {
+        /// Object name.
+        name: String,
+        /// Cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// A namespaced object without a namespace.
+    #[error("object {0} has no namespace")]
+    MissingNamespace(String),
+}
+
+/// Timing settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Poll interval while waiting without a live watch stream.
+    pub poll: Duration,
+    /// Backstop poll interval while a watch stream is live.
+    pub backstop_poll: Duration,
+    /// Maximum concurrent reconciles of requests not yet started (reading Coder, requesting
+    /// the build).
+    pub concurrency: u16,
+    /// Maximum concurrent reconciles of requests already started or finished (following the
+    /// build and agent). Kept apart from `concurrency` so a burst of new requests never delays
+    /// the ones about to become Ready.
+    pub follow_concurrency: u16,
+    /// Maximum API writes in flight other than final (Ready/Failed) statuses: status writes and
+    /// Event creates. Final statuses skip the queue; progress finding no slot waits for a later
+    /// pass.
+    pub write_slots: u16,
+    /// Test hook: reconciling the request of this name panics (proves panic containment).
+    pub panic_on: Option<String>,
+    /// The requests this process reconciles (see [`Shard`]).
+    pub shard: Shard,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            poll: Duration::from_secs(2),
+            backstop_poll: Duration::from_secs(30),
+            concurrency: 16,
+            follow_concurrency: 256,
+            write_slots: 1,
+            panic_on: None,
+            shard: Shard::unlabelled(),
+        }
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// Kubernetes client.
+    pub kube: kube::Client,
+    /// Coder connections.
+    pub connections: Connections,
+    /// Shared watch streams and read cache.
+    pub watches: Arc<Watches>,
+    /// Event publisher.
+    pub events: EventPublisher,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Timing.
+    pub settings: Settings,
+    failures: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, u32>>,
+    phases: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, Phase>>,
+    /// Status writes, and the last status this process wrote per request.
+    status: Arc<StatusWriter>,
+    /// First statuses of new requests, written before anything can block their reconcile.
+    first_status: Arc<FirstStatus>,
+    /// Slots for reconciles of requests not yet started, and the queue waiting for one.
+    starts: Arc<StartQueue>,
+    /// Slots for reconciles of requests already started or finished.
+    follow_slots: Semaphore,
+    /// Slots for API writes other than final statuses (status writes and Events), and the
+    /// required writes spare ones give way to.
+    write_slots: Arc<WriteSlots>,
+    /// The watch caches of this shard's requests (one per watched namespace scope).
+    held: Mutex<Vec<reflector::Store<WorkspaceStartRequest>>>,
+}
+
+impl Context {
+    /// Builds the context.
+    pub fn new(
+        kube: kube::Client,
+        connections: Connections,
+        watches: Arc<Watches>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Arc<Context> {
+        let write_slots = WriteSlots::new(usize::from(settings.write_slots));
+        let events = EventPublisher::start(
+            kube.clone(),
+            FIELD_MANAGER,
+            std::env::var("POD_NAME").ok(),
+            metrics.events_dropped.clone(),
+            Arc::clone(&write_slots),
+        );
+        let status = Arc::new(StatusWriter::default());
+        let first_status = FirstStatus::start(
+            kube.clone(),
+            Arc::clone(&status),
+            Arc::clone(&write_slots),
+            settings.shard.clone(),
+        );
+        Arc::new(Context {
+            kube,
+            connections,
+            watches,
+            events,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+            phases: Mutex::new(HashMap::new()),
+            status,
+            first_status,
+            starts: StartQueue::new(usize::from(settings.concurrency)),
+            follow_slots: Semaphore::new(usize::from(settings.follow_concurrency.max(1))),
+            write_slots,
+            held: Mutex::new(Vec::new()),
+            settings,
+        })
+    }
+
+    /// Exponential backoff with jitter for `obj` (1 s doubling to 5 min), at least `min`.
+    fn backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>, min: Option<Duration>) -> Duration {
+        let n = {
+            let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            let n = f.entry(obj.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let base = Duration::from_secs(1u64 << (n - 1).min(8)).min(Duration::from_secs(300));
+        let jitter = rand::rng().random_range(0.8..1.2);
+        base.mul_f64(jitter).max(min.unwrap_or_default())
+    }
+
+    /// Forgets everything kept for a deleted request (status memory, watch subscription,
+    /// backoff, phase gauge).
+    fn forget_request(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+        self.first_status.cancel(obj);
+        self.starts.forget(obj);
+        self.status.forget(obj);
+        self.watches.unfollow(obj);
+        self.reset_backoff(obj);
+        self.track_phase(obj, None);
+    }
+
+    /// True while `obj` is in this shard's watch cache. A request whose shard label changed left
+    /// it (the API server sends the old shard a delete), and this process no longer writes it.
+    fn holds(&self, obj: &ObjectRef<WorkspaceStartRequest>) -> bool {
+        let stores = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        stores.is_empty() || stores.iter().any(|s| s.get(obj).is_some())
+    }
+
+    /// Leaves a request that moved to another shard to that shard: forgets it and stops.
+    fn hand_over(&self, obj: &ObjectRef<WorkspaceStartRequest>) -> KubeAction {
+        tracing::info!(request = %obj, shard = %self.settings.shard, "request left this shard; its new shard resumes it from its status");
+        self.forget_request(obj);
+        KubeAction::await_change()
+    }
+
+    /// How many times in a row `obj`'s reconcile failed or retried.
+    fn failure_count(&self, obj: &ObjectRef<WorkspaceStartRequest>) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(obj)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn reset_backoff(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(obj);
+    }
+
+    fn track_phase(&self, obj: &ObjectRef<WorkspaceStartRequest>, phase: Option<Phase>) {
+        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+        let old = match phase {
+            Some(p) => phases.insert(obj.clone(), p),
+            None => phases.remove(obj),
+        };
+        if old == phase {
+            return;
+        }
+        if let Some(o) = old {
+            self.metrics
+                .requests_by_phase
+                .get_or_create(&PhaseLabels {
+                    phase: phase_name(o),
+                })
+                .dec();
+        }
+        if let Some(p) = phase {
+            self.metrics
+                .requests_by_phase
+                .get_or_create(&PhaseLabels {
+                    phase: phase_name(p),
+                })
+                .inc();
+        }
+    }
+}
+
+fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Pending => "Pending",
+        Phase::Starting => "Starting",
+        Phase::WaitingForAgent => "WaitingForAgent",
+        Phase::Ready => "Ready",
+        Phase::Failed => "Failed",
+    }
+}
+
+/// Where the request's workspace is, as far as we know before reading it.
+enum Target {
+    Id(Uuid),
+    Name { owner: String, name: String },
+}
+
+/// Reads the chat (first time only) and the workspace, mapping Coder errors to observations.
+/// Also returns the workspace's key and the sequence number of the read in the shared cache
+/// (0 without a workspace).
+async fn observe(
+    ctx: &Context,
+    conn: &Connection,
+    wsr: &WorkspaceStartRequest,
+    status: &WorkspaceStartRequestStatus,
+    use_cache: bool,
+) -> (Observation, Option<WorkspaceKey>, u64) {
+    let mut chat_owner = None;
+    let known = status
+        .workspace
+        .as_ref()
+        .and_then(|w| Uuid::parse_str(&w.id).ok());
+    let target = if let Some(id) = known {
+        Target::Id(id)
+    } else if let Some(chat) = &wsr.spec.chat_id {
+        let Ok(chat_id) = Uuid::parse_str(chat) else {
+            return (Observation::ChatNotFound, None, 0);
+        };
+        match conn.client.get_chat(chat_id).await {
+            Ok(c) => {
+                chat_owner = Some(c.owner_id);
+                match c.workspace_id {
+                    Some(w) => Target::Id(w),
+                    None => return (Observation::ChatHasNoWorkspace, None, 0),
+                }
+            }
+            Err(CoderError::NotFound { .. }) => return (Observation::ChatNotFound, None, 0),
+            Err(e) => return (coder_failure(e), None, 0),
+        }
+    } else if let Some(sel) = &wsr.spec.workspace {
+        match (&sel.id, &sel.owner, &sel.name) {
+            (Some(id), _, _) => match Uuid::parse_str(id) {
+                Ok(id) => Target::Id(id),
+                Err(_) => return (Observation::WorkspaceGone, None, 0),
+            },
+            (None, Some(owner), Some(name)) => Target::Name {
+                owner: owner.clone(),
+                name: name.clone(),
+            },
+            _ => return (Observation::WorkspaceGone, None, 0),
+        }
+    } else {
+        return (Observation::ChatNotFound, None, 0);
+    };
+
+    let key_for = |id: Uuid| WorkspaceKey {
+        connection: conn.key.clone(),
+        workspace: id,
+    };
+    // First pass (the caller holds no workspace lock yet): requests that learn the same
+    // workspace at the same time would all miss the cache and each read Coder. The first to
+    // hold the workspace's lock reads it; the others wait for that read and share it.
+    let _first_read = match &target {
+        Target::Id(id) if use_cache && known.is_none() => {
+            Some(ctx.watches.workspace_lock(&key_for(*id)).lock_owned().await)
+        }
+        _ => None,
+    };
+    let cached = match &target {
+        Target::Id(id) if use_cache => ctx.watches.cached(&key_for(*id)),
+        _ => None,
+    };
+    // Only a fresh read refreshes the shared cache (re-storing a cached value would keep
+    // stale data "fresh" for as long as requests keep reading it).
+    let result: Result<(Workspace, u64), CoderError> = match cached {
+        Some(read) => Ok(read),
+        None => {
+            let fetched = match &target {
+                Target::Id(id) => conn.client.get_workspace(*id).await,
+                Target::Name { owner, name } => {
+                    conn.client.get_workspace_by_name(owner, name).await
+                }
+            };
+            fetched.map(|ws| {
+                let seq = ctx.watches.store(&key_for(ws.id), &ws);
+                (ws, seq)
+            })
+        }
+    };
+    match result {
+        Ok((ws, seq)) => {
+            let key = key_for(ws.id);
+            (
+                Observation::Workspace {
+                    chat_owner,
+                    workspace: Box::new(ws),
+                    owner: OwnerState::Unchecked,
+                },
+                Some(key),
+                seq,
+            )
+        }
+        Err(CoderError::Gone { .. } | CoderError::NotFound { .. }) => {
+            (Observation::WorkspaceGone, None, 0)
+        }
+        Err(e) => {
+            let mut obs = coder_failure(e);
+            if let (Observation::Failed { message, .. }, Target::Name { owner, name }) =
+                (&mut obs, &target)
+            {
+                message.push_str(&format!(
+                    "; check spec.workspace.owner ({owner:?}) and spec.workspace.name ({name:?})"
+                ));
+            }
+            (obs, None, 0)
+        }
+    }
+}
+
+/// What a failed Coder read means for the request (see [`CoderError::disposition`]).
+fn coder_failure(e: CoderError) -> Observation {
+    match e.disposition() {
+        Disposition::Retry => {
+            tracing::warn!(error = %e, "Coder unavailable");
+            Observation::CoderUnavailable {
+                cause: e.transient_cause(),
+            }
+        }
+        Disposition::Fail { reason, message } => {
+            tracing::warn!(error = %e, reason, "Coder refused the request");
+            Observation::Failed { reason, message }
+        }
+    }
+}
+
+/// A short, user-facing summary of a Kubernetes API error (status code and reason, or the
+/// kind of transport failure).
+fn kube_error_summary(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("API server answered {} {}", s.code, s.reason),
+        _ => "API server unreachable".to_owned(),
+    }
+}
+
+/// Whether a request still belongs to this shard after a status write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ownership {
+    /// It does: carry on.
+    Kept,
+    /// Its shard label moved: the write was skipped (it had left this shard's cache) or took
+    /// effect after the move. Its new shard resumes it from status; this process stops here.
+    Moved,
+}
+
+/// Writes the status through the context's [`StatusWriter`], unless the request has left this
+/// shard.
+async fn apply_status(
+    ctx: &Context,
+    api: &Api<WorkspaceStartRequest>,
+    wsr: &WorkspaceStartRequest,
+    old: &WorkspaceStartRequestStatus,
+    new: &WorkspaceStartRequestStatus,
+) -> Result<Ownership, Error> {
+    if !ctx.holds(&ObjectRef::from_obj(wsr)) {
+        return Ok(Ownership::Moved);
+    }
+    ctx.first_status.cancel(&ObjectRef::from_obj(wsr));
+    let labels = ctx
+        .status
+        .apply(api, wsr, old, new)
+        .await
+        .map_err(|source| Error::StatusPatch {
+            name: wsr.name_any(),
+            source,
+        })?;
+    Ok(match labels {
+        Some(l) if !ctx.settings.shard.owns(&l) => Ownership::Moved,
+        _ => Ownership::Kept,
+    })
+}
+
+/// Publishes an Event when the Ready reason changes (one per transition), and when the request
+/// finishes.
+fn publish_transition(
+    ctx: &Context,
+    wsr: &WorkspaceStartRequest,
+    old: &WorkspaceStartRequestStatus,
+    new: &WorkspaceStartRequestStatus,
+) {
+    let Some(new_reason) = conditions::ready_reason(&new.conditions) else {
+        return;
+    };
+    // A retried error that reaches its deadline keeps its reason: its failure is news too.
+    let finished = new.phase.is_some_and(Phase::is_terminal) && old.phase != new.phase;
+    if conditions::ready_reason(&old.conditions) == Some(new_reason) && !finished {
+        return;
+    }
+    let warning = new.phase == Some(Phase::Failed)
+        || [reasons::CODER_UNAVAILABLE, reasons::SECRET_UNREADABLE].contains(&new_reason);
+    let type_ = if warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    let action = new.phase.map_or("Reconcile", phase_name);
+    ctx.events
+        .publish_in_background(wsr, type_, new_reason, action, new.message.as_deref());
+}
+
+/// True while a request has neither requested nor joined a build and is not finished: its
+/// reconcile reads Coder and may request the start build.
+fn not_started(status: &WorkspaceStartRequestStatus) -> bool {
+    !status.phase.is_some_and(Phase::is_terminal)
+        && status.build.is_none()
+        && status.build_requested_at.is_none()
+}
+
+/// Reconciles one request once a slot of its kind is free (see [`Settings::follow_concurrency`]).
+/// A request not yet started whose turn has not come joins the start queue and is triggered
+/// again when a slot is reserved for it.
+pub async fn reconcile(
+    wsr: Arc<WorkspaceStartRequest>,
+    ctx: Arc<Context>,
+) -> Result<KubeAction, Error> {
+    let oref = ObjectRef::from_obj(&*wsr);
+    // Only this request's own reconciles change what `current` returns, and kube-runtime never
+    // runs two of them at once: `prev` stays valid while waiting for a slot.
+    let prev = ctx.status.current(&oref, &wsr);
+    let starting = wsr.meta().deletion_timestamp.is_none() && not_started(&prev);
+    let mut _start = None;
+    let mut _follow = None;
+    if starting {
+        let permit = ctx.starts.try_start(&oref);
+        ctx.metrics
+            .waiting_to_start
+            .set(i64::try_from(ctx.starts.waiting()).unwrap_or(i64::MAX));
+        // Never status-less: the first status goes out before anything can block this request.
+        if prev == WorkspaceStartRequestStatus::default() {
+            ctx.first_status.enqueue(&wsr, permit.is_none());
+        }
+        match permit {
+            Some(permit) => _start = Some(permit),
+            None => return Ok(KubeAction::await_change()),
+        }
+    } else {
+        ctx.starts.forget(&oref);
+        // The semaphore is never closed; without a permit the reconcile just runs.
+        _follow = ctx.follow_slots.acquire().await.ok();
+    }
+    let started = Instant::now();
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
+    ctx.metrics.active_workers.get_or_create(&labels).inc();
+    // Boxed: reconciles waiting for a follow slot stay small. A panic fails this request
+    // only; every other request goes on.
+    let inner = AssertUnwindSafe(Box::pin(reconcile_inner(&wsr, &ctx, &oref, prev.clone())));
+    let res = match inner.catch_unwind().await {
+        Ok(res) => res,
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            contain_panic(&wsr, &ctx, &oref, &prev, &what).await
+        }
+    };
+    ctx.metrics.active_workers.get_or_create(&labels).dec();
+    let result = match &res {
+        Err(_) => "error",
+        Ok(a) if *a == KubeAction::await_change() => "success",
+        Ok(_) => "requeue_after",
+    };
+    ctx.metrics.observe_reconcile(result, started.elapsed());
+    res
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// After a reconcile of `wsr` panicked: logs and counts it, and fails the request with
+/// `InternalError` (a finished request keeps its status) so it is not retried into the same
+/// panic.
+async fn contain_panic(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Arc<Context>,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    prev: &WorkspaceStartRequestStatus,
+    what: &str,
+) -> Result<KubeAction, Error> {
+    tracing::error!(request = %oref, panic = %what, "reconcile panicked; failing the request");
+    ctx.metrics.reconcile_panics.inc();
+    if prev.phase.is_some_and(Phase::is_terminal) {
+        return Ok(KubeAction::await_change());
+    }
+    let ns = wsr
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
+    let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
+    let decision = decide::reject(
+        &input_for(
+            wsr,
+            prev,
+            Observation::CoderUnavailable {
+                cause: String::new(),
+            },
+            ctx.settings.poll,
+        ),
+        reasons::INTERNAL_ERROR,
+        "the operator hit an internal error while reconciling this request (details in the operator log); it is not retried",
+    );
+    conclude(wsr, ctx, &api, oref, prev, decision, None, None).await
+}
+
+/// Reconciles `wsr` (`oref`), whose status to decide on is `prev`.
+async fn reconcile_inner(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Arc<Context>,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    prev: WorkspaceStartRequestStatus,
+) -> Result<KubeAction, Error> {
+    let ns = wsr
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
+    let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
+    if wsr.meta().deletion_timestamp.is_some() {
+        ctx.forget_request(oref);
+        return Ok(KubeAction::await_change());
+    }
+    if prev.phase.is_some_and(Phase::is_terminal) {
+        return settled(wsr, ctx, oref, &api, &prev).await;
+    }
+    if ctx.settings.panic_on.as_deref() == Some(wsr.name_any().as_str()) {
+        panic!("test hook: reconciling {oref} panics (--test-panic-on)");
+    }
+    let conn = match connection(wsr, ctx, oref, &api, &prev).await {
+        Ok(conn) => conn,
+        Err(done) => return done,
+    };
+
+    // Serialise observe → decide → start per workspace, so requests for the same workspace
+    // share one read and at most one start build.
+    let lock = prev
+        .workspace
+        .as_ref()
+        .and_then(|w| Uuid::parse_str(&w.id).ok())
+        .map(|id| {
+            ctx.watches.workspace_lock(&WorkspaceKey {
+                connection: conn.key.clone(),
+                workspace: id,
+            })
+        });
+    let guard = match &lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
+    let (obs, key, seen) = observe(ctx, &conn, wsr, &prev, true).await;
+    let mut pass = Pass {
+        ctx,
+        wsr,
+        oref,
+        api,
+        conn,
+        key,
+        seen,
+        dormant: false,
+        written: prev.clone(),
+    };
+    // First pass: the workspace was unknown until now. Take its lock and re-read the shared
+    // cache, where a request that held the lock may have recorded a build it just started.
+    let late_lock = match (&lock, &pass.key) {
+        (None, Some(k)) => Some(ctx.watches.workspace_lock(k)),
+        _ => None,
+    };
+    let late_guard = match &late_lock {
+        Some(l) => Some(l.lock().await),
+        None => None,
+    };
+    let obs = if late_lock.is_some() {
+        pass.latest_shared(obs)
+    } else {
+        obs
+    };
+    let decision = pass.decide(&prev, obs).await;
+    let decision = match pass.start_build(decision).await? {
+        Started::Decided(d) => *d,
+        Started::Done(action) => return Ok(action),
+    };
+    // The start (if any) is recorded in the shared cache: let the next request for this
+    // workspace decide while this one writes its status and Event.
+    drop(late_guard);
+    drop(guard);
+    let read = pass.key.clone().map(|k| (k, pass.seen));
+    let Pass {
+        api, conn, written, ..
+    } = pass;
+    conclude(wsr, ctx, &api, oref, &written, decision, read, Some(&conn)).await
+}
+
+/// A finished request: keeps our record until the cache shows the terminal status itself (so
+/// a lagging, older version of the object cannot be mistaken for an unfinished request), and
+/// deletes it after its TTL. No Coder calls.
+async fn settled(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Context,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    api: &Api<WorkspaceStartRequest>,
+    prev: &WorkspaceStartRequestStatus,
+) -> Result<KubeAction, Error> {
+    if wsr
+        .status
+        .as_ref()
+        .and_then(|st| st.phase)
+        .is_some_and(Phase::is_terminal)
+    {
+        ctx.status.forget(oref);
+    }
+    ctx.watches.unfollow(oref);
+    ctx.reset_backoff(oref);
+    ctx.track_phase(oref, prev.phase);
+    finished(wsr, api, prev).await
+}
+
+/// The request's Coder connection; when there is none, the pass ends here (`Err`) with the
+/// failure decided and written (or, the first time the API server fails, a quiet retry).
+async fn connection(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Arc<Context>,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    api: &Api<WorkspaceStartRequest>,
+    prev: &WorkspaceStartRequestStatus,
+) -> Result<Connection, Result<KubeAction, Error>> {
+    let obs = match ctx.connections.resolve(wsr).await {
+        Ok(c) => return Ok(c),
+        // The first failure is retried quietly; one that lasts is shown on the request.
+        Err(ResolveError::Kube(e)) if ctx.failure_count(oref) == 0 => {
+            return Err(Err(Error::Kube(e)));
+        }
+        Err(ResolveError::Kube(e)) => {
+            tracing::warn!(request = %oref, error = %e, "cannot read the coderRef Secret");
+            Observation::Retrying {
+                reason: reasons::SECRET_UNREADABLE,
+                message: format!(
+                    "cannot read Secret {:?} named by spec.coderRef ({})",
+                    wsr.spec
+                        .coder_ref
+                        .as_ref()
+                        .map(|r| r.name.as_str())
+                        .unwrap_or_default(),
+                    kube_error_summary(&e)
+                ),
+            }
+        }
+        Err(ResolveError::Request(obs)) => obs,
+    };
+    let d = decide::decide(&input_for(wsr, prev, obs, ctx.settings.poll));
+    Err(conclude(wsr, ctx, api, oref, prev, d, None, None).await)
+}
+
+/// How a start attempt ended.
+enum Started {
+    /// With this decision to conclude the pass with.
+    Decided(Box<Decision>),
+    /// The pass is over (retry later, or the request left this shard).
+    Done(KubeAction),
+}
+
+/// One reconcile pass of a request in flight: its Coder connection, the workspace it read
+/// (cache key and sequence number), and the status written so far in this pass.
+struct Pass<'a> {
+    ctx: &'a Arc<Context>,
+    wsr: &'a WorkspaceStartRequest,
+    oref: &'a ObjectRef<WorkspaceStartRequest>,
+    api: Api<WorkspaceStartRequest>,
+    conn: Connection,
+    key: Option<WorkspaceKey>,
+    seen: u64,
+    /// The workspace read was dormant (a 403 on the start then means "dormant").
+    dormant: bool,
+    written: WorkspaceStartRequestStatus,
+}
+
+impl Pass<'_> {
+    /// Poll interval: the backstop while a watch stream delivers events for the workspace.
+    fn poll(&self) -> Duration {
+        match &self.key {
+            Some(k) if self.ctx.watches.is_live(k) => self.ctx.settings.backstop_poll,
+            _ => self.ctx.settings.poll,
+        }
+    }
+
+    /// `obs` with the workspace replaced by the shared cache's latest read, which a request
+    /// that held the workspace lock may have updated with a build it just started.
+    fn latest_shared(&mut self, obs: Observation) -> Observation {
+        let (Some(k), Observation::Workspace { chat_owner, .. }) = (&self.key, &obs) else {
+            return obs;
+        };
+        let Some((ws, seq)) = self.ctx.watches.latest(k) else {
+            return obs;
+        };
+        self.seen = seq;
+        Observation::Workspace {
+            chat_owner: *chat_owner,
+            workspace: Box::new(ws),
+            owner: OwnerState::Unchecked,
+        }
+    }
+
+    /// Decides on `obs`; when `decide` asks about the chat owner, looks (cached per owner) and
+    /// decides again with the answer.
+    async fn decide(&mut self, status: &WorkspaceStartRequestStatus, obs: Observation) -> Decision {
+        if let Observation::Workspace { workspace, .. } = &obs {
+            self.dormant = workspace.dormant_at.is_some();
+        }
+        let poll = self.poll();
+        let d = decide::decide(&input_for(self.wsr, status, obs.clone(), poll));
+        let Action::CheckOwner { owner } = d.action else {
+            return d;
+        };
+        let obs = match (obs, self.owner_state(owner).await) {
+            (
+                Observation::Workspace {
+                    chat_owner,
+                    workspace,
+                    ..
+                },
+                Ok(owner),
+            ) => Observation::Workspace {
+                chat_owner,
+                workspace,
+                owner,
+            },
+            (_, Err(failed)) => failed,
+            (obs, Ok(_)) => obs,
+        };
+        decide::decide(&input_for(self.wsr, status, obs, poll))
+    }
+
+    /// The chat owner's account as the chat tool's `asOwner` judges it; `Err` with the
+    /// observation to fail with when Coder refuses to say.
+    async fn owner_state(&self, owner: Uuid) -> Result<OwnerState, Observation> {
+        match self.conn.client.owner_account(owner).await {
+            Ok(OwnerAccount::Active) => Ok(OwnerState::Active),
+            Ok(OwnerAccount::Inactive(message)) => {
+                tracing::info!(request = %self.oref, %owner, %message, "chat owner is not active");
+                Ok(OwnerState::Inactive(message))
+            }
+            Err(e) => match e.disposition() {
+                Disposition::Retry => {
+                    tracing::warn!(request = %self.oref, error = %e, "cannot check the chat owner");
+                    Ok(OwnerState::Unavailable(e.transient_cause()))
+                }
+                Disposition::Fail { reason, message } => Err(Observation::Failed {
+                    reason,
+                    message: format!("cannot check that the chat owner is active: {message}"),
+                }),
+            },
+        }
+    }
+
+    /// Requests the start build `decision` asks for, if any: writes the start record first,
+    /// then POSTs; a 409 (someone else's build is active) re-reads Coder once and joins it.
+    async fn start_build(&mut self, mut decision: Decision) -> Result<Started, Error> {
+        for _round in 0..2 {
+            let Action::StartBuild { workspace, request } = decision.action.clone() else {
+                break;
+            };
+            let ws_key = self.key.clone().unwrap_or(WorkspaceKey {
+                connection: self.conn.key.clone(),
+                workspace,
+            });
+            if !self.record_start(&decision.status).await? {
+                // The label moved before the start record was written: the new shard decides
+                // on its own (its watch shows the move before this record), so never POST here.
+                return Ok(Started::Done(self.ctx.hand_over(self.oref)));
+            }
+            self.ctx.metrics.start_builds.inc();
+            tracing::info!(request = %self.oref, workspace = %workspace, "requesting start build");
+            match self.conn.client.create_build(workspace, &request).await {
+                Ok(build) => {
+                    if let Some(seq) = self.ctx.watches.store_build(&ws_key, &build) {
+                        self.seen = seq;
+                    }
+                    self.key = Some(ws_key);
+                    let input = input_for(
+                        self.wsr,
+                        &decision.status,
+                        Observation::CoderUnavailable {
+                            cause: String::new(),
+                        },
+                        self.poll(),
+                    );
+                    return Ok(Started::Decided(Box::new(decide::queued(&input, &build))));
+                }
+                Err(CoderError::Conflict { .. }) => {
+                    // No build was created: someone else's build is active. Join it.
+                    let mut st = decision.status.clone();
+                    st.build_requested_at = None;
+                    self.ctx.watches.invalidate(&ws_key);
+                    let (obs, k, seq) = observe(self.ctx, &self.conn, self.wsr, &st, false).await;
+                    self.key = k;
+                    self.seen = seq;
+                    decision = self.decide(&st, obs).await;
+                }
+                Err(e) => {
+                    let Some((reason, message)) = start_refusal(&e, self.dormant) else {
+                        // Unknown whether Coder created the build (commit-then-fail, timeout):
+                        // the next pass re-reads the workspace and adopts a newer build.
+                        tracing::warn!(request = %self.oref, error = %e, "start build request failed; will re-read");
+                        // A cached read from before the POST would make the next pass POST again.
+                        self.ctx.watches.invalidate(&ws_key);
+                        let delay = self.ctx.backoff(self.oref, e.retry_after());
+                        return Ok(Started::Done(KubeAction::requeue(delay)));
+                    };
+                    tracing::warn!(request = %self.oref, error = %e, reason, "Coder refused the start build");
+                    let input = input_for(
+                        self.wsr,
+                        &decision.status,
+                        Observation::CoderUnavailable {
+                            cause: String::new(),
+                        },
+                        self.ctx.settings.poll,
+                    );
+                    return Ok(Started::Decided(Box::new(decide::reject(
+                        &input, reason, &message,
+                    ))));
+                }
+            }
+        }
+        Ok(Started::Decided(Box::new(decision)))
+    }
+
+    /// Writes the start record (`buildRequestedAt`) before the POST, so that after a crash the
+    /// operator re-reads Coder instead of requesting another build. False when the request
+    /// has left this shard.
+    async fn record_start(&mut self, status: &WorkspaceStartRequestStatus) -> Result<bool, Error> {
+        let _required = self.ctx.write_slots.require();
+        let slot = self.ctx.write_slots.slot().await;
+        let ownership = apply_status(self.ctx, &self.api, self.wsr, &self.written, status).await?;
+        drop(slot);
+        if ownership == Ownership::Moved {
+            return Ok(false);
+        }
+        publish_transition(self.ctx, self.wsr, &self.written, status);
+        self.written = status.clone();
+        Ok(true)
+    }
+}
+
+/// What Coder's refusal of the start build means: the reason and message to fail with, or
+/// `None` when it may have created the build after all (retry by re-reading). A 403 on a
+/// dormant workspace is older Coder refusing to wake it.
+fn start_refusal(e: &CoderError, dormant: bool) -> Option<(&'static str, String)> {
+    if let (CoderError::Forbidden { message, .. }, true) = (e, dormant) {
+        let coder = if message.is_empty() {
+            "(no message)"
+        } else {
+            message
+        };
+        return Some((
+            reasons::WORKSPACE_DORMANT,
+            format!(
+                "the workspace is dormant and Coder refused to start it (403): {coder}; an administrator must wake it (current Coder wakes it on start)"
+            ),
+        ));
+    }
+    match e.start_build_disposition() {
+        Disposition::Fail { reason, message } => Some((reason, message)),
+        Disposition::Retry => None,
+    }
+}
+
+/// The [`decide`] input for `wsr` with `status`, at the current time.
+fn input_for<'a>(
+    wsr: &'a WorkspaceStartRequest,
+    status: &'a WorkspaceStartRequestStatus,
+    observation: Observation,
+    poll: Duration,
+) -> Input<'a> {
+    Input {
+        spec: &wsr.spec,
+        generation: wsr.meta().generation,
+        status,
+        observation,
+        now: Timestamp::now(),
+        poll,
+    }
+}
+
+/// Writes the decided status, emits the Event, follows or unfollows the watch of `read` (the
+/// workspace and the cache sequence number decided on), and returns the requeue.
+#[allow(clippy::too_many_arguments)]
+async fn conclude(
+    wsr: &WorkspaceStartRequest,
+    ctx: &Arc<Context>,
+    api: &Api<WorkspaceStartRequest>,
+    oref: &ObjectRef<WorkspaceStartRequest>,
+    prev: &WorkspaceStartRequestStatus,
+    decision: Decision,
+    read: Option<(WorkspaceKey, u64)>,
+    conn: Option<&Connection>,
+) -> Result<KubeAction, Error> {
+    // Final statuses go to the API server at once. Every other write takes a write slot (shared
+    // with Events), so at most `write_slots` of them are in flight ahead of a final status.
+    // Progress (a started request's status that is not final) is a spare write: it waits briefly
+    // for a moment when no required write (first status, start record, final status) is waiting
+    // and a slot is free; when the API server is busy it is left to a later pass (the next watch
+    // event or poll), where newer progress replaces it. Progress detail alone is also written at
+    // most once a second.
+    // A start record cleared after a 409 (someone else's build is joined) is never postponed:
+    // a later pass deciding on the old record would take that build for ours.
+    let cleared = prev.build_requested_at.is_some() && decision.status.build_requested_at.is_none();
+    let progress = matches!(decision.action, Action::Requeue(_)) && !not_started(prev) && !cleared;
+    let changed = prev != &decision.status;
+    let required = (changed && !progress).then(|| ctx.write_slots.require());
+    let mut defer = None;
+    let mut _write_slot = None;
+    if changed && !matches!(decision.action, Action::Finish) {
+        if !progress {
+            _write_slot = ctx.write_slots.slot().await;
+        } else if let Some(wait) = ctx.status.defer(oref, prev, &decision.status) {
+            defer = Some(wait);
+        } else if let Some(slot) = ctx
+            .write_slots
+            .spare_slot(Instant::now() + PROGRESS_SLOT_WAIT, Duration::ZERO)
+            .await
+        {
+            _write_slot = Some(slot);
+        } else {
+            ctx.metrics.progress_writes_postponed.inc();
+            defer = Some(Duration::MAX);
+        }
+    }
+    if defer.is_none() {
+        if apply_status(ctx, api, wsr, prev, &decision.status).await? == Ownership::Moved {
+            return Ok(ctx.hand_over(oref));
+        }
+        publish_transition(ctx, wsr, prev, &decision.status);
+    }
+    drop(required);
+    ctx.track_phase(oref, decision.status.phase);
+    match decision.action {
+        Action::Finish => {
+            ctx.watches.unfollow(oref);
+            ctx.reset_backoff(oref);
+            let failed = decision.status.phase == Some(Phase::Failed);
+            if failed {
+                let reason = conditions::ready_reason(&decision.status.conditions)
+                    .unwrap_or_default()
+                    .to_owned();
+                ctx.metrics
+                    .failures
+                    .get_or_create(&crate::operator::metrics::ReasonLabels { reason })
+                    .inc();
+            } else if let Some(created) = wsr.meta().creation_timestamp.as_ref() {
+                let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
+                ctx.metrics.time_to_ready.observe(secs.max(0.0));
+            }
+            tracing::info!(request = %oref, phase = ?decision.status.phase, "request finished");
+            finished(wsr, api, &decision.status).await
+        }
+        Action::Requeue(d) => {
+            ctx.reset_backoff(oref);
+            if let (Some((k, seen)), Some(c)) = (&read, conn) {
+                ctx.watches.follow(k, &c.client, oref.clone(), *seen);
+            }
+            Ok(KubeAction::requeue(defer.map_or(d, |w| w.min(d))))
+        }
+        Action::Retry => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
+        // A start decided outside the POST loop (second 409 round): try again shortly.
+        Action::StartBuild { .. } | Action::CheckOwner { .. } => {
+            Ok(KubeAction::requeue(ctx.backoff(oref, None)))
+        }
+    }
+}
+
+/// Terminal requests: no Coder calls; delete after `ttlSecondsAfterFinished`.
+async fn finished(
+    wsr: &WorkspaceStartRequest,
+    api: &Api<WorkspaceStartRequest>,
+    status: &WorkspaceStartRequestStatus,
+) -> Result<KubeAction, Error> {
+    let (Some(ttl), Some(done)) = (
+        wsr.spec.ttl_seconds_after_finished,
+        status.completion_time.as_ref(),
+    ) else {
+        return Ok(KubeAction::await_change());
+    };
+    let Some(expires) = decide::ttl_expiry(done.0, ttl) else {
+        // Only objects admitted before the CRD's maximum can get here: never delete them.
+        tracing::warn!(request = %wsr.name_any(), ttl, "ttlSecondsAfterFinished is out of range; not deleting");
+        return Ok(KubeAction::await_change());
+    };
+    let now = Timestamp::now();
+    if now >= expires {
+        tracing::info!(request = %wsr.name_any(), "deleting finished request (ttlSecondsAfterFinished)");
+        match api
+            .delete(&wsr.name_any(), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        return Ok(KubeAction::await_change());
+    }
+    let left = Duration::try_from(expires.duration_since(now)).unwrap_or(Duration::ZERO);
+    // Look again at least daily (a long wait is re-armed then).
+    Ok(KubeAction::requeue(
+        left.min(TTL_RECHECK)
+            .saturating_add(Duration::from_millis(100)),
+    ))
+}
+
+/// Retry policy for errors returned by `reconcile`.
+pub fn error_policy(wsr: Arc<WorkspaceStartRequest>, err: &Error, ctx: Arc<Context>) -> KubeAction {
+    tracing::warn!(request = %wsr.name_any(), error = %err, "reconcile failed");
+    KubeAction::requeue(ctx.backoff(&ObjectRef::from_obj(&*wsr), None))
+}
+
+/// Runs one controller per watched namespace (or one for all) until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    ctx.metrics
+        .max_concurrent
+        .get_or_create(&ControllerLabels {
+            controller: CONTROLLER,
+        })
+        .set(i64::from(ctx.settings.concurrency) + i64::from(ctx.settings.follow_concurrency));
+    // Unused workspace entries (requests that finished without following a stream).
+    let sweeper = tokio::spawn({
+        let watches = Arc::downgrade(&ctx.watches);
+        async move {
+            let mut every = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                every.tick().await;
+                let Some(w) = watches.upgrade() else { return };
+                w.sweep();
+            }
+        }
+    });
+    let mut controllers = Vec::new();
+    // Ready once every scope's watcher finished its initial list (caches synced).
+    let pending_syncs = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+    for scope in scopes {
+        let api: Api<WorkspaceStartRequest> = match &scope {
+            Some(ns) => Api::namespaced(ctx.kube.clone(), ns),
+            None => Api::all(ctx.kube.clone()),
+        };
+        let (reader, writer) = reflector::store();
+        ctx.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reader.clone());
+        let synced = Arc::clone(&pending_syncs);
+        let health = health.clone();
+        let mut counted = false;
+        let gone = Arc::clone(&ctx);
+        // Server-side: this shard never lists or caches other shards' requests.
+        let selector = ctx.settings.shard.label_selector();
+        let config = watcher::Config::default().page_size(500).labels(&selector);
+        let stream = watcher(api, config)
+            .default_backoff()
+            .inspect(move |ev| match ev {
+                Ok(watcher::Event::InitDone) if !counted => {
+                    counted = true;
+                    if synced.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                        tracing::info!("caches synced; ready");
+                        health.set_ready(true);
+                    }
+                }
+                // Deleted requests are never reconciled again: drop what we keep for them.
+                Ok(watcher::Event::Delete(obj)) => gone.forget_request(&ObjectRef::from_obj(obj)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching WorkspaceStartRequests failed; retrying")
+                }
+                _ => {}
+            })
+            .modify(|o: &mut WorkspaceStartRequest| {
+                o.managed_fields_mut().clear();
+                o.annotations_mut()
+                    .remove("kubectl.kubernetes.io/last-applied-configuration");
+            })
+            .reflect(writer)
+            .applied_objects()
+            // The echo of our own status write carries nothing to act on (the reconcile that
+            // wrote it already requeued); skipping it halves the reconciles.
+            .try_filter({
+                let ctx = Arc::clone(&ctx);
+                move |o| futures::future::ready(!ctx.status.is_echo(o))
+            });
+        let scope_ns = scope.clone();
+        let triggers = futures::stream::select(ctx.watches.subscribe(), ctx.starts.subscribe());
+        let triggers = triggers.filter(move |o| {
+            let keep = scope_ns.is_none() || o.namespace.as_deref() == scope_ns.as_deref();
+            futures::future::ready(keep)
+        });
+        let c = Controller::for_stream(stream, reader)
+            // Unbounded here: `reconcile` takes a start or follow slot instead, so reconciles of
+            // started requests never queue behind a burst of new ones.
+            .with_config(controller::Config::default().concurrency(0))
+            .reconcile_on(triggers)
+            .graceful_shutdown_on(shutdown.clone())
+            .run(reconcile, error_policy, Arc::clone(&ctx))
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "controller event");
+                }
+            });
+        controllers.push(c);
+    }
+    futures::future::join_all(controllers).await;
+    sweeper.abort();
+}

@@ -1,0 +1,25 @@
+//! The operator (`run`): a kube-runtime controller that observes Coder, decides, acts and writes
+//! status, one request at a time.
+//!
+//! - [`run`]: the process (leader election, metrics server, controller lifetime).
+//! - [`controller`]: the kube-runtime controller and one reconcile pass.
+//! - [`decide`]: the pure state machine (observed state → next status and action).
+//! - [`connect`]: which Coder deployment and token serve a request.
+//! - [`streams`]: shared Coder watch streams and the per-workspace read cache.
+//! - [`start_queue`]: how many requests not yet started are reconciled at once.
+//! - [`status`], [`events`], [`first_status`], [`write_slots`]: what is written to the API
+//!   server, and in which order under load.
+//! - [`triggers`], [`metrics`]: reconcile triggers and Prometheus metrics.
+
+pub mod connect;
+pub mod controller;
+pub mod decide;
+pub mod events;
+pub mod first_status;
+pub mod metrics;
+pub mod run;
+pub mod start_queue;
+pub mod status;
+pub mod streams;
+pub mod triggers;
+pub mod write_slots;

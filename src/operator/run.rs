@@ -1,0 +1,175 @@
+//! The operator process (`run`): the metrics and health server, the Coder connections, leader
+//! election through a Lease, and the controller for as long as this replica leads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+
+use crate::cli::run::RunArgs;
+use crate::coder::ClientOptions;
+use crate::operator::connect::{AllowedUrls, Connections};
+use crate::operator::controller::{self, Context, Settings};
+use crate::operator::metrics::Metrics;
+use crate::operator::streams::Watches;
+use crate::process::{self, http::Health};
+
+/// Errors that stop the process.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot connect to Kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("metrics server: {0}")]
+    Metrics(#[from] std::io::Error),
+    #[error("--coder-allowed-urls: {0}")]
+    AllowedUrls(String),
+    #[error("lost leadership; exiting so a new leader takes over")]
+    LostLease,
+}
+
+/// Runs the operator until shutdown or lost leadership.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let shutdown = process::shutdown_signal().boxed().shared();
+    let kube = process::kube_client::connect().await?;
+    let metrics = Arc::new(Metrics::for_shard(&args.shard));
+    let health = Health::default();
+    let server = tokio::spawn(process::http::serve(
+        args.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let observer_metrics = Arc::clone(&metrics);
+    let opts = ClientOptions {
+        request_timeout: Duration::from_millis(args.coder_timeout_ms),
+        requests_per_minute: args.coder_requests_per_minute,
+        observer: Some(Arc::new(move |endpoint, code| {
+            observer_metrics.observe_coder_call(endpoint, code)
+        })),
+        max_body_bytes: args.coder_max_body_bytes,
+        max_frame_bytes: args.coder_max_frame_bytes,
+        watch_idle: Duration::from_millis(args.coder_watch_idle_ms),
+    };
+    let settings = Settings {
+        poll: Duration::from_millis(args.poll_ms),
+        backstop_poll: Duration::from_millis(args.backstop_poll_ms),
+        concurrency: args.concurrency,
+        follow_concurrency: args.follow_concurrency,
+        write_slots: args.write_slots,
+        panic_on: args.test_panic_on.clone(),
+        shard: args.shard.clone(),
+    };
+    let watches = Watches::new(
+        args.coder_watch,
+        Duration::from_millis(args.poll_ms / 2),
+        Arc::clone(&metrics),
+    );
+    watches.set_max_streams(args.max_watch_streams);
+    watches.set_backstop(Duration::from_millis(args.backstop_poll_ms));
+    let allowed = AllowedUrls::new(&args.coder_allowed_urls, args.coder_url.as_deref())
+        .map_err(RunError::AllowedUrls)?;
+    tracing::info!(allowed = %allowed.describe(), "Coder URLs allowed in coderRef Secrets");
+    let connections = Connections::new(
+        kube.clone(),
+        args.coder_url.clone(),
+        args.coder_token_file.clone(),
+        opts,
+        allowed,
+    );
+    let ctx = Context::new(
+        kube.clone(),
+        connections,
+        watches,
+        Arc::clone(&metrics),
+        settings,
+    );
+    let namespaces = args.watched_namespaces();
+    tracing::info!(
+        namespaces = ?namespaces,
+        shard = %args.shard,
+        coder_url = args.coder_url.as_deref().unwrap_or("<per-request coderRef only>"),
+        watch = args.coder_watch,
+        leader_elect = args.leader_elect,
+        "starting workspace-start-operator"
+    );
+
+    let result = if args.leader_elect {
+        let identity = args
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("wso-{}", uuid::Uuid::new_v4()));
+        let lease_name = args.shard.lease_name(&args.lease_name);
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(kube.clone(), &lease_name)
+            .with_namespace(&args.lease_namespace)
+            .with_identity(&identity)
+            .with_duration(args.lease_duration)
+            .with_grace((args.lease_duration / 3).max(1))
+            .build()
+            .await?;
+        let (mut leader, lease_task) = manager.watch().await;
+        // A standby replica is healthy and ready (a rolling update must be able to proceed).
+        health.set_ready(true);
+        tracing::info!(identity = %identity, lease = %lease_name, "waiting to become leader");
+        let became_leader = async {
+            while !*leader.borrow_and_update() {
+                if leader.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        let outcome = tokio::select! {
+            l = became_leader => if l { Ok(()) } else { Err(RunError::LostLease) },
+            _ = shutdown.clone() => { drop(leader); let _ = lease_task.await; return stop_server(server).await; }
+        };
+        outcome?;
+        metrics.leader.set(1);
+        tracing::info!(identity = %identity, "became leader; reconciling");
+        let lost = {
+            let mut leader = leader.clone();
+            async move {
+                while *leader.borrow_and_update() {
+                    if leader.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let stop = futures::future::select(lost.boxed(), shutdown.clone())
+            .map(|_| ())
+            .boxed()
+            .shared();
+        controller::run(Arc::clone(&ctx), namespaces, health.clone(), stop).await;
+        let still_leader = *leader.borrow();
+        metrics.leader.set(0);
+        drop(leader);
+        // Dropping the channel makes the lease task release the lease.
+        let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+        if still_leader || shutdown.peek().is_some() {
+            Ok(())
+        } else {
+            Err(RunError::LostLease)
+        }
+    } else {
+        controller::run(
+            Arc::clone(&ctx),
+            namespaces,
+            health.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        Ok(())
+    };
+    result?;
+    stop_server(server).await
+}
+
+async fn stop_server(server: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<(), RunError> {
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(r)) => r.map_err(RunError::from),
+        _ => Ok(()),
+    }
+}
