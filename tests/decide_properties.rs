@@ -1,17 +1,19 @@
-//! Property test for the pure state machine: random Coder histories (job status × transition ×
-//! agent lifecycle × unavailability × lost POST results) are fed through `decide` the way the
-//! controller does (carry the status forward, write it before the POST, simulate the POST's
-//! fate), and three promises are checked:
+//! Property test for the reconcile pass and its pure state machine: random Coder histories (job
+//! status × transition × agent lifecycle × unavailability × lost POST results) are fed through
+//! the controller's own pass (`operator::reconcile::pass`, with a simulated Coder behind its
+//! ports; the status carried forward as the controller writes it), and three promises are
+//! checked:
 //!
 //! (a) never two start builds created by the operator for one request, unless the first POST
 //!     provably did not land;
 //! (b) the request ends Ready or Failed no later than its deadline from `spec.timeouts` plus one
-//!     step (every `decide` call at or after the deadline is terminal);
+//!     step (every pass at or after the deadline is terminal);
 //! (c) once terminal, the status never changes.
 //!
 //! A second property feeds `decide`, the duration parser and the TTL arithmetic any spec the
 //! CRD schema admits, any status and any Coder answer, at any time, and asserts none panics.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -24,10 +26,14 @@ use workspace_start_operator::api::crd::{
 };
 use workspace_start_operator::api::duration::parse_duration;
 use workspace_start_operator::coder::types::{
-    Agent, JobStatus, ProvisionerJob, Resource, Transition, Workspace, WorkspaceBuild,
+    Agent, CreateWorkspaceBuildRequest, JobStatus, ProvisionerJob, Resource, Transition, Workspace,
+    WorkspaceBuild,
 };
 use workspace_start_operator::operator::decide::{
     Action, Input, Observation, OwnerState, build_info, decide, ttl_expiry,
+};
+use workspace_start_operator::operator::reconcile::{
+    self, CoderPort, PassEnd, PostOutcome, Recorded, Request, StartRecord,
 };
 
 const WS: u128 = 0xe3f4_0000_0000_4000_8000_0000_0000_0001;
@@ -408,6 +414,123 @@ fn ts(t0: Timestamp, ms: i64) -> Timestamp {
 /// Totals over all generated cases, printed once.
 static STATS: std::sync::Mutex<[u64; 6]> = std::sync::Mutex::new([0; 6]);
 
+/// The simulated Coder a pass talks to during one step: the world's history, this step's
+/// availability and the fate of a POST. Broken promises are collected in `violations`.
+struct SimCoder<'a> {
+    world: &'a mut World,
+    t0: Timestamp,
+    now: i64,
+    step: &'a Step,
+    /// The status as last recorded (the start record before a POST).
+    recorded: &'a RefCell<WorkspaceStartRequestStatus>,
+    first_landed_post: &'a mut Option<i64>,
+    posts: u64,
+    lost_posts: u64,
+    violations: Vec<String>,
+}
+
+impl CoderPort for SimCoder<'_> {
+    async fn observe(
+        &mut self,
+        _status: &WorkspaceStartRequestStatus,
+        _fresh: bool,
+    ) -> Observation {
+        if self.step.unavailable {
+            Observation::CoderUnavailable {
+                cause: "HTTP 503 from /api/v2/workspaces/{id}".into(),
+            }
+        } else {
+            self.world.observe(self.now)
+        }
+    }
+
+    async fn owner_state(&mut self, _owner: Uuid) -> Result<OwnerState, Observation> {
+        self.violations
+            .push("a workspace request needs no chat owner check".into());
+        Ok(OwnerState::Active)
+    }
+
+    async fn start_build(
+        &mut self,
+        _workspace: Uuid,
+        _request: &CreateWorkspaceBuildRequest,
+    ) -> PostOutcome {
+        let now = self.now;
+        // The controller writes status (with buildRequestedAt) before the POST.
+        if self.recorded.borrow().build_requested_at.is_none() {
+            self.violations.push("POST without buildRequestedAt".into());
+        }
+        if self.world.active(now) {
+            self.violations
+                .push("start decided while a build is active".into());
+        }
+        // (a) never a second landed POST.
+        if let Some(first) = *self.first_landed_post {
+            self.violations.push(format!(
+                "second start build POST at {now} ms; the first one landed at {first} ms"
+            ));
+        }
+        self.posts += 1;
+        let lost = PostOutcome::Uncertain { retry_after: None };
+        match self.step.post {
+            Post::Landed => {
+                let b = self.world.create(Transition::Start, now);
+                self.world.operator_builds += 1;
+                *self.first_landed_post = Some(now);
+                PostOutcome::Created(b)
+            }
+            Post::LostAfterCommit => {
+                self.world.create(Transition::Start, now);
+                self.world.operator_builds += 1;
+                *self.first_landed_post = Some(now);
+                self.lost_posts += 1;
+                lost
+            }
+            Post::LostBeforeCommit => {
+                self.lost_posts += 1;
+                lost
+            }
+            Post::LostThenStopped => {
+                self.world.create(Transition::Start, now);
+                self.world.operator_builds += 1;
+                *self.first_landed_post = Some(now);
+                self.lost_posts += 1;
+                self.world.create(Transition::Stop, now + 1);
+                lost
+            }
+            Post::Conflict => {
+                // Someone else's start build won the race; the pass clears buildRequestedAt
+                // and joins it.
+                self.world.create(Transition::Start, now);
+                PostOutcome::Conflict
+            }
+        }
+    }
+
+    fn poll(&self) -> Duration {
+        POLL
+    }
+
+    fn now(&self) -> Timestamp {
+        ts(self.t0, self.now)
+    }
+}
+
+/// Records the start record as the controller writes it (before the POST).
+struct SimRecord<'a>(&'a RefCell<WorkspaceStartRequestStatus>);
+
+impl StartRecord for SimRecord<'_> {
+    type Error = std::convert::Infallible;
+
+    async fn record(
+        &mut self,
+        status: &WorkspaceStartRequestStatus,
+    ) -> Result<Recorded, Self::Error> {
+        *self.0.borrow_mut() = status.clone();
+        Ok(Recorded::Written)
+    }
+}
+
 fn run(case: &Case) -> Result<(), TestCaseError> {
     let t0 = Timestamp::from_second(1_780_000_000).expect("t0");
     let spec = WorkspaceStartRequestSpec {
@@ -420,6 +543,10 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             agent: Some(format!("{}s", case.agent_timeout_s)),
         }),
         ..Default::default()
+    };
+    let request = Request {
+        spec: &spec,
+        generation: Some(1),
     };
     let mut world = World::new(&case.initial, case.scripts.clone());
     let mut status = WorkspaceStartRequestStatus::default();
@@ -441,23 +568,55 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     };
     for i in 0..10_000usize {
         let step = case.steps.get(i).unwrap_or(&calm);
-        let obs = if step.unavailable {
+        if step.unavailable {
             unavailable += 1;
-            Observation::CoderUnavailable {
-                cause: "HTTP 503 from /api/v2/workspaces/{id}".into(),
+        }
+        // One reconcile pass, as the controller runs it.
+        let recorded = RefCell::new(status.clone());
+        let mut coder = SimCoder {
+            world: &mut world,
+            t0,
+            now,
+            step,
+            recorded: &recorded,
+            first_landed_post: &mut first_landed_post,
+            posts: 0,
+            lost_posts: 0,
+            violations: Vec::new(),
+        };
+        let end = futures::executor::block_on(reconcile::pass(
+            request,
+            &status,
+            &mut coder,
+            &mut SimRecord(&recorded),
+        ));
+        let SimCoder {
+            posts: p,
+            lost_posts: l,
+            violations,
+            ..
+        } = coder;
+        posts += p;
+        lost_posts += l;
+        prop_assert!(violations.is_empty(), "{}", violations.join("; "));
+        let d = match end {
+            Ok(PassEnd::Decided(d)) => *d,
+            Ok(PassEnd::Uncertain { .. }) => {
+                // (b) a pass at or after the deadline ends the request.
+                prop_assert!(
+                    now < deadline,
+                    "not terminal at {} ms (deadline {} ms): a start build POST",
+                    now,
+                    deadline
+                );
+                // The start record stays; the next pass re-reads Coder.
+                status = recorded.into_inner();
+                now += step.dt_ms as i64;
+                continue;
             }
-        } else {
-            world.observe(now)
+            Ok(PassEnd::Moved) => return Err(TestCaseError::fail("no shard moves here")),
+            Err(never) => match never {},
         };
-        let input = Input {
-            spec: &spec,
-            generation: Some(1),
-            status: &status,
-            observation: obs,
-            now: ts(t0, now),
-            poll: POLL,
-        };
-        let d = decide(&input);
         if let Some(at) = terminal_at {
             // (c) terminal is forever.
             prop_assert_eq!(
@@ -489,52 +648,9 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             Action::CheckOwner { .. } => {
                 prop_assert!(false, "a workspace request needs no chat owner check");
             }
-            Action::StartBuild { .. } => {
-                // The controller writes status (with buildRequestedAt) before the POST.
-                prop_assert!(
-                    d.status.build_requested_at.is_some(),
-                    "POST without buildRequestedAt"
-                );
-                prop_assert!(!world.active(now), "start decided while a build is active");
-                // (a) never a second landed POST.
-                prop_assert!(
-                    first_landed_post.is_none(),
-                    "second start build POST at {} ms; the first one landed at {:?} ms",
-                    now,
-                    first_landed_post
-                );
-                posts += 1;
-                status = d.status.clone();
-                match step.post {
-                    Post::Landed => {
-                        let b = world.create(Transition::Start, now);
-                        world.operator_builds += 1;
-                        first_landed_post = Some(now);
-                        status.build = Some(build_info(&b));
-                        status.outcome = Some(Outcome::Queued);
-                    }
-                    Post::LostAfterCommit => {
-                        world.create(Transition::Start, now);
-                        world.operator_builds += 1;
-                        first_landed_post = Some(now);
-                        lost_posts += 1;
-                    }
-                    Post::LostBeforeCommit => lost_posts += 1,
-                    Post::LostThenStopped => {
-                        world.create(Transition::Start, now);
-                        world.operator_builds += 1;
-                        first_landed_post = Some(now);
-                        lost_posts += 1;
-                        world.create(Transition::Stop, now + 1);
-                    }
-                    Post::Conflict => {
-                        // Someone else's start build won the race; the controller clears
-                        // buildRequestedAt and joins it on the next read.
-                        world.create(Transition::Start, now);
-                        status.build_requested_at = None;
-                    }
-                }
-            }
+            // A start left undone after two 409 rounds: the controller writes the status and
+            // tries again with backoff.
+            Action::StartBuild { .. } | Action::Retry => status = d.status.clone(),
             Action::Requeue(r) => {
                 prop_assert!(
                     *r <= POLL.max(Duration::from_millis(100)),
@@ -544,7 +660,6 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
                 next_in = next_in.min(r.as_millis() as u64);
                 status = d.status.clone();
             }
-            Action::Retry => status = d.status.clone(),
             Action::Finish => {
                 prop_assert!(
                     d.status.phase.is_some_and(Phase::is_terminal),

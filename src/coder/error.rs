@@ -1,31 +1,15 @@
-//! Errors of the Coder REST client: one variant per cause, mapped from HTTP status and body,
-//! and the one place that decides what each means for a request ([`Disposition`]): retry
-//! (Coder down, slow or overloaded) or fail at once with its own reason.
+//! Errors of the Coder REST client: one variant per cause, mapped from HTTP status and body, with
+//! Coder's own message bounded. What each means for a request (retry, or fail with which
+//! reason) is the operator's business: `operator::outcome`.
 
 use std::time::Duration;
 
 use super::types::{ErrorBody, Validation};
-use crate::api::conditions::reasons;
 
 /// The most of Coder's own message kept (in errors, logs, status and Events).
 const MAX_MESSAGE_CHARS: usize = 300;
 /// The most field validations kept from one error body.
 const MAX_VALIDATIONS: usize = 10;
-
-/// What a failed Coder call means for the request that made it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
-    /// Coder is down, slow or overloaded (5xx, 429, timeouts, resets): retry with backoff
-    /// until the request's deadline (reason `CoderUnavailable`).
-    Retry,
-    /// Coder's answer is final: fail the request at once.
-    Fail {
-        /// A reason from [`reasons`].
-        reason: &'static str,
-        /// User-facing message (Coder's own message included, bounded; never a token).
-        message: String,
-    },
-}
 
 /// A failed Coder API call.
 #[derive(Debug, thiserror::Error)]
@@ -224,110 +208,6 @@ impl CoderError {
         )
     }
 
-    /// What this error means for a request that read Coder: retry, or fail at once with its
-    /// own reason and a message that carries Coder's.
-    pub fn disposition(&self) -> Disposition {
-        let fail = |reason, message| Disposition::Fail { reason, message };
-        match self {
-            e if e.is_transient() => Disposition::Retry,
-            CoderError::Unauthorized { message, .. } => fail(
-                reasons::CODER_UNAUTHORIZED,
-                format!(
-                    "Coder rejected the session token (401): {}; check the token Secret",
-                    or_none(message)
-                ),
-            ),
-            CoderError::Forbidden { endpoint, message } => fail(
-                reasons::CODER_FORBIDDEN,
-                format!("Coder refused {endpoint} (403): {}", or_none(message)),
-            ),
-            CoderError::Invalid {
-                endpoint,
-                status,
-                message,
-                validations,
-                ..
-            } => fail(
-                reasons::CODER_REQUEST_INVALID,
-                format!(
-                    "Coder refused {endpoint} ({status}): {}",
-                    with_fields(message, validations)
-                ),
-            ),
-            CoderError::NotFound { endpoint, message }
-            | CoderError::Gone { endpoint, message }
-            | CoderError::Conflict { endpoint, message } => fail(
-                reasons::CODER_REQUEST_INVALID,
-                format!(
-                    "Coder refused {endpoint} ({}): {}",
-                    self.status_label(),
-                    or_none(message)
-                ),
-            ),
-            CoderError::UnexpectedStatus {
-                endpoint,
-                status,
-                message,
-            } => fail(
-                reasons::CODER_RESPONSE_INVALID,
-                format!(
-                    "Coder answered {endpoint} with unexpected status {status}: {}",
-                    or_none(message)
-                ),
-            ),
-            CoderError::Decode { endpoint, detail } => fail(
-                reasons::CODER_RESPONSE_INVALID,
-                format!(
-                    "Coder's answer to {endpoint} is not the expected JSON: {}",
-                    bounded_text(detail)
-                ),
-            ),
-            CoderError::TooLarge { endpoint, limit } => fail(
-                reasons::CODER_RESPONSE_INVALID,
-                format!(
-                    "Coder's answer to {endpoint} is larger than {}",
-                    human_bytes(*limit)
-                ),
-            ),
-            CoderError::Config(message) => fail(reasons::CODER_NOT_CONFIGURED, message.clone()),
-            // Transient ones are matched above.
-            _ => Disposition::Retry,
-        }
-    }
-
-    /// What this error means when it answered the start build POST: as [`disposition`], but
-    /// a refusal is `BuildRejected` (403: `CoderForbidden`) and 404/410 mean the workspace is
-    /// gone. A 409 is not covered here (the caller joins the active build).
-    ///
-    /// [`disposition`]: CoderError::disposition
-    pub fn start_build_disposition(&self) -> Disposition {
-        let fail = |reason, message| Disposition::Fail { reason, message };
-        match self {
-            CoderError::NotFound { .. } | CoderError::Gone { .. } => fail(
-                reasons::WORKSPACE_DELETED,
-                "workspace was deleted".to_owned(),
-            ),
-            CoderError::Forbidden { message, .. } => fail(
-                reasons::CODER_FORBIDDEN,
-                format!("Coder refused the start build (403): {}", or_none(message)),
-            ),
-            CoderError::Invalid {
-                status,
-                message,
-                detail,
-                validations,
-                ..
-            } => fail(
-                reasons::BUILD_REJECTED,
-                format!(
-                    "Coder refused the start build ({status}): {}",
-                    with_fields_or_detail(message, detail, validations)
-                ),
-            ),
-            other => other.disposition(),
-        }
-    }
-
     /// What went wrong, for a request that Coder kept unavailable: the status and Coder's
     /// message, or the kind of transport failure, and the route template it answered
     /// (e.g. `HTTP 503 from /api/v2/workspaces/{id}: …`). Bounded; never a URL or a token.
@@ -399,7 +279,7 @@ impl CoderError {
 
 /// Coder's text, made safe to show: control characters replaced, at most
 /// [`MAX_MESSAGE_CHARS`] characters (an ellipsis marks a cut).
-fn bounded_text(s: &str) -> String {
+pub fn bounded_text(s: &str) -> String {
     let mut out: String = s
         .chars()
         .take(MAX_MESSAGE_CHARS)
@@ -446,7 +326,7 @@ fn connection_failure(e: &reqwest::Error) -> String {
 }
 
 /// Coder's message, or a placeholder when it sent none.
-fn or_none(message: &str) -> &str {
+pub fn or_none(message: &str) -> &str {
     if message.is_empty() {
         "(no message)"
     } else {
@@ -455,7 +335,7 @@ fn or_none(message: &str) -> &str {
 }
 
 /// Coder's message followed by the fields its validations name, if any.
-fn with_fields(message: &str, validations: &[Validation]) -> String {
+pub fn with_fields(message: &str, validations: &[Validation]) -> String {
     if validations.is_empty() {
         return or_none(message).to_owned();
     }
@@ -466,7 +346,7 @@ fn with_fields(message: &str, validations: &[Validation]) -> String {
 /// As [`with_fields`]; without validations, Coder's detail follows its message when it adds
 /// something: wsbuilder answers a refused build with a generic message ("resolve
 /// parameters", "Unable to validate parameter \"region\"") and the cause in the detail.
-fn with_fields_or_detail(message: &str, detail: &str, validations: &[Validation]) -> String {
+pub fn with_fields_or_detail(message: &str, detail: &str, validations: &[Validation]) -> String {
     if !validations.is_empty() || detail.is_empty() || detail == message {
         return with_fields(message, validations);
     }
@@ -474,159 +354,10 @@ fn with_fields_or_detail(message: &str, detail: &str, validations: &[Validation]
 }
 
 /// `4 MiB`, `512 KiB` or `100 bytes`.
-fn human_bytes(n: usize) -> String {
+pub fn human_bytes(n: usize) -> String {
     match n {
         n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
         n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{} KiB", n >> 10),
         n => format!("{n} bytes"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EP: &str = "/api/v2/users/{user}/workspace/{name}";
-
-    fn fail(e: &CoderError) -> (&'static str, String) {
-        match e.disposition() {
-            Disposition::Fail { reason, message } => (reason, message),
-            Disposition::Retry => panic!("{e} is retried"),
-        }
-    }
-
-    #[test]
-    fn only_outages_are_retried() {
-        let retried = [
-            CoderError::from_response(EP, 500, None, b"{}"),
-            CoderError::from_response(EP, 503, None, b"oops"),
-            CoderError::from_response(EP, 429, Some(Duration::from_secs(2)), b""),
-            CoderError::Timeout {
-                endpoint: EP,
-                after: Duration::from_secs(10),
-            },
-        ];
-        for e in &retried {
-            assert_eq!(e.disposition(), Disposition::Retry, "{e}");
-        }
-        let failed = [
-            (400, reasons::CODER_REQUEST_INVALID),
-            (401, reasons::CODER_UNAUTHORIZED),
-            (403, reasons::CODER_FORBIDDEN),
-            (404, reasons::CODER_REQUEST_INVALID),
-            (302, reasons::CODER_RESPONSE_INVALID),
-            (418, reasons::CODER_RESPONSE_INVALID),
-        ];
-        for (status, reason) in failed {
-            let e = CoderError::from_response(EP, status, None, br#"{"message":"m"}"#);
-            assert_eq!(fail(&e).0, reason, "{status}");
-        }
-    }
-
-    #[test]
-    fn a_typo_in_the_owner_fails_with_coders_message() {
-        let e = CoderError::from_response(
-            EP,
-            400,
-            None,
-            br#"{"message":"\"user\" must be an existing uuid or username."}"#,
-        );
-        assert_eq!(
-            fail(&e),
-            (
-                reasons::CODER_REQUEST_INVALID,
-                r#"Coder refused /api/v2/users/{user}/workspace/{name} (400): "user" must be an existing uuid or username."#.to_owned()
-            )
-        );
-    }
-
-    #[test]
-    fn invalid_and_oversized_answers_fail_with_their_own_reason() {
-        let e = CoderError::Decode {
-            endpoint: "/api/v2/workspaces/{id}",
-            detail: "expected value at line 1 column 1".into(),
-        };
-        assert_eq!(
-            fail(&e),
-            (
-                reasons::CODER_RESPONSE_INVALID,
-                "Coder's answer to /api/v2/workspaces/{id} is not the expected JSON: expected value at line 1 column 1".to_owned()
-            )
-        );
-        let e = CoderError::TooLarge {
-            endpoint: "/api/v2/workspaces/{id}",
-            limit: 4 << 20,
-        };
-        assert_eq!(
-            fail(&e).1,
-            "Coder's answer to /api/v2/workspaces/{id} is larger than 4 MiB"
-        );
-    }
-
-    #[test]
-    fn forbidden_carries_coders_message_bounded() {
-        let e = CoderError::from_response(
-            "/api/v2/chats/{id}",
-            403,
-            None,
-            br#"{"message":"Chat is an experimental feature. Enable it with --experiments=agents."}"#,
-        );
-        assert_eq!(
-            fail(&e).1,
-            "Coder refused /api/v2/chats/{id} (403): Chat is an experimental feature. Enable it with --experiments=agents."
-        );
-        let huge = format!(r#"{{"message":"{}\nsecond line"}}"#, "x".repeat(2 << 20));
-        let e = CoderError::from_response("/api/v2/chats/{id}", 403, None, huge.as_bytes());
-        let (_, message) = fail(&e);
-        assert!(message.chars().count() < 400, "{}", message.len());
-        assert!(message.ends_with('…'));
-    }
-
-    #[test]
-    fn a_start_build_refusal_makes_sense_with_or_without_validations() {
-        let ep = "/api/v2/workspaces/{id}/builds";
-        let wsbuilder = CoderError::from_response(
-            ep,
-            400,
-            None,
-            br#"{"message":"Unable to validate parameter \"region\"","detail":"parameter validation failed\nrequired parameter value missing"}"#,
-        );
-        assert_eq!(
-            wsbuilder.start_build_disposition(),
-            Disposition::Fail {
-                reason: reasons::BUILD_REJECTED,
-                message: r#"Coder refused the start build (400): Unable to validate parameter "region" (parameter validation failed required parameter value missing)"#.into()
-            }
-        );
-        let bare = CoderError::from_response(ep, 400, None, br#"{"message":"Invalid request."}"#);
-        assert_eq!(
-            bare.start_build_disposition(),
-            Disposition::Fail {
-                reason: reasons::BUILD_REJECTED,
-                message: "Coder refused the start build (400): Invalid request.".into()
-            }
-        );
-        let with = CoderError::from_response(
-            ep,
-            400,
-            None,
-            br#"{"message":"Validation failed.","validations":[{"field":"region","detail":"bad"}]}"#,
-        );
-        assert_eq!(
-            with.start_build_disposition(),
-            Disposition::Fail {
-                reason: reasons::BUILD_REJECTED,
-                message: "Coder refused the start build (400): Validation failed.; fields: region"
-                    .into()
-            }
-        );
-        let empty = CoderError::from_response(ep, 400, None, b"");
-        assert_eq!(
-            empty.start_build_disposition(),
-            Disposition::Fail {
-                reason: reasons::BUILD_REJECTED,
-                message: "Coder refused the start build (400): (no message)".into()
-            }
-        );
     }
 }

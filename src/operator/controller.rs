@@ -15,19 +15,17 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use rand::Rng;
 use tokio::sync::Semaphore;
-use uuid::Uuid;
 
 use crate::api::conditions::{self, reasons};
 use crate::api::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
 use crate::api::shard::Shard;
-use crate::coder::error::Disposition;
-use crate::coder::types::Workspace;
-use crate::coder::{CoderError, OwnerAccount};
+use crate::operator::coder_port::{LiveCoder, PollIntervals};
 use crate::operator::connect::{Connection, Connections, ResolveError};
-use crate::operator::decide::{self, Action, Decision, Input, Observation, OwnerState};
+use crate::operator::decide::{self, Action, Decision, Input, Observation};
 use crate::operator::events::{EventPublisher, EventType};
 use crate::operator::first_status::FirstStatus;
 use crate::operator::metrics::{CONTROLLER, ControllerLabels, Metrics, PhaseLabels};
+use crate::operator::reconcile::{self, PassEnd, Recorded, Request, StartRecord};
 use crate::operator::start_queue::StartQueue;
 use crate::operator::status::StatusWriter;
 use crate::operator::streams::{Watches, WorkspaceKey};
@@ -270,140 +268,6 @@ fn phase_name(p: Phase) -> &'static str {
     }
 }
 
-/// Where the request's workspace is, as far as we know before reading it.
-enum Target {
-    Id(Uuid),
-    Name { owner: String, name: String },
-}
-
-/// Reads the chat (first time only) and the workspace, mapping Coder errors to observations.
-/// Also returns the workspace's key and the sequence number of the read in the shared cache
-/// (0 without a workspace).
-async fn observe(
-    ctx: &Context,
-    conn: &Connection,
-    wsr: &WorkspaceStartRequest,
-    status: &WorkspaceStartRequestStatus,
-    use_cache: bool,
-) -> (Observation, Option<WorkspaceKey>, u64) {
-    let mut chat_owner = None;
-    let known = status
-        .workspace
-        .as_ref()
-        .and_then(|w| Uuid::parse_str(&w.id).ok());
-    let target = if let Some(id) = known {
-        Target::Id(id)
-    } else if let Some(chat) = &wsr.spec.chat_id {
-        let Ok(chat_id) = Uuid::parse_str(chat) else {
-            return (Observation::ChatNotFound, None, 0);
-        };
-        match conn.client.get_chat(chat_id).await {
-            Ok(c) => {
-                chat_owner = Some(c.owner_id);
-                match c.workspace_id {
-                    Some(w) => Target::Id(w),
-                    None => return (Observation::ChatHasNoWorkspace, None, 0),
-                }
-            }
-            Err(CoderError::NotFound { .. }) => return (Observation::ChatNotFound, None, 0),
-            Err(e) => return (coder_failure(e), None, 0),
-        }
-    } else if let Some(sel) = &wsr.spec.workspace {
-        match (&sel.id, &sel.owner, &sel.name) {
-            (Some(id), _, _) => match Uuid::parse_str(id) {
-                Ok(id) => Target::Id(id),
-                Err(_) => return (Observation::WorkspaceGone, None, 0),
-            },
-            (None, Some(owner), Some(name)) => Target::Name {
-                owner: owner.clone(),
-                name: name.clone(),
-            },
-            _ => return (Observation::WorkspaceGone, None, 0),
-        }
-    } else {
-        return (Observation::ChatNotFound, None, 0);
-    };
-
-    let key_for = |id: Uuid| WorkspaceKey {
-        connection: conn.key.clone(),
-        workspace: id,
-    };
-    // First pass (the caller holds no workspace lock yet): requests that learn the same
-    // workspace at the same time would all miss the cache and each read Coder. The first to
-    // hold the workspace's lock reads it; the others wait for that read and share it.
-    let _first_read = match &target {
-        Target::Id(id) if use_cache && known.is_none() => {
-            Some(ctx.watches.workspace_lock(&key_for(*id)).lock_owned().await)
-        }
-        _ => None,
-    };
-    let cached = match &target {
-        Target::Id(id) if use_cache => ctx.watches.cached(&key_for(*id)),
-        _ => None,
-    };
-    // Only a fresh read refreshes the shared cache (re-storing a cached value would keep
-    // stale data "fresh" for as long as requests keep reading it).
-    let result: Result<(Workspace, u64), CoderError> = match cached {
-        Some(read) => Ok(read),
-        None => {
-            let fetched = match &target {
-                Target::Id(id) => conn.client.get_workspace(*id).await,
-                Target::Name { owner, name } => {
-                    conn.client.get_workspace_by_name(owner, name).await
-                }
-            };
-            fetched.map(|ws| {
-                let seq = ctx.watches.store(&key_for(ws.id), &ws);
-                (ws, seq)
-            })
-        }
-    };
-    match result {
-        Ok((ws, seq)) => {
-            let key = key_for(ws.id);
-            (
-                Observation::Workspace {
-                    chat_owner,
-                    workspace: Box::new(ws),
-                    owner: OwnerState::Unchecked,
-                },
-                Some(key),
-                seq,
-            )
-        }
-        Err(CoderError::Gone { .. } | CoderError::NotFound { .. }) => {
-            (Observation::WorkspaceGone, None, 0)
-        }
-        Err(e) => {
-            let mut obs = coder_failure(e);
-            if let (Observation::Failed { message, .. }, Target::Name { owner, name }) =
-                (&mut obs, &target)
-            {
-                message.push_str(&format!(
-                    "; check spec.workspace.owner ({owner:?}) and spec.workspace.name ({name:?})"
-                ));
-            }
-            (obs, None, 0)
-        }
-    }
-}
-
-/// What a failed Coder read means for the request (see [`CoderError::disposition`]).
-fn coder_failure(e: CoderError) -> Observation {
-    match e.disposition() {
-        Disposition::Retry => {
-            tracing::warn!(error = %e, "Coder unavailable");
-            Observation::CoderUnavailable {
-                cause: e.transient_cause(),
-            }
-        }
-        Disposition::Fail { reason, message } => {
-            tracing::warn!(error = %e, reason, "Coder refused the request");
-            Observation::Failed { reason, message }
-        }
-    }
-}
-
 /// A short, user-facing summary of a Kubernetes API error (status code and reason, or the
 /// kind of transport failure).
 fn kube_error_summary(e: &kube::Error) -> String {
@@ -571,18 +435,11 @@ async fn contain_panic(
         .namespace()
         .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
     let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
-    let decision = decide::reject(
-        &input_for(
-            wsr,
-            prev,
-            Observation::CoderUnavailable {
-                cause: String::new(),
-            },
-            ctx.settings.poll,
-        ),
-        reasons::INTERNAL_ERROR,
-        "the operator hit an internal error while reconciling this request (details in the operator log); it is not retried",
-    );
+    let failed = Observation::Failed {
+        reason: reasons::INTERNAL_ERROR,
+        message: "the operator hit an internal error while reconciling this request (details in the operator log); it is not retried".to_owned(),
+    };
+    let decision = decide::decide(&input_for(wsr, prev, failed, ctx.settings.poll));
     conclude(wsr, ctx, &api, oref, prev, decision, None, None).await
 }
 
@@ -612,63 +469,71 @@ async fn reconcile_inner(
         Err(done) => return done,
     };
 
-    // Serialise observe → decide → start per workspace, so requests for the same workspace
-    // share one read and at most one start build.
-    let lock = prev
-        .workspace
-        .as_ref()
-        .and_then(|w| Uuid::parse_str(&w.id).ok())
-        .map(|id| {
-            ctx.watches.workspace_lock(&WorkspaceKey {
-                connection: conn.key.clone(),
-                workspace: id,
-            })
-        });
-    let guard = match &lock {
-        Some(l) => Some(l.lock().await),
-        None => None,
-    };
-    let (obs, key, seen) = observe(ctx, &conn, wsr, &prev, true).await;
-    let mut pass = Pass {
-        ctx,
+    let mut coder = LiveCoder::new(
+        &ctx.watches,
         wsr,
         oref,
-        api,
-        conn,
-        key,
-        seen,
-        dormant: false,
-        written: prev.clone(),
+        &conn,
+        PollIntervals {
+            poll: ctx.settings.poll,
+            backstop: ctx.settings.backstop_poll,
+        },
+        &prev,
+    )
+    .await;
+    let mut record = ApiStartRecord {
+        ctx,
+        api: &api,
+        wsr,
+        written: prev,
     };
-    // First pass: the workspace was unknown until now. Take its lock and re-read the shared
-    // cache, where a request that held the lock may have recorded a build it just started.
-    let late_lock = match (&lock, &pass.key) {
-        (None, Some(k)) => Some(ctx.watches.workspace_lock(k)),
-        _ => None,
+    let request = Request {
+        spec: &wsr.spec,
+        generation: wsr.meta().generation,
     };
-    let late_guard = match &late_lock {
-        Some(l) => Some(l.lock().await),
-        None => None,
-    };
-    let obs = if late_lock.is_some() {
-        pass.latest_shared(obs)
-    } else {
-        obs
-    };
-    let decision = pass.decide(&prev, obs).await;
-    let decision = match pass.start_build(decision).await? {
-        Started::Decided(d) => *d,
-        Started::Done(action) => return Ok(action),
-    };
+    let end = reconcile::pass(request, &record.written.clone(), &mut coder, &mut record).await?;
     // The start (if any) is recorded in the shared cache: let the next request for this
     // workspace decide while this one writes its status and Event.
-    drop(late_guard);
-    drop(guard);
-    let read = pass.key.clone().map(|k| (k, pass.seen));
-    let Pass {
-        api, conn, written, ..
-    } = pass;
-    conclude(wsr, ctx, &api, oref, &written, decision, read, Some(&conn)).await
+    let read = coder.finish();
+    let written = record.written;
+    match end {
+        PassEnd::Decided(decision) => {
+            conclude(wsr, ctx, &api, oref, &written, *decision, read, Some(&conn)).await
+        }
+        PassEnd::Uncertain { retry_after } => {
+            Ok(KubeAction::requeue(ctx.backoff(oref, retry_after)))
+        }
+        PassEnd::Moved => Ok(ctx.hand_over(oref)),
+    }
+}
+
+/// The start record written by server-side apply, with its Event, as a required write.
+struct ApiStartRecord<'a> {
+    ctx: &'a Arc<Context>,
+    api: &'a Api<WorkspaceStartRequest>,
+    wsr: &'a WorkspaceStartRequest,
+    /// The status as last written in this pass.
+    written: WorkspaceStartRequestStatus,
+}
+
+impl StartRecord for ApiStartRecord<'_> {
+    type Error = Error;
+
+    async fn record(&mut self, status: &WorkspaceStartRequestStatus) -> Result<Recorded, Error> {
+        let _required = self.ctx.write_slots.require();
+        let slot = self.ctx.write_slots.slot().await;
+        let ownership = apply_status(self.ctx, self.api, self.wsr, &self.written, status).await?;
+        drop(slot);
+        if ownership == Ownership::Moved {
+            // The label moved before the start record was written: the new shard decides on
+            // its own (its watch shows the move before this record), so never POST here.
+            return Ok(Recorded::Moved);
+        }
+        publish_transition(self.ctx, self.wsr, &self.written, status);
+        self.written = status.clone();
+        self.ctx.metrics.start_builds.inc();
+        Ok(Recorded::Written)
+    }
 }
 
 /// A finished request: keeps our record until the cache shows the terminal status itself (so
@@ -729,219 +594,6 @@ async fn connection(
     };
     let d = decide::decide(&input_for(wsr, prev, obs, ctx.settings.poll));
     Err(conclude(wsr, ctx, api, oref, prev, d, None, None).await)
-}
-
-/// How a start attempt ended.
-enum Started {
-    /// With this decision to conclude the pass with.
-    Decided(Box<Decision>),
-    /// The pass is over (retry later, or the request left this shard).
-    Done(KubeAction),
-}
-
-/// One reconcile pass of a request in flight: its Coder connection, the workspace it read
-/// (cache key and sequence number), and the status written so far in this pass.
-struct Pass<'a> {
-    ctx: &'a Arc<Context>,
-    wsr: &'a WorkspaceStartRequest,
-    oref: &'a ObjectRef<WorkspaceStartRequest>,
-    api: Api<WorkspaceStartRequest>,
-    conn: Connection,
-    key: Option<WorkspaceKey>,
-    seen: u64,
-    /// The workspace read was dormant (a 403 on the start then means "dormant").
-    dormant: bool,
-    written: WorkspaceStartRequestStatus,
-}
-
-impl Pass<'_> {
-    /// Poll interval: the backstop while a watch stream delivers events for the workspace.
-    fn poll(&self) -> Duration {
-        match &self.key {
-            Some(k) if self.ctx.watches.is_live(k) => self.ctx.settings.backstop_poll,
-            _ => self.ctx.settings.poll,
-        }
-    }
-
-    /// `obs` with the workspace replaced by the shared cache's latest read, which a request
-    /// that held the workspace lock may have updated with a build it just started.
-    fn latest_shared(&mut self, obs: Observation) -> Observation {
-        let (Some(k), Observation::Workspace { chat_owner, .. }) = (&self.key, &obs) else {
-            return obs;
-        };
-        let Some((ws, seq)) = self.ctx.watches.latest(k) else {
-            return obs;
-        };
-        self.seen = seq;
-        Observation::Workspace {
-            chat_owner: *chat_owner,
-            workspace: Box::new(ws),
-            owner: OwnerState::Unchecked,
-        }
-    }
-
-    /// Decides on `obs`; when `decide` asks about the chat owner, looks (cached per owner) and
-    /// decides again with the answer.
-    async fn decide(&mut self, status: &WorkspaceStartRequestStatus, obs: Observation) -> Decision {
-        if let Observation::Workspace { workspace, .. } = &obs {
-            self.dormant = workspace.dormant_at.is_some();
-        }
-        let poll = self.poll();
-        let d = decide::decide(&input_for(self.wsr, status, obs.clone(), poll));
-        let Action::CheckOwner { owner } = d.action else {
-            return d;
-        };
-        let obs = match (obs, self.owner_state(owner).await) {
-            (
-                Observation::Workspace {
-                    chat_owner,
-                    workspace,
-                    ..
-                },
-                Ok(owner),
-            ) => Observation::Workspace {
-                chat_owner,
-                workspace,
-                owner,
-            },
-            (_, Err(failed)) => failed,
-            (obs, Ok(_)) => obs,
-        };
-        decide::decide(&input_for(self.wsr, status, obs, poll))
-    }
-
-    /// The chat owner's account as the chat tool's `asOwner` judges it; `Err` with the
-    /// observation to fail with when Coder refuses to say.
-    async fn owner_state(&self, owner: Uuid) -> Result<OwnerState, Observation> {
-        match self.conn.client.owner_account(owner).await {
-            Ok(OwnerAccount::Active) => Ok(OwnerState::Active),
-            Ok(OwnerAccount::Inactive(message)) => {
-                tracing::info!(request = %self.oref, %owner, %message, "chat owner is not active");
-                Ok(OwnerState::Inactive(message))
-            }
-            Err(e) => match e.disposition() {
-                Disposition::Retry => {
-                    tracing::warn!(request = %self.oref, error = %e, "cannot check the chat owner");
-                    Ok(OwnerState::Unavailable(e.transient_cause()))
-                }
-                Disposition::Fail { reason, message } => Err(Observation::Failed {
-                    reason,
-                    message: format!("cannot check that the chat owner is active: {message}"),
-                }),
-            },
-        }
-    }
-
-    /// Requests the start build `decision` asks for, if any: writes the start record first,
-    /// then POSTs; a 409 (someone else's build is active) re-reads Coder once and joins it.
-    async fn start_build(&mut self, mut decision: Decision) -> Result<Started, Error> {
-        for _round in 0..2 {
-            let Action::StartBuild { workspace, request } = decision.action.clone() else {
-                break;
-            };
-            let ws_key = self.key.clone().unwrap_or(WorkspaceKey {
-                connection: self.conn.key.clone(),
-                workspace,
-            });
-            if !self.record_start(&decision.status).await? {
-                // The label moved before the start record was written: the new shard decides
-                // on its own (its watch shows the move before this record), so never POST here.
-                return Ok(Started::Done(self.ctx.hand_over(self.oref)));
-            }
-            self.ctx.metrics.start_builds.inc();
-            tracing::info!(request = %self.oref, workspace = %workspace, "requesting start build");
-            match self.conn.client.create_build(workspace, &request).await {
-                Ok(build) => {
-                    if let Some(seq) = self.ctx.watches.store_build(&ws_key, &build) {
-                        self.seen = seq;
-                    }
-                    self.key = Some(ws_key);
-                    let input = input_for(
-                        self.wsr,
-                        &decision.status,
-                        Observation::CoderUnavailable {
-                            cause: String::new(),
-                        },
-                        self.poll(),
-                    );
-                    return Ok(Started::Decided(Box::new(decide::queued(&input, &build))));
-                }
-                Err(CoderError::Conflict { .. }) => {
-                    // No build was created: someone else's build is active. Join it.
-                    let mut st = decision.status.clone();
-                    st.build_requested_at = None;
-                    self.ctx.watches.invalidate(&ws_key);
-                    let (obs, k, seq) = observe(self.ctx, &self.conn, self.wsr, &st, false).await;
-                    self.key = k;
-                    self.seen = seq;
-                    decision = self.decide(&st, obs).await;
-                }
-                Err(e) => {
-                    let Some((reason, message)) = start_refusal(&e, self.dormant) else {
-                        // Unknown whether Coder created the build (commit-then-fail, timeout):
-                        // the next pass re-reads the workspace and adopts a newer build.
-                        tracing::warn!(request = %self.oref, error = %e, "start build request failed; will re-read");
-                        // A cached read from before the POST would make the next pass POST again.
-                        self.ctx.watches.invalidate(&ws_key);
-                        let delay = self.ctx.backoff(self.oref, e.retry_after());
-                        return Ok(Started::Done(KubeAction::requeue(delay)));
-                    };
-                    tracing::warn!(request = %self.oref, error = %e, reason, "Coder refused the start build");
-                    let input = input_for(
-                        self.wsr,
-                        &decision.status,
-                        Observation::CoderUnavailable {
-                            cause: String::new(),
-                        },
-                        self.ctx.settings.poll,
-                    );
-                    return Ok(Started::Decided(Box::new(decide::reject(
-                        &input, reason, &message,
-                    ))));
-                }
-            }
-        }
-        Ok(Started::Decided(Box::new(decision)))
-    }
-
-    /// Writes the start record (`buildRequestedAt`) before the POST, so that after a crash the
-    /// operator re-reads Coder instead of requesting another build. False when the request
-    /// has left this shard.
-    async fn record_start(&mut self, status: &WorkspaceStartRequestStatus) -> Result<bool, Error> {
-        let _required = self.ctx.write_slots.require();
-        let slot = self.ctx.write_slots.slot().await;
-        let ownership = apply_status(self.ctx, &self.api, self.wsr, &self.written, status).await?;
-        drop(slot);
-        if ownership == Ownership::Moved {
-            return Ok(false);
-        }
-        publish_transition(self.ctx, self.wsr, &self.written, status);
-        self.written = status.clone();
-        Ok(true)
-    }
-}
-
-/// What Coder's refusal of the start build means: the reason and message to fail with, or
-/// `None` when it may have created the build after all (retry by re-reading). A 403 on a
-/// dormant workspace is older Coder refusing to wake it.
-fn start_refusal(e: &CoderError, dormant: bool) -> Option<(&'static str, String)> {
-    if let (CoderError::Forbidden { message, .. }, true) = (e, dormant) {
-        let coder = if message.is_empty() {
-            "(no message)"
-        } else {
-            message
-        };
-        return Some((
-            reasons::WORKSPACE_DORMANT,
-            format!(
-                "the workspace is dormant and Coder refused to start it (403): {coder}; an administrator must wake it (current Coder wakes it on start)"
-            ),
-        ));
-    }
-    match e.start_build_disposition() {
-        Disposition::Fail { reason, message } => Some((reason, message)),
-        Disposition::Retry => None,
-    }
 }
 
 /// The [`decide`] input for `wsr` with `status`, at the current time.

@@ -58,6 +58,8 @@ pub enum Observation {
     ChatHasNoWorkspace,
     /// The workspace answered 410, or 404.
     WorkspaceGone,
+    /// Coder created the start build this request asked for (201 on our POST).
+    BuildCreated(Box<WorkspaceBuild>),
     /// The workspace, and the chat's owner when the request names a chat.
     Workspace {
         /// Owner of the chat, when it was read in this pass.
@@ -385,6 +387,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
             "workspace was deleted (or is not visible to this Coder token)",
         ),
         Observation::CoderUnavailable { cause } => unavailable(next, cause),
+        Observation::BuildCreated(build) => queued(next, build),
         Observation::Retrying { reason, message } => {
             let now = format!("{message}; retrying with backoff");
             let last = format!("{message}, until the request's deadline");
@@ -433,20 +436,12 @@ fn retrying(next: Next<'_>, reason: &str, message: &str, last: &str) -> Decision
 }
 
 /// Records the start build Coder just created (201): Starting, outcome Queued, following it.
-/// The input's observation is not used.
-pub fn queued(input: &Input<'_>, build: &WorkspaceBuild) -> Decision {
-    let mut next = Next::new(input);
+fn queued(mut next: Next<'_>, build: &WorkspaceBuild) -> Decision {
     next.st.build = Some(build_info(build));
     next.st.outcome = Some(Outcome::Queued);
     let msg = format!("start build #{} queued", build.build_number);
-    let wait = Action::Requeue(input.poll);
+    let wait = Action::Requeue(next.input.poll);
     next.progressing(Phase::Starting, reasons::BUILD_IN_PROGRESS, &msg, wait)
-}
-
-/// Fails the request with `reason` and a fixed message (used when Coder refuses the start
-/// build request itself). The input's observation is not used.
-pub fn reject(input: &Input<'_>, reason: &str, message: &str) -> Decision {
-    Next::new(input).fail(reason, message)
 }
 
 /// Decides on a workspace read: guards, which build the request follows, then what that

@@ -1062,12 +1062,16 @@ fn queued_build_is_followed_as_our_own() {
         spec: &spec(),
         generation: Some(1),
         status: &st,
-        observation: down(),
+        observation: Observation::BuildCreated(Box::new(build(
+            2,
+            Transition::Start,
+            JobStatus::Pending,
+            vec![],
+        ))),
         now: t(1),
         poll: Duration::from_secs(2),
     };
-    let b = build(2, Transition::Start, JobStatus::Pending, vec![]);
-    let d = queued(&input, &b);
+    let d = decide(&input);
     assert_eq!(d.action, Action::Requeue(Duration::from_secs(2)));
     assert_eq!(d.status.phase, Some(Phase::Starting));
     assert_eq!(d.status.outcome, Some(Outcome::Queued));
