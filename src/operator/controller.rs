@@ -29,7 +29,7 @@ use crate::operator::reconcile::{self, PassEnd, Recorded, Request, StartRecord};
 use crate::operator::start_queue::StartQueue;
 use crate::operator::status::StatusWriter;
 use crate::operator::streams::{Watches, WorkspaceKey};
-use crate::operator::write_slots::WriteSlots;
+use crate::operator::write_slots::{Permit, Priority, WriteSlots};
 use crate::process::http::Health;
 
 /// How long a progress write waits for spare write capacity (no required write waiting, a free
@@ -287,10 +287,11 @@ enum Ownership {
     Moved,
 }
 
-/// Writes the status through the context's [`StatusWriter`], unless the request has left this
-/// shard.
+/// Writes the status through the context's [`StatusWriter`] under `permit` (`None`: nothing
+/// to write, the shard check only), unless the request has left this shard.
 async fn apply_status(
     ctx: &Context,
+    permit: Option<&Permit<'_>>,
     api: &Api<WorkspaceStartRequest>,
     wsr: &WorkspaceStartRequest,
     old: &WorkspaceStartRequestStatus,
@@ -300,9 +301,12 @@ async fn apply_status(
         return Ok(Ownership::Moved);
     }
     ctx.first_status.cancel(&ObjectRef::from_obj(wsr));
+    let Some(permit) = permit else {
+        return Ok(Ownership::Kept);
+    };
     let labels = ctx
         .status
-        .apply(api, wsr, old, new)
+        .apply(permit, api, wsr, old, new)
         .await
         .map_err(|source| Error::StatusPatch {
             name: wsr.name_any(),
@@ -520,10 +524,17 @@ impl StartRecord for ApiStartRecord<'_> {
     type Error = Error;
 
     async fn record(&mut self, status: &WorkspaceStartRequestStatus) -> Result<Recorded, Error> {
-        let _required = self.ctx.write_slots.require();
-        let slot = self.ctx.write_slots.slot().await;
-        let ownership = apply_status(self.ctx, self.api, self.wsr, &self.written, status).await?;
-        drop(slot);
+        let permit = self.ctx.write_slots.permit(Priority::Required).await;
+        let ownership = apply_status(
+            self.ctx,
+            permit.as_ref(),
+            self.api,
+            self.wsr,
+            &self.written,
+            status,
+        )
+        .await?;
+        drop(permit);
         if ownership == Ownership::Moved {
             // The label moved before the start record was written: the new shard decides on
             // its own (its watch shows the move before this record), so never POST here.
@@ -638,32 +649,37 @@ async fn conclude(
     let cleared = prev.build_requested_at.is_some() && decision.status.build_requested_at.is_none();
     let progress = matches!(decision.action, Action::Requeue(_)) && !not_started(prev) && !cleared;
     let changed = prev != &decision.status;
-    let required = (changed && !progress).then(|| ctx.write_slots.require());
     let mut defer = None;
-    let mut _write_slot = None;
-    if changed && !matches!(decision.action, Action::Finish) {
-        if !progress {
-            _write_slot = ctx.write_slots.slot().await;
-        } else if let Some(wait) = ctx.status.defer(oref, prev, &decision.status) {
-            defer = Some(wait);
-        } else if let Some(slot) = ctx
-            .write_slots
-            .spare_slot(Instant::now() + PROGRESS_SLOT_WAIT, Duration::ZERO)
-            .await
-        {
-            _write_slot = Some(slot);
-        } else {
+    let permit = if !changed {
+        None
+    } else if matches!(decision.action, Action::Finish) {
+        ctx.write_slots.permit(Priority::Final).await
+    } else if !progress {
+        ctx.write_slots.permit(Priority::Required).await
+    } else if let Some(wait) = ctx.status.defer(oref, prev, &decision.status) {
+        defer = Some(wait);
+        None
+    } else {
+        let spare = Priority::Spare {
+            deadline: Instant::now() + PROGRESS_SLOT_WAIT,
+            quiet: Duration::ZERO,
+        };
+        let permit = ctx.write_slots.permit(spare).await;
+        if permit.is_none() {
             ctx.metrics.progress_writes_postponed.inc();
             defer = Some(Duration::MAX);
         }
-    }
+        permit
+    };
     if defer.is_none() {
-        if apply_status(ctx, api, wsr, prev, &decision.status).await? == Ownership::Moved {
+        if apply_status(ctx, permit.as_ref(), api, wsr, prev, &decision.status).await?
+            == Ownership::Moved
+        {
             return Ok(ctx.hand_over(oref));
         }
         publish_transition(ctx, wsr, prev, &decision.status);
     }
-    drop(required);
+    drop(permit);
     ctx.track_phase(oref, decision.status.phase);
     match decision.action {
         Action::Finish => {

@@ -8,7 +8,7 @@
 //! Events are the least urgent API writes: they go through a bounded queue served by a few
 //! workers, so a burst of transitions never crowds out status writes at the API server. When the
 //! queue is full the event is dropped and counted (as client-go's event broadcaster does). A
-//! Normal event is a spare write ([`WriteSlots::spare_slot`]): it waits until no required write
+//! Normal event is a spare write ([`Priority::Spare`]): it waits until no required write
 //! (a first status, a start record, a final status) is waiting or was for [`EVENT_QUIET`], and
 //! is dropped and counted when that moment has not come within [`MAX_DELAY`] of its transition. Under load the API server's
 //! time goes to the writes each request needs, and Events are sent only where they fit; at low
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::api::crd::WorkspaceStartRequest;
-use crate::operator::write_slots::{EVENT_QUIET, WriteSlots};
+use crate::operator::write_slots::{EVENT_QUIET, Priority, WriteSlots};
 
 /// Largest note the API server accepts (1 kB).
 const MAX_NOTE: usize = 1024;
@@ -86,12 +86,15 @@ impl EventPublisher {
                     let slots = Arc::clone(&slots);
                     let stale = stale.clone();
                     async move {
-                        let slot = if always_sent(ev.type_.as_deref()) {
-                            slots.slot().await
+                        let priority = if always_sent(ev.type_.as_deref()) {
+                            Priority::Required
                         } else {
-                            slots.spare_slot(queued + MAX_DELAY, EVENT_QUIET).await
+                            Priority::Spare {
+                                deadline: queued + MAX_DELAY,
+                                quiet: EVENT_QUIET,
+                            }
                         };
-                        if slot.is_some() {
+                        if let Some(_permit) = slots.permit(priority).await {
                             send(&client, &ev).await;
                         } else {
                             stale.inc();

@@ -21,16 +21,16 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tokio::sync::Notify;
 
 use crate::api::conditions::{self, reasons, types};
-use crate::api::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
+use crate::api::crd::{Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
 use crate::api::shard::Shard;
 use crate::operator::status::StatusWriter;
-use crate::operator::write_slots::{Required, WriteSlots};
+use crate::operator::write_slots::{Priority, Required, WriteSlots};
 
 /// Concurrent first-status writes. The kube client speaks HTTP/2, so they share one connection;
 /// with 16 the first statuses keep pace with a burst of creates (the bench's N=1000 at about
@@ -331,17 +331,10 @@ impl FirstStatus {
         };
         let api: Api<WorkspaceStartRequest> = Api::namespaced(self.kube.clone(), &ns);
         let status = pending(wsr.meta().generation, job.message, Timestamp::now());
-        let patch = serde_json::json!({
-            "apiVersion": WorkspaceStartRequest::api_version(&()),
-            "kind": WorkspaceStartRequest::kind(&()),
-            "metadata": {"name": wsr.name_any(), "resourceVersion": wsr.resource_version()},
-            "status": status,
-        });
-        let params = PatchParams::apply(FIELD_MANAGER).force();
-        match api
-            .patch_status(&wsr.name_any(), &params, &Patch::Apply(&patch))
-            .await
-        {
+        let Some(permit) = self.slots.permit(Priority::First).await else {
+            return Outcome::Retry(Duration::ZERO, Arc::clone(wsr));
+        };
+        match self.status.apply_first(&permit, &api, wsr, &status).await {
             Ok(written) => {
                 self.settle(obj, Some((&written, &status)));
                 Outcome::Settled

@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 
 use crate::api::conditions;
 use crate::api::crd::{FIELD_MANAGER, WorkspaceStartRequest, WorkspaceStartRequestStatus};
+use crate::operator::write_slots::Permit;
 
 /// Progress-only status changes (job pending → running, agent connecting → connected) are
 /// written at most this often per request; phase and reason changes are written at once.
@@ -33,11 +34,13 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// Writes `new` by server-side apply when it differs from `old`. Returns the labels the
-    /// object had when the write took effect (`None` when nothing was written): they say which
-    /// shard the request belonged to at that moment.
+    /// Writes `new` by server-side apply when it differs from `old`, under `_permit` (the
+    /// write's priority, see [`crate::operator::write_slots`]). Returns the labels the object
+    /// had when the write took effect (`None` when nothing was written): they say which shard
+    /// the request belonged to at that moment.
     pub async fn apply(
         &self,
+        _permit: &Permit<'_>,
         api: &Api<WorkspaceStartRequest>,
         wsr: &WorkspaceStartRequest,
         old: &WorkspaceStartRequestStatus,
@@ -60,6 +63,28 @@ impl StatusWriter {
             .await?;
         self.remember(&ObjectRef::from_obj(wsr), &written, new);
         Ok(Some(written.metadata.labels.unwrap_or_default()))
+    }
+
+    /// Writes a request's first status by server-side apply, with the request's
+    /// resourceVersion as precondition (a 409 means it changed since it was seen), under
+    /// `_permit` ([`crate::operator::write_slots::Priority::First`]). Returns the object written;
+    /// the caller remembers it once the write is settled.
+    pub async fn apply_first(
+        &self,
+        _permit: &Permit<'_>,
+        api: &Api<WorkspaceStartRequest>,
+        wsr: &WorkspaceStartRequest,
+        status: &WorkspaceStartRequestStatus,
+    ) -> Result<WorkspaceStartRequest, kube::Error> {
+        let patch = serde_json::json!({
+            "apiVersion": WorkspaceStartRequest::api_version(&()),
+            "kind": WorkspaceStartRequest::kind(&()),
+            "metadata": {"name": wsr.name_any(), "resourceVersion": wsr.resource_version()},
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch_status(&wsr.name_any(), &params, &Patch::Apply(&patch))
+            .await
     }
 
     /// Remembers `status` as written for `obj`, with `written` the object the API server

@@ -3,6 +3,10 @@
 //! **required** writes. Progress statuses and Normal Events are **spare** writes: they go only
 //! where they fit, in write capacity no required write is waiting for.
 //!
+//! Every status write and Event create needs a [`Permit`], and the only way to get one is to
+//! choose its [`Priority`] ([`WriteSlots::permit`]): a write that skips the rule does not
+//! compile.
+//!
 //! Required writes announce themselves ([`WriteSlots::require`]) from the moment they are known
 //! until they are done; a spare write waits until none is announced (and, for Events, none was
 //! for a quiet moment: [`EVENT_QUIET`]), then takes one of the write slots (shared by every write
@@ -55,12 +59,70 @@ impl Drop for Required {
     }
 }
 
+/// The priority of one write, chosen by the code that makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A write the request cannot do without (the start record, a status that joins a build, a
+    /// Warning Event): announced at once, then waits for a write slot.
+    Required,
+    /// A final (Ready/Failed) status: announced, and never waits for a slot, so it reaches the
+    /// API server ahead of everything else.
+    Final,
+    /// A request's first status: announced from the moment it is queued (the first-status
+    /// queue holds that announcement), written by its own writers without a slot.
+    First,
+    /// Progress or a Normal Event: only where it fits, once no required write is announced (and
+    /// none was for `quiet`) and a slot is free, before `deadline`; else not at all.
+    Spare {
+        /// The latest moment the write may start.
+        deadline: Instant,
+        /// How long after the last required write was announced it may go.
+        quiet: Duration,
+    },
+}
+
+/// Permission for one write at the priority its caller chose; holds the write's slot (and its
+/// announcement, for required and final writes) until dropped.
+pub struct Permit<'a> {
+    priority: Priority,
+    _slot: Option<SemaphorePermit<'a>>,
+    _announced: Option<Required>,
+}
+
+impl Permit<'_> {
+    /// The priority this permit was granted for.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+}
+
 impl WriteSlots {
     /// `slots` concurrent writes other than final statuses (at least one).
     pub fn new(slots: usize) -> Arc<WriteSlots> {
         Arc::new(WriteSlots {
             slots: Semaphore::new(slots.max(1)),
             required: watch::Sender::new(Load::default()),
+        })
+    }
+
+    /// A permit for one write at `priority`: `None` only for a spare write that found no room in
+    /// time (and, in theory, if the slots were closed, which they never are).
+    pub async fn permit(&self, priority: Priority) -> Option<Permit<'_>> {
+        let (slot, announced) = match priority {
+            Priority::Required => {
+                let announced = self.require();
+                (Some(self.slots.acquire().await.ok()?), Some(announced))
+            }
+            Priority::Final => (None, Some(self.require())),
+            Priority::First => (None, None),
+            Priority::Spare { deadline, quiet } => {
+                (Some(self.spare_slot(deadline, quiet).await?), None)
+            }
+        };
+        Some(Permit {
+            priority,
+            _slot: slot,
+            _announced: announced,
         })
     }
 
@@ -81,19 +143,10 @@ impl WriteSlots {
         self.required.borrow().waiting
     }
 
-    /// A write slot for a required write (waits for one).
-    pub async fn slot(&self) -> Option<SemaphorePermit<'_>> {
-        self.slots.acquire().await.ok()
-    }
-
     /// A write slot for a spare write: once no required write is announced, none was for
     /// `quiet`, and a slot is free, before `deadline`; `None` when that moment does not come in
     /// time.
-    pub async fn spare_slot(
-        &self,
-        deadline: Instant,
-        quiet: Duration,
-    ) -> Option<SemaphorePermit<'_>> {
+    async fn spare_slot(&self, deadline: Instant, quiet: Duration) -> Option<SemaphorePermit<'_>> {
         let until = tokio::time::Instant::from_std(deadline);
         let mut required = self.required.subscribe();
         loop {
@@ -172,7 +225,7 @@ mod tests {
     #[tokio::test]
     async fn a_spare_write_needs_a_free_slot_too() {
         let w = WriteSlots::new(1);
-        let held = w.slot().await;
+        let held = w.slots.acquire().await.ok();
         let soon = Instant::now() + Duration::from_millis(30);
         assert!(w.spare_slot(soon, Duration::ZERO).await.is_none());
         drop(held);
