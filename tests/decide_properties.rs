@@ -890,7 +890,7 @@ fn any_status() -> impl Strategy<Value = WorkspaceStartRequestStatus> {
                     &mut st.conditions,
                     "BuildSucceeded",
                     "True",
-                    "BuildSucceeded",
+                    workspace_start_operator::api::reason::Reason::BuildSucceeded,
                     "",
                     Some(1),
                     &Time(t),

@@ -324,8 +324,7 @@ async fn status_fixtures_are_what_the_operator_writes() {
     // The read times out: Coder unavailable, retried.
     let w = env
         .wait_for("new", T, |w| {
-            support::ready(w).1
-                == workspace_start_operator::api::conditions::reasons::CODER_UNAVAILABLE
+            support::ready(w).1 == workspace_start_operator::api::reason::Reason::CoderUnavailable
         })
         .await;
     capture("pending-coder-unavailable", &w);

@@ -6,4 +6,5 @@
 pub mod conditions;
 pub mod crd;
 pub mod duration;
+pub mod reason;
 pub mod shard;

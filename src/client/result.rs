@@ -10,8 +10,8 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::conditions::reasons;
 use crate::api::crd::{Outcome, Phase, WorkspaceStartRequest};
+use crate::api::reason::Reason;
 use crate::client::track::Progress;
 
 /// Coder's `title` for a quota failure (`quotaerror.go`).
@@ -147,7 +147,7 @@ impl StartResult {
 
     fn ready(&mut self, progress: &Progress) {
         self.started = true;
-        let no_agent = progress.reason.as_deref() == Some(reasons::NO_AGENT);
+        let no_agent = progress.reason.as_deref() == Some(Reason::NoAgent.as_str());
         self.agent_status = Some(if no_agent { "no_agent" } else { "ready" }.to_owned());
     }
 
@@ -157,13 +157,13 @@ impl StartResult {
         let message = progress.message.clone().unwrap_or_default();
         let status = request.status.as_ref();
         let agent = status.and_then(|s| s.agent.as_ref());
-        match progress.reason.as_deref().unwrap_or_default() {
-            reasons::AGENT_START_ERROR => {
+        match progress.reason.as_deref().and_then(Reason::parse) {
+            Some(Reason::AgentStartError) => {
                 self.started = true;
                 self.startup_scripts = Some("startup_scripts_failed".into());
                 self.lifecycle_state = agent.and_then(|a| a.lifecycle_state.clone());
             }
-            reasons::AGENT_TIMEOUT => {
+            Some(Reason::AgentTimeout) => {
                 self.started = true;
                 if agent.is_some_and(|a| a.status == "connected") {
                     self.startup_scripts = Some("startup_scripts_timeout".into());
@@ -172,16 +172,18 @@ impl StartResult {
                     self.agent_error = Some(message);
                 }
             }
-            reasons::AGENT_SELECTION_ERROR | reasons::AGENT_NOT_FOUND => {
+            Some(Reason::AgentSelectionError | Reason::AgentNotFound) => {
                 self.started = true;
                 self.agent_status = Some("selection_error".into());
                 self.agent_error = Some(message);
             }
-            reason @ (reasons::BUILD_FAILED
-            | reasons::BUILD_CANCELED
-            | reasons::BUILD_TIMEOUT
-            | reasons::BUILD_SUPERSEDED
-            | reasons::INSUFFICIENT_QUOTA) => {
+            Some(
+                reason @ (Reason::BuildFailed
+                | Reason::BuildCanceled
+                | Reason::BuildTimeout
+                | Reason::BuildSuperseded
+                | Reason::InsufficientQuota),
+            ) => {
                 let joined = status.and_then(|s| s.outcome) == Some(Outcome::InProgress);
                 let prefix = if joined {
                     "waiting for in-progress build"
@@ -192,7 +194,7 @@ impl StartResult {
                 self.error_code = status
                     .and_then(|s| s.build.as_ref())
                     .and_then(|b| b.error_code.clone());
-                if reason == reasons::INSUFFICIENT_QUOTA {
+                if reason == Reason::InsufficientQuota {
                     self.error_code
                         .get_or_insert_with(|| "INSUFFICIENT_QUOTA".into());
                     self.title = Some(QUOTA_TITLE.into());

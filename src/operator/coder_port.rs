@@ -161,7 +161,7 @@ impl CoderPort for LiveCoder<'_> {
             }
             Err(e) => match outcome::start_refusal(&e, self.dormant) {
                 Some((reason, message)) => {
-                    tracing::warn!(request = %self.oref, error = %e, reason, "Coder refused the start build");
+                    tracing::warn!(request = %self.oref, error = %e, %reason, "Coder refused the start build");
                     PostOutcome::Refused { reason, message }
                 }
                 None => {

@@ -15,8 +15,8 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use crate::api::conditions::reasons;
 use crate::api::crd::WorkspaceStartRequest;
+use crate::api::reason::Reason;
 use crate::coder::credentials::{self, SessionToken};
 use crate::coder::{ClientOptions, CoderClient, CoderError};
 use crate::operator::decide::Observation;
@@ -152,7 +152,7 @@ fn origin(u: &reqwest::Url) -> reqwest::Url {
     o
 }
 
-fn misconfigured(reason: &'static str, message: impl Into<String>) -> ResolveError {
+fn misconfigured(reason: Reason, message: impl Into<String>) -> ResolveError {
     ResolveError::Request(Observation::Failed {
         reason,
         message: message.into(),
@@ -186,7 +186,7 @@ impl Connections {
                 // Objects admitted before the CRD checked the name: never put it in a URL.
                 if !is_secret_name(&r.name) {
                     return Err(misconfigured(
-                        reasons::SECRET_INVALID,
+                        Reason::SecretInvalid,
                         "spec.coderRef.name is not a valid Secret name (lower-case letters, digits, '-' and '.')",
                     ));
                 }
@@ -196,7 +196,7 @@ impl Connections {
                     Ok(Some(s)) => s,
                     Ok(None) => {
                         return Err(misconfigured(
-                            reasons::SECRET_NOT_FOUND,
+                            Reason::SecretNotFound,
                             format!(
                                 "Secret {:?} (spec.coderRef) does not exist in this namespace",
                                 r.name
@@ -205,7 +205,7 @@ impl Connections {
                     }
                     Err(kube::Error::Api(s)) if s.code == 403 => {
                         return Err(misconfigured(
-                            reasons::SECRET_NOT_FOUND,
+                            Reason::SecretNotFound,
                             format!(
                                 "the operator may not read Secret {:?} in this namespace; grant it (Helm value rbac.secretNamespaces)",
                                 r.name
@@ -226,7 +226,7 @@ impl Connections {
         let (Some(url), Some(token)) = (secret_value(secret, "url"), secret_value(secret, "token"))
         else {
             return Err(misconfigured(
-                reasons::SECRET_INVALID,
+                Reason::SecretInvalid,
                 format!(
                     "Secret {name:?} (spec.coderRef) needs non-empty keys \"url\" and \"token\""
                 ),
@@ -234,7 +234,7 @@ impl Connections {
         };
         let invalid = |key: &str, what: &str, why: &dyn std::fmt::Display| {
             misconfigured(
-                reasons::SECRET_INVALID,
+                Reason::SecretInvalid,
                 format!(
                     "key {key:?} of Secret {name:?} (spec.coderRef) is not a usable {what}: it {why}"
                 ),
@@ -245,7 +245,7 @@ impl Connections {
             SessionToken::parse(token).map_err(|e| invalid("token", "Coder session token", &e))?;
         if !self.allowed.permits(&url) {
             return Err(misconfigured(
-                reasons::CODER_URL_NOT_ALLOWED,
+                Reason::CoderURLNotAllowed,
                 format!(
                     "the url in Secret {name:?} (spec.coderRef) is not an allowed Coder URL (allowed: {}); an administrator can add it to coder.allowedUrls",
                     self.allowed.describe()
@@ -253,7 +253,7 @@ impl Connections {
             ));
         }
         self.client(&url, token)
-            .map_err(|e| misconfigured(reasons::SECRET_INVALID, format!("Secret {name:?}: {e}")))
+            .map_err(|e| misconfigured(Reason::SecretInvalid, format!("Secret {name:?}: {e}")))
     }
 
     /// The operator-wide connection (`--coder-url`, `--coder-token-file`). The token file is
@@ -262,7 +262,7 @@ impl Connections {
     pub async fn operator_wide(&self) -> Result<Connection, ResolveError> {
         let (Some(url), Some(file)) = (&self.default_url, &self.default_token_file) else {
             return Err(misconfigured(
-                reasons::CODER_NOT_CONFIGURED,
+                Reason::CoderNotConfigured,
                 "no operator-wide Coder connection is configured (--coder-url and --coder-token-file); set spec.coderRef",
             ));
         };
@@ -292,19 +292,19 @@ impl Connections {
         let raw = tokio::fs::read(file).await.map_err(|e| {
             tracing::error!(path = %file.display(), error = %e, "cannot read the Coder token file");
             misconfigured(
-                reasons::CODER_NOT_CONFIGURED,
+                Reason::CoderNotConfigured,
                 "the operator cannot read its Coder token file",
             )
         })?;
         let token = SessionToken::parse(raw).map_err(|e| {
             tracing::error!(path = %file.display(), problem = %e, "the Coder token file does not hold a usable session token");
             misconfigured(
-                reasons::CODER_NOT_CONFIGURED,
+                Reason::CoderNotConfigured,
                 format!("the operator's Coder token file (--coder-token-file) is not a usable Coder session token: it {e}"),
             )
         })?;
         self.client(url, token)
-            .map_err(|e| misconfigured(reasons::CODER_NOT_CONFIGURED, e.to_string()))
+            .map_err(|e| misconfigured(Reason::CoderNotConfigured, e.to_string()))
     }
 
     fn client(&self, url: &str, token: SessionToken) -> Result<Connection, CoderError> {
@@ -467,7 +467,7 @@ mod tests {
         let conns = operator_wide_connections(&file);
         match conns.operator_wide().await {
             Err(ResolveError::Request(Observation::Failed { reason, message })) => {
-                assert_eq!(reason, reasons::CODER_NOT_CONFIGURED);
+                assert_eq!(reason, Reason::CoderNotConfigured);
                 assert_eq!(
                     message,
                     "the operator's Coder token file (--coder-token-file) is not a usable Coder session token: it contains a line break at byte 10 (a session token is one line of visible ASCII)"

@@ -16,8 +16,9 @@ use kube::{Resource, ResourceExt};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use crate::api::conditions::{self, reasons};
+use crate::api::conditions;
 use crate::api::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
+use crate::api::reason::Reason;
 use crate::api::shard::Shard;
 use crate::operator::coder_port::{LiveCoder, PollIntervals};
 use crate::operator::connect::{Connection, Connections, ResolveError};
@@ -335,7 +336,9 @@ fn publish_transition(
         return;
     }
     let warning = new.phase == Some(Phase::Failed)
-        || [reasons::CODER_UNAVAILABLE, reasons::SECRET_UNREADABLE].contains(&new_reason);
+        || [Reason::CoderUnavailable, Reason::SecretUnreadable]
+            .map(Reason::as_str)
+            .contains(&new_reason);
     let type_ = if warning {
         EventType::Warning
     } else {
@@ -440,7 +443,7 @@ async fn contain_panic(
         .ok_or_else(|| Error::MissingNamespace(wsr.name_any()))?;
     let api: Api<WorkspaceStartRequest> = Api::namespaced(ctx.kube.clone(), &ns);
     let failed = Observation::Failed {
-        reason: reasons::INTERNAL_ERROR,
+        reason: Reason::InternalError,
         message: "the operator hit an internal error while reconciling this request (details in the operator log); it is not retried".to_owned(),
     };
     let decision = decide::decide(&input_for(wsr, prev, failed, ctx.settings.poll));
@@ -589,7 +592,7 @@ async fn connection(
         Err(ResolveError::Kube(e)) => {
             tracing::warn!(request = %oref, error = %e, "cannot read the coderRef Secret");
             Observation::Retrying {
-                reason: reasons::SECRET_UNREADABLE,
+                reason: Reason::SecretUnreadable,
                 message: format!(
                     "cannot read Secret {:?} named by spec.coderRef ({})",
                     wsr.spec

@@ -9,12 +9,13 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use uuid::Uuid;
 
-use crate::api::conditions::{self, reasons, types};
+use crate::api::conditions::{self, types};
 use crate::api::crd::{
     AgentInfo, BuildInfo, Outcome, Phase, WorkspaceInfo, WorkspaceStartRequestSpec,
     WorkspaceStartRequestStatus,
 };
 use crate::api::duration::parse_duration;
+use crate::api::reason::Reason;
 use crate::coder::types::{
     Agent, CreateWorkspaceBuildRequest, JobStatus, ParameterValue, Transition, Workspace,
     WorkspaceBuild,
@@ -33,7 +34,7 @@ pub enum Observation {
     /// 403, 400 or an invalid or oversized response).
     Failed {
         /// A reason from [`reasons`].
-        reason: &'static str,
+        reason: Reason,
         /// User-facing message (never a token).
         message: String,
     },
@@ -48,7 +49,7 @@ pub enum Observation {
     /// message says what fails ("cannot read …"); `decide` adds "retrying" or the deadline.
     Retrying {
         /// A reason from [`reasons`] (in progress; also the failure reason at the deadline).
-        reason: &'static str,
+        reason: Reason,
         /// User-facing message.
         message: String,
     },
@@ -184,21 +185,21 @@ pub fn build_info(b: &WorkspaceBuild) -> BuildInfo {
 pub fn select_agent<'a>(
     build: &'a WorkspaceBuild,
     wanted: Option<&str>,
-) -> Result<Option<&'a Agent>, (&'static str, String)> {
+) -> Result<Option<&'a Agent>, (Reason, String)> {
     let all: Vec<&Agent> = build.agents().collect();
     if all.is_empty() {
         return Ok(None);
     }
     if let Some(name) = wanted {
         return all.into_iter().find(|a| a.name == name).map(Some).ok_or((
-            reasons::AGENT_NOT_FOUND,
+            Reason::AgentNotFound,
             format!("the workspace has no agent named {name:?}"),
         ));
     }
     let roots: Vec<&Agent> = all.into_iter().filter(|a| a.parent_id.is_none()).collect();
     if roots.is_empty() {
         return Err((
-            reasons::AGENT_SELECTION_ERROR,
+            Reason::AgentSelectionError,
             "no eligible workspace agents found".into(),
         ));
     }
@@ -211,7 +212,7 @@ pub fn select_agent<'a>(
         [one] => Ok(Some(one)),
         [] => Ok(roots.first().copied()),
         many => Err((
-            reasons::AGENT_SELECTION_ERROR,
+            Reason::AgentSelectionError,
             format!(
                 "multiple agents match the chat suffix {CHAT_AGENT_SUFFIX:?}: {}; only one agent should use this suffix",
                 many.iter()
@@ -241,7 +242,7 @@ impl<'a> Next<'a> {
         Next { input, st, now }
     }
 
-    fn cond(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+    fn cond(&mut self, type_: &str, status: &str, reason: Reason, message: &str) {
         conditions::set(
             &mut self.st.conditions,
             type_,
@@ -256,7 +257,7 @@ impl<'a> Next<'a> {
     fn progressing(
         mut self,
         phase: Phase,
-        reason: &str,
+        reason: Reason,
         message: &str,
         action: Action,
     ) -> Decision {
@@ -277,7 +278,7 @@ impl<'a> Next<'a> {
         }
     }
 
-    fn fail(mut self, reason: &str, message: &str) -> Decision {
+    fn fail(mut self, reason: Reason, message: &str) -> Decision {
         self.st.phase = Some(Phase::Failed);
         self.st.message = Some(message.to_owned());
         self.st.completion_time = Some(self.now.clone());
@@ -294,7 +295,7 @@ impl<'a> Next<'a> {
         }
     }
 
-    fn ready(mut self, reason: &str, message: &str) -> Decision {
+    fn ready(mut self, reason: Reason, message: &str) -> Decision {
         self.st.phase = Some(Phase::Ready);
         self.st.message = Some(message.to_owned());
         self.st.completion_time = Some(self.now.clone());
@@ -327,11 +328,11 @@ impl<'a> Next<'a> {
     }
 
     /// Waits for a build (progress `reason`, `message`) until the build deadline.
-    fn waiting_for_build(self, reason: &str, message: &str) -> Decision {
+    fn waiting_for_build(self, reason: Reason, message: &str) -> Decision {
         let deadline = self.build_deadline();
         if self.input.now >= deadline {
             return self.fail(
-                reasons::BUILD_TIMEOUT,
+                Reason::BuildTimeout,
                 "the build did not finish within spec.timeouts.build",
             );
         }
@@ -373,17 +374,17 @@ pub fn decide(input: &Input<'_>) -> Decision {
         };
     }
     match &input.observation {
-        Observation::Failed { reason, message } => next.fail(reason, message),
+        Observation::Failed { reason, message } => next.fail(*reason, message),
         Observation::ChatNotFound => next.fail(
-            reasons::CHAT_NOT_FOUND,
+            Reason::ChatNotFound,
             "chat not found, or not visible to this Coder token",
         ),
         Observation::ChatHasNoWorkspace => next.fail(
-            reasons::CHAT_HAS_NO_WORKSPACE,
+            Reason::ChatHasNoWorkspace,
             "chat has no workspace; create one first",
         ),
         Observation::WorkspaceGone => next.fail(
-            reasons::WORKSPACE_DELETED,
+            Reason::WorkspaceDeleted,
             "workspace was deleted (or is not visible to this Coder token)",
         ),
         Observation::CoderUnavailable { cause } => unavailable(next, cause),
@@ -391,7 +392,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
         Observation::Retrying { reason, message } => {
             let now = format!("{message}; retrying with backoff");
             let last = format!("{message}, until the request's deadline");
-            retrying(next, reason, &now, &last)
+            retrying(next, *reason, &now, &last)
         }
         Observation::Workspace {
             chat_owner,
@@ -407,14 +408,14 @@ fn unavailable(next: Next<'_>, cause: &str) -> Decision {
     if cause.is_empty() {
         return retrying(
             next,
-            reasons::CODER_UNAVAILABLE,
+            Reason::CoderUnavailable,
             "Coder is unavailable; retrying with backoff",
             "Coder stayed unavailable until the request's deadline",
         );
     }
     retrying(
         next,
-        reasons::CODER_UNAVAILABLE,
+        Reason::CoderUnavailable,
         &format!("Coder is unavailable ({cause}); retrying with backoff"),
         &format!("Coder stayed unavailable until the request's deadline: last error: {cause}"),
     )
@@ -422,7 +423,7 @@ fn unavailable(next: Next<'_>, cause: &str) -> Decision {
 
 /// Retries with backoff, showing `reason` and `message`, until the deadline of the current
 /// phase; then fails with `reason` and `last`.
-fn retrying(next: Next<'_>, reason: &str, message: &str, last: &str) -> Decision {
+fn retrying(next: Next<'_>, reason: Reason, message: &str, last: &str) -> Decision {
     let input = next.input;
     let deadline = match input.status.phase {
         Some(Phase::WaitingForAgent) => agent_deadline(&next),
@@ -441,7 +442,7 @@ fn queued(mut next: Next<'_>, build: &WorkspaceBuild) -> Decision {
     next.st.outcome = Some(Outcome::Queued);
     let msg = format!("start build #{} queued", build.build_number);
     let wait = Action::Requeue(next.input.poll);
-    next.progressing(Phase::Starting, reasons::BUILD_IN_PROGRESS, &msg, wait)
+    next.progressing(Phase::Starting, Reason::BuildInProgress, &msg, wait)
 }
 
 /// Decides on a workspace read: guards, which build the request follows, then what that
@@ -454,7 +455,7 @@ fn decide_workspace(
 ) -> Decision {
     if owner_mismatch(next.input.spec, chat_owner, ws) {
         return next.fail(
-            reasons::OWNER_MISMATCH,
+            Reason::OwnerMismatch,
             "the chat's or workspace's owner does not match spec.ownerId (or each other); nothing was started",
         );
     }
@@ -481,14 +482,14 @@ fn decide_workspace(
     let job = lb.job.status;
     match (job, lb.transition) {
         (_, Transition::Delete) if job.is_active() || job == JobStatus::Succeeded => next.fail(
-            reasons::WORKSPACE_DELETED,
+            Reason::WorkspaceDeleted,
             "workspace is being deleted or was deleted",
         ),
         // A canceling build can only end canceled: never adopt it, wait, then start once.
         (JobStatus::Canceling, _) if !following => wait_for_cancel(next, lb),
         (j, _) if j.is_active() => wait_for_build(next, lb),
         (JobStatus::Unknown, _) if following => next.waiting_for_build(
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress,
             "waiting for the start build (job status unknown)",
         ),
         (JobStatus::Succeeded, Transition::Start) => build_succeeded(next, lb),
@@ -518,7 +519,7 @@ fn owner_mismatch(
 fn follow_latest<'a>(mut next: Next<'a>, lb: &WorkspaceBuild) -> Result<Next<'a>, Box<Decision>> {
     let superseded = |next: Next<'_>| {
         Box::new(next.fail(
-            reasons::BUILD_SUPERSEDED,
+            Reason::BuildSuperseded,
             "another build (stop or delete) replaced the start build",
         ))
     };
@@ -558,7 +559,7 @@ fn wait_for_cancel(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
         "waiting for build #{} to finish canceling before starting",
         lb.build_number
     );
-    next.waiting_for_build(reasons::WAITING_FOR_CANCEL, &msg)
+    next.waiting_for_build(Reason::WaitingForCanceledBuild, &msg)
 }
 
 /// A build is pending, running or (ours) canceling: follow a start build, or wait for a stop
@@ -573,7 +574,7 @@ fn wait_for_build(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
             lb.build_number,
             j.as_str()
         );
-        return next.waiting_for_build(reasons::BUILD_IN_PROGRESS, &msg);
+        return next.waiting_for_build(Reason::BuildInProgress, &msg);
     }
     if next.st.build_requested_at.is_none() {
         next.st.build = Some(build_info(lb));
@@ -584,7 +585,7 @@ fn wait_for_build(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
         lb.build_number,
         j.as_str()
     );
-    next.waiting_for_build(reasons::WAITING_FOR_STOP, &msg)
+    next.waiting_for_build(Reason::WaitingForStopBuild, &msg)
 }
 
 /// The latest build is a succeeded start: on to the agent.
@@ -592,12 +593,7 @@ fn build_succeeded(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
     next.st.outcome.get_or_insert(Outcome::AlreadyRunning);
     next.st.build = Some(build_info(lb));
     let msg = format!("build #{} succeeded", lb.build_number);
-    next.cond(
-        types::BUILD_SUCCEEDED,
-        "True",
-        reasons::BUILD_SUCCEEDED,
-        &msg,
-    );
+    next.cond(types::BUILD_SUCCEEDED, "True", Reason::BuildSucceeded, &msg);
     decide_agent(next, lb)
 }
 
@@ -605,15 +601,15 @@ fn build_succeeded(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
 fn followed_build_ended(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
     next.st.build = Some(build_info(lb));
     let (reason, msg) = if lb.job.status == JobStatus::Canceled {
-        (reasons::BUILD_CANCELED, "build was canceled")
+        (Reason::BuildCanceled, "build was canceled")
     } else if lb.job.error_code.as_deref() == Some("INSUFFICIENT_QUOTA") {
         (
-            reasons::INSUFFICIENT_QUOTA,
+            Reason::InsufficientQuota,
             "Coder could not start this workspace because the owner's workspace quota is full",
         )
     } else {
         (
-            reasons::BUILD_FAILED,
+            Reason::BuildFailed,
             "workspace start build failed; see the build logs in Coder",
         )
     };
@@ -634,12 +630,12 @@ fn owner_gate<'a>(
             let check = Action::CheckOwner { owner: ws.owner_id };
             Err(Box::new(next.progressing(
                 phase,
-                reasons::PENDING,
+                Reason::Pending,
                 "checking that the chat owner is active",
                 check,
             )))
         }
-        OwnerState::Inactive(message) => Err(Box::new(next.fail(reasons::OWNER_INACTIVE, message))),
+        OwnerState::Inactive(message) => Err(Box::new(next.fail(Reason::OwnerInactive, message))),
         OwnerState::Unavailable(cause) => Err(Box::new(unavailable(next, cause))),
     }
 }
@@ -651,7 +647,7 @@ fn start(mut next: Next<'_>, ws: &Workspace, owner: &OwnerState) -> Decision {
     let input = next.input;
     if input.now >= next.build_deadline() {
         return next.fail(
-            reasons::BUILD_TIMEOUT,
+            Reason::BuildTimeout,
             "the workspace could not be started within spec.timeouts.build",
         );
     }
@@ -689,7 +685,7 @@ fn start(mut next: Next<'_>, ws: &Workspace, owner: &OwnerState) -> Decision {
     };
     next.progressing(
         Phase::Starting,
-        reasons::START_REQUESTED,
+        Reason::StartRequested,
         "requesting a start build",
         Action::StartBuild {
             workspace: ws.id,
@@ -727,7 +723,7 @@ fn decide_agent(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
                 status: "no_agent".into(),
                 ..AgentInfo::default()
             });
-            return next.ready(reasons::NO_AGENT, "workspace is running; it has no agent");
+            return next.ready(Reason::NoAgent, "workspace is running; it has no agent");
         }
         Ok(Some(a)) => a,
     };
@@ -740,21 +736,21 @@ fn decide_agent(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
     match agent.lifecycle_state.as_str() {
         "ready" if agent.status == "connected" => {
             let msg = format!("workspace is running and agent {:?} is ready", agent.name);
-            next.ready(reasons::READY, &msg)
+            next.ready(Reason::Ready, &msg)
         }
         "start_error" => next.fail(
-            reasons::AGENT_START_ERROR,
+            Reason::AgentStartError,
             "the agent's startup scripts failed (lifecycle start_error)",
         ),
         "start_timeout" => next.fail(
-            reasons::AGENT_TIMEOUT,
+            Reason::AgentTimeout,
             "the agent's startup scripts timed out (lifecycle start_timeout)",
         ),
         "created" | "starting" | "ready" => {
             let deadline = agent_deadline(&next);
             if input.now >= deadline {
                 return next.fail(
-                    reasons::AGENT_TIMEOUT,
+                    Reason::AgentTimeout,
                     "the agent did not become ready within spec.timeouts.agent",
                 );
             }
@@ -763,16 +759,11 @@ fn decide_agent(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
                 agent.name, agent.status, agent.lifecycle_state
             );
             let wait = next.wait(deadline);
-            next.progressing(
-                Phase::WaitingForAgent,
-                reasons::WAITING_FOR_AGENT,
-                &msg,
-                wait,
-            )
+            next.progressing(Phase::WaitingForAgent, Reason::WaitingForAgent, &msg, wait)
         }
         other => {
             let msg = format!("the agent is not starting (lifecycle {other})");
-            next.fail(reasons::AGENT_START_ERROR, &msg)
+            next.fail(Reason::AgentStartError, &msg)
         }
     }
 }

@@ -26,8 +26,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tokio::sync::Notify;
 
-use crate::api::conditions::{self, reasons, types};
+use crate::api::conditions::{self, types};
 use crate::api::crd::{Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
+use crate::api::reason::Reason;
 use crate::api::shard::Shard;
 use crate::operator::status::StatusWriter;
 use crate::operator::write_slots::{Priority, Required, WriteSlots};
@@ -75,7 +76,7 @@ pub fn pending(
             &mut st.conditions,
             type_,
             status,
-            reasons::PENDING,
+            Reason::Pending,
             message,
             generation,
             &now,
@@ -401,7 +402,7 @@ mod tests {
         assert!(!conditions::is_true(&st.conditions, types::STALLED));
         assert_eq!(
             conditions::ready_reason(&st.conditions),
-            Some(reasons::PENDING)
+            Some(Reason::Pending.as_str())
         );
         assert!(
             st.conditions

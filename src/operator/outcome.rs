@@ -5,7 +5,7 @@
 
 use uuid::Uuid;
 
-use crate::api::conditions::reasons;
+use crate::api::reason::Reason;
 use crate::coder::error::{bounded_text, human_bytes, or_none, with_fields, with_fields_or_detail};
 use crate::coder::{CoderError, OwnerAccount};
 use crate::operator::decide::{Observation, OwnerState};
@@ -19,7 +19,7 @@ pub enum Disposition {
     /// Coder's answer is final: fail the request at once.
     Fail {
         /// A reason from [`reasons`].
-        reason: &'static str,
+        reason: Reason,
         /// User-facing message (Coder's own message included, bounded; never a token).
         message: String,
     },
@@ -32,14 +32,14 @@ pub fn of_read(e: &CoderError) -> Disposition {
     match e {
         e if e.is_transient() => Disposition::Retry,
         CoderError::Unauthorized { message, .. } => fail(
-            reasons::CODER_UNAUTHORIZED,
+            Reason::CoderUnauthorized,
             format!(
                 "Coder rejected the session token (401): {}; check the token Secret",
                 or_none(message)
             ),
         ),
         CoderError::Forbidden { endpoint, message } => fail(
-            reasons::CODER_FORBIDDEN,
+            Reason::CoderForbidden,
             format!("Coder refused {endpoint} (403): {}", or_none(message)),
         ),
         CoderError::Invalid {
@@ -49,7 +49,7 @@ pub fn of_read(e: &CoderError) -> Disposition {
             validations,
             ..
         } => fail(
-            reasons::CODER_REQUEST_INVALID,
+            Reason::CoderRequestInvalid,
             format!(
                 "Coder refused {endpoint} ({status}): {}",
                 with_fields(message, validations)
@@ -58,7 +58,7 @@ pub fn of_read(e: &CoderError) -> Disposition {
         CoderError::NotFound { endpoint, message }
         | CoderError::Gone { endpoint, message }
         | CoderError::Conflict { endpoint, message } => fail(
-            reasons::CODER_REQUEST_INVALID,
+            Reason::CoderRequestInvalid,
             format!(
                 "Coder refused {endpoint} ({}): {}",
                 e.status_label(),
@@ -70,27 +70,27 @@ pub fn of_read(e: &CoderError) -> Disposition {
             status,
             message,
         } => fail(
-            reasons::CODER_RESPONSE_INVALID,
+            Reason::CoderResponseInvalid,
             format!(
                 "Coder answered {endpoint} with unexpected status {status}: {}",
                 or_none(message)
             ),
         ),
         CoderError::Decode { endpoint, detail } => fail(
-            reasons::CODER_RESPONSE_INVALID,
+            Reason::CoderResponseInvalid,
             format!(
                 "Coder's answer to {endpoint} is not the expected JSON: {}",
                 bounded_text(detail)
             ),
         ),
         CoderError::TooLarge { endpoint, limit } => fail(
-            reasons::CODER_RESPONSE_INVALID,
+            Reason::CoderResponseInvalid,
             format!(
                 "Coder's answer to {endpoint} is larger than {}",
                 human_bytes(*limit)
             ),
         ),
-        CoderError::Config(message) => fail(reasons::CODER_NOT_CONFIGURED, message.clone()),
+        CoderError::Config(message) => fail(Reason::CoderNotConfigured, message.clone()),
         // Transient ones are matched above.
         _ => Disposition::Retry,
     }
@@ -103,12 +103,11 @@ pub fn of_read(e: &CoderError) -> Disposition {
 fn of_start_build(e: &CoderError) -> Disposition {
     let fail = |reason, message| Disposition::Fail { reason, message };
     match e {
-        CoderError::NotFound { .. } | CoderError::Gone { .. } => fail(
-            reasons::WORKSPACE_DELETED,
-            "workspace was deleted".to_owned(),
-        ),
+        CoderError::NotFound { .. } | CoderError::Gone { .. } => {
+            fail(Reason::WorkspaceDeleted, "workspace was deleted".to_owned())
+        }
         CoderError::Forbidden { message, .. } => fail(
-            reasons::CODER_FORBIDDEN,
+            Reason::CoderForbidden,
             format!("Coder refused the start build (403): {}", or_none(message)),
         ),
         CoderError::Invalid {
@@ -118,7 +117,7 @@ fn of_start_build(e: &CoderError) -> Disposition {
             validations,
             ..
         } => fail(
-            reasons::BUILD_REJECTED,
+            Reason::BuildRejected,
             format!(
                 "Coder refused the start build ({status}): {}",
                 with_fields_or_detail(message, detail, validations)
@@ -138,7 +137,7 @@ pub fn read_failure(e: CoderError) -> Observation {
             }
         }
         Disposition::Fail { reason, message } => {
-            tracing::warn!(error = %e, reason, "Coder refused the request");
+            tracing::warn!(error = %e, %reason, "Coder refused the request");
             Observation::Failed { reason, message }
         }
     }
@@ -173,7 +172,7 @@ pub fn owner_state(
 /// `None` when it may have created the build after all (retry by re-reading). A 403 on a
 /// dormant workspace is older Coder refusing to wake it. A 409 is not covered here (the pass
 /// joins the active build).
-pub fn start_refusal(e: &CoderError, dormant: bool) -> Option<(&'static str, String)> {
+pub fn start_refusal(e: &CoderError, dormant: bool) -> Option<(Reason, String)> {
     if let (CoderError::Forbidden { message, .. }, true) = (e, dormant) {
         let coder = if message.is_empty() {
             "(no message)"
@@ -181,7 +180,7 @@ pub fn start_refusal(e: &CoderError, dormant: bool) -> Option<(&'static str, Str
             message
         };
         return Some((
-            reasons::WORKSPACE_DORMANT,
+            Reason::WorkspaceDormant,
             format!(
                 "the workspace is dormant and Coder refused to start it (403): {coder}; an administrator must wake it (current Coder wakes it on start)"
             ),
@@ -200,7 +199,7 @@ mod tests {
 
     const EP: &str = "/api/v2/users/{user}/workspace/{name}";
 
-    fn fail(e: &CoderError) -> (&'static str, String) {
+    fn fail(e: &CoderError) -> (Reason, String) {
         match of_read(e) {
             Disposition::Fail { reason, message } => (reason, message),
             Disposition::Retry => panic!("{e} is retried"),
@@ -222,12 +221,12 @@ mod tests {
             assert_eq!(of_read(e), Disposition::Retry, "{e}");
         }
         let failed = [
-            (400, reasons::CODER_REQUEST_INVALID),
-            (401, reasons::CODER_UNAUTHORIZED),
-            (403, reasons::CODER_FORBIDDEN),
-            (404, reasons::CODER_REQUEST_INVALID),
-            (302, reasons::CODER_RESPONSE_INVALID),
-            (418, reasons::CODER_RESPONSE_INVALID),
+            (400, Reason::CoderRequestInvalid),
+            (401, Reason::CoderUnauthorized),
+            (403, Reason::CoderForbidden),
+            (404, Reason::CoderRequestInvalid),
+            (302, Reason::CoderResponseInvalid),
+            (418, Reason::CoderResponseInvalid),
         ];
         for (status, reason) in failed {
             let e = CoderError::from_response(EP, status, None, br#"{"message":"m"}"#);
@@ -246,7 +245,7 @@ mod tests {
         assert_eq!(
             fail(&e),
             (
-                reasons::CODER_REQUEST_INVALID,
+                Reason::CoderRequestInvalid,
                 r#"Coder refused /api/v2/users/{user}/workspace/{name} (400): "user" must be an existing uuid or username."#.to_owned()
             )
         );
@@ -261,7 +260,7 @@ mod tests {
         assert_eq!(
             fail(&e),
             (
-                reasons::CODER_RESPONSE_INVALID,
+                Reason::CoderResponseInvalid,
                 "Coder's answer to /api/v2/workspaces/{id} is not the expected JSON: expected value at line 1 column 1".to_owned()
             )
         );
@@ -306,7 +305,7 @@ mod tests {
         assert_eq!(
             wsbuilder,
             Disposition::Fail {
-                reason: reasons::BUILD_REJECTED,
+                reason: Reason::BuildRejected,
                 message: r#"Coder refused the start build (400): Unable to validate parameter "region" (parameter validation failed required parameter value missing)"#.into()
             }
         );
@@ -319,7 +318,7 @@ mod tests {
         assert_eq!(
             bare,
             Disposition::Fail {
-                reason: reasons::BUILD_REJECTED,
+                reason: Reason::BuildRejected,
                 message: "Coder refused the start build (400): Invalid request.".into()
             }
         );
@@ -332,7 +331,7 @@ mod tests {
         assert_eq!(
             with,
             Disposition::Fail {
-                reason: reasons::BUILD_REJECTED,
+                reason: Reason::BuildRejected,
                 message: "Coder refused the start build (400): Validation failed.; fields: region"
                     .into()
             }
@@ -341,7 +340,7 @@ mod tests {
         assert_eq!(
             empty,
             Disposition::Fail {
-                reason: reasons::BUILD_REJECTED,
+                reason: Reason::BuildRejected,
                 message: "Coder refused the start build (400): (no message)".into()
             }
         );

@@ -11,6 +11,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::api::reason::Reason;
+
 use jiff::Timestamp;
 use uuid::Uuid;
 
@@ -31,8 +33,8 @@ pub enum PostOutcome {
     Conflict,
     /// Coder refused for good: fail with this reason and message.
     Refused {
-        /// A reason from [`crate::api::conditions::reasons`].
-        reason: &'static str,
+        /// A reason from [`crate::api::reason::Reason`].
+        reason: Reason,
         /// User-facing message (never a token).
         message: String,
     },

@@ -135,7 +135,7 @@ fn waiting_for_agent(succeeded_at: i64) -> WorkspaceStartRequestStatus {
         &mut st.conditions,
         types::BUILD_SUCCEEDED,
         "True",
-        reasons::BUILD_SUCCEEDED,
+        Reason::BuildSucceeded,
         "ok",
         Some(1),
         &Time(t(succeeded_at)),
@@ -267,51 +267,51 @@ fn every_branch() {
             "chat_not_found",
             Observation::ChatNotFound,
             Failed,
-            reasons::CHAT_NOT_FOUND,
+            Reason::ChatNotFound.as_str(),
             Finish,
         ),
         case(
             "chat_without_workspace",
             Observation::ChatHasNoWorkspace,
             Failed,
-            reasons::CHAT_HAS_NO_WORKSPACE,
+            Reason::ChatHasNoWorkspace.as_str(),
             Finish,
         ),
         case(
             "workspace_deleted",
             Observation::WorkspaceGone,
             Failed,
-            reasons::WORKSPACE_DELETED,
+            Reason::WorkspaceDeleted.as_str(),
             Finish,
         ),
         case(
             "bad_token",
             Observation::Failed {
-                reason: reasons::CODER_UNAUTHORIZED,
+                reason: Reason::CoderUnauthorized,
                 message: "Coder rejected the session token (401): x".into(),
             },
             Failed,
-            reasons::CODER_UNAUTHORIZED,
+            Reason::CoderUnauthorized.as_str(),
             Finish,
         ),
         case(
             "missing_secret",
             Observation::Failed {
-                reason: reasons::SECRET_NOT_FOUND,
+                reason: Reason::SecretNotFound,
                 message: "x".into(),
             },
             Failed,
-            reasons::SECRET_NOT_FOUND,
+            Reason::SecretNotFound.as_str(),
             Finish,
         ),
         case(
             "invalid_coder_answer_fails_at_once",
             Observation::Failed {
-                reason: reasons::CODER_RESPONSE_INVALID,
+                reason: Reason::CoderResponseInvalid,
                 message: "x".into(),
             },
             Failed,
-            reasons::CODER_RESPONSE_INVALID,
+            Reason::CoderResponseInvalid.as_str(),
             Finish,
         )
         .status(status_started_at(0))
@@ -319,21 +319,21 @@ fn every_branch() {
         case(
             "secret_unreadable_retries",
             Observation::Retrying {
-                reason: reasons::SECRET_UNREADABLE,
+                reason: Reason::SecretUnreadable,
                 message: "x".into(),
             },
             Pending,
-            reasons::SECRET_UNREADABLE,
+            Reason::SecretUnreadable.as_str(),
             Retry,
         ),
         case(
             "secret_unreadable_past_deadline",
             Observation::Retrying {
-                reason: reasons::SECRET_UNREADABLE,
+                reason: Reason::SecretUnreadable,
                 message: "x".into(),
             },
             Failed,
-            reasons::SECRET_UNREADABLE,
+            Reason::SecretUnreadable.as_str(),
             Finish,
         )
         .status(status_started_at(0))
@@ -343,14 +343,14 @@ fn every_branch() {
             "coder_down_retries",
             down(),
             Pending,
-            reasons::CODER_UNAVAILABLE,
+            Reason::CoderUnavailable.as_str(),
             Retry,
         ),
         case(
             "coder_down_past_deadline",
             down(),
             Failed,
-            reasons::CODER_UNAVAILABLE,
+            Reason::CoderUnavailable.as_str(),
             Finish,
         )
         .status(status_started_at(0))
@@ -359,7 +359,7 @@ fn every_branch() {
             "coder_down_while_waiting_for_agent",
             down(),
             WaitingForAgent,
-            reasons::CODER_UNAVAILABLE,
+            Reason::CoderUnavailable.as_str(),
             Retry,
         )
         .status(waiting_for_agent(500))
@@ -369,7 +369,7 @@ fn every_branch() {
             "owner_mismatch_spec",
             seen(build(1, T::Stop, J::Succeeded, vec![])),
             Failed,
-            reasons::OWNER_MISMATCH,
+            Reason::OwnerMismatch.as_str(),
             Finish,
         )
         .spec(owner_spec),
@@ -381,7 +381,7 @@ fn every_branch() {
                 owner: OwnerState::Unchecked,
             },
             Failed,
-            reasons::OWNER_MISMATCH,
+            Reason::OwnerMismatch.as_str(),
             Finish,
         ),
         // Current Coder wakes a dormant workspace on a start build (older: 403, see the
@@ -390,7 +390,7 @@ fn every_branch() {
             "dormant_workspace_is_started",
             seen_ws(dormant, OwnerState::Active),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         ),
         // The chat tool acts only for an active chat owner (asOwner), checked before a start.
@@ -398,7 +398,7 @@ fn every_branch() {
             "chat_owner_checked_first",
             seen_ws(workspace(stopped()), OwnerState::Unchecked),
             Pending,
-            reasons::PENDING,
+            Reason::Pending.as_str(),
             CheckOwner,
         ),
         // The newest tool checks the owner before it looks at the build at all.
@@ -409,7 +409,7 @@ fn every_branch() {
                 OwnerState::Unchecked,
             ),
             Pending,
-            reasons::PENDING,
+            Reason::Pending.as_str(),
             CheckOwner,
         ),
         case(
@@ -419,7 +419,7 @@ fn every_branch() {
                 OwnerState::Inactive("suspended".into()),
             ),
             Failed,
-            reasons::OWNER_INACTIVE,
+            Reason::OwnerInactive.as_str(),
             Finish,
         ),
         // A later pass (the chat read once) checks again only before a start build.
@@ -431,7 +431,7 @@ fn every_branch() {
                 owner: OwnerState::Unchecked,
             },
             Starting,
-            reasons::PENDING,
+            Reason::Pending.as_str(),
             CheckOwner,
         )
         .status(WorkspaceStartRequestStatus {
@@ -445,7 +445,7 @@ fn every_branch() {
                 OwnerState::Inactive("the chat owner \"bob\" is not active".into()),
             ),
             Failed,
-            reasons::OWNER_INACTIVE,
+            Reason::OwnerInactive.as_str(),
             Finish,
         ),
         case(
@@ -455,7 +455,7 @@ fn every_branch() {
                 OwnerState::Unavailable("HTTP 503 from /api/v2/users/{user}".into()),
             ),
             Pending,
-            reasons::CODER_UNAVAILABLE,
+            Reason::CoderUnavailable.as_str(),
             Retry,
         ),
         case(
@@ -466,7 +466,7 @@ fn every_branch() {
                 owner: OwnerState::Unchecked,
             },
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .status(following(2)),
@@ -478,7 +478,7 @@ fn every_branch() {
                 owner: OwnerState::Unchecked,
             },
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         )
         .spec(WorkspaceStartRequestSpec {
@@ -493,42 +493,42 @@ fn every_branch() {
             "stopped_starts",
             seen(build(1, T::Stop, J::Succeeded, vec![])),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         ),
         case(
             "failed_build_starts",
             seen(build(1, T::Start, J::Failed, vec![])),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         ),
         case(
             "canceled_build_starts",
             seen(build(1, T::Start, J::Canceled, vec![])),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         ),
         case(
             "unknown_job_starts",
             seen(build(1, T::Start, J::Unknown, vec![])),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         ),
         case(
             "failed_delete_starts",
             seen(build(1, T::Delete, J::Failed, vec![])),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         ),
         case(
             "pending_start_joins",
             seen(build(3, T::Start, J::Pending, vec![])),
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .outcome(Outcome::InProgress),
@@ -536,7 +536,7 @@ fn every_branch() {
             "running_start_joins",
             seen(build(3, T::Start, J::Running, vec![])),
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .outcome(Outcome::InProgress),
@@ -545,14 +545,14 @@ fn every_branch() {
             "canceling_build_is_awaited_not_adopted",
             seen(build(3, T::Start, J::Canceling, vec![])),
             Starting,
-            reasons::WAITING_FOR_CANCEL,
+            Reason::WaitingForCanceledBuild.as_str(),
             Requeue,
         ),
         case(
             "canceling_build_past_deadline",
             seen(build(3, T::Start, J::Canceling, vec![])),
             Failed,
-            reasons::BUILD_TIMEOUT,
+            Reason::BuildTimeout.as_str(),
             Finish,
         )
         .status(status_started_at(0))
@@ -561,7 +561,7 @@ fn every_branch() {
             "canceled_after_waiting_starts_once",
             seen(build(3, T::Start, J::Canceled, vec![])),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         )
         .status(WorkspaceStartRequestStatus {
@@ -572,7 +572,7 @@ fn every_branch() {
             "our_build_being_canceled_is_followed_to_its_end",
             seen(build(2, T::Start, J::Canceling, vec![])),
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .status(following(2))
@@ -582,7 +582,7 @@ fn every_branch() {
             "joined_after_a_conflict_is_in_progress",
             seen(build(2, T::Start, J::Pending, vec![])),
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .status(WorkspaceStartRequestStatus {
@@ -594,28 +594,28 @@ fn every_branch() {
             "running_stop_waits_then_starts",
             seen(build(3, T::Stop, J::Running, vec![])),
             Starting,
-            reasons::WAITING_FOR_STOP,
+            Reason::WaitingForStopBuild.as_str(),
             Requeue,
         ),
         case(
             "deleting_workspace_fails",
             seen(build(3, T::Delete, J::Running, vec![])),
             Failed,
-            reasons::WORKSPACE_DELETED,
+            Reason::WorkspaceDeleted.as_str(),
             Finish,
         ),
         case(
             "deleted_build_fails",
             seen(build(3, T::Delete, J::Succeeded, vec![])),
             Failed,
-            reasons::WORKSPACE_DELETED,
+            Reason::WorkspaceDeleted.as_str(),
             Finish,
         ),
         case(
             "already_running_ready",
             with_agents(ready_agent()),
             Ready,
-            reasons::READY,
+            Reason::Ready.as_str(),
             Finish,
         )
         .outcome(Outcome::AlreadyRunning),
@@ -623,7 +623,7 @@ fn every_branch() {
             "build_timeout",
             seen(build(3, T::Start, J::Running, vec![])),
             Failed,
-            reasons::BUILD_TIMEOUT,
+            Reason::BuildTimeout.as_str(),
             Finish,
         )
         .status(following(3))
@@ -633,7 +633,7 @@ fn every_branch() {
             "build_timeout_never_early",
             seen(build(3, T::Start, J::Running, vec![])),
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .status(following(3))
@@ -642,7 +642,7 @@ fn every_branch() {
             "stopped_after_deadline_fails",
             seen(build(1, T::Stop, J::Succeeded, vec![])),
             Failed,
-            reasons::BUILD_TIMEOUT,
+            Reason::BuildTimeout.as_str(),
             Finish,
         )
         .status(status_started_at(0))
@@ -652,7 +652,7 @@ fn every_branch() {
             "our_build_failed",
             failed_with(None),
             Failed,
-            reasons::BUILD_FAILED,
+            Reason::BuildFailed.as_str(),
             Finish,
         )
         .status(following(2)),
@@ -660,7 +660,7 @@ fn every_branch() {
             "our_build_quota",
             failed_with(Some("INSUFFICIENT_QUOTA")),
             Failed,
-            reasons::INSUFFICIENT_QUOTA,
+            Reason::InsufficientQuota.as_str(),
             Finish,
         )
         .status(following(2)),
@@ -668,7 +668,7 @@ fn every_branch() {
             "our_build_canceled",
             seen(build(2, T::Start, J::Canceled, vec![])),
             Failed,
-            reasons::BUILD_CANCELED,
+            Reason::BuildCanceled.as_str(),
             Finish,
         )
         .status(following(2)),
@@ -676,7 +676,7 @@ fn every_branch() {
             "joined_build_failed",
             failed_with(None),
             Failed,
-            reasons::BUILD_FAILED,
+            Reason::BuildFailed.as_str(),
             Finish,
         )
         .status(WorkspaceStartRequestStatus {
@@ -688,7 +688,7 @@ fn every_branch() {
             "our_build_job_unknown_waits",
             seen(build(2, T::Start, J::Unknown, vec![])),
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .status(following(2)),
@@ -696,7 +696,7 @@ fn every_branch() {
             "superseded_by_stop",
             seen(build(3, T::Stop, J::Pending, vec![])),
             Failed,
-            reasons::BUILD_SUPERSEDED,
+            Reason::BuildSuperseded.as_str(),
             Finish,
         )
         .status(following(2)),
@@ -704,7 +704,7 @@ fn every_branch() {
             "newer_start_build_is_followed",
             seen(build(3, T::Start, J::Running, vec![])),
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .status(following(2))
@@ -714,7 +714,7 @@ fn every_branch() {
             "crash_after_post_adopts_build",
             seen(build(2, T::Start, J::Running, vec![])),
             Starting,
-            reasons::BUILD_IN_PROGRESS,
+            Reason::BuildInProgress.as_str(),
             Requeue,
         )
         .status(requested_after(1))
@@ -723,7 +723,7 @@ fn every_branch() {
             "crash_after_post_build_done",
             with_agents(ready_agent()),
             Ready,
-            reasons::READY,
+            Reason::Ready.as_str(),
             Finish,
         )
         .status(requested_after(1))
@@ -732,7 +732,7 @@ fn every_branch() {
             "crash_before_post_requests_again",
             seen(build(1, T::Stop, J::Succeeded, vec![])),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         )
         .status(requested_after(1)),
@@ -740,7 +740,7 @@ fn every_branch() {
             "stop_build_won_race_waits",
             seen(build(2, T::Stop, J::Running, vec![])),
             Starting,
-            reasons::WAITING_FOR_STOP,
+            Reason::WaitingForStopBuild.as_str(),
             Requeue,
         )
         .status(requested_after(1)),
@@ -748,7 +748,7 @@ fn every_branch() {
             "stop_build_won_race_then_starts",
             seen(build(2, T::Stop, J::Succeeded, vec![])),
             Starting,
-            reasons::START_REQUESTED,
+            Reason::StartRequested.as_str(),
             Start,
         )
         .status(requested_after(1)),
@@ -757,7 +757,7 @@ fn every_branch() {
             "lost_post_then_stopped_fails",
             seen(build(3, T::Stop, J::Succeeded, vec![])),
             Failed,
-            reasons::BUILD_SUPERSEDED,
+            Reason::BuildSuperseded.as_str(),
             Finish,
         )
         .status(requested_after(1)),
@@ -766,49 +766,49 @@ fn every_branch() {
             "agent_connecting_waits",
             with_agents(vec![agent("main", "connecting", "created")]),
             WaitingForAgent,
-            reasons::WAITING_FOR_AGENT,
+            Reason::WaitingForAgent.as_str(),
             Requeue,
         ),
         case(
             "agent_starting_waits",
             with_agents(vec![agent("main", "connected", "starting")]),
             WaitingForAgent,
-            reasons::WAITING_FOR_AGENT,
+            Reason::WaitingForAgent.as_str(),
             Requeue,
         ),
         case(
             "agent_ready_but_disconnected_waits",
             with_agents(vec![agent("main", "disconnected", "ready")]),
             WaitingForAgent,
-            reasons::WAITING_FOR_AGENT,
+            Reason::WaitingForAgent.as_str(),
             Requeue,
         ),
         case(
             "agent_start_error",
             with_agents(vec![agent("main", "connected", "start_error")]),
             Failed,
-            reasons::AGENT_START_ERROR,
+            Reason::AgentStartError.as_str(),
             Finish,
         ),
         case(
             "agent_start_timeout",
             with_agents(vec![agent("main", "connected", "start_timeout")]),
             Failed,
-            reasons::AGENT_TIMEOUT,
+            Reason::AgentTimeout.as_str(),
             Finish,
         ),
         case(
             "agent_shutting_down",
             with_agents(vec![agent("main", "connected", "shutting_down")]),
             Failed,
-            reasons::AGENT_START_ERROR,
+            Reason::AgentStartError.as_str(),
             Finish,
         ),
         case(
             "agent_deadline",
             with_agents(vec![agent("main", "connecting", "created")]),
             Failed,
-            reasons::AGENT_TIMEOUT,
+            Reason::AgentTimeout.as_str(),
             Finish,
         )
         .status(waiting_for_agent(100))
@@ -818,7 +818,7 @@ fn every_branch() {
             "agent_timeout_never_early",
             with_agents(vec![agent("main", "connecting", "created")]),
             WaitingForAgent,
-            reasons::WAITING_FOR_AGENT,
+            Reason::WaitingForAgent.as_str(),
             Requeue,
         )
         .status(waiting_for_agent(100))
@@ -827,14 +827,14 @@ fn every_branch() {
             "no_agent_is_ready",
             with_agents(vec![]),
             Ready,
-            reasons::NO_AGENT,
+            Reason::NoAgent.as_str(),
             Finish,
         ),
         case(
             "only_sub_agents",
             with_agents(vec![sub.clone()]),
             Failed,
-            reasons::AGENT_SELECTION_ERROR,
+            Reason::AgentSelectionError.as_str(),
             Finish,
         ),
         case(
@@ -844,14 +844,14 @@ fn every_branch() {
                 agent("b-coderd-chat", "connected", "ready"),
             ]),
             Failed,
-            reasons::AGENT_SELECTION_ERROR,
+            Reason::AgentSelectionError.as_str(),
             Finish,
         ),
         case(
             "agent_name_not_found",
             with_agents(ready_agent()),
             Failed,
-            reasons::AGENT_NOT_FOUND,
+            Reason::AgentNotFound.as_str(),
             Finish,
         )
         .spec(WorkspaceStartRequestSpec {
@@ -985,7 +985,7 @@ fn conditions_follow_kstatus() {
         "x",
         with_agents(ready_agent()),
         Phase::Ready,
-        reasons::READY,
+        Reason::Ready.as_str(),
         Act::Finish,
     );
     let d = run(&c);
@@ -1002,7 +1002,7 @@ fn conditions_follow_kstatus() {
         "y",
         failed_with(Some("INSUFFICIENT_QUOTA")),
         Phase::Failed,
-        reasons::INSUFFICIENT_QUOTA,
+        Reason::InsufficientQuota.as_str(),
         Act::Finish,
     )
     .status(following(2));
@@ -1077,7 +1077,7 @@ fn queued_build_is_followed_as_our_own() {
     assert_eq!(d.status.outcome, Some(Outcome::Queued));
     assert_eq!(d.status.build.as_ref().map(|b| b.number), Some(2));
     assert_eq!(d.status.build_requested_at, st.build_requested_at);
-    assert_eq!(ready_reason(&d), reasons::BUILD_IN_PROGRESS);
+    assert_eq!(ready_reason(&d), Reason::BuildInProgress);
     assert!(conditions::is_true(
         &d.status.conditions,
         types::RECONCILING
