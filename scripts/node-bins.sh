@@ -9,6 +9,9 @@
 #   pause           tools/pause/pause.c, static (the pod sandbox process)
 #   wso-pause.oci.tar
 #                   the pause image (localhost/wso-pause:1) as an OCI archive for `ctr images import`
+#   wso-mcp-probe.oci.tar
+#                   localhost/wso-mcp-probe:1: tools/mcp-probe (a minimal MCP client, Go standard
+#                   library), the caller pod of the MCP test
 #   runc, CNI plugins (bridge, host-local, loopback, portmap), iptables
 #                   Debian packages runc, containernetworking-plugins, iptables; installed with
 #                   apt-get when missing (needs root, as the node itself does)
@@ -28,8 +31,8 @@ die() { log "$*"; exit 1; }
 . "$here/scripts/lib/go-build.sh"
 
 # The node's Kubernetes must be the control plane's.
-k8s_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$here/tools/k8s-bins/go.mod")
-node_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$here/tools/k8s-node-bins/go.mod")
+k8s_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3} $1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2}' "$here/tools/k8s-bins/go.mod" | head -1)
+node_version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3} $1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2}' "$here/tools/k8s-node-bins/go.mod" | head -1)
 [[ -n $k8s_version && $k8s_version == "$node_version" ]] ||
   die "tools/k8s-node-bins pins k8s.io/kubernetes $node_version, tools/k8s-bins $k8s_version: keep them equal"
 
@@ -50,7 +53,10 @@ k8s_ldflags="-X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/
 for cmd in kubelet kube-scheduler kube-proxy; do
   go_build_module "$cmd" "$here/tools/k8s-node-bins" "k8s.io/kubernetes/cmd/$cmd" "$bin/$cmd" "$k8s_ldflags"
 done
-ctd_version=$(awk '$1 == "require" && $2 == "github.com/containerd/containerd/v2" {print $3}' "$here/tools/containerd-bins/go.mod")
+# `require M v` or, inside a require block, `M v`.
+module_version() { awk -v m="$1" '$1 == "require" && $2 == m {print $3} $1 == m && $2 ~ /^v/ {print $2}' "$2" | head -1; }
+ctd_version=$(module_version github.com/containerd/containerd/v2 "$here/tools/containerd-bins/go.mod")
+[[ -n $ctd_version ]] || die "no containerd version in tools/containerd-bins/go.mod"
 for cmd in containerd containerd-shim-runc-v2 ctr; do
   go_build_module "$cmd" "$here/tools/containerd-bins" "github.com/containerd/containerd/v2/cmd/$cmd" "$bin/$cmd" \
     "-X github.com/containerd/containerd/v2/version.Version=${ctd_version#v}"
@@ -68,5 +74,15 @@ if ! go_fresh "$bin/wso-pause.oci.tar" "$pause_key"; then
   chmod 0755 "$bin/wso-pause.oci.tar"
   echo "$pause_key" > "$bin/wso-pause.oci.tar.key"
   rm -rf "$tmp"
+fi
+# The MCP caller's image; key: the probe binary's own key and the archive writer.
+go_build_module mcp-probe "$here/tools/mcp-probe" . "$bin/mcp-probe" ""
+probe_key=$(cat "$bin/mcp-probe.key" "$here/scripts/lib/oci-archive.py" | sha256sum | cut -c1-16)
+if ! go_fresh "$bin/wso-mcp-probe.oci.tar" "$probe_key"; then
+  log "building the MCP probe image"
+  python3 "$here/scripts/lib/oci-archive.py" "$bin/wso-mcp-probe.oci.tar" localhost/wso-mcp-probe:1 \
+    /mcp-probe "$bin/mcp-probe=/mcp-probe"
+  chmod 0755 "$bin/wso-mcp-probe.oci.tar"
+  echo "$probe_key" > "$bin/wso-mcp-probe.oci.tar.key"
 fi
 echo "$bin"
