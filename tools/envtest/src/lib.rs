@@ -30,6 +30,7 @@ mod error;
 mod etcd;
 mod kubeconfig;
 mod manifests;
+mod node;
 mod plane;
 mod ports;
 mod probe;
@@ -40,6 +41,9 @@ pub use binaries::locate_bin_dir;
 pub use controller_manager::CONTROLLERS;
 pub use error::Error;
 pub use manifests::crd_names_in;
+pub use node::{
+    BRIDGE, CGROUP_ROOT, NODE_BUILD_SCRIPT, NODE_IP, NODE_NAME, PAUSE_IMAGE, POD_SUBNET,
+};
 pub use plane::ControlPlane;
 
 /// Kubernetes version the binaries are built at (by `scripts/control-plane-bins.sh`).
