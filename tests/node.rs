@@ -223,8 +223,9 @@ impl Release {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "deployment {name} not rolled out to {replicas} in {T:?}: {s:?}\npods: {}\n{}",
+                    "deployment {name} not rolled out to {replicas} in {T:?}: {s:?}\npods: {}\n{}\n{}",
                     self.describe_pods().await,
+                    self.container_logs(),
                     self.node_log_tail()
                 );
             }
@@ -248,6 +249,41 @@ impl Release {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The tails of this namespace's container logs, as the kubelet wrote them
+    /// (`<podLogsDir>/<ns>_<pod>_<uid>/<container>/<n>.log`).
+    fn container_logs(&self) -> String {
+        let mut out = String::new();
+        let dir = self.plane.dir().join("pod-logs");
+        let Ok(pods) = std::fs::read_dir(&dir) else {
+            return out;
+        };
+        for pod in pods.flatten() {
+            let name = pod.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!("{}_", self.ns)) {
+                continue;
+            }
+            for container in std::fs::read_dir(pod.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for log in std::fs::read_dir(container.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                    out.push_str(&format!(
+                        "--- {name}/{} ---\n{}\n",
+                        container.file_name().to_string_lossy(),
+                        support::tail(&text, 20)
+                    ));
+                }
+            }
+        }
+        out
     }
 
     fn node_log_tail(&self) -> String {
@@ -306,9 +342,10 @@ impl Release {
                     serde_json::to_string_pretty(&w.status).unwrap_or_default()
                 ),
                 _ if Instant::now() > deadline => panic!(
-                    "request {ns}/{name} not Ready in {T:?}: {}\npods: {}",
+                    "request {ns}/{name} not Ready in {T:?}: {}\npods: {}\n{}",
                     serde_json::to_string_pretty(&w.status).unwrap_or_default(),
-                    self.describe_pods().await
+                    self.describe_pods().await,
+                    self.container_logs()
                 ),
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
@@ -713,8 +750,9 @@ async fn mcp_server_pod_is_called_from_another_namespace_with_a_projected_token(
     assert_eq!(
         terminated.exit_code,
         0,
-        "the MCP call failed: {message}\nMCP pods: {}",
-        r.describe_pods().await
+        "the MCP call failed: {message}\nMCP pods: {}\n{}",
+        r.describe_pods().await,
+        r.container_logs()
     );
     let result: serde_json::Value = serde_json::from_str(&message).expect("the tool's JSON");
     println!("MCP start_workspace from {caller_ns}: {result}");

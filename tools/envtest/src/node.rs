@@ -121,6 +121,14 @@ impl ControlPlane {
     ///
     /// Needs root and the binaries of [`NODE_BUILD_SCRIPT`]. One node per machine at a time.
     pub async fn start_with_node() -> Result<ControlPlane, Error> {
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::Command {
+                command: "ControlPlane::start_with_node".into(),
+                detail: "a node needs root (bridge, iptables, cgroups, mounts); see docs/node.md"
+                    .into(),
+            });
+        }
         let bin_dir = crate::locate_bin_dir()?;
         require(&bin_dir, NODE_BINARIES).map_err(|e| match e {
             Error::MissingBinaries { dir, missing } => Error::MissingNodeBinaries { dir, missing },
