@@ -134,8 +134,9 @@ impl ControlPlane {
             Error::MissingBinaries { dir, missing } => Error::MissingNodeBinaries { dir, missing },
             e => e,
         })?;
-        sweep_stale_node();
+        sweep_stale_node(&bin_dir);
         let sysctls = read_sysctls();
+        save_sysctls(&sysctls);
         setup_network()?;
         setup_cgroups()?;
         let plane = match ControlPlane::start_node_plane().await {
@@ -586,10 +587,32 @@ fn read_sysctls() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Where the sysctl values from before a node started are kept while it runs, so that the next
+/// start restores them after a crashed run (which could not).
+const SYSCTL_STATE: &str = "/run/wso-node.sysctls";
+
+fn save_sysctls(values: &[(String, String)]) {
+    let text: String = values.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let _ = fs::write(SYSCTL_STATE, text);
+}
+
+/// Restores `values` and forgets the saved copy.
 fn restore_sysctls(values: &[(String, String)]) {
     for (k, v) in values {
         let _ = fs::write(format!("/proc/sys/{k}"), v);
     }
+    let _ = fs::remove_file(SYSCTL_STATE);
+}
+
+/// The values a crashed run saved, if any.
+fn saved_sysctls() -> Vec<(String, String)> {
+    fs::read_to_string(SYSCTL_STATE)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| SYSCTLS.contains(k))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn guard_rules() -> [Vec<String>; 2] {
@@ -803,7 +826,7 @@ fn unescape_mount_path(s: &str) -> String {
 
 /// Removes what a crashed node run left: pods in the node's cgroups, shims of containerds under
 /// dead plane dirs, their mounts, the bridge, the guard rules and kube-proxy's chains.
-fn sweep_stale_node() {
+fn sweep_stale_node(bin_dir: &Path) {
     kill_cgroup_tree(Duration::from_secs(5));
     let base = std::env::temp_dir();
     if let Ok(entries) = fs::read_dir(&base) {
@@ -823,7 +846,11 @@ fn sweep_stale_node() {
         }
     }
     remove_cgroups();
+    let _ = Command::new(bin_dir.join("kube-proxy"))
+        .arg("--cleanup")
+        .output();
     teardown_network();
+    restore_sysctls(&saved_sysctls());
 }
 
 /// The node's log files that exist in `dir`, tails appended to `s`.
