@@ -5,7 +5,7 @@ export WSO_CACHE
 CRD := crds/workspacestartrequests.coder.com.yaml
 CHART_CRD := charts/workspace-start-operator/crds/workspacestartrequests.coder.com.yaml
 
-.PHONY: all build tools crd test unit e2e chart-test demo bench lint image
+.PHONY: all build tools node-tools crd test test-node unit e2e chart-test demo bench lint image
 
 all: build
 
@@ -16,6 +16,10 @@ build:
 ## tools: build kube-apiserver + etcd and fetch kubectl + helm into $(WSO_CACHE)/bin (once)
 tools:
 	scripts/control-plane-bins.sh >/dev/null
+
+## node-tools: build kubelet, kube-scheduler, kube-proxy, containerd and the pause image into $(WSO_CACHE)/bin (once)
+node-tools:
+	scripts/node-bins.sh >/dev/null
 
 ## crd: regenerate the CRD from the Rust types (checked in; tests fail on drift)
 crd:
@@ -30,6 +34,10 @@ image:
 test: tools image
 	cargo test --workspace --no-fail-fast
 	scripts/test-chart.sh
+
+## test-node: the chart's image as real pods under a real kubelet + containerd (root; docs/node.md)
+test-node: tools node-tools image
+	cargo test --test node -- --ignored --nocapture
 
 ## unit: fast tests only (no control plane)
 unit:

@@ -24,6 +24,25 @@ impl ControlPlane {
         let d = &self.guard.dir;
         let p = self.apiserver_port;
         let path = |f: &str| d.join(f).display().to_string();
+        if self.node {
+            // Pods reach kube-apiserver at the node's address through the `kubernetes` Service
+            // (its endpoint is the advertised address) and get projected ServiceAccount tokens.
+            return vec![
+                format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
+                "--bind-address=0.0.0.0".into(),
+                format!("--advertise-address={}", crate::node::NODE_IP),
+                format!("--secure-port={p}"),
+                format!("--cert-dir={}", path("pki")),
+                format!("--token-auth-file={}", path("tokens.csv")),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-issuer=https://127.0.0.1:{p}"),
+                format!("--service-account-signing-key-file={}", path("sa.key")),
+                format!("--service-account-key-file={}", path("sa.key")),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+                "--v=1".into(),
+            ];
+        }
         vec![
             format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port),
             "--bind-address=127.0.0.1".into(),

@@ -73,6 +73,15 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// [`CONTROLLERS`], plus the node's on a node plane.
+    fn controllers(&self) -> Vec<&'static str> {
+        let mut c = CONTROLLERS.to_vec();
+        if self.node {
+            c.extend_from_slice(crate::node::NODE_CONTROLLERS);
+        }
+        c
+    }
+
     fn controller_manager_args(&self, port: u16) -> Vec<String> {
         let kubeconfig = self.admin_kubeconfig().display().to_string();
         let path = |f: &str| self.guard.dir.join(f).display().to_string();
@@ -80,7 +89,7 @@ impl ControlPlane {
             format!("--kubeconfig={kubeconfig}"),
             format!("--authentication-kubeconfig={kubeconfig}"),
             format!("--authorization-kubeconfig={kubeconfig}"),
-            format!("--controllers={}", CONTROLLERS.join(",")),
+            format!("--controllers={}", self.controllers().join(",")),
             "--leader-elect=false".into(),
             "--use-service-account-credentials=false".into(),
             format!("--service-account-private-key-file={}", path("sa.key")),

@@ -18,6 +18,17 @@ pub enum Error {
         /// Names of the binaries not found there.
         missing: Vec<String>,
     },
+    /// A binary the node needs is missing from the binary directory.
+    #[error(
+        "node binaries missing in {dir}: {missing:?}; build them with `{}`",
+        crate::node::NODE_BUILD_SCRIPT
+    )]
+    MissingNodeBinaries {
+        /// The directory that was searched.
+        dir: PathBuf,
+        /// Names of the binaries not found there.
+        missing: Vec<String>,
+    },
     /// A filesystem operation failed.
     #[error("{context}: {source}")]
     Io {

@@ -44,6 +44,9 @@ pub struct ControlPlane {
     startup: Duration,
     /// Set once kube-controller-manager runs (started at most once per plane).
     pub(crate) controller_manager: OnceCell<()>,
+    /// Whether the plane is made for a node ([`ControlPlane::start_with_node`]): kube-apiserver
+    /// reachable from pods, ServiceAccount admission, the node's controllers.
+    pub(crate) node: bool,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -75,7 +78,7 @@ impl ControlPlane {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Self::start_once(&bin_dir).await {
+            match Self::start_once(&bin_dir, false).await {
                 Err(Error::PortInUse { process }) if attempt < START_ATTEMPTS => {
                     tracing::warn!(
                         "envtest: {process} lost a port race, retrying (attempt {attempt})"
@@ -109,7 +112,7 @@ impl ControlPlane {
             .await
     }
 
-    async fn start_once(bin_dir: &Path) -> Result<ControlPlane, Error> {
+    pub(crate) async fn start_once(bin_dir: &Path, node: bool) -> Result<ControlPlane, Error> {
         let t0 = Instant::now();
         let dir = new_run_dir()?;
         let guard = Guard::new(dir.clone());
@@ -132,6 +135,7 @@ impl ControlPlane {
             })?),
             startup: Duration::ZERO,
             controller_manager: OnceCell::new(),
+            node,
         };
         cp.spawn_apiserver().await?;
         cp.wait_apiserver_ready().await?;
@@ -190,9 +194,15 @@ impl ControlPlane {
         &self.admin_kubeconfig
     }
 
-    /// `https://127.0.0.1:<port>` of kube-apiserver.
+    /// `https://127.0.0.1:<port>` of kube-apiserver (`https://localhost:<port>` on a node plane,
+    /// whose self-signed serving certificate names the node's address and `localhost`, not
+    /// 127.0.0.1).
     pub fn server_url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.apiserver_port)
+        if self.node {
+            format!("https://localhost:{}", self.apiserver_port)
+        } else {
+            format!("https://127.0.0.1:{}", self.apiserver_port)
+        }
     }
 
     /// `http://127.0.0.1:<port>` of etcd (its v3 JSON gateway too), for tests that must put

@@ -27,6 +27,8 @@ pub(crate) struct Guard {
     pub(crate) etcd: Mutex<Option<Proc>>,
     pub(crate) apiserver: Mutex<Option<Proc>>,
     pub(crate) controller_manager: Mutex<Option<Proc>>,
+    /// The node, on a plane started with [`crate::ControlPlane::start_with_node`].
+    pub(crate) node: crate::node::NodeSlot,
     torn_down: AtomicBool,
 }
 
@@ -39,6 +41,7 @@ impl Guard {
             etcd: Mutex::new(None),
             apiserver: Mutex::new(None),
             controller_manager: Mutex::new(None),
+            node: Mutex::new(None),
             torn_down: AtomicBool::new(false),
         }
     }
@@ -49,6 +52,18 @@ impl Guard {
     pub(crate) fn teardown(&self, grace: Duration, blocking_locks: bool) {
         if self.torn_down.swap(true, Ordering::SeqCst) {
             return;
+        }
+        // The node first: its kubelet and kube-proxy are clients of the API server, and its pods
+        // are not children of this process.
+        let node = if blocking_locks {
+            self.node.lock().ok()
+        } else {
+            self.node.try_lock().ok()
+        };
+        if let Some(mut g) = node
+            && let Some(n) = g.as_mut()
+        {
+            n.teardown(grace);
         }
         for m in [&self.controller_manager, &self.apiserver, &self.etcd] {
             let guard = if blocking_locks {
@@ -82,6 +97,7 @@ impl Guard {
                 let _ = writeln!(s, "--- {name}.log ---\n{}", log_tail(&log, 30));
             }
         }
+        crate::node::append_log_tails(&self.dir, &mut s);
         s
     }
 }

@@ -28,6 +28,10 @@ enum Cmd {
         /// Apply every *.yaml in this directory and wait until the CRDs are served.
         #[arg(long)]
         crds: Option<PathBuf>,
+        /// Also run a real node (kube-scheduler, containerd, kubelet, kube-proxy; needs root and
+        /// scripts/node-bins.sh), see docs/node.md.
+        #[arg(long)]
+        node: bool,
     },
 }
 
@@ -40,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let Cli {
-        cmd: Cmd::Up { dir, crds },
+        cmd: Cmd::Up { dir, crds, node },
     } = Cli::parse();
 
     // Install the handlers before starting so an early Ctrl-C still tears down.
@@ -51,7 +55,9 @@ async fn main() -> anyhow::Result<()> {
     let dir = fs::canonicalize(&dir).with_context(|| format!("resolving {}", dir.display()))?;
 
     let plane = tokio::select! {
-        r = ControlPlane::start() => r.context("starting the control plane")?,
+        r = async {
+            if node { ControlPlane::start_with_node().await } else { ControlPlane::start().await }
+        } => r.context("starting the control plane")?,
         _ = sigint.recv() => return Ok(()),
         _ = sigterm.recv() => return Ok(()),
     };
