@@ -30,7 +30,7 @@ use opproc::eventually;
 use serde_json::json;
 use support::{ControlPlaneBins, repo};
 use tokio::sync::OnceCell;
-use workspace_start_operator::crd::{Phase, WorkspaceStartRequest};
+use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 /// Every wait is for a condition, bounded by this (pods start in seconds; 2 busy cores).
 const T: Duration = Duration::from_secs(180);
