@@ -5,7 +5,7 @@ export WSO_CACHE
 CRD := crds/workspacestartrequests.coder.com.yaml
 CHART_CRD := charts/workspace-start-operator/crds/workspacestartrequests.coder.com.yaml
 
-.PHONY: all build tools node-tools crd test test-node unit e2e chart-test demo bench lint image
+.PHONY: all build tools node-tools crd test test-node unit demo bench lint image
 
 all: build
 
@@ -39,9 +39,11 @@ test: tools image
 test-node: tools node-tools image
 	cargo test --test node -- --ignored --nocapture
 
-## unit: fast tests only (no control plane)
+## unit: every test that needs no control plane: unit tables, property tests, CRD drift, the
+## Coder contract fixtures and coder-sim's own tests
 unit:
-	cargo test --lib --bins
+	cargo test --lib --bins --test decide_properties --test crd_drift --test coder_contract
+	cargo test -p coder-sim
 
 ## demo: local control plane + coder-sim + operator + sample requests, until Ready
 demo: tools
