@@ -91,6 +91,9 @@ pub mod reasons {
     pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
     /// Failure: the operator hit an internal error (a panic) while reconciling this request.
     pub const INTERNAL_ERROR: &str = "InternalError";
+    /// Refusal of an MCP tool call (no request was created or read): the caller already has as
+    /// many calls in flight as the MCP server allows one caller.
+    pub const TOO_MANY_CALLS: &str = "TooManyCalls";
 }
 
 /// Sets (or replaces) a condition by type, keeping `lastTransitionTime` when the status did not

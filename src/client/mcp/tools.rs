@@ -304,13 +304,12 @@ impl Server {
     ) -> Answer {
         let namespace = request.metadata.namespace.clone().unwrap_or_default();
         let name = request.metadata.name.clone().unwrap_or_default();
-        let api: Api<WorkspaceStartRequest> = Api::namespaced(self.client.clone(), &namespace);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let forwarder = context
             .meta
             .get_progress_token()
             .map(|token| tokio::spawn(forward_progress(context.peer.clone(), token, rx)));
-        let following = track::follow(api, request, timeout, |_, p| {
+        let following = self.watches.follow(request, timeout, |_, p| {
             let _ = tx.send(p.clone());
         });
         let followed = tokio::select! {
