@@ -54,6 +54,23 @@ pub struct Limits {
     pub max_calls: usize,
 }
 
+/// Pending connections the kernel queues for [`serve`] to accept (capped by the system's
+/// `net.core.somaxconn`). A burst of new connections beyond the queue is not refused by the
+/// kernel: the clients believe they are connected while the server never sees them.
+const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`BACKLOG`] pending connections.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets open
 /// connections finish (at most [`SHUTDOWN_GRACE`]).
 pub async fn serve(

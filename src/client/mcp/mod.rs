@@ -217,7 +217,7 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         limits,
         &metrics,
     );
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = listener::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, audience = %args.audience, ?limits, "serving MCP at {ENDPOINT}");
     client.apiserver_version().await?;
     health.set_ready(true);
