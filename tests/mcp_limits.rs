@@ -630,3 +630,45 @@ async fn a_body_trickling_one_byte_every_five_seconds_is_cut_within_the_default_
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_call_whose_request_is_deleted_ends_with_not_found_on_the_shared_watch() {
+    let w = World::new("mcp-watch-delete", &[]).await;
+    let bot = w.caller("chat-bot").await;
+    let (http, url) = (reqwest::Client::new(), w.url());
+    let waiting = {
+        let (http, url, bot) = (http.clone(), url.clone(), bot.clone());
+        tokio::spawn(async move {
+            call(&http, &url, &bot, "start_workspace", waiting_start("2m")).await
+        })
+    };
+    let deadline = Instant::now() + T;
+    while w.metric("workspace_start_operator_mcp_waiting_calls").await < 1.0 {
+        assert!(Instant::now() < deadline, "the call never waited");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests = w
+        .env
+        .wsrs()
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items;
+    assert_eq!(requests.len(), 1);
+    let name = requests[0].metadata.name.clone().expect("name");
+    w.env.delete(&name).await;
+    let (status, msg) = tokio::time::timeout(T, waiting)
+        .await
+        .expect("the call ended after the delete")
+        .expect("task");
+    assert_eq!(status, 200, "{msg}");
+    let result = &msg["result"]["structuredContent"];
+    assert_eq!(result["reason"], "NotFound", "{msg}");
+    assert!(
+        result["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("{name} was deleted before it finished")),
+        "{msg}"
+    );
+}

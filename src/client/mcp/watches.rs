@@ -99,14 +99,6 @@ impl Watches {
         }
     }
 
-    /// Namespaces with a watch open now.
-    pub fn open(&self) -> usize {
-        lock(&self.registry)
-            .values()
-            .filter(|w| w.strong_count() > 0)
-            .count()
-    }
-
     /// Joins the namespace's watch, starting it if no one waits there yet.
     fn join(&self, namespace: &str) -> (Arc<NamespaceWatch>, broadcast::Receiver<Change>) {
         let mut map = lock(&self.registry);
