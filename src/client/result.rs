@@ -68,7 +68,7 @@ pub struct StartResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The Ready condition's reason (stable, CamelCase), or why the call was refused
-    /// (`Forbidden`, `RateLimited`, `NotFound`).
+    /// (`Forbidden`, `RateLimited`, `TooManyCalls`, `NotFound`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Human-readable explanation.

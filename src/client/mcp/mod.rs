@@ -121,8 +121,13 @@ impl ServerHandler for Server {
             Ok(slot) => slot,
             Err(message) => {
                 self.metrics.limited("calls_per_caller");
-                self.metrics.call(&request.name, "too_many_calls", 0.0);
-                tracing::info!(tool = %request.name, caller = %caller.username, "too many calls in flight");
+                // The tool name is the caller's: only known names become a metric label.
+                let tool = match &*request.name {
+                    name @ (tools::START_WORKSPACE | tools::GET_WORKSPACE_START) => name,
+                    _ => "unknown",
+                };
+                self.metrics.call(tool, "too_many_calls", 0.0);
+                tracing::info!(tool, caller = %caller.username, "too many calls in flight");
                 let result = StartResult::refused(reasons::TOO_MANY_CALLS, message, None);
                 let value = serde_json::to_value(&result).unwrap_or_default();
                 return Ok(rmcp::model::CallToolResult::structured_error(value).into());
