@@ -13,6 +13,9 @@
 #                             deployment and shard s1): wall time, CPU and RSS per process
 #   BENCH_CHAOS=1             also N=1000 under faults (operator SIGKILLed every 5 s, API
 #                             server restarted once)
+#   BENCH_MCP_WAITS=200       MCP server: tool calls waiting at once (RSS per waiting call,
+#                             connections to the API server) and a junk-token flood (0 = skip)
+#   BENCH_MCP_ONLY=1          only the MCP run
 #   BENCH_OPERATOR_ARGS=...   extra operator flags, e.g. "--concurrency=32"
 #   BENCH_ARGS=...            extra wso-bench flags, e.g. "--running-ms 2000" (see --help)
 set -euo pipefail

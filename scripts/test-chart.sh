@@ -94,6 +94,10 @@ check "reject: coder.allowedUrls entry that is no http(s) URL prefix" reject "/c
   --set coder.existingSecret=s --set 'coder.allowedUrls[0]=169.254.169.254'
 check "reject: mcp.shard that is no label value" reject "/mcp/shard" "${url[@]}" \
   --set coder.existingSecret=s --set mcp.shard=GPU
+check "reject: mcp.limits.maxBodyBytes below 1 KiB" reject "/mcp/limits/maxBodyBytes" "${url[@]}" \
+  --set coder.existingSecret=s --set mcp.enabled=true --set mcp.limits.maxBodyBytes=100
+check "reject: mcp.limits.idleTimeout that is no Go duration" reject "/mcp/limits/idleTimeout" "${url[@]}" \
+  --set coder.existingSecret=s --set mcp.enabled=true --set mcp.limits.idleTimeout=soon
 check "reject: secretNamespaces outside watchNamespaces" reject "is not in watchNamespaces" "${url[@]}" \
   --set coder.existingSecret=s --set 'watchNamespaces={a}' --set 'rbac.secretNamespaces={b}'
 check "reject: ServiceMonitor interval that is not a Prometheus duration" reject "/serviceMonitor/interval" "${url[@]}" \

@@ -23,6 +23,32 @@ const QUOTA_NEXT_STEPS: [&str; 2] = [
 ];
 
 /// The result of starting a workspace through a `WorkspaceStartRequest`.
+/// Why a tool call or command was refused before it had a request's result: the client side's
+/// own reasons, beside the request's condition reasons ([`crate::api::reason::Reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The caller may not create or read requests in the namespace.
+    Forbidden,
+    /// The caller sent calls faster than its rate allows.
+    RateLimited,
+    /// The caller has as many calls in flight as it may.
+    TooManyCalls,
+    /// The request does not exist (or was deleted while the call waited).
+    NotFound,
+}
+
+impl Refusal {
+    /// The reason as the result carries it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Forbidden => "Forbidden",
+            Refusal::RateLimited => "RateLimited",
+            Refusal::TooManyCalls => "TooManyCalls",
+            Refusal::NotFound => "NotFound",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct StartResult {
     /// True once the workspace was started (Ready, or Failed only because of its agent), as in
@@ -68,7 +94,7 @@ pub struct StartResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The Ready condition's reason (stable, CamelCase), or why the call was refused
-    /// (`Forbidden`, `RateLimited`, `NotFound`).
+    /// (`Forbidden`, `RateLimited`, `TooManyCalls`, `NotFound`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Human-readable explanation.
@@ -117,14 +143,14 @@ impl StartResult {
 
     /// A call refused before any request was created or read.
     pub fn refused(
-        reason: &str,
+        reason: Refusal,
         message: impl Into<String>,
         namespace: Option<&str>,
     ) -> StartResult {
         let message = message.into();
         StartResult {
             error: Some(message.clone()),
-            reason: Some(reason.to_owned()),
+            reason: Some(reason.as_str().to_owned()),
             message: Some(message),
             namespace: namespace.map(str::to_owned),
             ..Default::default()
@@ -376,7 +402,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_reason_and_create_nothing() {
-        let r = StartResult::refused("Forbidden", "may not create", Some("team-a"));
+        let r = StartResult::refused(Refusal::Forbidden, "may not create", Some("team-a"));
         assert!(r.is_failure() && !r.started && r.name.is_none());
         assert_eq!(json_of(&r)["reason"], "Forbidden");
     }

@@ -14,8 +14,8 @@ use crate::process::http::Exposition;
 pub struct CallLabels {
     /// `start_workspace` or `get_workspace_start`.
     pub tool: String,
-    /// `ready`, `failed`, `in_progress`, `timeout`, `forbidden`, `rate_limited`, `not_found`,
-    /// `invalid_arguments` or `error`.
+    /// `ready`, `failed`, `in_progress`, `timeout`, `forbidden`, `rate_limited`,
+    /// `too_many_calls`, `not_found`, `invalid_arguments` or `error`.
     pub outcome: &'static str,
 }
 
@@ -29,9 +29,41 @@ pub struct ToolLabels {
 /// `{reason}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
-    /// `missing_token`, `invalid_token` or `review_error`.
+    /// One of [`AUTH_FAILURE_REASONS`].
     pub reason: &'static str,
 }
+
+/// Why a request was refused before any tool ran.
+pub const AUTH_FAILURE_REASONS: [&str; 5] = [
+    "missing_token",
+    "invalid_token",
+    "oversized_token",
+    "review_error",
+    "source_rate_limited",
+];
+
+/// `{result}` of a TokenReview sent to the API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// `authenticated`, `unauthenticated` or `error`.
+    pub result: &'static str,
+}
+
+/// `{limit}` that refused a call or a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `calls_per_caller`, `calls`, `connections`, `body_size` or `body_timeout`.
+    pub limit: &'static str,
+}
+
+/// The limits counted by [`McpMetrics::limited`].
+pub const LIMITS: [&str; 5] = [
+    "calls_per_caller",
+    "calls",
+    "connections",
+    "body_size",
+    "body_timeout",
+];
 
 /// Tool calls, their duration, and refused requests.
 pub struct McpMetrics {
@@ -44,6 +76,18 @@ pub struct McpMetrics {
     pub in_flight: Gauge,
     /// `workspace_start_operator_mcp_auth_failures_total{reason}`.
     pub auth_failures: Family<AuthLabels, Counter>,
+    /// `workspace_start_operator_mcp_token_reviews_total{result}`: TokenReviews sent (cache
+    /// misses only).
+    pub token_reviews: Family<ReviewLabels, Counter>,
+    /// `workspace_start_operator_mcp_limited_total{limit}`: calls, requests and connections
+    /// refused by a limit.
+    pub limited: Family<LimitLabels, Counter>,
+    /// `workspace_start_operator_mcp_connections`: open client connections.
+    pub connections: Gauge,
+    /// `workspace_start_operator_mcp_shared_watches`: namespaces with a shared watch open.
+    pub shared_watches: Gauge,
+    /// `workspace_start_operator_mcp_waiting_calls`: tool calls waiting on a shared watch.
+    pub waiting_calls: Gauge,
 }
 
 impl Default for McpMetrics {
@@ -84,15 +128,56 @@ impl McpMetrics {
             "MCP requests refused before any tool ran, by reason",
             auth_failures.clone(),
         );
-        for reason in ["missing_token", "invalid_token", "review_error"] {
+        for reason in AUTH_FAILURE_REASONS {
             let _ = auth_failures.get_or_create(&AuthLabels { reason });
         }
+        let token_reviews = Family::<ReviewLabels, Counter>::default();
+        registry.register(
+            "workspace_start_operator_mcp_token_reviews",
+            "TokenReviews sent to the API server (tokens not answered from the cache)",
+            token_reviews.clone(),
+        );
+        for result in ["authenticated", "unauthenticated", "error"] {
+            let _ = token_reviews.get_or_create(&ReviewLabels { result });
+        }
+        let limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "workspace_start_operator_mcp_limited",
+            "Tool calls, requests and connections refused by a limit",
+            limited.clone(),
+        );
+        for limit in LIMITS {
+            let _ = limited.get_or_create(&LimitLabels { limit });
+        }
+        let connections = Gauge::default();
+        registry.register(
+            "workspace_start_operator_mcp_connections",
+            "Open client connections to the MCP port",
+            connections.clone(),
+        );
+        let shared_watches = Gauge::default();
+        registry.register(
+            "workspace_start_operator_mcp_shared_watches",
+            "Namespaces whose requests are watched for waiting tool calls (one watch each)",
+            shared_watches.clone(),
+        );
+        let waiting_calls = Gauge::default();
+        registry.register(
+            "workspace_start_operator_mcp_waiting_calls",
+            "Tool calls waiting for a request on a shared watch",
+            waiting_calls.clone(),
+        );
         McpMetrics {
             registry,
             calls,
             duration,
             in_flight,
             auth_failures,
+            token_reviews,
+            limited,
+            connections,
+            shared_watches,
+            waiting_calls,
         }
     }
 
@@ -101,6 +186,18 @@ impl McpMetrics {
         self.auth_failures
             .get_or_create(&AuthLabels { reason })
             .inc();
+    }
+
+    /// Counts one TokenReview sent, by `result`.
+    pub fn token_review(&self, result: &'static str) {
+        self.token_reviews
+            .get_or_create(&ReviewLabels { result })
+            .inc();
+    }
+
+    /// Counts one refusal by `limit` (one of [`LIMITS`]).
+    pub fn limited(&self, limit: &'static str) {
+        self.limited.get_or_create(&LimitLabels { limit }).inc();
     }
 
     /// Records one finished tool call.

@@ -4,12 +4,16 @@
 //! `kubectl get wsr`, is covered by RBAC and audited. Stateless (no MCP sessions), so replicas
 //! behind one Service need no affinity.
 //!
-//! Layout: [`auth`] (TokenReview middleware, SubjectAccessReview, per-caller rate limit),
-//! [`tools`] (the two tools), [`metrics`] (what `/metrics` serves).
+//! Layout: [`auth`] (TokenReview middleware with its cache and per-address limit,
+//! SubjectAccessReview, per-caller rate limit and call cap), [`listener`] (connection cap,
+//! timeouts, body limit, cap of calls in flight), [`watches`] (one shared watch per namespace for
+//! waiting calls), [`tools`] (the two tools), [`metrics`] (what `/metrics` serves).
 
 pub mod auth;
+pub mod listener;
 pub mod metrics;
 pub mod tools;
+pub mod watches;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,9 +31,13 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use tokio_util::sync::CancellationToken;
 
-use self::auth::{Authenticator, CallLimit, Caller};
+use self::auth::{AuthSettings, Authenticator, CallLimit, CallSlots, Caller};
+use self::listener::{BodyBounds, CallCap, Limits};
 use self::metrics::McpMetrics;
+use self::watches::Watches;
+
 use crate::cli::mcp::McpArgs;
+use crate::client::result::{Refusal, StartResult};
 use crate::process::http::Health;
 
 /// Path of the MCP endpoint.
@@ -68,6 +76,8 @@ pub struct Server {
     client: kube::Client,
     settings: Arc<Settings>,
     limit: Arc<CallLimit>,
+    slots: Arc<CallSlots>,
+    watches: Arc<Watches>,
     metrics: Arc<McpMetrics>,
 }
 
@@ -107,6 +117,22 @@ impl ServerHandler for Server {
             .and_then(|parts| parts.extensions.get::<Caller>())
             .cloned()
             .ok_or_else(|| ErrorData::internal_error("request was not authenticated", None))?;
+        let _slot = match self.slots.enter(&caller) {
+            Ok(slot) => slot,
+            Err(message) => {
+                self.metrics.limited("calls_per_caller");
+                // The tool name is the caller's: only known names become a metric label.
+                let tool = match &*request.name {
+                    name @ (tools::START_WORKSPACE | tools::GET_WORKSPACE_START) => name,
+                    _ => "unknown",
+                };
+                self.metrics.call(tool, "too_many_calls", 0.0);
+                tracing::info!(tool, caller = %caller.username, "too many calls in flight");
+                let result = StartResult::refused(Refusal::TooManyCalls, message, None);
+                let value = serde_json::to_value(&result).unwrap_or_default();
+                return Ok(rmcp::model::CallToolResult::structured_error(value).into());
+            }
+        };
         let args = request.arguments.clone();
         self.call(&request.name, args, &caller, context)
             .await
@@ -144,7 +170,9 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         shard: args.shard.clone(),
     };
     let shutdown = crate::process::shutdown_signal().boxed().shared();
-    let client = kube::Client::try_default().await?;
+    // HTTP/2 when the API server offers it: TokenReviews, SubjectAccessReviews and the shared
+    // watches of every call go over one connection.
+    let client = crate::process::kube_client::connect().await?;
     let metrics = Arc::new(McpMetrics::new());
     let health = Health::default();
     let exposition: Arc<dyn crate::process::http::Exposition> = metrics.clone();
@@ -161,21 +189,45 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         client: client.clone(),
         settings: Arc::new(settings),
         limit,
+        slots: Arc::new(CallSlots::new(args.max_calls_per_caller.get() as usize)),
+        watches: Arc::new(Watches::new(client.clone(), Arc::clone(&metrics))),
         metrics: Arc::clone(&metrics),
     };
     // Cancelled on shutdown: ends in-flight tool calls (their requests go on; callers can read
     // them with get_workspace_start) so the process stops within its grace period.
     let cancel = CancellationToken::new();
-    let auth = Authenticator::new(client.clone(), audience, metrics);
-    let app = router(server, auth, &args.allowed_hosts, cancel.clone());
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, audience = %args.audience, "serving MCP at {ENDPOINT}");
+    let auth = Authenticator::new(
+        client.clone(),
+        AuthSettings {
+            audience,
+            valid_ttl: args.token_cache_ttl,
+            reviews_per_minute: args.reviews_per_minute_per_address,
+            review_burst: args.review_burst_per_address,
+        },
+        Arc::clone(&metrics),
+    );
+    auth.spawn_cleanup();
+    let limits = Limits {
+        max_connections: args.max_connections.get() as usize,
+        idle_timeout: args.idle_timeout,
+        body_timeout: args.body_timeout,
+        max_body_bytes: args.max_body_bytes as usize,
+        max_calls: args.max_calls.get() as usize,
+    };
+    let app = router(
+        server,
+        auth,
+        &args.allowed_hosts,
+        cancel.clone(),
+        limits,
+        &metrics,
+    );
+    let listener = listener::bind(args.listen)?;
+    tracing::info!(addr = %listener.local_addr()?, audience = %args.audience, ?limits, "serving MCP at {ENDPOINT}");
     client.apiserver_version().await?;
     health.set_ready(true);
     let stop = shutdown.clone().map(move |()| cancel.cancel());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await?;
+    listener::serve(listener, app, limits, metrics, stop).await?;
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     Ok(())
 }
@@ -186,6 +238,8 @@ fn router(
     auth: Authenticator,
     allowed_hosts: &[String],
     cancel: CancellationToken,
+    limits: Limits,
+    metrics: &Arc<McpMetrics>,
 ) -> Router {
     let hosts = crate::cli::non_empty(allowed_hosts);
     let mut config = StreamableHttpServerConfig::default()
@@ -202,10 +256,20 @@ fn router(
         Arc::new(NeverSessionManager::default()),
         config,
     );
+    // Outermost first: the cap of calls in flight, the token check (from headers alone), then the
+    // body (read in full, bounded in size and time) for the MCP service.
     Router::new()
         .nest_service(ENDPOINT, service)
         .layer(axum::middleware::from_fn_with_state(
+            BodyBounds::new(limits, Arc::clone(metrics)),
+            listener::bound_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             auth,
             auth::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            CallCap::new(limits.max_calls, Arc::clone(metrics)),
+            listener::cap_calls,
         ))
 }

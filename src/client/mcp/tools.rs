@@ -20,7 +20,7 @@ use super::Server;
 use super::auth::{self, Caller};
 use crate::api::crd::WorkspaceStartRequest;
 use crate::api::duration::parse_duration;
-use crate::client::result::{StartResult, humanize};
+use crate::client::result::{Refusal, StartResult, humanize};
 use crate::client::submit::{self, ArgError, NewRequest, Target, TargetArgs, Via};
 use crate::client::track::{self, Followed, Progress};
 
@@ -167,14 +167,14 @@ impl Server {
         let _in_flight = InFlight::new(&self.metrics.in_flight);
         let answer: Answer = match tool {
             START_WORKSPACE => match self.limit.check(caller) {
-                Err(msg) => Ok((StartResult::refused("RateLimited", msg, None), false)),
+                Err(msg) => Ok((StartResult::refused(Refusal::RateLimited, msg, None), false)),
                 Ok(()) => {
                     self.start_workspace(parse_args(args)?, caller, &context)
                         .await
                 }
             },
             GET_WORKSPACE_START => match self.limit.check(caller) {
-                Err(msg) => Ok((StartResult::refused("RateLimited", msg, None), false)),
+                Err(msg) => Ok((StartResult::refused(Refusal::RateLimited, msg, None), false)),
                 Ok(()) => {
                     self.get_workspace_start(parse_args(args)?, caller, &context)
                         .await
@@ -235,7 +235,7 @@ impl Server {
         let timeout = self.timeout(args.timeout.as_deref())?;
         if let Err(msg) = self.authorize(caller, "create", &namespace, None).await? {
             return Ok((
-                StartResult::refused("Forbidden", msg, Some(&namespace)),
+                StartResult::refused(Refusal::Forbidden, msg, Some(&namespace)),
                 false,
             ));
         }
@@ -272,7 +272,7 @@ impl Server {
             .await?
         {
             return Ok((
-                StartResult::refused("Forbidden", msg, Some(&namespace)),
+                StartResult::refused(Refusal::Forbidden, msg, Some(&namespace)),
                 false,
             ));
         }
@@ -284,7 +284,7 @@ impl Server {
         let Some(request) = found else {
             let msg = format!("workspacestartrequest {namespace}/{} not found", args.name);
             return Ok((
-                StartResult::refused("NotFound", msg, Some(&namespace)),
+                StartResult::refused(Refusal::NotFound, msg, Some(&namespace)),
                 false,
             ));
         };
@@ -304,13 +304,12 @@ impl Server {
     ) -> Answer {
         let namespace = request.metadata.namespace.clone().unwrap_or_default();
         let name = request.metadata.name.clone().unwrap_or_default();
-        let api: Api<WorkspaceStartRequest> = Api::namespaced(self.client.clone(), &namespace);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let forwarder = context
             .meta
             .get_progress_token()
             .map(|token| tokio::spawn(forward_progress(context.peer.clone(), token, rx)));
-        let following = track::follow(api, request, timeout, |_, p| {
+        let following = self.watches.follow(request, timeout, |_, p| {
             let _ = tx.send(p.clone());
         });
         let followed = tokio::select! {
@@ -330,7 +329,7 @@ impl Server {
             Ok(Followed::Finished(r)) => Ok((StartResult::of(&r), false)),
             Ok(Followed::TimedOut(r)) => Ok((StartResult::timed_out(&r, timeout), true)),
             Err(e @ track::FollowError::Deleted { .. }) => Ok((
-                StartResult::refused("NotFound", e.to_string(), Some(&namespace)),
+                StartResult::refused(Refusal::NotFound, e.to_string(), Some(&namespace)),
                 false,
             )),
             Err(e) => Err(ErrorData::internal_error(e.to_string(), None)),
@@ -506,7 +505,7 @@ mod tests {
 
     #[test]
     fn failures_are_tool_errors_with_structured_content() {
-        let refused = tool_result(&StartResult::refused("Forbidden", "no", Some("a")));
+        let refused = tool_result(&StartResult::refused(Refusal::Forbidden, "no", Some("a")));
         assert_eq!(refused.is_error, Some(true));
         assert_eq!(
             refused

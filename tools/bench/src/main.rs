@@ -10,10 +10,11 @@
 //! and its ratio to the floor, Coder requests per request by endpoint (the watch route
 //! excluded), 429s, API-server requests and writes per request by verb and resource, operator
 //! peak RSS and CPU, and restart costs ([`restart`]). `BENCH_CHAOS=1` adds the chaos runs of
-//! [`chaos`].
+//! [`chaos`]. `--mcp-waits` (default 200) adds the MCP server's costs of [`mcp`].
 
 mod chaos;
 mod floor;
+mod mcp;
 mod measure;
 mod report;
 mod restart;
@@ -106,6 +107,13 @@ pub struct Args {
     /// default deployment and `--shard=s1`, …); 1 = no sharded runs.
     #[arg(long, env = "BENCH_SHARDS", default_value_t = 1)]
     pub shards: usize,
+    /// Tool calls that wait at once in the MCP run (RSS per waiting call, connections to the API
+    /// server; plus a junk-token flood); 0 skips the MCP run.
+    #[arg(long, env = "BENCH_MCP_WAITS", default_value_t = 200)]
+    pub mcp_waits: usize,
+    /// Only the MCP run (no operator runs, no resume).
+    #[arg(long, env = "BENCH_MCP_ONLY", default_value = "0", value_parser = parse_flag)]
+    pub mcp_only: bool,
     /// Also write the summary (markdown) to this file.
     #[arg(long, env = "BENCH_OUT")]
     pub out: Option<PathBuf>,
@@ -146,7 +154,8 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     let needs_operator = args.modes.iter().any(|m| m != "floor")
         || args.chaos
         || args.resume_n > 0
-        || args.shards > 1;
+        || args.shards > 1
+        || args.mcp_waits > 0;
     if needs_operator && !bin.exists() {
         bail!(
             "operator binary {} not found: cargo build --release --bin workspace-start-operator",
@@ -163,7 +172,8 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     // the operator's watch run did.
     let mut modes: Vec<&String> = args.modes.iter().collect();
     modes.sort_by_key(|m| m.as_str() == "floor");
-    for &n in &args.n {
+    let sizes: &[usize] = if args.mcp_only { &[] } else { &args.n };
+    for &n in sizes {
         for shape in &args.shapes {
             for mode in &modes {
                 let plan = Plan::new(n, shape, mode, false);
@@ -180,7 +190,7 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let resume = if args.resume_n > 0 {
+    let resume = if args.resume_n > 0 && !args.mcp_only {
         eprintln!("bench: resume of {} in-flight requests", args.resume_n);
         let r = restart::resume(&args, &plane, &bin)
             .await
@@ -190,13 +200,30 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    if args.chaos {
+    if args.chaos && !args.mcp_only {
         for shape in &args.shapes {
             let plan = Plan::new(args.chaos_n, shape, "watch", true);
             results.push(run_printed(&args, &plane, &bin, &plan, &[]).await?);
         }
     }
-    let summary = report::summary(&args, &repo, &results, resume.as_ref());
+    let mcp = if args.mcp_waits > 0 {
+        eprintln!("bench: MCP server, {} waiting calls", args.mcp_waits);
+        let r = mcp::run(&plane, &bin, args.mcp_waits)
+            .await
+            .context("MCP run")?;
+        Some(r.table())
+    } else {
+        None
+    };
+    let mut summary = report::summary(&args, &repo, &results, resume.as_ref());
+    match mcp {
+        Some(table) if args.mcp_only => summary = table,
+        Some(table) => {
+            summary.push('\n');
+            summary.push_str(&table);
+        }
+        None => {}
+    }
     println!("{summary}");
     if let Some(out) = &args.out {
         std::fs::write(out, &summary)?;

@@ -17,6 +17,21 @@ use crate::{
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Audit policy of the plane: TokenReviews at Metadata level (who sent one, when, the answer
+/// code; never the token), nothing else. Tests count the reviews a server under test causes.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    resources:
+      - group: authentication.k8s.io
+        resources: [tokenreviews]
+  - level: None
+";
+const AUDIT_POLICY_FILE: &str = "audit-policy.yaml";
+const AUDIT_LOG_FILE: &str = "audit.log";
+
 impl ControlPlane {
     /// Flags: token auth for the admin, RBAC for everyone else, ServiceAccount tokens signed
     /// with the plane's key, self-signed serving certificate in `pki/`.
@@ -58,12 +73,17 @@ impl ControlPlane {
             "--disable-admission-plugins=ServiceAccount".into(),
             "--allow-privileged=true".into(),
             "--endpoint-reconciler-type=none".into(),
+            format!("--audit-policy-file={}", path(AUDIT_POLICY_FILE)),
+            format!("--audit-log-path={}", path(AUDIT_LOG_FILE)),
             "--v=1".into(),
         ]
     }
 
     /// Starts kube-apiserver (not waiting for it) into the guard's slot.
     pub(crate) async fn spawn_apiserver(&self) -> Result<(), Error> {
+        let policy = self.guard.dir.join(AUDIT_POLICY_FILE);
+        std::fs::write(&policy, AUDIT_POLICY)
+            .map_err(Error::io(format!("writing {}", policy.display())))?;
         let log = self.guard.dir.join("kube-apiserver.log");
         let p = spawn_proc(
             "kube-apiserver",
@@ -74,6 +94,11 @@ impl ControlPlane {
         .await?;
         *lock(&self.guard.apiserver) = Some(p);
         Ok(())
+    }
+
+    /// The API server's audit log (JSON lines): every TokenReview, at Metadata level.
+    pub fn audit_log(&self) -> std::path::PathBuf {
+        self.guard.dir.join(AUDIT_LOG_FILE)
     }
 
     /// Polls `/readyz` with the admin token until 200, failing fast if a process exits.
