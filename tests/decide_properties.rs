@@ -753,7 +753,7 @@ fn any_spec() -> impl Strategy<Value = WorkspaceStartRequestSpec> {
         any_timeout(),
         prop_oneof![
             Just(None),
-            (0..=workspace_start_operator::api::crd::MAX_TTL_SECONDS).prop_map(Some),
+            (0..=workspace_start_operator::api::bounds::MAX_TTL_SECONDS).prop_map(Some),
             any::<i64>().prop_map(Some),
         ],
         proptest::option::of("[a-z-]{1,20}"),

@@ -6,6 +6,11 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::api::bounds::{
+    MAX_AGENT_NAME, MAX_DURATION_TEXT, MAX_OBJECT_NAME, MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE,
+    MAX_PARAMETERS, MAX_TTL_SECONDS, MAX_WORKSPACE_SELECTOR_FIELD,
+};
+
 /// API group of the custom resource.
 pub const GROUP: &str = "coder.com";
 /// Field manager used for every server-side apply the operator makes.
@@ -29,7 +34,7 @@ const DURATION_PATTERN: &str = duration_regex!();
 /// CEL: the value has the Go duration format of [`DURATION_PATTERN`].
 const DURATION_FORMAT_RULE: &str = concat!("self.matches('", duration_regex!(), "')");
 
-/// CEL: a duration above zero and at most [`MAX_TIMEOUT`]. A malformed value passes this rule
+/// CEL: a duration above zero and at most [`crate::api::bounds::MAX_TIMEOUT`]. A malformed value passes this rule
 /// (the format rule reports it), so `duration()` never meets a value it cannot convert.
 const DURATION_RANGE_RULE: &str = concat!(
     "!self.matches('",
@@ -37,18 +42,9 @@ const DURATION_RANGE_RULE: &str = concat!(
     "') || (duration(self) > duration('0s') && duration(self) <= duration('24h'))"
 );
 
-/// The longest `timeouts.build` / `timeouts.agent` accepted.
-pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-/// The longest `ttlSecondsAfterFinished` accepted: 30 days.
-pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
-
 /// CEL: a Secret name (DNS-1123 subdomain).
 const SECRET_NAME_RULE: &str =
     "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
-
-/// The most parameters a request may pass.
-pub const MAX_PARAMETERS: usize = 64;
 
 /// Asks the operator to start one Coder workspace, either the workspace bound to a chat or a
 /// workspace named directly. A request is one-shot, like a Job: its spec cannot change.
@@ -120,7 +116,7 @@ pub struct WorkspaceStartRequestSpec {
 
     /// Rich parameter values passed to the start build (names unique, at most 64).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = MAX_PARAMETERS))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))").message("parameter names must be unique"))]
     pub parameters: Vec<BuildParameter>,
@@ -128,7 +124,7 @@ pub struct WorkspaceStartRequestSpec {
     /// Agent that must become ready. Default: the chat tool's rule (root agents; the one whose
     /// name ends in `-coderd-chat`, else the first by name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = MAX_AGENT_NAME))]
     pub agent_name: Option<String>,
 
     /// How long to wait for the build and for the agent.
@@ -138,7 +134,7 @@ pub struct WorkspaceStartRequestSpec {
     /// Delete the request this many seconds after it finished (Ready or Failed); at most
     /// 2592000 (30 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 2_592_000))]
+    #[schemars(range(min = 0, max = MAX_TTL_SECONDS))]
     #[x_kube(validation = Rule::new("self <= 2592000").message("ttlSecondsAfterFinished must be at most 2592000 (30 days)"))]
     pub ttl_seconds_after_finished: Option<i64>,
 }
@@ -155,11 +151,11 @@ pub struct WorkspaceSelector {
     pub id: Option<String>,
     /// Owner's username (or user id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = MAX_WORKSPACE_SELECTOR_FIELD))]
     pub owner: Option<String>,
     /// Workspace name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = MAX_WORKSPACE_SELECTOR_FIELD))]
     pub name: Option<String>,
 }
 
@@ -168,7 +164,7 @@ pub struct WorkspaceSelector {
 #[serde(rename_all = "camelCase")]
 pub struct CoderRef {
     /// Secret name.
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = MAX_OBJECT_NAME))]
     #[x_kube(validation = Rule::new(SECRET_NAME_RULE).message("coderRef.name must be the name of a Secret in this namespace (lower-case letters, digits, '-' and '.'), e.g. coder-credentials"))]
     pub name: String,
 }
@@ -178,10 +174,10 @@ pub struct CoderRef {
 #[serde(rename_all = "camelCase")]
 pub struct BuildParameter {
     /// Parameter name.
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(length(min = 1, max = MAX_PARAMETER_NAME))]
     pub name: String,
     /// Parameter value.
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = MAX_PARAMETER_VALUE))]
     pub value: String,
 }
 
@@ -191,13 +187,13 @@ pub struct BuildParameter {
 pub struct Timeouts {
     /// Time allowed for the build, from the request's start. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[schemars(length(max = MAX_DURATION_TEXT), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new(DURATION_FORMAT_RULE).message("timeouts.build must be a duration such as 10m, 90s or 1h30m"))]
     #[x_kube(validation = Rule::new(DURATION_RANGE_RULE).message("timeouts.build must be more than 0s and at most 24h"))]
     pub build: Option<String>,
     /// Time allowed for the agent to become ready after the build succeeded. Default `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    #[schemars(length(max = MAX_DURATION_TEXT), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new(DURATION_FORMAT_RULE).message("timeouts.agent must be a duration such as 10m, 90s or 1h30m"))]
     #[x_kube(validation = Rule::new(DURATION_RANGE_RULE).message("timeouts.agent must be more than 0s and at most 24h"))]
     pub agent: Option<String>,

@@ -3,6 +3,7 @@
 //! durations ([`duration`]). Everything here is data and pure functions; the Coder client, the
 //! operator and the client side all build on it, and it imports none of them.
 
+pub mod bounds;
 pub mod conditions;
 pub mod crd;
 pub mod duration;

@@ -13,7 +13,7 @@ pub const SHARD_LABEL: &str = "coder.com/shard";
 
 /// Longest shard name: a Kubernetes label value and DNS label (it names a Lease and a
 /// Deployment).
-pub const MAX_SHARD_NAME: usize = 63;
+pub const MAX_SHARD_NAME: usize = crate::api::bounds::MAX_LABEL;
 
 /// Why a shard name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -10,6 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use uuid::Uuid;
 
+use crate::api::bounds::{
+    MAX_CODER_NAME, MAX_LABEL, MAX_OBJECT_NAME, MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE,
+    MAX_PARAMETERS,
+};
 use crate::api::crd::{
     BuildParameter, WorkspaceSelector, WorkspaceStartRequest, WorkspaceStartRequestSpec,
 };
@@ -23,11 +27,6 @@ pub const LABEL_CALLER_NAMESPACE: &str = "coder.com/requested-by-namespace";
 pub const LABEL_CALLER_SERVICE_ACCOUNT: &str = "coder.com/requested-by-serviceaccount";
 /// Annotation: the full Kubernetes username of whoever asked (MCP callers).
 pub const ANNOTATION_REQUESTED_BY: &str = "coder.com/requested-by";
-
-/// Longest workspace or user name Coder accepts (`codersdk.NameValid`).
-const MAX_CODER_NAME: usize = 32;
-/// Most rich parameters a request may carry (the CRD's bound).
-pub const MAX_PARAMETERS: usize = 64;
 
 /// An argument that was refused, with the argument's name as the caller spelled it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -245,7 +244,7 @@ pub fn check_owner(argument: &str, value: &str) -> Result<(), ArgError> {
 /// Checks a namespace name (a DNS-1123 label).
 pub fn check_namespace(argument: &str, value: &str) -> Result<(), ArgError> {
     let valid = !value.is_empty()
-        && value.len() <= 63
+        && value.len() <= MAX_LABEL
         && value
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -262,7 +261,7 @@ pub fn check_namespace(argument: &str, value: &str) -> Result<(), ArgError> {
 /// Checks a request name (a DNS-1123 subdomain, as `kubectl get wsr` shows it).
 pub fn check_request_name(argument: &str, value: &str) -> Result<(), ArgError> {
     let valid = !value.is_empty()
-        && value.len() <= 253
+        && value.len() <= MAX_OBJECT_NAME
         && value
             .split('.')
             .all(|l| !l.is_empty() && check_namespace(argument, l).is_ok());
@@ -288,19 +287,19 @@ pub fn parameters(
     values
         .iter()
         .map(|(name, value)| {
-            if name.is_empty() || name.len() > 128 {
+            if name.is_empty() || name.len() > MAX_PARAMETER_NAME {
                 return Err(ArgError::new(
                     argument,
                     format!(
-                        "parameter names must be 1 to 128 characters, got {:?}",
+                        "parameter names must be 1 to {MAX_PARAMETER_NAME} characters, got {:?}",
                         shorten(name)
                     ),
                 ));
             }
-            if value.len() > 4096 {
+            if value.len() > MAX_PARAMETER_VALUE {
                 return Err(ArgError::new(
                     argument,
-                    format!("the value of {name:?} is longer than 4096 bytes"),
+                    format!("the value of {name:?} is longer than {MAX_PARAMETER_VALUE} bytes"),
                 ));
             }
             Ok(BuildParameter {
@@ -408,7 +407,7 @@ pub fn service_account_of(username: &str) -> Option<(&str, &str)> {
 
 /// Whether `v` may be a label value (at most 63 characters, alphanumerics with `-_.` inside).
 fn is_label_value(v: &str) -> bool {
-    v.len() <= 63
+    v.len() <= MAX_LABEL
         && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && v.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
