@@ -18,7 +18,7 @@ use coder_sim::{
 use serde_json::Value;
 use workspace_start_operator::coder::sse::SseParser;
 use workspace_start_operator::coder::types::{
-    BuildInfo, ChatResponse, ErrorBody, JobStatus, Transition, User, Workspace, WorkspaceBuild,
+    ChatResponse, CoderVersion, ErrorBody, JobStatus, Transition, User, Workspace, WorkspaceBuild,
 };
 
 fn fixture_path(name: &str) -> PathBuf {
@@ -52,7 +52,7 @@ fn sse_frames(name: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn the_operator_parses_every_answer_coderd_sends() {
-    let b: BuildInfo = parse("buildinfo.json");
+    let b: CoderVersion = parse("buildinfo.json");
     assert_eq!(b.version, "v2.37.0");
 
     let u: User = parse("user.json");

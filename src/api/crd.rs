@@ -257,6 +257,26 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a request moves through them.
+    pub const ALL: [Phase; 5] = [
+        Phase::Pending,
+        Phase::Starting,
+        Phase::WaitingForAgent,
+        Phase::Ready,
+        Phase::Failed,
+    ];
+
+    /// The phase as `status.phase` spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Starting => "Starting",
+            Phase::WaitingForAgent => "WaitingForAgent",
+            Phase::Ready => "Ready",
+            Phase::Failed => "Failed",
+        }
+    }
+
     /// Ready and Failed are terminal.
     pub fn is_terminal(self) -> bool {
         matches!(self, Phase::Ready | Phase::Failed)

@@ -17,7 +17,7 @@ use super::error::CoderError;
 use super::ratelimit::RateLimiter;
 use super::sse::{Frame, SseParser};
 use super::types::{
-    BuildInfo, Chat, ChatResponse, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
+    Chat, ChatResponse, CoderVersion, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
 };
 
 /// Header carrying the session token.
@@ -271,7 +271,7 @@ impl CoderClient {
     }
 
     /// `GET /api/v2/buildinfo`.
-    pub async fn build_info(&self) -> Result<BuildInfo, CoderError> {
+    pub async fn build_info(&self) -> Result<CoderVersion, CoderError> {
         self.call(Method::GET, "/api/v2/buildinfo", "/api/v2/buildinfo", None)
             .await
     }

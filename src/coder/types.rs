@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 /// `GET /api/v2/buildinfo`.
 #[derive(Deserialize, Debug, Clone, PartialEq)]
-pub struct BuildInfo {
+pub struct CoderVersion {
     /// Coder version, e.g. `v2.37.0`.
     pub version: String,
     /// Deployment id.

@@ -15,11 +15,11 @@ use uuid::Uuid;
 use crate::api::crd::{WorkspaceStartRequest, WorkspaceStartRequestStatus};
 use crate::coder::CoderError;
 use crate::coder::types::{CreateWorkspaceBuildRequest, Workspace};
+use crate::operator::coder_failure;
 use crate::operator::connect::Connection;
 use crate::operator::decide::{Observation, OwnerState};
-use crate::operator::outcome;
 use crate::operator::reconcile::{CoderPort, PostOutcome};
-use crate::operator::streams::{Watches, WorkspaceKey};
+use crate::operator::streams::{Streams, WorkspaceKey};
 
 /// How often to look again without a live stream, and with one (the backstop).
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +33,7 @@ pub struct PollIntervals {
 /// One pass's view of Coder: the request's connection, the workspace it read (cache key and
 /// sequence number of the read), and the workspace locks it holds until it is dropped.
 pub struct LiveCoder<'a> {
-    streams: &'a Watches,
+    streams: &'a Streams,
     wsr: &'a WorkspaceStartRequest,
     oref: &'a ObjectRef<WorkspaceStartRequest>,
     conn: &'a Connection,
@@ -50,7 +50,7 @@ pub struct LiveCoder<'a> {
 impl<'a> LiveCoder<'a> {
     /// A pass over `conn` for `wsr`, holding the lock of the workspace its status names.
     pub async fn new(
-        streams: &'a Watches,
+        streams: &'a Streams,
         wsr: &'a WorkspaceStartRequest,
         oref: &'a ObjectRef<WorkspaceStartRequest>,
         conn: &'a Connection,
@@ -133,7 +133,7 @@ impl CoderPort for LiveCoder<'_> {
 
     async fn owner_state(&mut self, owner: Uuid) -> Result<OwnerState, Observation> {
         let account = self.conn.client.owner_account(owner).await;
-        outcome::owner_state(owner, account)
+        coder_failure::owner_state(owner, account)
     }
 
     async fn start_build(
@@ -159,7 +159,7 @@ impl CoderPort for LiveCoder<'_> {
                 self.streams.invalidate(&ws_key);
                 PostOutcome::Conflict
             }
-            Err(e) => match outcome::start_refusal(&e, self.dormant) {
+            Err(e) => match coder_failure::start_refusal(&e, self.dormant) {
                 Some((reason, message)) => {
                     tracing::warn!(request = %self.oref, error = %e, %reason, "Coder refused the start build");
                     PostOutcome::Refused { reason, message }
@@ -189,7 +189,7 @@ impl CoderPort for LiveCoder<'_> {
 }
 
 /// Where the request's workspace is, as far as we know before reading it.
-enum Target {
+enum WorkspaceRef {
     Id(Uuid),
     Name { owner: String, name: String },
 }
@@ -198,7 +198,7 @@ enum Target {
 /// Also returns the workspace's key and the sequence number of the read in the shared cache
 /// (0 without a workspace).
 async fn read(
-    streams: &Watches,
+    streams: &Streams,
     conn: &Connection,
     wsr: &WorkspaceStartRequest,
     status: &WorkspaceStartRequestStatus,
@@ -209,8 +209,8 @@ async fn read(
         .workspace
         .as_ref()
         .and_then(|w| Uuid::parse_str(&w.id).ok());
-    let target = if let Some(id) = known {
-        Target::Id(id)
+    let workspace_ref = if let Some(id) = known {
+        WorkspaceRef::Id(id)
     } else if let Some(chat) = &wsr.spec.chat_id {
         let Ok(chat_id) = Uuid::parse_str(chat) else {
             return (Observation::ChatNotFound, None, 0);
@@ -219,20 +219,20 @@ async fn read(
             Ok(c) => {
                 chat_owner = Some(c.owner_id);
                 match c.workspace_id {
-                    Some(w) => Target::Id(w),
+                    Some(w) => WorkspaceRef::Id(w),
                     None => return (Observation::ChatHasNoWorkspace, None, 0),
                 }
             }
             Err(CoderError::NotFound { .. }) => return (Observation::ChatNotFound, None, 0),
-            Err(e) => return (outcome::read_failure(e), None, 0),
+            Err(e) => return (coder_failure::read_failure(e), None, 0),
         }
     } else if let Some(sel) = &wsr.spec.workspace {
         match (&sel.id, &sel.owner, &sel.name) {
             (Some(id), _, _) => match Uuid::parse_str(id) {
-                Ok(id) => Target::Id(id),
+                Ok(id) => WorkspaceRef::Id(id),
                 Err(_) => return (Observation::WorkspaceGone, None, 0),
             },
-            (None, Some(owner), Some(name)) => Target::Name {
+            (None, Some(owner), Some(name)) => WorkspaceRef::Name {
                 owner: owner.clone(),
                 name: name.clone(),
             },
@@ -249,14 +249,14 @@ async fn read(
     // First pass (the caller holds no workspace lock yet): requests that learn the same
     // workspace at the same time would all miss the cache and each read Coder. The first to
     // hold the workspace's lock reads it; the others wait for that read and share it.
-    let _first_read = match &target {
-        Target::Id(id) if use_cache && known.is_none() => {
+    let _first_read = match &workspace_ref {
+        WorkspaceRef::Id(id) if use_cache && known.is_none() => {
             Some(streams.workspace_lock(&key_for(*id)).lock_owned().await)
         }
         _ => None,
     };
-    let cached = match &target {
-        Target::Id(id) if use_cache => streams.cached(&key_for(*id)),
+    let cached = match &workspace_ref {
+        WorkspaceRef::Id(id) if use_cache => streams.cached(&key_for(*id)),
         _ => None,
     };
     // Only a fresh read refreshes the shared cache (re-storing a cached value would keep
@@ -264,9 +264,9 @@ async fn read(
     let result: Result<(Workspace, u64), CoderError> = match cached {
         Some(read) => Ok(read),
         None => {
-            let fetched = match &target {
-                Target::Id(id) => conn.client.get_workspace(*id).await,
-                Target::Name { owner, name } => {
+            let fetched = match &workspace_ref {
+                WorkspaceRef::Id(id) => conn.client.get_workspace(*id).await,
+                WorkspaceRef::Name { owner, name } => {
                     conn.client.get_workspace_by_name(owner, name).await
                 }
             };
@@ -293,9 +293,9 @@ async fn read(
             (Observation::WorkspaceGone, None, 0)
         }
         Err(e) => {
-            let mut obs = outcome::read_failure(e);
-            if let (Observation::Failed { message, .. }, Target::Name { owner, name }) =
-                (&mut obs, &target)
+            let mut obs = coder_failure::read_failure(e);
+            if let (Observation::Failed { message, .. }, WorkspaceRef::Name { owner, name }) =
+                (&mut obs, &workspace_ref)
             {
                 message.push_str(&format!(
                     "; check spec.workspace.owner ({owner:?}) and spec.workspace.name ({name:?})"

@@ -29,7 +29,7 @@ use crate::operator::metrics::{CONTROLLER, ControllerLabels, Metrics, PhaseLabel
 use crate::operator::reconcile::{self, PassEnd, Recorded, Request, StartRecord};
 use crate::operator::start_queue::StartQueue;
 use crate::operator::status::StatusWriter;
-use crate::operator::streams::{Watches, WorkspaceKey};
+use crate::operator::streams::{Streams, WorkspaceKey};
 use crate::operator::write_slots::{Permit, Priority, WriteSlots};
 use crate::process::http::Health;
 
@@ -110,7 +110,7 @@ pub struct Context {
     /// Coder connections.
     pub connections: Connections,
     /// Shared watch streams and read cache.
-    pub watches: Arc<Watches>,
+    pub streams: Arc<Streams>,
     /// Event publisher.
     pub events: EventPublisher,
     /// Metrics.
@@ -139,7 +139,7 @@ impl Context {
     pub fn new(
         kube: kube::Client,
         connections: Connections,
-        watches: Arc<Watches>,
+        streams: Arc<Streams>,
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Arc<Context> {
@@ -161,7 +161,7 @@ impl Context {
         Arc::new(Context {
             kube,
             connections,
-            watches,
+            streams,
             events,
             metrics,
             failures: Mutex::new(HashMap::new()),
@@ -195,7 +195,7 @@ impl Context {
         self.first_status.cancel(obj);
         self.starts.forget(obj);
         self.status.forget(obj);
-        self.watches.unfollow(obj);
+        self.streams.detach(obj);
         self.reset_backoff(obj);
         self.track_phase(obj, None);
     }
@@ -244,7 +244,7 @@ impl Context {
             self.metrics
                 .requests_by_phase
                 .get_or_create(&PhaseLabels {
-                    phase: phase_name(o),
+                    phase: Phase::as_str(o),
                 })
                 .dec();
         }
@@ -252,20 +252,10 @@ impl Context {
             self.metrics
                 .requests_by_phase
                 .get_or_create(&PhaseLabels {
-                    phase: phase_name(p),
+                    phase: Phase::as_str(p),
                 })
                 .inc();
         }
-    }
-}
-
-fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Pending => "Pending",
-        Phase::Starting => "Starting",
-        Phase::WaitingForAgent => "WaitingForAgent",
-        Phase::Ready => "Ready",
-        Phase::Failed => "Failed",
     }
 }
 
@@ -344,7 +334,7 @@ fn publish_transition(
     } else {
         EventType::Normal
     };
-    let action = new.phase.map_or("Reconcile", phase_name);
+    let action = new.phase.map_or("Reconcile", Phase::as_str);
     ctx.events
         .publish_in_background(wsr, type_, new_reason, action, new.message.as_deref());
 }
@@ -477,7 +467,7 @@ async fn reconcile_inner(
     };
 
     let mut coder = LiveCoder::new(
-        &ctx.watches,
+        &ctx.streams,
         wsr,
         oref,
         &conn,
@@ -568,7 +558,7 @@ async fn settled(
     {
         ctx.status.forget(oref);
     }
-    ctx.watches.unfollow(oref);
+    ctx.streams.detach(oref);
     ctx.reset_backoff(oref);
     ctx.track_phase(oref, prev.phase);
     finished(wsr, api, prev).await
@@ -686,7 +676,7 @@ async fn conclude(
     ctx.track_phase(oref, decision.status.phase);
     match decision.action {
         Action::Finish => {
-            ctx.watches.unfollow(oref);
+            ctx.streams.detach(oref);
             ctx.reset_backoff(oref);
             let failed = decision.status.phase == Some(Phase::Failed);
             if failed {
@@ -707,7 +697,7 @@ async fn conclude(
         Action::Requeue(d) => {
             ctx.reset_backoff(oref);
             if let (Some((k, seen)), Some(c)) = (&read, conn) {
-                ctx.watches.follow(k, &c.client, oref.clone(), *seen);
+                ctx.streams.attach(k, &c.client, oref.clone(), *seen);
             }
             Ok(KubeAction::requeue(defer.map_or(d, |w| w.min(d))))
         }
@@ -783,12 +773,12 @@ pub async fn run(
         .set(i64::from(ctx.settings.concurrency) + i64::from(ctx.settings.follow_concurrency));
     // Unused workspace entries (requests that finished without following a stream).
     let sweeper = tokio::spawn({
-        let watches = Arc::downgrade(&ctx.watches);
+        let streams = Arc::downgrade(&ctx.streams);
         async move {
             let mut every = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 every.tick().await;
-                let Some(w) = watches.upgrade() else { return };
+                let Some(w) = streams.upgrade() else { return };
                 w.sweep();
             }
         }
@@ -844,7 +834,7 @@ pub async fn run(
                 move |o| futures::future::ready(!ctx.status.is_echo(o))
             });
         let scope_ns = scope.clone();
-        let triggers = futures::stream::select(ctx.watches.subscribe(), ctx.starts.subscribe());
+        let triggers = futures::stream::select(ctx.streams.subscribe(), ctx.starts.subscribe());
         let triggers = triggers.filter(move |o| {
             let keep = scope_ns.is_none() || o.namespace.as_deref() == scope_ns.as_deref();
             futures::future::ready(keep)

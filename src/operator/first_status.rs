@@ -183,7 +183,7 @@ pub struct FirstStatus {
 }
 
 /// What one write attempt came to.
-enum Outcome {
+enum Attempt {
     /// Written, or no longer needed (the request has a status or is gone).
     Settled,
     /// Try again, after this long, with this view of the request.
@@ -272,8 +272,8 @@ impl FirstStatus {
                 }
             };
             match self.write(&obj, &job).await {
-                Outcome::Settled => {}
-                Outcome::Retry(after, wsr) => self.retry(obj, job, after, wsr),
+                Attempt::Settled => {}
+                Attempt::Retry(after, wsr) => self.retry(obj, job, after, wsr),
             }
         }
     }
@@ -324,25 +324,25 @@ impl FirstStatus {
 
     /// One attempt: server-side apply of the first status with the request's resourceVersion as
     /// precondition.
-    async fn write(&self, obj: &Obj, job: &Job) -> Outcome {
+    async fn write(&self, obj: &Obj, job: &Job) -> Attempt {
         let wsr = &job.wsr;
         let Some(ns) = wsr.namespace() else {
             self.cancel(obj);
-            return Outcome::Settled;
+            return Attempt::Settled;
         };
         let api: Api<WorkspaceStartRequest> = Api::namespaced(self.kube.clone(), &ns);
         let status = pending(wsr.meta().generation, job.message, Timestamp::now());
         let Some(permit) = self.slots.permit(Priority::First).await else {
-            return Outcome::Retry(Duration::ZERO, Arc::clone(wsr));
+            return Attempt::Retry(Duration::ZERO, Arc::clone(wsr));
         };
         match self.status.apply_first(&permit, &api, wsr, &status).await {
             Ok(written) => {
                 self.settle(obj, Some((&written, &status)));
-                Outcome::Settled
+                Attempt::Settled
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 self.settle(obj, None);
-                Outcome::Settled
+                Attempt::Settled
             }
             // The request changed since it was seen: a status was written (done), or something
             // else changed (try again with the new version).
@@ -352,11 +352,11 @@ impl FirstStatus {
                         && now.meta().deletion_timestamp.is_none()
                         && self.shard.owns(now.labels()) =>
                 {
-                    Outcome::Retry(Duration::ZERO, Arc::new(now))
+                    Attempt::Retry(Duration::ZERO, Arc::new(now))
                 }
                 Ok(_) => {
                     self.settle(obj, None);
-                    Outcome::Settled
+                    Attempt::Settled
                 }
                 Err(e) => self.failed(obj, job, &e),
             },
@@ -364,10 +364,10 @@ impl FirstStatus {
         }
     }
 
-    fn failed(&self, obj: &Obj, job: &Job, e: &kube::Error) -> Outcome {
+    fn failed(&self, obj: &Obj, job: &Job, e: &kube::Error) -> Attempt {
         tracing::warn!(request = %obj, error = %e, attempt = job.attempt, "writing the first status failed");
         let after = Duration::from_secs(u64::from(job.attempt) + 1);
-        Outcome::Retry(after, Arc::clone(&job.wsr))
+        Attempt::Retry(after, Arc::clone(&job.wsr))
     }
 
     /// Marks `obj` settled and remembers what was written, unless the reconcile took over

@@ -9,6 +9,7 @@ use prometheus_client::metrics::{
 };
 use prometheus_client::registry::Registry;
 
+use crate::api::crd::Phase;
 use crate::api::shard::Shard;
 use crate::process::http::Exposition;
 
@@ -226,7 +227,7 @@ impl Metrics {
         let _ = reconcile_errors.get_or_create(&c);
         let _ = reconcile_time.get_or_create(&c);
         let _ = active_workers.get_or_create(&c);
-        for phase in ["Pending", "Starting", "WaitingForAgent", "Ready", "Failed"] {
+        for phase in Phase::ALL.map(Phase::as_str) {
             let _ = requests_by_phase.get_or_create(&PhaseLabels { phase });
         }
         Metrics {

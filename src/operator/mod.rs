@@ -11,6 +11,7 @@
 //!   server, and in which order under load.
 //! - [`triggers`], [`metrics`]: reconcile triggers and Prometheus metrics.
 
+pub mod coder_failure;
 pub mod coder_port;
 pub mod connect;
 pub mod controller;
@@ -18,7 +19,7 @@ pub mod decide;
 pub mod events;
 pub mod first_status;
 pub mod metrics;
-pub mod outcome;
+
 pub mod reconcile;
 pub mod run;
 pub mod start_queue;

@@ -11,7 +11,7 @@ use crate::coder::ClientOptions;
 use crate::operator::connect::{AllowedUrls, Connections};
 use crate::operator::controller::{self, Context, Settings};
 use crate::operator::metrics::Metrics;
-use crate::operator::streams::Watches;
+use crate::operator::streams::Streams;
 use crate::process::{self, http::Health};
 
 /// Errors that stop the process.
@@ -62,13 +62,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         panic_on: args.test_panic_on.clone(),
         shard: args.shard.clone(),
     };
-    let watches = Watches::new(
+    let streams = Streams::new(
         args.coder_watch,
         Duration::from_millis(args.poll_ms / 2),
         Arc::clone(&metrics),
     );
-    watches.set_max_streams(args.max_watch_streams);
-    watches.set_backstop(Duration::from_millis(args.backstop_poll_ms));
+    streams.set_max_streams(args.max_watch_streams);
+    streams.set_backstop(Duration::from_millis(args.backstop_poll_ms));
     let allowed = AllowedUrls::new(&args.coder_allowed_urls, args.coder_url.as_deref())
         .map_err(RunError::AllowedUrls)?;
     tracing::info!(allowed = %allowed.describe(), "Coder URLs allowed in coderRef Secrets");
@@ -82,7 +82,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let ctx = Context::new(
         kube.clone(),
         connections,
-        watches,
+        streams,
         Arc::clone(&metrics),
         settings,
     );

@@ -183,7 +183,7 @@ mod tests {
         let q = StartQueue::new(1);
         let a = q.try_start(&obj("a")).expect("a admitted");
         assert!(q.try_start(&obj("b")).is_none());
-        // No subscriber (e.g. between two leadership terms): the slot is still reserved for b.
+        // No attached request (e.g. between two leadership terms): the slot is still reserved for b.
         drop(a);
         assert!(q.try_start(&obj("x")).is_none(), "x waits behind b");
         assert!(q.try_start(&obj("b")).is_some());

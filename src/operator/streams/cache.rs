@@ -8,17 +8,17 @@ use std::time::{Duration, Instant};
 
 use kube::runtime::reflector::ObjectRef;
 
-use super::{Watches, WorkspaceKey};
+use super::{Streams, WorkspaceKey};
 use crate::api::crd::WorkspaceStartRequest;
 use crate::coder::types::{Workspace, WorkspaceBuild};
 
-/// One workspace's cached read, followers, stream state and lock.
+/// One workspace's cached read, attached requests, stream state and lock.
 pub(super) struct Entry {
     /// The requests following this workspace.
-    pub(super) subscribers: HashSet<ObjectRef<WorkspaceStartRequest>>,
+    pub(super) attached: HashSet<ObjectRef<WorkspaceStartRequest>>,
     /// The workspace as last seen, and when.
     pub(super) latest: Option<(Workspace, Instant)>,
-    /// Changes whenever `latest` does (values from [`Watches::next_seq`], never reused).
+    /// Changes whenever `latest` does (values from [`Streams::next_seq`], never reused).
     pub(super) seq: u64,
     /// True while a stream delivers events for the workspace.
     pub(super) live: bool,
@@ -26,15 +26,15 @@ pub(super) struct Entry {
     pub(super) streaming: bool,
     /// Serialises observe → decide → start for the workspace.
     pub(super) lock: Arc<tokio::sync::Mutex<()>>,
-    /// Wakes the stream task when its last subscriber leaves, so it ends at once.
+    /// Wakes the stream task when its last attached request leaves, so it ends at once.
     pub(super) stop: Arc<tokio::sync::Notify>,
 }
 
 impl Entry {
-    /// An entry with no read, no follower and no stream.
+    /// An entry with no read, no attached request and no stream.
     pub(super) fn new() -> Entry {
         Entry {
-            subscribers: HashSet::new(),
+            attached: HashSet::new(),
             latest: None,
             seq: 0,
             live: false,
@@ -44,13 +44,13 @@ impl Entry {
         }
     }
 
-    /// Nobody follows it, no stream runs for it and no reconcile holds its lock.
+    /// No request is attached to it, no stream runs for it and no reconcile holds its lock.
     pub(super) fn unused(&self) -> bool {
-        self.subscribers.is_empty() && !self.streaming && Arc::strong_count(&self.lock) == 1
+        self.attached.is_empty() && !self.streaming && Arc::strong_count(&self.lock) == 1
     }
 }
 
-impl Watches {
+impl Streams {
     /// A sequence number never handed out before.
     pub(super) fn next_seq(&self) -> u64 {
         self.seqs.fetch_add(1, Ordering::Relaxed)
@@ -58,7 +58,7 @@ impl Watches {
 
     /// The workspace as last seen, if the read is fresh enough to share, or a live stream
     /// delivered it less than the live trust period ago, with its sequence number (for
-    /// [`Watches::follow`]). Coder sends no stream event for changes only time causes (an agent
+    /// [`Streams::attach`]). Coder sends no stream event for changes only time causes (an agent
     /// timing out or disconnected for inactivity), so a live stream's read is trusted only
     /// that long: the backstop poll then reads Coder.
     pub fn cached(&self, key: &WorkspaceKey) -> Option<(Workspace, u64)> {

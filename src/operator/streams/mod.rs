@@ -2,15 +2,15 @@
 //!
 //! One `/watch` stream per in-flight workspace (per Coder connection), shared by every request
 //! that waits on it. Each event stores the latest workspace and triggers a reconcile of every
-//! subscribed request, so a request turns Ready within milliseconds of the agent. While a
+//! attached request, so a request turns Ready within milliseconds of the agent. While a
 //! stream is live, reconciles read the workspace from here instead of calling Coder.
 //!
 //! - `cache`: the per-workspace entries, their sequence numbers and how long a read is trusted.
-//! - `followers`: which requests follow which workspace, and when an entry is dropped.
-//! - `stream`: the `/watch` stream task that feeds the cache and triggers the followers.
+//! - `attached`: which requests are attached to which workspace, and when an entry is dropped.
+//! - `stream`: the `/watch` stream task that feeds the cache and triggers the attached requests.
 
+mod attached;
 mod cache;
-mod followers;
 mod stream;
 
 use std::collections::HashMap;
@@ -38,11 +38,11 @@ pub struct WorkspaceKey {
 }
 
 /// The shared streams, cache and per-workspace locks.
-pub struct Watches {
+pub struct Streams {
     entries: Mutex<HashMap<WorkspaceKey, Entry>>,
-    /// The workspace each request follows (locked after `entries` when both are needed).
+    /// The workspace each request is attached to (locked after `entries` when both are needed).
     following: Mutex<HashMap<ObjectRef<WorkspaceStartRequest>, WorkspaceKey>>,
-    /// Reconciles of the subscribers of a workspace that changed.
+    /// Reconciles of the attached requests of a workspace that changed.
     triggers: Triggers,
     metrics: Arc<Metrics>,
     enabled: bool,
@@ -52,15 +52,15 @@ pub struct Watches {
     max_streams: AtomicUsize,
     /// Source of [`Entry::seq`] values.
     seqs: AtomicU64,
-    /// How long a live stream's read is trusted ([`Watches::set_backstop`]).
+    /// How long a live stream's read is trusted ([`Streams::set_backstop`]).
     live_for_ms: AtomicU64,
 }
 
-impl Watches {
+impl Streams {
     /// Creates the registry. `enabled = false` means poll only; `fresh_for` is how long a
     /// polled read may be shared by other requests for the same workspace.
-    pub fn new(enabled: bool, fresh_for: Duration, metrics: Arc<Metrics>) -> Arc<Watches> {
-        Arc::new(Watches {
+    pub fn new(enabled: bool, fresh_for: Duration, metrics: Arc<Metrics>) -> Arc<Streams> {
+        Arc::new(Streams {
             entries: Mutex::new(HashMap::new()),
             following: Mutex::new(HashMap::new()),
             triggers: Triggers::default(),

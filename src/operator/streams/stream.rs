@@ -1,16 +1,16 @@
-//! The `/watch` stream task: records each event in the cache and triggers the followers, and
-//! ends once nobody follows the workspace.
+//! The `/watch` stream task: records each event in the cache and triggers the attached requests, and
+//! ends once no request is attached to the workspace.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 
-use super::{Watches, WorkspaceKey};
+use super::{Streams, WorkspaceKey};
 use crate::coder::types::Workspace;
 use crate::coder::{CoderClient, CoderError, WatchEvent};
 
-impl Watches {
+impl Streams {
     /// Marks whether a stream currently delivers events for `key`.
     fn set_live(&self, key: &WorkspaceKey, live: bool) {
         if let Some(e) = self.lock_entries().get_mut(key) {
@@ -18,11 +18,11 @@ impl Watches {
         }
     }
 
-    /// Ends the stream when nobody follows it any more; returns false then.
+    /// Ends the stream when no request is attached to it any more; returns false then.
     fn keep_streaming(&self, key: &WorkspaceKey) -> bool {
         let mut entries = self.lock_entries();
         match entries.get_mut(key) {
-            Some(e) if !e.subscribers.is_empty() => true,
+            Some(e) if !e.attached.is_empty() => true,
             Some(e) => {
                 e.streaming = false;
                 e.live = false;
@@ -51,7 +51,7 @@ impl Watches {
         }
     }
 
-    /// Follows `key`'s `/watch` stream until nobody follows the workspace, reopening it with
+    /// Follows `key`'s `/watch` stream until no request is attached to the workspace, reopening it with
     /// exponential backoff (at least Coder's `Retry-After`) when it fails or ends.
     pub(super) async fn stream(self: Arc<Self>, key: WorkspaceKey, client: CoderClient) {
         let mut backoff = Duration::from_millis(500);
@@ -99,15 +99,15 @@ impl Watches {
                     Some(Ok(WatchEvent::Workspace(ws))) => {
                         *backoff = Duration::from_millis(500);
                         self.record_event(key, Some(*ws));
-                        let Some(subs) = self.subscribers(key) else { break };
+                        let Some(subs) = self.attached(key) else { break };
                         self.triggers.send(&subs);
                     }
                     Some(Ok(WatchEvent::Error(message))) => {
                         // Coder could not render a change: the stream goes on, but
-                        // the cached read may be stale, so the followers read Coder.
+                        // the cached read may be stale, so the attached requests read Coder.
                         tracing::debug!(workspace = %key.workspace, %message, "watch stream reported an error");
                         self.record_event(key, None);
-                        let Some(subs) = self.subscribers(key) else { break };
+                        let Some(subs) = self.attached(key) else { break };
                         self.triggers.send(&subs);
                     }
                     Some(Err(e)) => {
@@ -117,12 +117,12 @@ impl Watches {
                     None => break,
                 },
                 _ = idle.tick() => {
-                    if self.subscribers(key).is_none() {
+                    if self.attached(key).is_none() {
                         break;
                     }
                 }
                 () = stop.notified() => {
-                    if self.subscribers(key).is_none() {
+                    if self.attached(key).is_none() {
                         break;
                     }
                 }

@@ -8,15 +8,15 @@ use std::sync::atomic::Ordering;
 use kube::runtime::reflector::ObjectRef;
 
 use super::cache::Entry;
-use super::{Watches, WorkspaceKey};
+use super::{Streams, WorkspaceKey};
 use crate::api::crd::WorkspaceStartRequest;
 use crate::coder::CoderClient;
 
-impl Watches {
-    /// Subscribes `obj` to the workspace's stream, starting the stream if needed. `seen` is the
+impl Streams {
+    /// Attaches `obj` to the workspace's stream, starting the stream if needed. `seen` is the
     /// sequence number of the read `obj` decided on: when the cache changed since (an event
-    /// arrived before `obj` subscribed), `obj` is triggered at once instead of missing it.
-    pub fn follow(
+    /// arrived before `obj` was attached), `obj` is triggered at once instead of missing it.
+    pub fn attach(
         self: &Arc<Self>,
         key: &WorkspaceKey,
         client: &CoderClient,
@@ -41,11 +41,11 @@ impl Watches {
         obj: &ObjectRef<WorkspaceStartRequest>,
         seen: u64,
     ) -> (bool, bool) {
-        // Poll only: no stream, but the subscription is recorded so `unfollow` frees the entry.
+        // Poll only: no stream, but the attachment is recorded so `detach` frees the entry.
         let mut entries = self.lock_entries();
         let e = entries.entry(key.clone()).or_insert_with(Entry::new);
         let missed = e.latest.is_some() && e.seq != seen;
-        e.subscribers.insert(obj.clone());
+        e.attached.insert(obj.clone());
         let before = self
             .following
             .lock()
@@ -78,8 +78,8 @@ impl Watches {
         });
     }
 
-    /// Unsubscribes `obj` from its stream; a stream without subscribers stops at once.
-    pub fn unfollow(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
+    /// Detaches `obj` from its stream; a stream without attached requests stops at once.
+    pub fn detach(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
         let mut entries = self.lock_entries();
         let key = self
             .following
@@ -91,7 +91,7 @@ impl Watches {
         }
     }
 
-    /// Removes `obj` from `key`'s subscribers; stops the stream when it was the last, and drops
+    /// Removes `obj` from `key`'s attached requests; stops the stream when it was the last, and drops
     /// the entry (and its cached read) when nothing uses it any more.
     fn leave(
         entries: &mut HashMap<WorkspaceKey, Entry>,
@@ -101,8 +101,8 @@ impl Watches {
         let Some(e) = entries.get_mut(key) else {
             return;
         };
-        e.subscribers.remove(obj);
-        if !e.subscribers.is_empty() {
+        e.attached.remove(obj);
+        if !e.attached.is_empty() {
             return;
         }
         if e.streaming {
@@ -112,7 +112,7 @@ impl Watches {
         }
     }
 
-    /// Drops entries nothing uses any more (no subscriber, no stream, no reconcile holding the
+    /// Drops entries nothing uses any more (no attached request, no stream, no reconcile holding the
     /// lock, no cached read fresh enough to share): those of requests that finished without
     /// following a stream. Returns how many remain.
     pub fn sweep(&self) -> usize {
@@ -127,13 +127,13 @@ impl Watches {
     }
 
     /// The requests following `key`, or `None` when nobody does.
-    pub(super) fn subscribers(
+    pub(super) fn attached(
         &self,
         key: &WorkspaceKey,
     ) -> Option<Vec<ObjectRef<WorkspaceStartRequest>>> {
         let entries = self.lock_entries();
         let e = entries.get(key)?;
-        (!e.subscribers.is_empty()).then(|| e.subscribers.iter().cloned().collect())
+        (!e.attached.is_empty()).then(|| e.attached.iter().cloned().collect())
     }
 }
 
@@ -178,8 +178,8 @@ mod tests {
         }
     }
 
-    fn setup(enabled: bool) -> (Arc<Watches>, WorkspaceKey, CoderClient) {
-        let watches = Watches::new(enabled, Duration::from_secs(1), Arc::new(Metrics::new()));
+    fn setup(enabled: bool) -> (Arc<Streams>, WorkspaceKey, CoderClient) {
+        let streams = Streams::new(enabled, Duration::from_secs(1), Arc::new(Metrics::new()));
         let key = WorkspaceKey {
             connection: "c".into(),
             workspace: Uuid::from_u128(7),
@@ -191,7 +191,7 @@ mod tests {
             &ClientOptions::default(),
         )
         .expect("client");
-        (watches, key, client)
+        (streams, key, client)
     }
 
     fn obj(name: &str) -> ObjectRef<WorkspaceStartRequest> {
@@ -200,52 +200,52 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_before_following_triggers_the_request_at_once() {
-        let (watches, key, client) = setup(true);
-        let mut triggers = watches.subscribe();
-        let seen = watches.store(&key, &workspace(key.workspace, 1));
+        let (streams, key, client) = setup(true);
+        let mut triggers = streams.subscribe();
+        let seen = streams.store(&key, &workspace(key.workspace, 1));
         // An event lands between the request's read and its follow().
-        watches.store(&key, &workspace(key.workspace, 2));
-        watches.follow(&key, &client, obj("late"), seen);
+        streams.store(&key, &workspace(key.workspace, 2));
+        streams.attach(&key, &client, obj("late"), seen);
         assert_eq!(triggers.next().await, Some(obj("late")));
 
         // Following with the latest read triggers nothing.
-        let (_, latest) = watches.latest(&key).expect("cached");
-        watches.follow(&key, &client, obj("current"), latest);
+        let (_, latest) = streams.latest(&key).expect("cached");
+        streams.attach(&key, &client, obj("current"), latest);
         let nothing = tokio::time::timeout(Duration::from_millis(50), triggers.next()).await;
         assert!(nothing.is_err(), "unexpected trigger {nothing:?}");
     }
 
     #[tokio::test]
     async fn our_own_build_does_not_count_as_missed() {
-        let (watches, key, client) = setup(true);
-        let mut triggers = watches.subscribe();
-        watches.store(&key, &workspace(key.workspace, 1));
+        let (streams, key, client) = setup(true);
+        let mut triggers = streams.subscribe();
+        streams.store(&key, &workspace(key.workspace, 1));
         let build = workspace(key.workspace, 2).latest_build;
-        let seen = watches
+        let seen = streams
             .store_build(&key, &build)
             .expect("newer build recorded");
         assert!(
-            watches.store_build(&key, &build).is_none(),
+            streams.store_build(&key, &build).is_none(),
             "same build again"
         );
-        watches.follow(&key, &client, obj("starter"), seen);
+        streams.attach(&key, &client, obj("starter"), seen);
         let nothing = tokio::time::timeout(Duration::from_millis(50), triggers.next()).await;
         assert!(nothing.is_err(), "unexpected trigger {nothing:?}");
     }
 
     #[tokio::test]
     async fn the_last_unfollow_frees_the_entry_when_polling() {
-        let (watches, key, client) = setup(false);
-        let seen = watches.store(&key, &workspace(key.workspace, 1));
-        watches.follow(&key, &client, obj("a"), seen);
-        watches.follow(&key, &client, obj("b"), seen);
-        watches.unfollow(&obj("a"));
-        assert!(watches.latest(&key).is_some(), "b still follows");
-        watches.unfollow(&obj("b"));
+        let (streams, key, client) = setup(false);
+        let seen = streams.store(&key, &workspace(key.workspace, 1));
+        streams.attach(&key, &client, obj("a"), seen);
+        streams.attach(&key, &client, obj("b"), seen);
+        streams.detach(&obj("a"));
+        assert!(streams.latest(&key).is_some(), "b is still attached");
+        streams.detach(&obj("b"));
         assert!(
-            watches.latest(&key).is_none(),
-            "entry dropped with its last follower"
+            streams.latest(&key).is_none(),
+            "entry dropped with its last attached request"
         );
-        assert_eq!(watches.sweep(), 0);
+        assert_eq!(streams.sweep(), 0);
     }
 }
