@@ -42,7 +42,7 @@ test-node: tools node-tools image
 ## unit: every test that needs no control plane: unit tables, property tests, CRD drift, the
 ## Coder contract fixtures and coder-sim's own tests
 unit:
-	cargo test --lib --bins --test decide_properties --test crd_drift --test coder_contract
+	cargo test --lib --bins --test decide_properties --test crd_drift --test coder_contract --test layout
 	cargo test -p coder-sim
 
 ## demo: local control plane + coder-sim + operator + sample requests, until Ready

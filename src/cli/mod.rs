@@ -1,6 +1,7 @@
-//! Command line: `run` (the controller), `mcp` (the MCP server, [`crate::client::mcp`]), `start` (create
-//! a request and follow it, [`crate::client::start`]) and `crd` (print the CRD YAML). Every flag of `run`
-//! and `mcp` also reads an environment variable, as the Helm chart sets them.
+//! The command line of every subcommand, parsed in one place: `run` (the operator, [`run`]),
+//! `mcp` (the MCP server, [`mcp`]), `start` (create a request and track it, [`start`]) and `crd`
+//! (print the CRD YAML). Every flag of `run` and `mcp` also reads an environment variable, as
+//! the Helm chart sets them. Values are checked here, so each error names its own flag.
 
 use std::time::Duration;
 
