@@ -43,6 +43,28 @@ pub const MAX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 *
 /// The longest `ttlSecondsAfterFinished` accepted: 30 days.
 pub const MAX_TTL_SECONDS: i64 = 30 * 24 * 3600;
 
+/// Coder's name rule (`codersdk/name.go`, `UsernameValidRegex`, used by `NameValid` for user
+/// and workspace names), as a regular expression; Coder also limits names to 32 characters.
+macro_rules! coder_name_regex {
+    () => {
+        "^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$"
+    };
+}
+
+/// The longest workspace or user name Coder accepts (`NameValid`).
+pub const MAX_CODER_NAME: usize = 32;
+
+/// CEL: a Coder workspace name (the length is the schema's `maxLength`).
+const CODER_NAME_RULE: &str = concat!("self.matches('", coder_name_regex!(), "')");
+
+/// CEL: a Coder user as its API takes one in a path (`coderd/httpmw/userparam.go`): a username,
+/// `me` (which is also a username's shape), or a user UUID.
+const CODER_USER_RULE: &str = concat!(
+    "(size(self) <= 32 && self.matches('",
+    coder_name_regex!(),
+    "')) || self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')"
+);
+
 /// CEL: a Secret name (DNS-1123 subdomain).
 const SECRET_NAME_RULE: &str =
     "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
@@ -153,13 +175,16 @@ pub struct WorkspaceSelector {
     #[schemars(length(max = 36))]
     #[x_kube(validation = Rule::new(UUID_RULE).message("workspace.id must be a UUID"))]
     pub id: Option<String>,
-    /// Owner's username (or user id).
+    /// Owner: a Coder username, `me` (the token's user) or a user UUID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 36))]
+    #[x_kube(validation = Rule::new(CODER_USER_RULE).message("workspace.owner must be a Coder username (letters and digits joined by single hyphens, at most 32 characters, e.g. alice), me, or a user UUID"))]
     pub owner: Option<String>,
-    /// Workspace name.
+    /// Workspace name: letters and digits joined by single hyphens, at most 32 characters
+    /// (Coder's rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new(CODER_NAME_RULE).message("workspace.name must be a Coder workspace name (letters and digits joined by single hyphens, at most 32 characters, e.g. dev)"))]
     pub name: Option<String>,
 }
 

@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::accounts::Accounts;
 use super::credentials::{self, SessionToken};
 use super::error::CoderError;
+use super::names::{self, NameError};
 use super::ratelimit::RateLimiter;
 use super::sse::{Frame, SseParser};
 use super::types::{
@@ -282,12 +283,21 @@ impl CoderClient {
             .await
     }
 
-    /// `GET /api/v2/users/{user}` (id or username; 400 when no such user).
+    /// `GET /api/v2/users/{user}` (id or username; 400 when no such user). A `user` that is
+    /// not `me`, a UUID or a Coder username is refused without a call ([`CoderError::InvalidName`]).
     pub async fn get_user(&self, user: &str) -> Result<User, CoderError> {
+        const ENDPOINT: &str = "/api/v2/users/{user}";
+        let user = names::check_user(user)
+            .and_then(|()| path_segment(user))
+            .map_err(|problem| CoderError::InvalidName {
+                endpoint: ENDPOINT,
+                what: "user",
+                problem,
+            })?;
         self.call(
             Method::GET,
-            "/api/v2/users/{user}",
-            &format!("/api/v2/users/{}", path_segment(user)),
+            ENDPOINT,
+            &format!("/api/v2/users/{user}"),
             None,
         )
         .await
@@ -360,20 +370,30 @@ impl CoderClient {
         .await
     }
 
-    /// `GET /api/v2/users/{owner}/workspace/{name}` (404 when deleted).
+    /// `GET /api/v2/users/{owner}/workspace/{name}` (404 when deleted). An `owner` that is not
+    /// `me`, a UUID or a Coder username, or a `name` that is not a Coder workspace name, is
+    /// refused without a call ([`CoderError::InvalidName`]).
     pub async fn get_workspace_by_name(
         &self,
         owner: &str,
         name: &str,
     ) -> Result<Workspace, CoderError> {
+        const ENDPOINT: &str = "/api/v2/users/{user}/workspace/{name}";
+        let invalid = |what, problem| CoderError::InvalidName {
+            endpoint: ENDPOINT,
+            what,
+            problem,
+        };
+        let owner = names::check_user(owner)
+            .and_then(|()| path_segment(owner))
+            .map_err(|p| invalid("workspace owner", p))?;
+        let name = names::check_name(name)
+            .and_then(|()| path_segment(name))
+            .map_err(|p| invalid("workspace name", p))?;
         self.call(
             Method::GET,
-            "/api/v2/users/{user}/workspace/{name}",
-            &format!(
-                "/api/v2/users/{}/workspace/{}",
-                path_segment(owner),
-                path_segment(name)
-            ),
+            ENDPOINT,
+            &format!("/api/v2/users/{owner}/workspace/{name}"),
             None,
         )
         .await
@@ -581,18 +601,23 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Percent-encodes one path segment (usernames and workspace names are `[a-z0-9-]`, but
-/// never trust input).
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// What a path segment keeps as is: RFC 3986's unreserved characters.
+const SEGMENT_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes one path segment. The names that reach it were checked against Coder's
+/// rules ([`names`]); this is the second line: no byte of it can end the segment or start a
+/// query, and an empty or dot segment (which URL parsers drop or collapse, encoded or not) is
+/// refused.
+fn path_segment(s: &str) -> Result<String, NameError> {
+    match s {
+        "" => Err(NameError::Empty),
+        "." | ".." => Err(NameError::Shape),
+        _ => Ok(percent_encoding::utf8_percent_encode(s, SEGMENT_KEEP).to_string()),
     }
-    out
 }
 
 mod erased {
@@ -636,8 +661,12 @@ mod tests {
 
     #[test]
     fn path_segments_are_escaped() {
-        assert_eq!(path_segment("alice"), "alice");
-        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(path_segment("alice").as_deref(), Ok("alice"));
+        assert_eq!(path_segment("a/b c").as_deref(), Ok("a%2Fb%20c"));
+        assert_eq!(path_segment("a?b#c%2e").as_deref(), Ok("a%3Fb%23c%252e"));
+        for dot in ["", ".", ".."] {
+            assert!(path_segment(dot).is_err(), "{dot:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::names::NameError;
 use super::types::{ErrorBody, Validation};
 use crate::api::conditions::reasons;
 
@@ -153,6 +154,16 @@ pub enum CoderError {
         /// The idle limit.
         idle: Duration,
     },
+    /// A name for a URL path segment broke Coder's name rules: refused before any call.
+    #[error("{endpoint}: the {what} {problem}; not sent to Coder")]
+    InvalidName {
+        /// Route template of the call that was not made.
+        endpoint: &'static str,
+        /// What was named (`workspace owner`, `workspace name`, `user`).
+        what: &'static str,
+        /// What is wrong with it.
+        problem: NameError,
+    },
     /// The client is misconfigured (bad URL, unreadable token).
     #[error("coder client configuration: {0}")]
     Config(String),
@@ -289,6 +300,12 @@ impl CoderError {
                     human_bytes(*limit)
                 ),
             ),
+            CoderError::InvalidName { what, problem, .. } => fail(
+                reasons::CODER_REQUEST_INVALID,
+                format!(
+                    "the {what} {problem}: Coder accepts letters and digits joined by single hyphens, at most 32 characters (a user also as me or a UUID); nothing was sent to Coder"
+                ),
+            ),
             CoderError::Config(message) => fail(reasons::CODER_NOT_CONFIGURED, message.clone()),
             // Transient ones are matched above.
             _ => Disposition::Retry,
@@ -392,6 +409,7 @@ impl CoderError {
             CoderError::Decode { .. } => "decode_error".into(),
             CoderError::TooLarge { .. } => "too_large".into(),
             CoderError::WatchIdle { .. } => "idle".into(),
+            CoderError::InvalidName { .. } => "invalid_name".into(),
             CoderError::Config(_) => "config_error".into(),
         }
     }

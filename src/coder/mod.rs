@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod names;
 pub mod ratelimit;
 pub mod sse;
 pub mod types;
