@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::names::NameError;
-use super::types::{ErrorBody, Validation};
+use super::types::{ErrorBody, Validation, bounded};
 use crate::api::conditions::reasons;
 
 /// The most of Coder's own message kept (in errors, logs, status and Events).
@@ -416,17 +416,10 @@ impl CoderError {
 }
 
 /// Coder's text, made safe to show: control characters replaced, at most
-/// [`MAX_MESSAGE_CHARS`] characters (an ellipsis marks a cut).
+/// [`MAX_MESSAGE_CHARS`] characters (an ellipsis marks a cut), trimmed. See [`bounded`].
 fn bounded_text(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(MAX_MESSAGE_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().nth(MAX_MESSAGE_CHARS).is_some() {
-        out.push('…');
-    }
-    out.trim().to_owned()
+    let prefix: String = s.chars().take(MAX_MESSAGE_CHARS + 1).collect();
+    bounded(prefix, MAX_MESSAGE_CHARS).trim().to_owned()
 }
 
 /// `10s` or `2.5s`.
