@@ -85,6 +85,9 @@ pub mod reasons {
     /// Failure: Coder's answer was not the expected JSON, was larger than the limit, or had an
     /// unexpected status (such as a redirect).
     pub const CODER_RESPONSE_INVALID: &str = "CoderResponseInvalid";
+    /// Failure: Coder's TLS certificate is not trusted (not issued by a CA in the platform
+    /// store, `--coder-ca-file` or the `coderRef` Secret's `ca.crt`); never retried.
+    pub const CODER_TLS_UNTRUSTED: &str = "CoderTLSUntrusted";
     /// Failure: the `coderRef` Secret's `url` is not in the operator's allowed URLs.
     pub const CODER_URL_NOT_ALLOWED: &str = "CoderURLNotAllowed";
     /// In progress: the `coderRef` Secret cannot be read right now (API server error); retrying.

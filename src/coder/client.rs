@@ -17,6 +17,7 @@ use super::error::CoderError;
 use super::names::{self, NameError};
 use super::ratelimit::RateLimiter;
 use super::sse::{Frame, SseParser};
+use super::tls::{self, Trust};
 use super::types::{
     BuildInfo, Chat, ChatResponse, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
 };
@@ -60,6 +61,9 @@ pub struct ClientOptions {
     /// A watch stream that completes no frame (not even a ping) for this long is closed, and
     /// its workspace polled until a new stream delivers. Coder pings every 15 s.
     pub watch_idle: Duration,
+    /// The certificates trusted for `https` (`None`: the platform's CA store, see
+    /// [`Trust::platform`]).
+    pub trust: Option<Trust>,
 }
 
 /// How long connecting to Coder may take.
@@ -81,6 +85,7 @@ impl Default for ClientOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             watch_idle: DEFAULT_WATCH_IDLE,
+            trust: None,
         }
     }
 }
@@ -95,6 +100,8 @@ struct Inner {
     http: reqwest::Client,
     stream_http: reqwest::Client,
     base: String,
+    /// The host of `base`, for messages.
+    host: String,
     token: SessionToken,
     chat_path: Mutex<Option<ChatPath>>,
     limiter: RateLimiter,
@@ -123,18 +130,29 @@ impl CoderClient {
     ) -> Result<CoderClient, CoderError> {
         let base = credentials::base_url(base_url)
             .map_err(|e| CoderError::Config(format!("the Coder URL {e}")))?;
+        let host = reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let trust = match &opts.trust {
+            Some(t) => t.clone(),
+            None => Trust::platform()
+                .map_err(|e| CoderError::Config(format!("the platform's CA store {e}")))?,
+        };
         // Redirects are not followed: the session token must reach only the configured URL.
         let http = reqwest::Client::builder()
             .timeout(opts.request_timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(16)
             .redirect(reqwest::redirect::Policy::none())
+            .use_preconfigured_tls(trust.client_config())
             .build()
             .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
         let stream_http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(Duration::from_secs(45))
             .redirect(reqwest::redirect::Policy::none())
+            .use_preconfigured_tls(trust.client_config())
             .build()
             .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
         Ok(CoderClient {
@@ -142,6 +160,7 @@ impl CoderClient {
                 http,
                 stream_http,
                 base,
+                host,
                 token,
                 chat_path: Mutex::new(None),
                 limiter: RateLimiter::new(opts.requests_per_minute),
@@ -167,7 +186,13 @@ impl CoderClient {
 
     /// Maps a transport failure (timeout, refused, reset) to an error and counts it.
     fn transport_error(&self, endpoint: &'static str, e: reqwest::Error) -> CoderError {
-        let err = if e.is_timeout() {
+        let err = if let Some(reason) = tls::untrusted_certificate(&e) {
+            CoderError::TlsUntrusted {
+                endpoint,
+                host: self.inner.host.clone(),
+                reason,
+            }
+        } else if e.is_timeout() {
             let after = if e.is_connect() {
                 CONNECT_TIMEOUT
             } else {

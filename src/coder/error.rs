@@ -154,6 +154,17 @@ pub enum CoderError {
         /// The idle limit.
         idle: Duration,
     },
+    /// Coder's TLS certificate did not verify against the trusted CAs: a configuration
+    /// problem (a private CA not given), never retried.
+    #[error("{endpoint}: the TLS certificate of {host} is not trusted: {reason}")]
+    TlsUntrusted {
+        /// Route template of the call.
+        endpoint: &'static str,
+        /// The host name the certificate was checked for.
+        host: String,
+        /// The verifier's reason, in words.
+        reason: String,
+    },
     /// A name for a URL path segment broke Coder's name rules: refused before any call.
     #[error("{endpoint}: the {what} {problem}; not sent to Coder")]
     InvalidName {
@@ -300,6 +311,12 @@ impl CoderError {
                     human_bytes(*limit)
                 ),
             ),
+            CoderError::TlsUntrusted { host, reason, .. } => fail(
+                reasons::CODER_TLS_UNTRUSTED,
+                bounded_text(&format!(
+                    "the TLS certificate of Coder at {host} is not trusted: {reason}; give the CA that issued it (--coder-ca-file / Helm value coder.caBundle, or key ca.crt of the spec.coderRef Secret)"
+                )),
+            ),
             CoderError::InvalidName { what, problem, .. } => fail(
                 reasons::CODER_REQUEST_INVALID,
                 format!(
@@ -410,6 +427,7 @@ impl CoderError {
             CoderError::TooLarge { .. } => "too_large".into(),
             CoderError::WatchIdle { .. } => "idle".into(),
             CoderError::InvalidName { .. } => "invalid_name".into(),
+            CoderError::TlsUntrusted { .. } => "tls_untrusted".into(),
             CoderError::Config(_) => "config_error".into(),
         }
     }
