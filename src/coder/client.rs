@@ -783,3 +783,41 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_its_own_error_naming_host_and_reason() {
+        let ca = coder_sim::TestCa::generate("Example Corp Private CA").expect("CA");
+        let srv = coder_sim::SimServer::start(coder_sim::SimConfig {
+            tls: Some(ca.tls.clone()),
+            ..coder_sim::SimConfig::default()
+        })
+        .await
+        .expect("sim");
+        let token = SessionToken::parse("t").expect("token");
+        let client =
+            CoderClient::new(&srv.url(), token.clone(), &ClientOptions::default()).expect("client");
+        match client.build_info().await.expect_err("untrusted") {
+            CoderError::TlsUntrusted { host, reason, .. } => {
+                assert_eq!(host, "127.0.0.1");
+                assert_eq!(
+                    reason,
+                    "it is issued by a CA that is not trusted (unknown issuer)"
+                );
+            }
+            other => panic!("want TlsUntrusted: {other:?}"),
+        }
+        let trust = Trust::platform()
+            .and_then(|t| t.with_pem(ca.ca_pem.as_bytes()))
+            .expect("trust");
+        let opts = ClientOptions {
+            trust: Some(trust),
+            ..ClientOptions::default()
+        };
+        let client = CoderClient::new(&srv.url(), token, &opts).expect("client");
+        client.build_info().await.expect("trusted with the CA");
+    }
+}

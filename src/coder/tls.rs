@@ -161,18 +161,21 @@ fn parse_bundle(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {
 /// every other failure (refused, reset, timeouts, a server that speaks no TLS).
 pub fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
+    // Bounded: a chain is a few links; a cycle cannot loop forever.
+    for _ in 0..32 {
+        let err = next?;
         if let Some(reason) = certificate_error(err) {
             return Some(reason);
         }
-        // An io::Error's source() skips the error it wraps: look inside it too.
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(reason) = certificate_error(inner)
-        {
-            return Some(reason);
-        }
-        next = err.source();
+        // An io::Error's source() skips the error it wraps (hyper-rustls wraps rustls's
+        // error in two of them): step into it instead.
+        next = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => None,
+            },
+            None => err.source(),
+        };
     }
     None
 }

@@ -66,6 +66,8 @@ fn coder_trust(ca_file: Option<&std::path::Path>) -> Result<Trust, RunError> {
 
 /// Runs the operator until shutdown or lost leadership.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    // A CA file that cannot be used stops the operator before anything else.
+    let trust = coder_trust(args.coder_ca_file.as_deref())?;
     let shutdown = process::shutdown_signal().boxed().shared();
     let kube = process::kube_client::connect().await?;
     let metrics = Arc::new(Metrics::for_shard(&args.shard));
@@ -87,7 +89,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         max_body_bytes: args.coder_max_body_bytes,
         max_frame_bytes: args.coder_max_frame_bytes,
         watch_idle: Duration::from_millis(args.coder_watch_idle_ms),
-        trust: Some(coder_trust(args.coder_ca_file.as_deref())?),
+        trust: Some(trust),
     };
     let settings = Settings {
         poll: Duration::from_millis(args.poll_ms),
