@@ -26,8 +26,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A TLS acceptor serving `tls`'s certificate.
 pub(crate) fn acceptor(tls: &SimTls) -> anyhow::Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()?;
+    let certs =
+        CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())?;
     let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),

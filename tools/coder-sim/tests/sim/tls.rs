@@ -23,10 +23,9 @@ async fn https_with_a_private_ca_is_trusted_only_by_clients_given_the_ca() {
 
     let other = reqwest::Client::new();
     let err = other.get(&url).send().await.expect_err("unknown CA");
-    let chain = std::iter::successors(
-        Some(&err as &(dyn std::error::Error + 'static)),
-        |e| e.source(),
-    )
+    let chain = std::iter::successors(Some(&err as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
     .map(|e| e.to_string())
     .collect::<Vec<_>>()
     .join(": ");
