@@ -399,6 +399,45 @@ async fn invalid_specs_are_rejected_with_clear_messages() {
             ],
         ),
         (
+            "dot-dot-owner",
+            "  workspace:\n    owner: \"..\"\n    name: dev\n".to_owned(),
+            &[
+                r#"spec.workspace.owner: Invalid value: "..": workspace.owner must be a Coder username (letters and digits joined by single hyphens, at most 32 characters, e.g. alice), me, or a user UUID"#,
+            ],
+        ),
+        (
+            "dot-dot-name",
+            "  workspace:\n    owner: alice\n    name: \"..\"\n".to_owned(),
+            &[
+                r#"spec.workspace.name: Invalid value: "..": workspace.name must be a Coder workspace name (letters and digits joined by single hyphens, at most 32 characters, e.g. dev)"#,
+            ],
+        ),
+        (
+            "path-in-owner",
+            "  workspace:\n    owner: alice/workspace\n    name: dev\n".to_owned(),
+            &[
+                r#"spec.workspace.owner: Invalid value: "alice/workspace": workspace.owner must be a Coder username (letters and digits joined by single hyphens, at most 32 characters, e.g. alice), me, or a user UUID"#,
+            ],
+        ),
+        (
+            "long-owner",
+            format!(
+                "  workspace:\n    owner: {}\n    name: dev\n",
+                "a".repeat(33)
+            ),
+            &[
+                r#"workspace.owner must be a Coder username (letters and digits joined by single hyphens, at most 32 characters, e.g. alice), me, or a user UUID"#,
+            ],
+        ),
+        (
+            "long-name",
+            format!(
+                "  workspace:\n    owner: me\n    name: {}\n",
+                "a".repeat(33)
+            ),
+            &["spec.workspace.name: Too long: may not be more than 32 bytes"],
+        ),
+        (
             "bad-timeout",
             format!("{chat}  timeouts:\n    build: ten minutes\n"),
             &[

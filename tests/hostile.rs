@@ -417,3 +417,44 @@ async fn a_silent_watch_stream_is_replaced_by_polling() {
     h.assert_unharmed().await;
     h.assert_no_watch_streams().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabyte_names_from_coder_stay_bounded_in_status_and_events() {
+    // The watch stream is off so every read is the faulted GET; the body limit is raised so
+    // the answer (several 1 MiB names) is read rather than refused as too large.
+    let mut h = Hostile::start(
+        "hostile-names",
+        &["--coder-watch=false", "--coder-max-body-bytes=33554432"],
+        BuildScript::instant(),
+    )
+    .await;
+    let victim = h.victim.to_string();
+    h.env
+        .sim
+        .sim()
+        .set_fault(WS_GET, Fault::on_path(victim, Fault::HugeNames(1 << 20)));
+    h.create().await;
+    let w = h.env.wait_terminal("victim", T).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    let status = w.status.as_ref().expect("status");
+    let size = serde_json::to_vec(status).expect("json").len();
+    assert!(size < 16 * 1024, "the status is {size} bytes");
+    let cut = |name: &str| format!("{name}{}…", "x".repeat(128 - name.len()));
+    assert_eq!(
+        status.workspace.as_ref().map(|ws| ws.name.clone()),
+        Some(cut("victim"))
+    );
+    assert_eq!(
+        status
+            .workspace
+            .as_ref()
+            .and_then(|ws| ws.owner_name.clone()),
+        Some(cut("alice"))
+    );
+    let events = h.env.events("victim").await;
+    assert!(!events.is_empty());
+    for (_, reason, note) in &events {
+        assert!(note.len() < 2048, "{reason}: a {} byte note", note.len());
+    }
+    h.assert_unharmed().await;
+}

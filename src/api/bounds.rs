@@ -29,8 +29,8 @@ pub const MAX_PARAMETER_VALUE: usize = 4096;
 /// The longest workspace or user name Coder accepts (`codersdk.NameValid`, `UsernameValid`).
 pub const MAX_CODER_NAME: usize = 32;
 
-/// The longest `spec.workspace.owner` / `spec.workspace.name` the schema admits.
-pub const MAX_WORKSPACE_SELECTOR_FIELD: usize = 64;
+/// The longest `spec.workspace.owner`: a Coder username, `me`, or a user UUID (36 characters).
+pub const MAX_CODER_USER: usize = 36;
 
 /// The longest `spec.agentName`.
 pub const MAX_AGENT_NAME: usize = 64;

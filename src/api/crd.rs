@@ -7,8 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::api::bounds::{
-    MAX_AGENT_NAME, MAX_DURATION_TEXT, MAX_OBJECT_NAME, MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE,
-    MAX_PARAMETERS, MAX_TTL_SECONDS, MAX_WORKSPACE_SELECTOR_FIELD,
+    MAX_AGENT_NAME, MAX_CODER_NAME, MAX_CODER_USER, MAX_DURATION_TEXT, MAX_OBJECT_NAME,
+    MAX_PARAMETER_NAME, MAX_PARAMETER_VALUE, MAX_PARAMETERS, MAX_TTL_SECONDS,
 };
 
 /// API group of the custom resource.
@@ -40,6 +40,25 @@ const DURATION_RANGE_RULE: &str = concat!(
     "!self.matches('",
     duration_regex!(),
     "') || (duration(self) > duration('0s') && duration(self) <= duration('24h'))"
+);
+
+/// Coder's name rule (`codersdk/name.go`, `UsernameValidRegex`, used by `NameValid` for user
+/// and workspace names), as a regular expression; Coder also limits names to 32 characters.
+macro_rules! coder_name_regex {
+    () => {
+        "^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$"
+    };
+}
+
+/// CEL: a Coder workspace name (the length is the schema's `maxLength`).
+const CODER_NAME_RULE: &str = concat!("self.matches('", coder_name_regex!(), "')");
+
+/// CEL: a Coder user as its API takes one in a path (`coderd/httpmw/userparam.go`): a username,
+/// `me` (which is also a username's shape), or a user UUID.
+const CODER_USER_RULE: &str = concat!(
+    "(size(self) <= 32 && self.matches('",
+    coder_name_regex!(),
+    "')) || self.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')"
 );
 
 /// CEL: a Secret name (DNS-1123 subdomain).
@@ -149,13 +168,16 @@ pub struct WorkspaceSelector {
     #[schemars(length(max = 36))]
     #[x_kube(validation = Rule::new(UUID_RULE).message("workspace.id must be a UUID"))]
     pub id: Option<String>,
-    /// Owner's username (or user id).
+    /// Owner: a Coder username, `me` (the token's user) or a user UUID.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = MAX_WORKSPACE_SELECTOR_FIELD))]
+    #[schemars(length(min = 1, max = MAX_CODER_USER))]
+    #[x_kube(validation = Rule::new(CODER_USER_RULE).message("workspace.owner must be a Coder username (letters and digits joined by single hyphens, at most 32 characters, e.g. alice), me, or a user UUID"))]
     pub owner: Option<String>,
-    /// Workspace name.
+    /// Workspace name: letters and digits joined by single hyphens, at most 32 characters
+    /// (Coder's rule).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = MAX_WORKSPACE_SELECTOR_FIELD))]
+    #[schemars(length(min = 1, max = MAX_CODER_NAME))]
+    #[x_kube(validation = Rule::new(CODER_NAME_RULE).message("workspace.name must be a Coder workspace name (letters and digits joined by single hyphens, at most 32 characters, e.g. dev)"))]
     pub name: Option<String>,
 }
 

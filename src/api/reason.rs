@@ -97,6 +97,9 @@ reasons! {
     CoderResponseInvalid = "CoderResponseInvalid",
     /// Failure: the `coderRef` Secret's `url` is not in the operator's allowed URLs.
     CoderURLNotAllowed = "CoderURLNotAllowed",
+    /// Failure: Coder's TLS certificate is not trusted (not the platform's CA store, nor the CA
+    /// bundle the admin gave); never retried as an outage.
+    CoderTLSUntrusted = "CoderTLSUntrusted",
     /// In progress: the `coderRef` Secret cannot be read right now (API server error); retrying.
     SecretUnreadable = "SecretUnreadable",
     /// Failure: the operator hit an internal error (a panic) while reconciling this request.

@@ -119,6 +119,19 @@ pub struct RunArgs {
     /// milliseconds is closed and its workspace polled.
     #[arg(long, env = "WSO_CODER_WATCH_IDLE_MS", default_value_t = 25000)]
     pub coder_watch_idle_ms: u64,
+    /// PEM file of CA certificates trusted for Coder in addition to the platform's CA store
+    /// (the image's bundle, `SSL_CERT_FILE`): for a Coder served with a certificate from a
+    /// private CA. Read at start; used for every Coder connection.
+    #[arg(long, env = "CODER_CA_FILE")]
+    pub coder_ca_file: Option<PathBuf>,
+    /// The most Coder clients kept (one per credential: URL, token and CA); beyond it the
+    /// least useful is dropped.
+    #[arg(long, env = "WSO_CODER_CLIENT_CACHE_SIZE", default_value_t = 1024)]
+    pub coder_client_cache_size: u64,
+    /// A Coder client no request used for this many milliseconds is dropped (its memory comes
+    /// back once the requests and Secrets of a credential are gone).
+    #[arg(long, env = "WSO_CODER_CLIENT_IDLE_MS", default_value_t = 600_000)]
+    pub coder_client_idle_ms: u64,
     /// Test hook: the reconcile of the request with this name panics. Hidden; used by the
     /// end-to-end test of panic containment.
     #[arg(long, hide = true)]

@@ -14,8 +14,10 @@ use uuid::Uuid;
 use super::accounts::Accounts;
 use super::credentials::{self, SessionToken};
 use super::error::CoderError;
+use super::names::{self, NameError};
 use super::ratelimit::RateLimiter;
 use super::sse::{Frame, SseParser};
+use super::tls::{self, Trust};
 use super::types::{
     Chat, ChatResponse, CoderVersion, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
 };
@@ -59,6 +61,9 @@ pub struct ClientOptions {
     /// A watch stream that completes no frame (not even a ping) for this long is closed, and
     /// its workspace polled until a new stream delivers. Coder pings every 15 s.
     pub watch_idle: Duration,
+    /// The certificates trusted for `https` (`None`: the platform's CA store, see
+    /// [`Trust::platform`]).
+    pub trust: Option<Trust>,
 }
 
 /// How long connecting to Coder may take.
@@ -80,6 +85,7 @@ impl Default for ClientOptions {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             watch_idle: DEFAULT_WATCH_IDLE,
+            trust: None,
         }
     }
 }
@@ -94,6 +100,8 @@ struct Inner {
     http: reqwest::Client,
     stream_http: reqwest::Client,
     base: String,
+    /// The host of `base`, for messages.
+    host: String,
     token: SessionToken,
     chat_path: Mutex<Option<ChatPath>>,
     limiter: RateLimiter,
@@ -122,18 +130,29 @@ impl CoderClient {
     ) -> Result<CoderClient, CoderError> {
         let base = credentials::base_url(base_url)
             .map_err(|e| CoderError::Config(format!("the Coder URL {e}")))?;
+        let host = reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let trust = match &opts.trust {
+            Some(t) => t.clone(),
+            None => Trust::platform()
+                .map_err(|e| CoderError::Config(format!("the platform's CA store {e}")))?,
+        };
         // Redirects are not followed: the session token must reach only the configured URL.
         let http = reqwest::Client::builder()
             .timeout(opts.request_timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(16)
             .redirect(reqwest::redirect::Policy::none())
+            .use_preconfigured_tls(trust.client_config())
             .build()
             .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
         let stream_http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(Duration::from_secs(45))
             .redirect(reqwest::redirect::Policy::none())
+            .use_preconfigured_tls(trust.client_config())
             .build()
             .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
         Ok(CoderClient {
@@ -141,6 +160,7 @@ impl CoderClient {
                 http,
                 stream_http,
                 base,
+                host,
                 token,
                 chat_path: Mutex::new(None),
                 limiter: RateLimiter::new(opts.requests_per_minute),
@@ -166,7 +186,13 @@ impl CoderClient {
 
     /// Maps a transport failure (timeout, refused, reset) to an error and counts it.
     fn transport_error(&self, endpoint: &'static str, e: reqwest::Error) -> CoderError {
-        let err = if e.is_timeout() {
+        let err = if let Some(reason) = tls::untrusted_certificate(&e) {
+            CoderError::TlsUntrusted {
+                endpoint,
+                host: self.inner.host.clone(),
+                reason,
+            }
+        } else if e.is_timeout() {
             let after = if e.is_connect() {
                 CONNECT_TIMEOUT
             } else {
@@ -282,12 +308,21 @@ impl CoderClient {
             .await
     }
 
-    /// `GET /api/v2/users/{user}` (id or username; 400 when no such user).
+    /// `GET /api/v2/users/{user}` (id or username; 400 when no such user). A `user` that is
+    /// not `me`, a UUID or a Coder username is refused without a call ([`CoderError::InvalidName`]).
     pub async fn get_user(&self, user: &str) -> Result<User, CoderError> {
+        const ENDPOINT: &str = "/api/v2/users/{user}";
+        let user = names::check_user(user)
+            .and_then(|()| path_segment(user))
+            .map_err(|problem| CoderError::InvalidName {
+                endpoint: ENDPOINT,
+                what: "user",
+                problem,
+            })?;
         self.call(
             Method::GET,
-            "/api/v2/users/{user}",
-            &format!("/api/v2/users/{}", path_segment(user)),
+            ENDPOINT,
+            &format!("/api/v2/users/{user}"),
             None,
         )
         .await
@@ -360,20 +395,30 @@ impl CoderClient {
         .await
     }
 
-    /// `GET /api/v2/users/{owner}/workspace/{name}` (404 when deleted).
+    /// `GET /api/v2/users/{owner}/workspace/{name}` (404 when deleted). An `owner` that is not
+    /// `me`, a UUID or a Coder username, or a `name` that is not a Coder workspace name, is
+    /// refused without a call ([`CoderError::InvalidName`]).
     pub async fn get_workspace_by_name(
         &self,
         owner: &str,
         name: &str,
     ) -> Result<Workspace, CoderError> {
+        const ENDPOINT: &str = "/api/v2/users/{user}/workspace/{name}";
+        let invalid = |what, problem| CoderError::InvalidName {
+            endpoint: ENDPOINT,
+            what,
+            problem,
+        };
+        let owner = names::check_user(owner)
+            .and_then(|()| path_segment(owner))
+            .map_err(|p| invalid("workspace owner", p))?;
+        let name = names::check_name(name)
+            .and_then(|()| path_segment(name))
+            .map_err(|p| invalid("workspace name", p))?;
         self.call(
             Method::GET,
-            "/api/v2/users/{user}/workspace/{name}",
-            &format!(
-                "/api/v2/users/{}/workspace/{}",
-                path_segment(owner),
-                path_segment(name)
-            ),
+            ENDPOINT,
+            &format!("/api/v2/users/{owner}/workspace/{name}"),
             None,
         )
         .await
@@ -581,18 +626,23 @@ fn retry_after(headers: &header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// Percent-encodes one path segment (usernames and workspace names are `[a-z0-9-]`, but
-/// never trust input).
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// What a path segment keeps as is: RFC 3986's unreserved characters.
+const SEGMENT_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encodes one path segment. The names that reach it were checked against Coder's
+/// rules ([`names`]); this is the second line: no byte of it can end the segment or start a
+/// query, and an empty or dot segment (which URL parsers drop or collapse, encoded or not) is
+/// refused.
+fn path_segment(s: &str) -> Result<String, NameError> {
+    match s {
+        "" => Err(NameError::Empty),
+        "." | ".." => Err(NameError::Shape),
+        _ => Ok(percent_encoding::utf8_percent_encode(s, SEGMENT_KEEP).to_string()),
     }
-    out
 }
 
 mod erased {
@@ -636,8 +686,12 @@ mod tests {
 
     #[test]
     fn path_segments_are_escaped() {
-        assert_eq!(path_segment("alice"), "alice");
-        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(path_segment("alice").as_deref(), Ok("alice"));
+        assert_eq!(path_segment("a/b c").as_deref(), Ok("a%2Fb%20c"));
+        assert_eq!(path_segment("a?b#c%2e").as_deref(), Ok("a%3Fb%23c%252e"));
+        for dot in ["", ".", ".."] {
+            assert!(path_segment(dot).is_err(), "{dot:?}");
+        }
     }
 
     #[test]
@@ -727,5 +781,43 @@ mod tests {
             e.transient_cause(),
             "HTTP 503 from /api/v2/users/me: database down for token [redacted]"
         );
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_is_its_own_error_naming_host_and_reason() {
+        let ca = coder_sim::TestCa::generate("Example Corp Private CA").expect("CA");
+        let srv = coder_sim::SimServer::start(coder_sim::SimConfig {
+            tls: Some(ca.tls.clone()),
+            ..coder_sim::SimConfig::default()
+        })
+        .await
+        .expect("sim");
+        let token = SessionToken::parse("t").expect("token");
+        let client =
+            CoderClient::new(&srv.url(), token.clone(), &ClientOptions::default()).expect("client");
+        match client.build_info().await.expect_err("untrusted") {
+            CoderError::TlsUntrusted { host, reason, .. } => {
+                assert_eq!(host, "127.0.0.1");
+                assert_eq!(
+                    reason,
+                    "it is issued by a CA that is not trusted (unknown issuer)"
+                );
+            }
+            other => panic!("want TlsUntrusted: {other:?}"),
+        }
+        let trust = Trust::platform()
+            .and_then(|t| t.with_pem(ca.ca_pem.as_bytes()))
+            .expect("trust");
+        let opts = ClientOptions {
+            trust: Some(trust),
+            ..ClientOptions::default()
+        };
+        let client = CoderClient::new(&srv.url(), token, &opts).expect("client");
+        client.build_info().await.expect("trusted with the CA");
     }
 }

@@ -1,10 +1,11 @@
 //! Errors of the Coder REST client: one variant per cause, mapped from HTTP status and body, with
 //! Coder's own message bounded. What each means for a request (retry, or fail with which
-//! reason) is the operator's business: `operator::outcome`.
+//! reason) is the operator's business: `operator::coder_failure`.
 
 use std::time::Duration;
 
-use super::types::{ErrorBody, Validation};
+use super::names::NameError;
+use super::types::{ErrorBody, Validation, bounded};
 
 /// The most of Coder's own message kept (in errors, logs, status and Events).
 const MAX_MESSAGE_CHARS: usize = 300;
@@ -136,6 +137,27 @@ pub enum CoderError {
         endpoint: &'static str,
         /// The idle limit.
         idle: Duration,
+    },
+    /// Coder's TLS certificate did not verify against the trusted CAs: a configuration
+    /// problem (a private CA not given), never retried.
+    #[error("{endpoint}: the TLS certificate of {host} is not trusted: {reason}")]
+    TlsUntrusted {
+        /// Route template of the call.
+        endpoint: &'static str,
+        /// The host name the certificate was checked for.
+        host: String,
+        /// The verifier's reason, in words.
+        reason: String,
+    },
+    /// A name for a URL path segment broke Coder's name rules: refused before any call.
+    #[error("{endpoint}: the {what} {problem}; not sent to Coder")]
+    InvalidName {
+        /// Route template of the call that was not made.
+        endpoint: &'static str,
+        /// What was named (`workspace owner`, `workspace name`, `user`).
+        what: &'static str,
+        /// What is wrong with it.
+        problem: NameError,
     },
     /// The client is misconfigured (bad URL, unreadable token).
     #[error("coder client configuration: {0}")]
@@ -272,6 +294,8 @@ impl CoderError {
             CoderError::Decode { .. } => "decode_error".into(),
             CoderError::TooLarge { .. } => "too_large".into(),
             CoderError::WatchIdle { .. } => "idle".into(),
+            CoderError::InvalidName { .. } => "invalid_name".into(),
+            CoderError::TlsUntrusted { .. } => "tls_untrusted".into(),
             CoderError::Config(_) => "config_error".into(),
         }
     }
@@ -280,15 +304,8 @@ impl CoderError {
 /// Coder's text, made safe to show: control characters replaced, at most
 /// [`MAX_MESSAGE_CHARS`] characters (an ellipsis marks a cut).
 pub fn bounded_text(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(MAX_MESSAGE_CHARS)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if s.chars().nth(MAX_MESSAGE_CHARS).is_some() {
-        out.push('…');
-    }
-    out.trim().to_owned()
+    let prefix: String = s.chars().take(MAX_MESSAGE_CHARS + 1).collect();
+    bounded(prefix, MAX_MESSAGE_CHARS).trim().to_owned()
 }
 
 /// `10s` or `2.5s`.

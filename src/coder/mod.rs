@@ -4,12 +4,15 @@ pub mod accounts;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod names;
 pub mod ratelimit;
 pub mod sse;
+pub mod tls;
 pub mod types;
 pub mod users;
 
 pub use client::{CallObserver, ClientOptions, CoderClient, WatchEvent};
 pub use credentials::{SessionToken, TokenError, UrlError};
 pub use error::CoderError;
+pub use tls::{CaError, Trust};
 pub use users::OwnerAccount;

@@ -1,17 +1,55 @@
 //! Typed JSON of the Coder REST API, limited to the fields the operator reads (unknown fields
 //! are ignored, so newer Coder versions keep working). Field names follow `codersdk`.
+//!
+//! Every text field Coder sends is bounded here, as it is read ([`bounded`]): names, states and
+//! codes reach the request's status, its Events and MCP results, and a Coder URL may answer
+//! anything (a 1 MiB workspace name). This is the one place that bounds them.
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
+
+/// The most characters kept of a name, state or code from Coder. Coder's names are at most 32
+/// characters (agent names a little more); a longer value is cut, marked with an ellipsis.
+pub const MAX_TEXT_CHARS: usize = 128;
+
+/// `s` made safe to show: control characters replaced by spaces, at most `max` characters,
+/// an ellipsis (`…`) marking a cut (so the result has at most `max + 1` characters). Returns
+/// `s` itself when there is nothing to change.
+pub fn bounded(s: String, max: usize) -> String {
+    let needs_cut = s.chars().nth(max).is_some();
+    if !needs_cut && !s.chars().any(char::is_control) {
+        return s;
+    }
+    let mut out: String = s
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if needs_cut {
+        out.push('…');
+    }
+    out
+}
+
+/// Deserializes a string bounded to [`MAX_TEXT_CHARS`].
+fn text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    String::deserialize(d).map(|s| bounded(s, MAX_TEXT_CHARS))
+}
+
+/// Deserializes an optional string bounded to [`MAX_TEXT_CHARS`].
+fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d).map(|o| o.map(|s| bounded(s, MAX_TEXT_CHARS)))
+}
 
 /// `GET /api/v2/buildinfo`.
 #[derive(Deserialize, Debug, Clone, PartialEq)]
 pub struct CoderVersion {
     /// Coder version, e.g. `v2.37.0`.
+    #[serde(deserialize_with = "text")]
     pub version: String,
     /// Deployment id.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub deployment_id: Option<String>,
 }
 
@@ -21,9 +59,10 @@ pub struct User {
     /// User id.
     pub id: Uuid,
     /// Username.
+    #[serde(deserialize_with = "text")]
     pub username: String,
     /// `active`, `dormant` or `suspended`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "opt_text")]
     pub status: Option<String>,
 }
 
@@ -70,11 +109,12 @@ pub struct Workspace {
     /// Workspace id.
     pub id: Uuid,
     /// Workspace name.
+    #[serde(deserialize_with = "text")]
     pub name: String,
     /// Owner id.
     pub owner_id: Uuid,
     /// Owner username.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub owner_name: String,
     /// Active template version.
     #[serde(default)]
@@ -99,7 +139,7 @@ pub struct WorkspaceBuild {
     /// Transition.
     pub transition: Transition,
     /// Derived workspace status.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     pub status: String,
     /// Template version used.
     #[serde(default)]
@@ -152,7 +192,11 @@ pub struct ProvisionerJob {
     /// Job status.
     pub status: JobStatus,
     /// Error code such as `INSUFFICIENT_QUOTA`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "opt_text"
+    )]
     pub error_code: Option<String>,
     /// When the job completed.
     #[serde(default)]
@@ -217,13 +261,16 @@ pub struct Agent {
     /// Agent id.
     pub id: Uuid,
     /// Agent name.
+    #[serde(deserialize_with = "text")]
     pub name: String,
     /// Non-null for sub-agents (devcontainers); ignored by agent selection.
     #[serde(default)]
     pub parent_id: Option<Uuid>,
     /// connecting, connected, disconnected, timeout.
+    #[serde(deserialize_with = "text")]
     pub status: String,
     /// created, starting, ready, start_error, start_timeout, shutting_down, …
+    #[serde(deserialize_with = "text")]
     pub lifecycle_state: String,
     /// When the agent became ready.
     #[serde(default)]
@@ -273,4 +320,39 @@ pub struct Validation {
     pub field: String,
     /// What is wrong.
     pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_megabyte_name_from_coder_is_cut_as_it_is_read() {
+        let huge = "n".repeat(1 << 20);
+        let json = format!(
+            r#"{{"id":"e3f4c0de-0000-4000-8000-000000000001","name":"{huge}","owner_id":"51aa0000-0000-4000-8000-000000000002","owner_name":"al\u0007ice","latest_build":{{"id":"6f1c0000-0000-4000-8000-000000000003","build_number":1,"transition":"start","status":"{huge}","job":{{"id":"7a000000-0000-4000-8000-000000000004","status":"running","error_code":"{huge}"}},"resources":[{{"agents":[{{"id":"8b000000-0000-4000-8000-000000000005","name":"{huge}","status":"{huge}","lifecycle_state":"{huge}"}}]}}]}}}}"#
+        );
+        let ws: Workspace = serde_json::from_str(&json).expect("workspace");
+        let cut = format!("{}…", "n".repeat(MAX_TEXT_CHARS));
+        assert_eq!(ws.name, cut);
+        assert_eq!(ws.owner_name, "al ice", "control characters become spaces");
+        assert_eq!(ws.latest_build.status, cut);
+        assert_eq!(
+            ws.latest_build.job.error_code.as_deref(),
+            Some(cut.as_str())
+        );
+        let agent = ws.latest_build.agents().next().expect("agent");
+        assert_eq!(
+            (&agent.name, &agent.status, &agent.lifecycle_state),
+            (&cut, &cut, &cut)
+        );
+    }
+
+    #[test]
+    fn bounded_text_cuts_at_a_character_boundary() {
+        assert_eq!(bounded("dev".into(), 3), "dev");
+        assert_eq!(bounded("ééééé".into(), 3), "ééé…");
+        assert_eq!(bounded("a\nb".into(), 10), "a b");
+        assert_eq!(bounded(String::new(), 0), "");
+    }
 }

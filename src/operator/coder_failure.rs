@@ -90,6 +90,18 @@ pub fn of_read(e: &CoderError) -> Disposition {
                 human_bytes(*limit)
             ),
         ),
+        CoderError::TlsUntrusted { host, reason, .. } => fail(
+            Reason::CoderTLSUntrusted,
+            bounded_text(&format!(
+                "the TLS certificate of Coder at {host} is not trusted: {reason}; give the CA that issued it (--coder-ca-file / Helm value coder.caBundle, or key ca.crt of the spec.coderRef Secret)"
+            )),
+        ),
+        CoderError::InvalidName { what, problem, .. } => fail(
+            Reason::CoderRequestInvalid,
+            format!(
+                "the {what} {problem}: Coder accepts letters and digits joined by single hyphens, at most 32 characters (a user also as me or a UUID); nothing was sent to Coder"
+            ),
+        ),
         CoderError::Config(message) => fail(Reason::CoderNotConfigured, message.clone()),
         // Transient ones are matched above.
         _ => Disposition::Retry,

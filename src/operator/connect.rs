@@ -1,12 +1,11 @@
 //! Resolves which Coder deployment and token a request uses: the operator-wide connection
 //! (flags/env, token file) or the request's `spec.coderRef` Secret in its own namespace.
-//! Clients are cached per (URL, token) so requests share rate limits and watch streams.
+//! Clients are cached per (URL, token, CA) so requests share rate limits and watch streams
+//! ([`ClientCache`]: bounded, idle clients dropped).
 //! A `coderRef` Secret's URL must match one of the allowed URL prefixes ([`AllowedUrls`]), so
 //! a request cannot aim the operator, with a user's token, at any in-cluster or metadata
 //! address.
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -18,7 +17,8 @@ use kube::{Api, ResourceExt};
 use crate::api::crd::WorkspaceStartRequest;
 use crate::api::reason::Reason;
 use crate::coder::credentials::{self, SessionToken};
-use crate::coder::{ClientOptions, CoderClient, CoderError};
+use crate::coder::{ClientOptions, CoderClient};
+use crate::operator::client_cache::{CacheLimits, ClientCache, ClientError};
 use crate::operator::decide::Observation;
 
 /// A usable Coder client and the key that identifies its deployment + identity.
@@ -44,9 +44,8 @@ pub struct Connections {
     kube: kube::Client,
     default_url: Option<String>,
     default_token_file: Option<PathBuf>,
-    opts: ClientOptions,
     allowed: AllowedUrls,
-    clients: Mutex<HashMap<String, CoderClient>>,
+    clients: ClientCache,
     /// The operator-wide connection and the token file version it was made from.
     operator_wide: Mutex<Option<(FileVersion, Connection)>>,
 }
@@ -167,14 +166,14 @@ impl Connections {
         default_token_file: Option<PathBuf>,
         opts: ClientOptions,
         allowed: AllowedUrls,
+        limits: CacheLimits,
     ) -> Connections {
         Connections {
             kube,
             default_url,
             default_token_file,
-            opts,
             allowed,
-            clients: Mutex::new(HashMap::new()),
+            clients: ClientCache::new(opts, limits),
             operator_wide: Mutex::new(None),
         }
     }
@@ -252,8 +251,13 @@ impl Connections {
                 ),
             ));
         }
-        self.client(&url, token)
-            .map_err(|e| misconfigured(Reason::SecretInvalid, format!("Secret {name:?}: {e}")))
+        let ca = secret_value(secret, "ca.crt");
+        self.client(&url, token, ca).map_err(|e| match e {
+            ClientError::Ca(e) => invalid("ca.crt", "CA bundle", &e),
+            ClientError::Coder(e) => {
+                misconfigured(Reason::SecretInvalid, format!("Secret {name:?}: {e}"))
+            }
+        })
     }
 
     /// The operator-wide connection (`--coder-url`, `--coder-token-file`). The token file is
@@ -303,24 +307,19 @@ impl Connections {
                 format!("the operator's Coder token file (--coder-token-file) is not a usable Coder session token: it {e}"),
             )
         })?;
-        self.client(url, token)
+        self.client(url, token, None)
             .map_err(|e| misconfigured(Reason::CoderNotConfigured, e.to_string()))
     }
 
-    fn client(&self, url: &str, token: SessionToken) -> Result<Connection, CoderError> {
-        let mut h = DefaultHasher::new();
-        token.expose().hash(&mut h);
-        let key = format!("{}#{:016x}", url.trim_end_matches('/'), h.finish());
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&key) {
-            return Ok(Connection {
-                client: c.clone(),
-                key,
-            });
-        }
-        let c = CoderClient::new(url, token, &self.opts)?;
-        clients.insert(key.clone(), c.clone());
-        Ok(Connection { client: c, key })
+    /// The cached client for this credential (see [`ClientCache`]).
+    fn client(
+        &self,
+        url: &str,
+        token: SessionToken,
+        ca: Option<&[u8]>,
+    ) -> Result<Connection, ClientError> {
+        let (client, key) = self.clients.client(url, token, ca)?;
+        Ok(Connection { client, key })
     }
 }
 
@@ -417,6 +416,7 @@ mod tests {
             Some(token_file.to_owned()),
             ClientOptions::default(),
             AllowedUrls::default(),
+            CacheLimits::default(),
         )
     }
 

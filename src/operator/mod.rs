@@ -4,13 +4,15 @@
 //! - [`run`]: the process (leader election, metrics server, controller lifetime).
 //! - [`controller`]: the kube-runtime controller and one reconcile pass.
 //! - [`decide`]: the pure state machine (observed state → next status and action).
-//! - [`connect`]: which Coder deployment and token serve a request.
+//! - [`connect`]: which Coder deployment and token serve a request; [`client_cache`]: the
+//!   bounded cache of their clients.
 //! - [`streams`]: shared Coder watch streams and the per-workspace read cache.
 //! - [`start_queue`]: how many requests not yet started are reconciled at once.
 //! - [`status`], [`events`], [`first_status`], [`write_slots`]: what is written to the API
 //!   server, and in which order under load.
 //! - [`triggers`], [`metrics`]: reconcile triggers and Prometheus metrics.
 
+pub mod client_cache;
 pub mod coder_failure;
 pub mod coder_port;
 pub mod connect;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::FutureExt;
 
 use crate::cli::run::RunArgs;
-use crate::coder::ClientOptions;
+use crate::coder::{ClientOptions, Trust};
+use crate::operator::client_cache::CacheLimits;
 use crate::operator::connect::{AllowedUrls, Connections};
 use crate::operator::controller::{self, Context, Settings};
 use crate::operator::metrics::Metrics;
@@ -25,12 +26,48 @@ pub enum RunError {
     Metrics(#[from] std::io::Error),
     #[error("--coder-allowed-urls: {0}")]
     AllowedUrls(String),
+    /// The `--coder-ca-file` cannot be read or used.
+    #[error("--coder-ca-file {path}: {problem}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     #[error("lost leadership; exiting so a new leader takes over")]
     LostLease,
 }
 
+/// The certificates trusted for Coder: the platform's CA store plus `--coder-ca-file`.
+fn coder_trust(ca_file: Option<&std::path::Path>) -> Result<Trust, RunError> {
+    let fail = |path: &std::path::Path, problem: String| RunError::CaFile {
+        path: path.display().to_string(),
+        problem,
+    };
+    let platform = Trust::platform().map_err(|e| RunError::CaFile {
+        path: "(platform store)".into(),
+        problem: e.to_string(),
+    })?;
+    let Some(path) = ca_file else {
+        tracing::info!(
+            roots = platform.len(),
+            origin = platform.origin(),
+            "TLS trust for Coder"
+        );
+        return Ok(platform);
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(path, e.to_string()))?;
+    let trust = platform
+        .with_pem(&pem)
+        .map_err(|e| fail(path, format!("it {e}")))?;
+    tracing::info!(roots = trust.len(), origin = trust.origin(), ca_file = %path.display(), "TLS trust for Coder");
+    Ok(trust)
+}
+
 /// Runs the operator until shutdown or lost leadership.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    // A CA file that cannot be used stops the operator before anything else.
+    let trust = coder_trust(args.coder_ca_file.as_deref())?;
     let shutdown = process::shutdown_signal().boxed().shared();
     let kube = process::kube_client::connect().await?;
     let metrics = Arc::new(Metrics::for_shard(&args.shard));
@@ -52,6 +89,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         max_body_bytes: args.coder_max_body_bytes,
         max_frame_bytes: args.coder_max_frame_bytes,
         watch_idle: Duration::from_millis(args.coder_watch_idle_ms),
+        trust: Some(trust),
     };
     let settings = Settings {
         poll: Duration::from_millis(args.poll_ms),
@@ -78,6 +116,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         args.coder_token_file.clone(),
         opts,
         allowed,
+        CacheLimits {
+            max_clients: args.coder_client_cache_size,
+            idle: Duration::from_millis(args.coder_client_idle_ms),
+        },
     );
     let ctx = Context::new(
         kube.clone(),

@@ -107,6 +107,14 @@ spec:
               value: {{ .Values.coder.requestsPerMinute | quote }}
             - name: WSO_CODER_ALLOWED_URLS
               value: {{ join "," (.Values.coder.allowedUrls | default list) | quote }}
+            - name: WSO_CODER_CLIENT_CACHE_SIZE
+              value: {{ .Values.coder.clientCache.maxClients | quote }}
+            - name: WSO_CODER_CLIENT_IDLE_MS
+              value: {{ mul .Values.coder.clientCache.idleSeconds 1000 | quote }}
+            {{- if include "wso.caBundle" . }}
+            - name: CODER_CA_FILE
+              value: /etc/coder/ca/ca.crt
+            {{- end }}
             {{- with .Values.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -134,6 +142,11 @@ spec:
               readOnly: true
             - name: tmp
               mountPath: /tmp
+            {{- if include "wso.caBundle" . }}
+            - name: coder-ca
+              mountPath: /etc/coder/ca
+              readOnly: true
+            {{- end }}
       volumes:
         - name: coder-token
           secret:
@@ -145,6 +158,10 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 16Mi
+        {{- with include "wso.caBundle" . }}
+        - name: coder-ca
+          {{- . | nindent 10 }}
+        {{- end }}
       {{- with .Values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
@@ -161,4 +178,29 @@ spec:
       topologySpreadConstraints:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+{{- end -}}
+
+{{/*
+The volume source of coder.caBundle (a ConfigMap or a Secret, its key mounted as ca.crt), or
+nothing when none is set.
+*/}}
+{{- define "wso.caBundle" -}}
+{{- $ca := .Values.coder.caBundle | default dict -}}
+{{- if and $ca.configMap $ca.secret -}}
+{{- fail "coder.caBundle: set configMap or secret, not both" -}}
+{{- end -}}
+{{- if $ca.configMap -}}
+configMap:
+  name: {{ $ca.configMap }}
+  items:
+    - key: {{ $ca.key }}
+      path: ca.crt
+{{- else if $ca.secret -}}
+secret:
+  secretName: {{ $ca.secret }}
+  defaultMode: 292  # 0444
+  items:
+    - key: {{ $ca.key }}
+      path: ca.crt
+{{- end -}}
 {{- end -}}

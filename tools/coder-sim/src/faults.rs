@@ -45,6 +45,9 @@ pub enum Fault {
         /// Length of the message.
         bytes: u64,
     },
+    /// Hostile: run the handler, then lengthen every name in its JSON answer (the values of
+    /// keys `name`, `owner_name`, `username` and `workspace_name`) by this many bytes.
+    HugeNames(u64),
     /// Hostile (watch routes): answer 200 `text/event-stream`, then bytes that never end a
     /// line, as fast as the client reads, until it hangs up.
     UnterminatedSse,
@@ -81,6 +84,7 @@ pub(crate) enum Action {
     InvalidJson,
     Drip(u32),
     BigMessage { status: u16, bytes: u64 },
+    HugeNames(u64),
     UnterminatedSse,
     SilentSse,
 }
@@ -133,6 +137,7 @@ fn leaf(f: &Fault) -> Action {
             status: *status,
             bytes: *bytes,
         },
+        Fault::HugeNames(n) => Action::HugeNames(*n),
         Fault::UnterminatedSse => Action::UnterminatedSse,
         Fault::SilentSse => Action::SilentSse,
         Fault::Times(_, inner) | Fault::OnPath(_, inner) => leaf(inner),
@@ -144,6 +149,7 @@ fn leaf(f: &Fault) -> Action {
 /// `{"slow": "750ms"}`, `"commit_then_hang"`, `{"rate_limited": 2}`,
 /// `{"times": {"n": 2, "fault": "reset"}}`; hostile: `{"huge_body": 314572800}`,
 /// `"invalid_json"`, `{"drip": 1}`, `{"big_message": {"status": 403, "bytes": 2000000}}`,
+/// `{"huge_names": 1048576}`,
 /// `"unterminated_sse"`, `"silent_sse"`, `{"on_path": {"path": "<id>", "fault": …}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -182,6 +188,8 @@ pub enum FaultSpec {
         /// Length of the message.
         bytes: u64,
     },
+    /// See [`Fault::HugeNames`].
+    HugeNames(u64),
     /// See [`Fault::UnterminatedSse`].
     UnterminatedSse,
     /// See [`Fault::SilentSse`].
@@ -210,6 +218,7 @@ impl From<FaultSpec> for Fault {
             FaultSpec::InvalidJson => Fault::InvalidJson,
             FaultSpec::Drip(bps) => Fault::Drip(bps),
             FaultSpec::BigMessage { status, bytes } => Fault::BigMessage { status, bytes },
+            FaultSpec::HugeNames(n) => Fault::HugeNames(n),
             FaultSpec::UnterminatedSse => Fault::UnterminatedSse,
             FaultSpec::SilentSse => Fault::SilentSse,
             FaultSpec::OnPath { path, fault } => Fault::OnPath(path, Box::new(Fault::from(*fault))),
@@ -238,6 +247,7 @@ impl From<&Fault> for FaultSpec {
                 status: *status,
                 bytes: *bytes,
             },
+            Fault::HugeNames(n) => FaultSpec::HugeNames(*n),
             Fault::UnterminatedSse => FaultSpec::UnterminatedSse,
             Fault::SilentSse => FaultSpec::SilentSse,
             Fault::OnPath(path, inner) => FaultSpec::OnPath {
@@ -283,7 +293,7 @@ mod tests {
     #[test]
     fn hostile_specs_round_trip() {
         let s: Vec<FaultSpec> = serde_json::from_str(
-            r#"[{"huge_body":314572800},"invalid_json",{"drip":1},{"big_message":{"status":403,"bytes":2000000}},"unterminated_sse","silent_sse",{"on_path":{"path":"x","fault":"silent_sse"}}]"#,
+            r#"[{"huge_body":314572800},"invalid_json",{"drip":1},{"big_message":{"status":403,"bytes":2000000}},"unterminated_sse","silent_sse",{"on_path":{"path":"x","fault":"silent_sse"}},{"huge_names":1048576}]"#,
         )
         .expect("valid");
         let f: Vec<Fault> = s.iter().cloned().map(Fault::from).collect();
@@ -300,6 +310,7 @@ mod tests {
                 Fault::UnterminatedSse,
                 Fault::SilentSse,
                 Fault::on_path("x", Fault::SilentSse),
+                Fault::HugeNames(1 << 20),
             ]
         );
         let back: Vec<FaultSpec> = f.iter().map(FaultSpec::from).collect();

@@ -4,7 +4,8 @@
 //! It speaks the JSON of `shared/reference/coder-api.md`: buildinfo, users,
 //! chats (per API era), workspaces, builds with a clock-driven provisioner
 //! job and agent lifecycle, the `/watch` SSE stream, per-user per-path rate
-//! limiting, fault injection and request counters.
+//! limiting, fault injection and request counters; over `http`, or `https` with a
+//! certificate the caller gives ([`SimTls`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -42,7 +43,7 @@ use tokio::sync::watch;
 
 use crate::routes::App;
 
-pub use config::{ChatEra, DEFAULT_RATE_LIMIT, DEFAULT_VERSION, SimConfig};
+pub use config::{ChatEra, DEFAULT_RATE_LIMIT, DEFAULT_VERSION, SimConfig, SimTls, TestCa};
 pub use faults::{Fault, FaultSpec};
 pub use feed::StateChange;
 pub use model::{
@@ -54,6 +55,7 @@ pub use model::{
 #[derive(Debug)]
 pub struct SimServer {
     addr: SocketAddr,
+    scheme: &'static str,
     sim: Sim,
     shutdown: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -80,8 +82,14 @@ impl SimServer {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let tls = cfg
+            .tls
+            .as_ref()
+            .map(crate::listener::acceptor)
+            .transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let sim = Sim::new(&cfg);
-        sim.set_base_url(&format!("http://{addr}"));
+        sim.set_base_url(&format!("{scheme}://{addr}"));
         HeaderValue::from_str(&sim.lock().version)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let app = App {
@@ -97,7 +105,7 @@ impl SimServer {
             .with_state(app);
         let mut stop = shutdown_rx;
         let serve = axum::serve(
-            crate::listener::SimListener::new(listener),
+            crate::listener::SimListener::new(listener, tls),
             router.into_make_service_with_connect_info::<crate::listener::ConnInfo>(),
         )
         .with_graceful_shutdown(async move {
@@ -110,15 +118,16 @@ impl SimServer {
         });
         Ok(SimServer {
             addr,
+            scheme,
             sim,
             shutdown,
             task: Some(task),
         })
     }
 
-    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    /// Base URL, e.g. `http://127.0.0.1:41234` (`https://…` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// The bound address.

@@ -78,6 +78,43 @@ pub(crate) async fn drip(resp: Response, bytes_per_sec: u32) -> Response {
     resp
 }
 
+/// The keys whose string values [`huge_names`] lengthens.
+const NAME_KEYS: [&str; 4] = ["name", "owner_name", "username", "workspace_name"];
+
+/// `resp` with every name in its JSON body lengthened by `bytes` bytes of `x` (a body that is
+/// not JSON is passed on as it is).
+pub(crate) async fn huge_names(resp: Response, bytes: u64) -> Response {
+    let (parts, body) = resp.into_parts();
+    let Ok(raw) = axum::body::to_bytes(body, usize::MAX).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(&raw) else {
+        return Response::from_parts(parts, Body::from(raw));
+    };
+    let pad = "x".repeat(usize::try_from(bytes).unwrap_or(usize::MAX >> 1));
+    lengthen_names(&mut doc, &pad);
+    let mut resp = Response::from_parts(parts, Body::from(doc.to_string()));
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp
+}
+
+fn lengthen_names(v: &mut serde_json::Value, pad: &str) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(s) if NAME_KEYS.contains(&k.as_str()) => {
+                        s.push_str(pad)
+                    }
+                    other => lengthen_names(other, pad),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| lengthen_names(i, pad)),
+        _ => {}
+    }
+}
+
 /// 200 `text/event-stream`, then `x` forever without a line end, as fast as it is read.
 pub(crate) fn unterminated_sse() -> Response {
     let chunk = Bytes::from(vec![b'x'; CHUNK]);

@@ -209,6 +209,7 @@ pub(crate) async fn api_middleware(
     let mut commit_then_fail = false;
     let mut commit_then_hang = false;
     let mut drip = None;
+    let mut huge_names = None;
     match action {
         None => {}
         Some(Action::HugeBody(n)) => return with_headers(hostile::huge_body(n)),
@@ -219,6 +220,7 @@ pub(crate) async fn api_middleware(
         Some(Action::UnterminatedSse) => return with_headers(hostile::unterminated_sse()),
         Some(Action::SilentSse) => return with_headers(hostile::silent_sse(app.shutdown.clone())),
         Some(Action::Drip(bps)) => drip = Some(bps),
+        Some(Action::HugeNames(n)) => huge_names = Some(n),
         Some(Action::Status(code)) => return with_headers(fault_response(code)),
         Some(Action::Hang) => {
             let mut rx = app.shutdown.clone();
@@ -294,6 +296,9 @@ pub(crate) async fn api_middleware(
             "coder-sim is shutting down.",
             None,
         );
+    }
+    if let Some(n) = huge_names {
+        return with_headers(hostile::huge_names(resp, n).await);
     }
     if let Some(bps) = drip {
         return with_headers(hostile::drip(resp, bps).await);

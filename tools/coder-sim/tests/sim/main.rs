@@ -8,4 +8,5 @@ mod fidelity;
 mod lifecycle;
 mod ratelimit;
 mod scenarios;
+mod tls;
 mod watch;
