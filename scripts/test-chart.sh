@@ -362,14 +362,16 @@ check "MCP: least privilege in namespaced mode" mcp_invariants true "${url[@]}" 
 check "reject: MCP maxWait that is not a duration" reject "/mcp/maxWait" "${url[@]}" --set coder.existingSecret=s \
   --set mcp.enabled=true --set mcp.maxWait=forever
 
-# 5. CRD copy drift (refresh: cp crds/workspacestartrequests.coder.com.yaml charts/workspace-start-operator/crds/)
-crd_drift() {
-  local src=$repo/crds/workspacestartrequests.coder.com.yaml dst=$chart/crds/workspacestartrequests.coder.com.yaml
-  [[ -f $src ]] || { echo "missing $src (generate it with: cargo run -- crd > crds/workspacestartrequests.coder.com.yaml)"; return 1; }
-  [[ -f $dst ]] || { echo "missing $dst (refresh: cp $src $dst)"; return 1; }
-  cmp "$src" "$dst" || { diff -u "$src" "$dst" | head -40; echo "chart CRD copy is stale; refresh: cp crds/workspacestartrequests.coder.com.yaml charts/workspace-start-operator/crds/"; return 1; }
+# 5. CRD copy drift (refresh: make crd)
+crd_drift() { # name
+  local src=$repo/crds/$1.coder.com.yaml dst=$chart/crds/$1.coder.com.yaml
+  [[ -f $src ]] || { echo "missing $src (generate it with: make crd)"; return 1; }
+  [[ -f $dst ]] || { echo "missing $dst (refresh: make crd)"; return 1; }
+  cmp "$src" "$dst" || { diff -u "$src" "$dst" | head -40; echo "chart CRD copy is stale; refresh: make crd"; return 1; }
 }
-check "CRD copy in chart equals crds/" crd_drift
+for crd in workspacestartrequests workspacestartpolicies; do
+  check "CRD copy in chart equals crds/ ($crd)" crd_drift "$crd"
+done
 
 # 6. GitOps health rules, evaluated by Argo CD's and Flux's own code and by kstatus, on the
 # statuses captured from real operator runs (tests/fixtures/status, tests/status_oracles.rs).
