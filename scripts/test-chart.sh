@@ -181,8 +181,12 @@ for scope in (watch or ["some-namespace"]):
     for v in ("create", "patch"):
         if not can(scope, "events.k8s.io", "events", v):
             errs.append(f"cannot {v} events in {scope}")
-if watch and any(s == "cluster" for s, _ in granted):
-    errs.append("namespaced mode must not bind a ClusterRole")
+# Cluster-wide: only reading the cluster-scoped WorkspaceStartPolicies (bound tenancy).
+if watch and any(s == "cluster" and (r["resources"] != ["workspacestartpolicies"] or set(r["verbs"]) - {"get", "list", "watch"}) for s, r in granted):
+    errs.append("namespaced mode must not bind a ClusterRole other than the policy reader")
+bound = value(env_of(deps[0]), "WSO_TENANCY") != "open"
+if bound != any(s == "cluster" and "workspacestartpolicies" in r["resources"] for s, r in granted):
+    errs.append("bound tenancy needs get/list/watch on workspacestartpolicies cluster-wide (and open mode none)")
 # Shards: one default Deployment, the others each with a distinct WSO_SHARD, selecting only their pods.
 shards = [value(env_of(d), "WSO_SHARD") for d in deps]
 if shards.count("") != 1 or len(set(shards)) != len(shards):

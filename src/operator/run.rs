@@ -12,6 +12,7 @@ use crate::operator::connect::{AllowedUrls, Connections};
 use crate::operator::controller::{self, Context, Settings};
 use crate::operator::metrics::Metrics;
 use crate::operator::streams::Watches;
+use crate::operator::tenancy;
 use crate::process::{self, http::Health};
 
 /// Errors that stop the process.
@@ -72,19 +73,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let allowed = AllowedUrls::new(&args.coder_allowed_urls, args.coder_url.as_deref())
         .map_err(RunError::AllowedUrls)?;
     tracing::info!(allowed = %allowed.describe(), "Coder URLs allowed in coderRef Secrets");
+    let tenancy =
+        match tenancy::start(kube.clone(), args.tenancy, &args.shard, shutdown.clone()).await {
+            Some(t) => t,
+            None => return stop_server(server).await,
+        };
     let connections = Connections::new(
         kube.clone(),
         args.coder_url.clone(),
         args.coder_token_file.clone(),
         opts,
         allowed,
-    );
+    )
+    .require_secret_opt_in(tenancy.requires_secret_opt_in());
     let ctx = Context::new(
         kube.clone(),
         connections,
         watches,
         Arc::clone(&metrics),
         settings,
+        tenancy,
     );
     let namespaces = args.watched_namespaces();
     tracing::info!(

@@ -224,7 +224,8 @@ impl Env {
         self.dir.path().join("token")
     }
 
-    /// Starts the operator as the chart's ServiceAccount, watching only this namespace.
+    /// Starts the operator as the chart's ServiceAccount, watching only this namespace, in open
+    /// tenancy unless `extra` says `--tenancy=bound`.
     pub async fn start_operator(&mut self, extra: &[&str]) {
         let op = self.spawn_operator(extra, &[]).await;
         self.operator = Some(op);
@@ -256,6 +257,9 @@ impl Env {
             .arg("--backstop-poll-ms=5000")
             .arg("--coder-timeout-ms=3000")
             .arg("--log-level=workspace_start_operator=debug,info")
+            // Open tenancy, so the tests written before tenancy keep their assertions; the
+            // tenancy tests (tests/tenancy.rs) pass --tenancy=bound, which overrides this.
+            .arg("--tenancy=open")
             .args(extra)
             .envs(envs.iter().copied())
             .env("KUBECONFIG", &self.sa_kubeconfig)
