@@ -36,6 +36,16 @@ impl World {
         let admin = env.sim.sim().add_admin("coder-admin");
         std::fs::write(env.token_file(), format!("{}\n", admin.token)).expect("token file");
         let bob = env.sim.sim().add_user("bob");
+        // The chart again, with its tenancy admission policies (the harness leaves them off).
+        let chart = support::render_chart(
+            &env.ns,
+            &env.sim.url(),
+            &["--set=tenancy.admissionPolicies=true"],
+        );
+        env.plane
+            .apply_yaml(&chart, &env.ns)
+            .await
+            .expect("chart with admission policies");
         let rbac = format!(
             r#"
 apiVersion: rbac.authorization.k8s.io/v1

@@ -132,7 +132,8 @@ fn unsafe_kill(pid: u32, sig: i32) {
         .status();
 }
 
-/// Renders the chart for namespaced mode in `ns` and returns the YAML.
+/// Renders the chart for namespaced mode in `ns` (admission policies off unless `extra` turns
+/// them on) and returns the YAML.
 pub fn render_chart(ns: &str, coder_url: &str, extra: &[&str]) -> String {
     let helm = ControlPlaneBins::helm();
     let mut cmd = std::process::Command::new(helm);
@@ -141,7 +142,10 @@ pub fn render_chart(ns: &str, coder_url: &str, extra: &[&str]) -> String {
         .args(["--namespace", ns])
         .arg(format!("--set=watchNamespaces={{{ns}}}"))
         .arg(format!("--set=coder.url={coder_url}"))
-        .arg("--set=coder.token=unused-in-tests");
+        .arg("--set=coder.token=unused-in-tests")
+        // Without the tenancy admission policies, as the tests written before tenancy expect;
+        // tests/tenancy.rs turns them on (a later --set wins).
+        .arg("--set=tenancy.admissionPolicies=false");
     for e in extra {
         cmd.arg(e);
     }
