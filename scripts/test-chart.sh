@@ -423,6 +423,9 @@ for c in "${cases[@]}"; do
   check "kube-score ($c)" kube_score "$work/eco-$c.yaml"
 done
 check "kubeconform -strict (examples/requests)" kubeconform_strict "$repo"/examples/requests/*.yaml
+check "kubeconform -strict (examples/policies)" kubeconform_strict "$repo"/examples/policies/*.yaml
+check "kubeconform refuses an unknown policy field" oracle_refuses kubeconform_strict \
+  's/^  owners:/  owner:/' "$repo/examples/policies/demo.yaml"
 # The oracles are live: a typo or a missing limit is caught.
 check "kubeconform refuses an unknown Deployment field" oracle_refuses kubeconform_strict \
   's/imagePullPolicy:/imagePullPolicyy:/' "$work/eco-default.yaml"
