@@ -92,6 +92,22 @@ check "reject: bad log format" reject "/logging/format" "${url[@]}" --set coder.
 check "reject: non-http coder.url" reject "/coder/url" --set coder.url=coder.example.com --set coder.existingSecret=s
 check "reject: coder.allowedUrls entry that is no http(s) URL prefix" reject "/coder/allowedUrls/0" "${url[@]}" \
   --set coder.existingSecret=s --set 'coder.allowedUrls[0]=169.254.169.254'
+check "reject: tenancy.mode other than bound or open" reject "/tenancy/mode" "${url[@]}" \
+  --set coder.existingSecret=s --set tenancy.mode=closed
+tenancy_objects() { # want-kinds... -- helm-template-args...
+  local want=() got
+  while [[ $1 != -- ]]; do want+=("$1"); shift; done; shift
+  got=$("$helm" template "$release" "$chart" --namespace "$namespace" "$@" --show-only templates/tenancy.yaml 2>/dev/null |
+    grep '^kind:' | sed 's/kind: //' | sort | tr '\n' ' ')
+  [[ $got == "$(printf '%s\n' "${want[@]}" | sort | tr '\n' ' ')" ]] || { echo "tenancy objects: got '$got', want '${want[*]}'"; return 1; }
+}
+check "tenancy: bound mode reads policies cluster-wide and installs both admission policies" tenancy_objects \
+  ClusterRole ClusterRoleBinding ValidatingAdmissionPolicy ValidatingAdmissionPolicy \
+  ValidatingAdmissionPolicyBinding ValidatingAdmissionPolicyBinding -- "${url[@]}" --set coder.existingSecret=s
+check "tenancy: open mode keeps only the provenance policy" tenancy_objects \
+  ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding -- "${url[@]}" --set coder.existingSecret=s --set tenancy.mode=open
+check "tenancy: no admission policies when turned off" tenancy_objects \
+  ClusterRole ClusterRoleBinding -- "${url[@]}" --set coder.existingSecret=s --set tenancy.admissionPolicies=false
 check "reject: mcp.shard that is no label value" reject "/mcp/shard" "${url[@]}" \
   --set coder.existingSecret=s --set mcp.shard=GPU
 check "reject: secretNamespaces outside watchNamespaces" reject "is not in watchNamespaces" "${url[@]}" \

@@ -367,3 +367,29 @@ fn a_hostile_owner_name_is_cut_in_the_message() {
     };
     assert!(message.len() < 1_000, "message is {} bytes", message.len());
 }
+
+#[test]
+fn only_a_label_or_the_type_opts_a_secret_in() {
+    use serde_json::{Value, json};
+    let secret = |labels: Value, type_: &str| -> Secret {
+        serde_json::from_value(json!({
+            "metadata": {"name": "s", "labels": labels},
+            "type": type_,
+        }))
+        .expect("secret")
+    };
+    assert!(secret_opted_in(&secret(
+        json!({"coder.com/coder-ref": "true"}),
+        "Opaque"
+    )));
+    assert!(secret_opted_in(&secret(
+        json!({}),
+        "coder.com/coder-credentials"
+    )));
+    assert!(!secret_opted_in(&secret(json!({}), "Opaque")));
+    assert!(!secret_opted_in(&secret(
+        json!({"coder.com/coder-ref": "yes"}),
+        "Opaque"
+    )));
+    assert_eq!(secret_not_allowed("s").reason, reasons::SECRET_NOT_ALLOWED);
+}
