@@ -72,6 +72,15 @@ fn reason(r: Result<(), Refusal>) -> Option<Reason> {
     r.err().map(|r| r.reason)
 }
 
+/// One row: name, the policies naming the namespace, the shard, the request, the refusal.
+type AdmitCase<'a> = (
+    &'a str,
+    Vec<(String, WorkspaceStartPolicySpec)>,
+    Option<&'a str>,
+    WorkspaceStartRequestSpec,
+    Option<&'a str>,
+);
+
 #[test]
 fn pre_coder_checks_refuse_what_the_namespace_policies_do_not_allow() {
     let chats_only = WorkspaceStartPolicySpec {
@@ -87,13 +96,7 @@ fn pre_coder_checks_refuse_what_the_namespace_policies_do_not_allow() {
         default_shard: Some(false),
         ..policy(&["*"])
     };
-    let cases: Vec<(
-        &str,
-        Vec<(String, WorkspaceStartPolicySpec)>,
-        Option<&str>,
-        WorkspaceStartRequestSpec,
-        Option<&str>,
-    )> = vec![
+    let cases: Vec<AdmitCase<'_>> = vec![
         (
             "unbound namespace, shared token",
             vec![],
