@@ -78,7 +78,7 @@ type AdmitCase<'a> = (
     Vec<(String, WorkspaceStartPolicySpec)>,
     Option<&'a str>,
     WorkspaceStartRequestSpec,
-    Option<&'a str>,
+    Option<Reason>,
 );
 
 #[test]
@@ -394,5 +394,5 @@ fn only_a_label_or_the_type_opts_a_secret_in() {
         json!({"coder.com/coder-ref": "yes"}),
         "Opaque"
     )));
-    assert_eq!(secret_not_allowed("s").reason, reasons::SECRET_NOT_ALLOWED);
+    assert_eq!(secret_not_allowed("s").reason, Reason::SecretNotAllowed);
 }
