@@ -4,6 +4,8 @@ WSO_CACHE ?= $(HOME)/.cache/workspace-start-operator
 export WSO_CACHE
 CRD := crds/workspacestartrequests.coder.com.yaml
 CHART_CRD := charts/workspace-start-operator/crds/workspacestartrequests.coder.com.yaml
+POLICY_CRD := crds/workspacestartpolicies.coder.com.yaml
+CHART_POLICY_CRD := charts/workspace-start-operator/crds/workspacestartpolicies.coder.com.yaml
 
 .PHONY: all build tools node-tools crd test test-node unit demo bench lint image
 
@@ -25,6 +27,8 @@ node-tools:
 crd:
 	cargo run -q --bin workspace-start-operator -- crd > $(CRD)
 	cp $(CRD) $(CHART_CRD)
+	cargo run -q --bin workspace-start-operator -- crd workspacestartpolicies > $(POLICY_CRD)
+	cp $(POLICY_CRD) $(CHART_POLICY_CRD)
 
 ## image: the operator's OCI image without a Docker daemon -> dist/workspace-start-operator-<version>.oci.tar
 image:

@@ -162,6 +162,7 @@ spawn workspace-start-operator "$demo/operator.log" env KUBECONFIG="$KUBECONFIG"
   --coder-url "$sim_url" \
   --coder-token-file "$demo/coder-token" \
   --namespaces "$ns" \
+  --tenancy bound \
   --metrics-addr "127.0.0.1:$metrics_port"
 op_pid=$(awk '$1 == "workspace-start-operator" {print $2}' "$demo/pids")
 wait_for 60 "the operator" "$op_pid" curl -fsS -o /dev/null "http://127.0.0.1:$metrics_port/readyz"
@@ -169,6 +170,9 @@ echo "    ready; metrics on http://127.0.0.1:$metrics_port/metrics"
 up=1 # everything runs: from here on a failure leaves the demo up for inspection
 
 # ----------------------------------------------------------------------------------------------
+say "binding namespace $ns to Coder user alice (examples/policies/demo.yaml; bound tenancy)"
+"$kubectl" apply -f "$root/examples/policies/demo.yaml" | sed 's/^/    /'
+
 say "applying examples/requests/ to namespace $ns"
 # The coderRef Secret names coder-sim's default address; point it at the port in use.
 mkdir -p "$demo/requests"

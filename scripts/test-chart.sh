@@ -92,6 +92,22 @@ check "reject: bad log format" reject "/logging/format" "${url[@]}" --set coder.
 check "reject: non-http coder.url" reject "/coder/url" --set coder.url=coder.example.com --set coder.existingSecret=s
 check "reject: coder.allowedUrls entry that is no http(s) URL prefix" reject "/coder/allowedUrls/0" "${url[@]}" \
   --set coder.existingSecret=s --set 'coder.allowedUrls[0]=169.254.169.254'
+check "reject: tenancy.mode other than bound or open" reject "/tenancy/mode" "${url[@]}" \
+  --set coder.existingSecret=s --set tenancy.mode=closed
+tenancy_objects() { # want-kinds... -- helm-template-args...
+  local want=() got
+  while [[ $1 != -- ]]; do want+=("$1"); shift; done; shift
+  got=$("$helm" template "$release" "$chart" --namespace "$namespace" "$@" --show-only templates/tenancy.yaml 2>/dev/null |
+    grep '^kind:' | sed 's/kind: //' | sort | tr '\n' ' ')
+  [[ $got == "$(printf '%s\n' "${want[@]}" | sort | tr '\n' ' ')" ]] || { echo "tenancy objects: got '$got', want '${want[*]}'"; return 1; }
+}
+check "tenancy: bound mode reads policies cluster-wide and installs both admission policies" tenancy_objects \
+  ClusterRole ClusterRoleBinding ValidatingAdmissionPolicy ValidatingAdmissionPolicy \
+  ValidatingAdmissionPolicyBinding ValidatingAdmissionPolicyBinding -- "${url[@]}" --set coder.existingSecret=s
+check "tenancy: open mode keeps only the provenance policy" tenancy_objects \
+  ValidatingAdmissionPolicy ValidatingAdmissionPolicyBinding -- "${url[@]}" --set coder.existingSecret=s --set tenancy.mode=open
+check "tenancy: no admission policies when turned off" tenancy_objects \
+  ClusterRole ClusterRoleBinding -- "${url[@]}" --set coder.existingSecret=s --set tenancy.admissionPolicies=false
 check "reject: mcp.shard that is no label value" reject "/mcp/shard" "${url[@]}" \
   --set coder.existingSecret=s --set mcp.shard=GPU
 check "reject: mcp.limits.maxBodyBytes below 1 KiB" reject "/mcp/limits/maxBodyBytes" "${url[@]}" \
@@ -185,8 +201,12 @@ for scope in (watch or ["some-namespace"]):
     for v in ("create", "patch"):
         if not can(scope, "events.k8s.io", "events", v):
             errs.append(f"cannot {v} events in {scope}")
-if watch and any(s == "cluster" for s, _ in granted):
-    errs.append("namespaced mode must not bind a ClusterRole")
+# Cluster-wide: only reading the cluster-scoped WorkspaceStartPolicies (bound tenancy).
+if watch and any(s == "cluster" and (r["resources"] != ["workspacestartpolicies"] or set(r["verbs"]) - {"get", "list", "watch"}) for s, r in granted):
+    errs.append("namespaced mode must not bind a ClusterRole other than the policy reader")
+bound = value(env_of(deps[0]), "WSO_TENANCY") != "open"
+if bound != any(s == "cluster" and "workspacestartpolicies" in r["resources"] for s, r in granted):
+    errs.append("bound tenancy needs get/list/watch on workspacestartpolicies cluster-wide (and open mode none)")
 # Shards: one default Deployment, the others each with a distinct WSO_SHARD, selecting only their pods.
 shards = [value(env_of(d), "WSO_SHARD") for d in deps]
 if shards.count("") != 1 or len(set(shards)) != len(shards):
@@ -366,14 +386,16 @@ check "MCP: least privilege in namespaced mode" mcp_invariants true "${url[@]}" 
 check "reject: MCP maxWait that is not a duration" reject "/mcp/maxWait" "${url[@]}" --set coder.existingSecret=s \
   --set mcp.enabled=true --set mcp.maxWait=forever
 
-# 5. CRD copy drift (refresh: cp crds/workspacestartrequests.coder.com.yaml charts/workspace-start-operator/crds/)
-crd_drift() {
-  local src=$repo/crds/workspacestartrequests.coder.com.yaml dst=$chart/crds/workspacestartrequests.coder.com.yaml
-  [[ -f $src ]] || { echo "missing $src (generate it with: cargo run -- crd > crds/workspacestartrequests.coder.com.yaml)"; return 1; }
-  [[ -f $dst ]] || { echo "missing $dst (refresh: cp $src $dst)"; return 1; }
-  cmp "$src" "$dst" || { diff -u "$src" "$dst" | head -40; echo "chart CRD copy is stale; refresh: cp crds/workspacestartrequests.coder.com.yaml charts/workspace-start-operator/crds/"; return 1; }
+# 5. CRD copy drift (refresh: make crd)
+crd_drift() { # name
+  local src=$repo/crds/$1.coder.com.yaml dst=$chart/crds/$1.coder.com.yaml
+  [[ -f $src ]] || { echo "missing $src (generate it with: make crd)"; return 1; }
+  [[ -f $dst ]] || { echo "missing $dst (refresh: make crd)"; return 1; }
+  cmp "$src" "$dst" || { diff -u "$src" "$dst" | head -40; echo "chart CRD copy is stale; refresh: make crd"; return 1; }
 }
-check "CRD copy in chart equals crds/" crd_drift
+for crd in workspacestartrequests workspacestartpolicies; do
+  check "CRD copy in chart equals crds/ ($crd)" crd_drift "$crd"
+done
 
 # 6. GitOps health rules, evaluated by Argo CD's and Flux's own code and by kstatus, on the
 # statuses captured from real operator runs (tests/fixtures/status, tests/status_oracles.rs).
@@ -421,6 +443,9 @@ for c in "${cases[@]}"; do
   check "kube-score ($c)" kube_score "$work/eco-$c.yaml"
 done
 check "kubeconform -strict (examples/requests)" kubeconform_strict "$repo"/examples/requests/*.yaml
+check "kubeconform -strict (examples/policies)" kubeconform_strict "$repo"/examples/policies/*.yaml
+check "kubeconform refuses an unknown policy field" oracle_refuses kubeconform_strict \
+  's/^  owners:/  owner:/' "$repo/examples/policies/demo.yaml"
 # The oracles are live: a typo or a missing limit is caught.
 check "kubeconform refuses an unknown Deployment field" oracle_refuses kubeconform_strict \
   's/imagePullPolicy:/imagePullPolicyy:/' "$work/eco-default.yaml"

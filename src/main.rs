@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use workspace_start_operator::api::crd;
-use workspace_start_operator::cli::{self, Command};
+use workspace_start_operator::api::{crd, policy};
+use workspace_start_operator::cli::{self, Command, CrdName};
 use workspace_start_operator::client::{mcp, start};
 use workspace_start_operator::operator::run::{self, RunError};
 use workspace_start_operator::process;
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Start(args) => return start::main(*args),
         Command::Mcp(args) => return mcp::main(*args),
-        Command::Crd => return print_crd(),
+        Command::Crd { name } => return print_crd(name),
         Command::Run(args) => {
             process::init_logging(args.log_format, &args.log_level);
             // One thread: the operator's work is many small I/O-bound tasks, and on one thread
@@ -46,8 +46,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_crd() -> ExitCode {
-    match crd::crd_yaml() {
+fn print_crd(name: CrdName) -> ExitCode {
+    let yaml = match name {
+        CrdName::Workspacestartrequests => crd::crd_yaml(),
+        CrdName::Workspacestartpolicies => policy::crd_yaml(),
+    };
+    match yaml {
         Ok(yaml) => {
             print!("{yaml}");
             ExitCode::SUCCESS

@@ -851,3 +851,60 @@ async fn start_command_and_mcp_send_requests_to_a_shard() {
     assert!(stderr.contains("--shard"), "{stderr}");
     assert_eq!(w.requests().await.len(), before);
 }
+
+/// Tenancy through MCP (kept here, beside the MCP harness; the other tenancy tests are in
+/// tests/tenancy.rs): a chat bot in a namespace bound to alice that asks for bob's workspace
+/// gets a tool result with isError and reason OwnerNotAllowed, and nothing is started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_caller_cannot_start_a_workspace_outside_its_namespace_binding() {
+    use workspace_start_operator::api::policy::{WorkspaceStartPolicy, WorkspaceStartPolicySpec};
+    let mut w = World::new("mcp-tenancy").await;
+    // The operator in bound mode with an admin Coder token (reaches every user's workspace).
+    w.env.operator().terminate().await;
+    let admin = w.env.sim.sim().add_admin("coder-admin");
+    std::fs::write(w.env.token_file(), format!("{}\n", admin.token)).expect("token file");
+    let policy = WorkspaceStartPolicy::new(
+        &w.env.ns,
+        WorkspaceStartPolicySpec {
+            namespaces: vec![w.env.ns.clone()],
+            owners: vec!["alice".into()],
+            ..Default::default()
+        },
+    );
+    let policies = Api::<WorkspaceStartPolicy>::all(w.env.admin.clone());
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("policy");
+    w.env.start_operator(&["--tenancy=bound"]).await;
+    w.start_mcp(&[]).await;
+
+    let bob = w.env.sim.sim().add_user("bob");
+    let bobs = w
+        .env
+        .sim
+        .sim()
+        .add_workspace(WorkspaceSeed::new(bob.id, "dev"));
+    let bobs_chat = w.env.sim.sim().add_chat(bob.id, Some(bobs));
+    let (code, result, stderr) = w.start_chat_as_bot(bobs_chat).await;
+    assert_eq!(code, 1, "a tool result with isError: {stderr}");
+    assert_eq!(result["started"], false, "{result}");
+    assert_eq!(result["reason"], "OwnerNotAllowed", "{result}");
+    let (code, result, _) = w
+        .mcp_call(
+            &w.bot_token,
+            "start_workspace",
+            json!({"owner": "bob", "name": "dev"}),
+        )
+        .await;
+    assert_eq!(code, 1);
+    assert_eq!(result["reason"], "OwnerNotAllowed", "{result}");
+    assert_eq!(w.env.sim.sim().builds_posted(bobs), 0, "nothing started");
+
+    // Alice's chat in the same namespace is served.
+    let alices = stopped(&w.env, "alices");
+    let chat = w.env.sim.sim().add_chat(w.env.alice.id, Some(alices));
+    let (code, result, stderr) = w.start_chat_as_bot(chat).await;
+    assert_eq!(code, 0, "{result} {stderr}");
+    let _ = policies.delete(&w.env.ns, &Default::default()).await;
+}

@@ -135,6 +135,9 @@ impl Release {
             format!("--set=coder.existingSecret={TOKEN_SECRET}"),
             format!("--set=watchNamespaces={{{}}}", watch.join(",")),
             "--set=image.pullPolicy=Never".to_owned(),
+            // These tests predate tenancy and bind no namespace: open mode keeps their
+            // assertions (tests/tenancy.rs covers bound mode).
+            "--set=tenancy.mode=open".to_owned(),
         ];
         args.extend(sets.iter().map(|s| (*s).to_owned()));
         r.helm("install", &args);

@@ -104,6 +104,20 @@ reasons! {
     SecretUnreadable = "SecretUnreadable",
     /// Failure: the operator hit an internal error (a panic) while reconciling this request.
     InternalError = "InternalError",
+    /// Failure: the request would act, through a shared Coder identity, for a Coder user its
+    /// namespace is not bound to (no `WorkspaceStartPolicy` allows the owner, or none names the
+    /// namespace).
+    OwnerNotAllowed = "OwnerNotAllowed",
+    /// Failure: the request passes a parameter its namespace's `WorkspaceStartPolicy` does not
+    /// allow.
+    ParameterNotAllowed = "ParameterNotAllowed",
+    /// Failure: the shard the request is labelled for does not serve its namespace.
+    ShardNotAllowed = "ShardNotAllowed",
+    /// Failure: the `coderRef` Secret has not opted in (label `coder.com/coder-ref: "true"` or
+    /// type `coder.com/coder-credentials`).
+    SecretNotAllowed = "SecretNotAllowed",
+    /// Failure: the namespace is chats-only and the request names a workspace instead of a chat.
+    ChatRequired = "ChatRequired",
 }
 
 impl Reason {

@@ -31,8 +31,21 @@ pub enum Command {
     Mcp(Box<mcp::McpArgs>),
     /// Start a workspace: create a WorkspaceStartRequest and, with --wait, follow it.
     Start(Box<start::StartArgs>),
-    /// Print the CustomResourceDefinition YAML.
-    Crd,
+    /// Print a CustomResourceDefinition's YAML (default: workspacestartrequests).
+    Crd {
+        /// Which CRD: `workspacestartrequests` (default) or `workspacestartpolicies`.
+        #[arg(value_enum, default_value_t = CrdName::Workspacestartrequests)]
+        name: CrdName,
+    },
+}
+
+/// The CRDs the `crd` subcommand prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrdName {
+    /// `workspacestartrequests.coder.com` (namespaced requests).
+    Workspacestartrequests,
+    /// `workspacestartpolicies.coder.com` (cluster-scoped tenancy policies).
+    Workspacestartpolicies,
 }
 
 /// The entries of a comma-separated flag, trimmed, without empty ones.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use super::non_empty;
+use crate::api::policy::TenancyMode;
 use crate::api::shard::Shard;
 use crate::process::LogFormat;
 
@@ -37,6 +38,17 @@ pub struct RunArgs {
         value_parser = Shard::parse
     )]
     pub shard: Shard,
+    /// `bound` (default): a request served by the operator's (or a shard's) Coder token acts
+    /// only for the Coder users a WorkspaceStartPolicy binds its namespace to, shards serve only
+    /// namespaces bound to them, and only opted-in Secrets serve as coderRef. `open`: no policy
+    /// is needed (the behaviour before tenancy; for single-tenant clusters).
+    #[arg(
+        long,
+        env = "WSO_TENANCY",
+        default_value = "bound",
+        value_parser = |s: &str| s.parse::<TenancyMode>()
+    )]
+    pub tenancy: TenancyMode,
     /// Maximum concurrent reconciles of requests not yet started (reading Coder, requesting the
     /// start build).
     #[arg(long, env = "WSO_CONCURRENCY", default_value_t = 16)]

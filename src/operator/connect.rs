@@ -20,6 +20,7 @@ use crate::coder::credentials::{self, SessionToken};
 use crate::coder::{ClientOptions, CoderClient};
 use crate::operator::client_cache::{CacheLimits, ClientCache, ClientError};
 use crate::operator::decide::Observation;
+use crate::operator::tenancy;
 
 /// A usable Coder client and the key that identifies its deployment + identity.
 #[derive(Clone, Debug)]
@@ -48,6 +49,8 @@ pub struct Connections {
     clients: ClientCache,
     /// The operator-wide connection and the token file version it was made from.
     operator_wide: Mutex<Option<(FileVersion, Connection)>>,
+    /// Only Secrets that opted in serve as `coderRef` (bound tenancy, [`tenancy`]).
+    secret_opt_in: bool,
 }
 
 /// What tells one version of a file from the next without reading it: a rotated token file
@@ -175,7 +178,14 @@ impl Connections {
             allowed,
             clients: ClientCache::new(opts, limits),
             operator_wide: Mutex::new(None),
+            secret_opt_in: false,
         }
+    }
+
+    /// Makes only Secrets that opted in ([`tenancy::secret_opted_in`]) usable as `coderRef`.
+    pub fn require_secret_opt_in(mut self, yes: bool) -> Connections {
+        self.secret_opt_in = yes;
+        self
     }
 
     /// The connection for `wsr`.
@@ -213,6 +223,11 @@ impl Connections {
                     }
                     Err(e) => return Err(ResolveError::Kube(e)),
                 };
+                if self.secret_opt_in && !tenancy::secret_opted_in(&secret) {
+                    return Err(ResolveError::Request(
+                        tenancy::secret_not_allowed(&r.name).into(),
+                    ));
+                }
                 self.secret_connection(&r.name, &secret)
             }
             None => self.operator_wide().await,

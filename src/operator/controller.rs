@@ -30,6 +30,7 @@ use crate::operator::reconcile::{self, PassEnd, Recorded, Request, StartRecord};
 use crate::operator::start_queue::StartQueue;
 use crate::operator::status::StatusWriter;
 use crate::operator::streams::{Streams, WorkspaceKey};
+use crate::operator::tenancy::{self, Tenancy};
 use crate::operator::write_slots::{Permit, Priority, WriteSlots};
 use crate::process::http::Health;
 
@@ -132,6 +133,8 @@ pub struct Context {
     write_slots: Arc<WriteSlots>,
     /// The watch caches of this shard's requests (one per watched namespace scope).
     held: Mutex<Vec<reflector::Store<WorkspaceStartRequest>>>,
+    /// Which Coder users, parameters and shards each namespace may use.
+    pub tenancy: Tenancy,
 }
 
 impl Context {
@@ -142,6 +145,7 @@ impl Context {
         streams: Arc<Streams>,
         metrics: Arc<Metrics>,
         settings: Settings,
+        tenancy: Tenancy,
     ) -> Arc<Context> {
         let write_slots = WriteSlots::new(usize::from(settings.write_slots));
         let events = EventPublisher::start(
@@ -173,6 +177,7 @@ impl Context {
             write_slots,
             held: Mutex::new(Vec::new()),
             settings,
+            tenancy,
         })
     }
 
@@ -461,12 +466,17 @@ async fn reconcile_inner(
     if ctx.settings.panic_on.as_deref() == Some(wsr.name_any().as_str()) {
         panic!("test hook: reconciling {oref} panics (--test-panic-on)");
     }
+    // Tenancy: shard, chats-only and parameters are refused before any Coder call.
+    if let Err(obs) = ctx.tenancy.admit(wsr) {
+        let d = decide::decide(&input_for(wsr, &prev, obs, ctx.settings.poll));
+        return conclude(wsr, ctx, &api, oref, &prev, d, None, None).await;
+    }
     let conn = match connection(wsr, ctx, oref, &api, &prev).await {
         Ok(conn) => conn,
         Err(done) => return done,
     };
 
-    let mut coder = LiveCoder::new(
+    let coder = LiveCoder::new(
         &ctx.streams,
         wsr,
         oref,
@@ -478,6 +488,8 @@ async fn reconcile_inner(
         &prev,
     )
     .await;
+    // Tenancy: every observation's owner is checked before the pass may start a build.
+    let mut coder = tenancy::Vetted::new(&ctx.tenancy, wsr, coder);
     let mut record = ApiStartRecord {
         ctx,
         api: &api,
@@ -491,7 +503,7 @@ async fn reconcile_inner(
     let end = reconcile::pass(request, &record.written.clone(), &mut coder, &mut record).await?;
     // The start (if any) is recorded in the shared cache: let the next request for this
     // workspace decide while this one writes its status and Event.
-    let read = coder.finish();
+    let read = coder.into_inner().finish();
     let written = record.written;
     match end {
         PassEnd::Decided(decision) => {

@@ -6,6 +6,7 @@
 //! - [`decide`]: the pure state machine (observed state → next status and action).
 //! - [`connect`]: which Coder deployment and token serve a request; [`client_cache`]: the
 //!   bounded cache of their clients.
+//! - [`tenancy`]: which Coder users, parameters and shards a namespace's requests may use.
 //! - [`streams`]: shared Coder watch streams and the per-workspace read cache.
 //! - [`start_queue`]: how many requests not yet started are reconciled at once.
 //! - [`status`], [`events`], [`first_status`], [`write_slots`]: what is written to the API
@@ -27,5 +28,6 @@ pub mod run;
 pub mod start_queue;
 pub mod status;
 pub mod streams;
+pub mod tenancy;
 pub mod triggers;
 pub mod write_slots;

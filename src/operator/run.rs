@@ -13,6 +13,7 @@ use crate::operator::connect::{AllowedUrls, Connections};
 use crate::operator::controller::{self, Context, Settings};
 use crate::operator::metrics::Metrics;
 use crate::operator::streams::Streams;
+use crate::operator::tenancy;
 use crate::process::{self, http::Health};
 
 /// Errors that stop the process.
@@ -110,6 +111,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let allowed = AllowedUrls::new(&args.coder_allowed_urls, args.coder_url.as_deref())
         .map_err(RunError::AllowedUrls)?;
     tracing::info!(allowed = %allowed.describe(), "Coder URLs allowed in coderRef Secrets");
+    let tenancy =
+        match tenancy::start(kube.clone(), args.tenancy, &args.shard, shutdown.clone()).await {
+            Some(t) => t,
+            None => return stop_server(server).await,
+        };
     let connections = Connections::new(
         kube.clone(),
         args.coder_url.clone(),
@@ -120,13 +126,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             max_clients: args.coder_client_cache_size,
             idle: Duration::from_millis(args.coder_client_idle_ms),
         },
-    );
+    )
+    .require_secret_opt_in(tenancy.requires_secret_opt_in());
     let ctx = Context::new(
         kube.clone(),
         connections,
         streams,
         Arc::clone(&metrics),
         settings,
+        tenancy,
     );
     let namespaces = args.watched_namespaces();
     tracing::info!(

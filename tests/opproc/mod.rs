@@ -49,8 +49,13 @@ pub struct Launch<'a> {
 
 impl Proc {
     /// Spawns the operator (`run`). Every `WSO_*`/`CODER_*`/`WATCH_NAMESPACES` variable of the
-    /// test process is removed first, so only `launch` decides the configuration.
-    pub fn spawn(launch: Launch<'_>) -> Proc {
+    /// test process is removed first, so only `launch` decides the configuration. Open tenancy
+    /// unless `launch.args` give `--tenancy` (the tests written before tenancy keep their
+    /// assertions; tests/tenancy.rs runs bound mode).
+    pub fn spawn(mut launch: Launch<'_>) -> Proc {
+        if !launch.args.iter().any(|a| a.starts_with("--tenancy")) {
+            launch.args.insert(0, "--tenancy=open".to_owned());
+        }
         Proc::spawn_command("run", launch)
     }
 

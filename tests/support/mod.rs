@@ -132,7 +132,8 @@ fn unsafe_kill(pid: u32, sig: i32) {
         .status();
 }
 
-/// Renders the chart for namespaced mode in `ns` and returns the YAML.
+/// Renders the chart for namespaced mode in `ns` (admission policies off unless `extra` turns
+/// them on) and returns the YAML.
 pub fn render_chart(ns: &str, coder_url: &str, extra: &[&str]) -> String {
     let helm = ControlPlaneBins::helm();
     let mut cmd = std::process::Command::new(helm);
@@ -141,7 +142,10 @@ pub fn render_chart(ns: &str, coder_url: &str, extra: &[&str]) -> String {
         .args(["--namespace", ns])
         .arg(format!("--set=watchNamespaces={{{ns}}}"))
         .arg(format!("--set=coder.url={coder_url}"))
-        .arg("--set=coder.token=unused-in-tests");
+        .arg("--set=coder.token=unused-in-tests")
+        // Without the tenancy admission policies, as the tests written before tenancy expect;
+        // tests/tenancy.rs turns them on (a later --set wins).
+        .arg("--set=tenancy.admissionPolicies=false");
     for e in extra {
         cmd.arg(e);
     }
@@ -224,7 +228,8 @@ impl Env {
         self.dir.path().join("token")
     }
 
-    /// Starts the operator as the chart's ServiceAccount, watching only this namespace.
+    /// Starts the operator as the chart's ServiceAccount, watching only this namespace, in open
+    /// tenancy unless `extra` says `--tenancy=bound`.
     pub async fn start_operator(&mut self, extra: &[&str]) {
         let op = self.spawn_operator(extra, &[]).await;
         self.operator = Some(op);
@@ -256,6 +261,9 @@ impl Env {
             .arg("--backstop-poll-ms=5000")
             .arg("--coder-timeout-ms=3000")
             .arg("--log-level=workspace_start_operator=debug,info")
+            // Open tenancy, so the tests written before tenancy keep their assertions; the
+            // tenancy tests (tests/tenancy.rs) pass --tenancy=bound, which overrides this.
+            .arg("--tenancy=open")
             .args(extra)
             .envs(envs.iter().copied())
             .env("KUBECONFIG", &self.sa_kubeconfig)

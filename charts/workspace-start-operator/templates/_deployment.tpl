@@ -83,6 +83,8 @@ spec:
               value: /etc/coder/token/token
             - name: WATCH_NAMESPACES
               value: {{ join "," .Values.watchNamespaces | quote }}
+            - name: WSO_TENANCY
+              value: {{ .Values.tenancy.mode | quote }}
             {{- with .Shard }}
             - name: WSO_SHARD
               value: {{ . | quote }}

@@ -57,6 +57,8 @@ impl Operator {
             .arg(format!("--metrics-addr=127.0.0.1:{port}"))
             .arg(format!("--coder-watch={}", l.watch))
             .arg("--log-level=warn")
+            // The benchmark measures the request path, not the tenancy checks (single tenant).
+            .arg("--tenancy=open")
             .args(&l.extra)
             .env("KUBECONFIG", &l.kubeconfig)
             .env("POD_NAMESPACE", &l.ns)
