@@ -851,3 +851,68 @@ async fn start_command_and_mcp_send_requests_to_a_shard() {
     assert!(stderr.contains("--shard"), "{stderr}");
     assert_eq!(w.requests().await.len(), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_id_twice_creates_one_request() {
+    let mut w = World::new("request-id").await;
+    w.start_mcp(&[]).await;
+    let ws = stopped(&w.env, "dev");
+    let args = json!({"workspace_id": ws.to_string(), "request_id": "toolu_01ABC"});
+
+    // A model's call that returned at once, then its retry that waits.
+    let mut first_args = args.clone();
+    first_args["wait"] = json!(false);
+    let (code, first, stderr) = w
+        .mcp_call(&w.bot_token, "start_workspace", first_args)
+        .await;
+    assert_eq!(code, 0, "{stderr}\nMCP log:\n{}", w.mcp_log());
+    let (code, retried, stderr) = w
+        .mcp_call(&w.bot_token, "start_workspace", args.clone())
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(retried["name"], first["name"], "{first}\n{retried}");
+    assert_eq!(retried["started"], true, "{retried}");
+    assert!(retried["build_id"].is_string(), "{retried}");
+    assert_eq!(w.requests().await.len(), 1);
+    assert_eq!(w.env.sim.sim().builds_created(ws), 1);
+    let name = first["name"].as_str().expect("name");
+    let req = w.env.wsrs().get(name).await.expect("request");
+    let labels = req.metadata.labels.unwrap_or_default();
+    assert!(labels.contains_key("coder.com/request-id"), "{labels:?}");
+
+    // The same request id for another start is an invalid argument, and creates nothing.
+    let other = stopped(&w.env, "other");
+    let (code, _, stderr) = w
+        .mcp_call(
+            &w.bot_token,
+            "start_workspace",
+            json!({"workspace_id": other.to_string(), "request_id": "toolu_01ABC"}),
+        )
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("request_id"), "{stderr}");
+    assert_eq!(w.requests().await.len(), 1);
+
+    // The start command (the same ServiceAccount through its kubeconfig): twice, one request.
+    let cli = [
+        "--workspace",
+        "alice/dev",
+        "--request-id",
+        "run-7",
+        "-o",
+        "json",
+    ];
+    let (code, out1, stderr) = start_cmd(&w, &cli).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out2, stderr) = start_cmd(&w, &cli).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("--request-id seen before"), "{stderr}");
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(&out1).expect("json"),
+        serde_json::from_str(&out2).expect("json"),
+    );
+    assert_eq!(a["name"], b["name"]);
+    assert_ne!(a["name"], first["name"]);
+    assert_eq!(w.requests().await.len(), 2);
+    assert_eq!(w.env.sim.sim().builds_created(other), 0);
+}

@@ -7,7 +7,9 @@
 //! Layout: [`auth`] (TokenReview middleware, SubjectAccessReview, per-caller rate limit),
 //! [`tools`] (the two tools), [`metrics`] (what `/metrics` serves).
 
+pub mod annotations;
 pub mod auth;
+mod idempotent;
 pub mod metrics;
 pub mod tools;
 
