@@ -119,6 +119,7 @@ impl SimBuild {
                 status: status.into(),
                 lifecycle_state: lifecycle.into(),
                 ready_at: None,
+                first_connected_at: None,
             });
         }
         WorkspaceBuild {
@@ -134,7 +135,10 @@ impl SimBuild {
                 error_code: (self.script.outcome == Outcome3::Failed).then(|| "SOME_CODE".into()),
                 completed_at: None,
             },
-            resources: vec![Resource { agents }],
+            resources: vec![Resource {
+                agents,
+                ..Default::default()
+            }],
         }
     }
 }
@@ -396,7 +400,10 @@ fn any_build(
             error_code: None,
             completed_at: completed,
         },
-        resources: vec![Resource { agents }],
+        resources: vec![Resource {
+            agents,
+            ..Default::default()
+        }],
     }
 }
 
@@ -716,6 +723,7 @@ fn any_observation() -> impl Strategy<Value = Observation> {
             status: status.into(),
             lifecycle_state: lifecycle.into(),
             ready_at: None,
+            first_connected_at: None,
         });
     (
         any::<i64>(),

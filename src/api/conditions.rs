@@ -91,6 +91,10 @@ pub mod reasons {
     pub const SECRET_UNREADABLE: &str = "SecretUnreadable";
     /// Failure: the operator hit an internal error (a panic) while reconciling this request.
     pub const INTERNAL_ERROR: &str = "InternalError";
+    /// Failure: the agent is managed outside Coder (a `coder_external_agent` resource) and
+    /// timed out connecting or is offline; Coder cannot start it, so waiting is pointless. The
+    /// message is Coder's own guidance (`chattool/external_agents.go`).
+    pub const EXTERNAL_AGENT_UNAVAILABLE: &str = "ExternalAgentUnavailable";
 }
 
 /// Sets (or replaces) a condition by type, keeping `lastTransitionTime` when the status did not

@@ -242,6 +242,10 @@ pub struct WorkspaceStartRequestStatus {
     /// Human-readable summary of the current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// True when the start build moved the workspace to the template's active version (the
+    /// template requires active versions), as Coder's `start_workspace` reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_to_active_version: Option<bool>,
 }
 
 /// Request phase.
@@ -306,6 +310,10 @@ pub struct BuildInfo {
     /// Coder's job error code (for example INSUFFICIENT_QUOTA); never the job's error text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+    /// Template version the build used (UUID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    pub template_version_id: Option<String>,
 }
 
 /// The agent being waited on.

@@ -80,7 +80,18 @@ pub struct StartResult {
     /// Name of the WorkspaceStartRequest (pass it to `get_workspace_start`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// True when the start moved the workspace to the template's active version (Coder's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_to_active_version: Option<bool>,
+    /// Why it was updated (Coder's text), with `updated_to_active_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_reason: Option<String>,
 }
+
+/// Coder's `update_reason` when a start moved the workspace to the active version.
+const UPDATE_REASON: &str = "template requires active versions";
+/// Coder's `message` then.
+const UPDATE_MESSAGE: &str = "Workspace started and was updated to the active template version because the template requires active versions.";
 
 impl StartResult {
     /// The result for `request` as it is now (finished or still in progress).
@@ -101,7 +112,22 @@ impl StartResult {
             Phase::Failed => r.failed(request, &progress),
             _ => {}
         }
+        r.set_version_update(request);
         r
+    }
+
+    /// Coder's tool annotates a start that updated the template version once it started.
+    fn set_version_update(&mut self, request: &WorkspaceStartRequest) {
+        let updated = request
+            .status
+            .as_ref()
+            .and_then(|s| s.updated_to_active_version)
+            .unwrap_or(false);
+        if updated && self.started {
+            self.updated_to_active_version = Some(true);
+            self.update_reason = Some(UPDATE_REASON.into());
+            self.message = Some(UPDATE_MESSAGE.into());
+        }
     }
 
     /// The result for a request still in progress when the wait of `waited` ended.
@@ -171,6 +197,12 @@ impl StartResult {
                     self.agent_status = Some("not_ready".into());
                     self.agent_error = Some(message);
                 }
+            }
+            // Coder's tool reports an unreachable external agent as not ready, with its guidance.
+            reasons::EXTERNAL_AGENT_UNAVAILABLE => {
+                self.started = true;
+                self.agent_status = Some("not_ready".into());
+                self.agent_error = Some(message);
             }
             reasons::AGENT_SELECTION_ERROR | reasons::AGENT_NOT_FOUND => {
                 self.started = true;
@@ -252,6 +284,7 @@ mod tests {
                 transition: "start".into(),
                 job_status: "succeeded".into(),
                 error_code: None,
+                template_version_id: None,
             }),
             agent: Some(AgentInfo {
                 id: Some("a1".into()),

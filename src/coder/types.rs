@@ -204,8 +204,11 @@ impl JobStatus {
 }
 
 /// A workspace resource.
-#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Default)]
 pub struct Resource {
+    /// Terraform resource type, e.g. `docker_container` or `coder_external_agent`.
+    #[serde(default, rename = "type")]
+    pub resource_type: String,
     /// Agents of this resource.
     #[serde(default)]
     pub agents: Vec<Agent>,
@@ -228,6 +231,9 @@ pub struct Agent {
     /// When the agent became ready.
     #[serde(default)]
     pub ready_at: Option<Timestamp>,
+    /// When the agent first connected (null: never).
+    #[serde(default)]
+    pub first_connected_at: Option<Timestamp>,
 }
 
 /// Body of `POST /api/v2/workspaces/{id}/builds`.

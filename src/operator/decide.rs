@@ -169,6 +169,7 @@ pub fn build_info(b: &WorkspaceBuild) -> BuildInfo {
         transition: b.transition.as_str().to_owned(),
         job_status: b.job.status.as_str().to_owned(),
         error_code: b.job.error_code.clone(),
+        template_version_id: b.template_version_id.map(|v| v.to_string()),
     }
 }
 
@@ -436,7 +437,17 @@ fn retrying(next: Next<'_>, reason: &str, message: &str, last: &str) -> Decision
 /// The input's observation is not used.
 pub fn queued(input: &Input<'_>, build: &WorkspaceBuild) -> Decision {
     let mut next = Next::new(input);
-    next.st.build = Some(build_info(build));
+    // Before the POST, status.build held the previous build (see `start`).
+    let previous = input.status.build.as_ref();
+    let new = build_info(build);
+    if let (Some(was), Some(now)) = (
+        previous.and_then(|b| b.template_version_id.as_ref()),
+        new.template_version_id.as_ref(),
+    ) && was != now
+    {
+        next.st.updated_to_active_version = Some(true);
+    }
+    next.st.build = Some(new);
     next.st.outcome = Some(Outcome::Queued);
     let msg = format!("start build #{} queued", build.build_number);
     let wait = Action::Requeue(input.poll);
@@ -742,6 +753,9 @@ fn decide_agent(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
         status: agent.status.clone(),
         lifecycle_state: Some(agent.lifecycle_state.clone()),
     });
+    if let Some(guidance) = crate::coder::external::unavailable_message(lb, agent) {
+        return next.fail(reasons::EXTERNAL_AGENT_UNAVAILABLE, guidance);
+    }
     match agent.lifecycle_state.as_str() {
         "ready" if agent.status == "connected" => {
             let msg = format!("workspace is running and agent {:?} is ready", agent.name);

@@ -24,6 +24,7 @@ fn agent(name: &str, status: &str, lifecycle: &str) -> Agent {
         status: status.into(),
         lifecycle_state: lifecycle.into(),
         ready_at: None,
+        first_connected_at: None,
     }
 }
 
@@ -46,7 +47,10 @@ fn build(
             error_code: None,
             completed_at: None,
         },
-        resources: vec![crate::coder::types::Resource { agents }],
+        resources: vec![crate::coder::types::Resource {
+            agents,
+            ..Default::default()
+        }],
     }
 }
 
@@ -239,6 +243,18 @@ fn down() -> Observation {
 
 fn with_agents(agents: Vec<Agent>) -> Observation {
     seen(build(2, Transition::Start, JobStatus::Succeeded, agents))
+}
+
+/// A succeeded start whose only agent is managed outside Coder (`coder_external_agent`).
+fn with_external_agent(status: &str) -> Observation {
+    let mut b = build(
+        2,
+        Transition::Start,
+        JobStatus::Succeeded,
+        vec![agent("main", status, "created")],
+    );
+    b.resources[0].resource_type = crate::coder::external::EXTERNAL_AGENT_RESOURCE_TYPE.into();
+    seen(b)
 }
 
 fn failed_with(code: Option<&str>) -> Observation {
@@ -782,6 +798,28 @@ fn every_branch() {
             WaitingForAgent,
             reasons::WAITING_FOR_AGENT,
             Requeue,
+        ),
+        // An external agent Coder cannot start: fail at once when unreachable, as Coder does.
+        case(
+            "external_agent_connecting_waits",
+            with_external_agent("connecting"),
+            WaitingForAgent,
+            reasons::WAITING_FOR_AGENT,
+            Requeue,
+        ),
+        case(
+            "external_agent_timed_out_fails_fast",
+            with_external_agent("timeout"),
+            Failed,
+            reasons::EXTERNAL_AGENT_UNAVAILABLE,
+            Finish,
+        ),
+        case(
+            "external_agent_offline_fails_fast",
+            with_external_agent("disconnected"),
+            Failed,
+            reasons::EXTERNAL_AGENT_UNAVAILABLE,
+            Finish,
         ),
         case(
             "agent_start_error",
