@@ -83,3 +83,57 @@ async fn a_start_onto_the_active_template_version_says_so_as_coders_tool_does() 
     let result = StartResult::of(&w);
     assert_eq!(result.updated_to_active_version, None, "{result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_timings_add_up_to_the_time_to_ready() {
+    let mut env = Env::new("timings").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    // Coder's host clock is an hour ahead of the cluster's.
+    sim.set_clock_offset(jiff::SignedDuration::from_hours(1));
+    let ws = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "dev"));
+    env.create_for_workspace("timed", ws).await;
+    let w = env.wait_terminal("timed", T).await;
+    let st = w.status.clone().expect("status");
+    assert_eq!(st.phase, Some(Phase::Ready), "{st:?}");
+    let t = st.timings.clone().expect("timings when Ready");
+    let stages = [
+        Some(t.queued_ms),
+        t.pending_ms,
+        t.running_ms,
+        t.agent_connecting_ms,
+        t.agent_starting_ms,
+        Some(t.other_ms),
+    ];
+    // Every stage of a started build is there, none negative or beyond the total, and they
+    // add up to the total: the hour between the clocks shows nowhere.
+    assert!(stages.iter().all(Option::is_some), "{t:?}");
+    assert!(
+        stages
+            .iter()
+            .flatten()
+            .all(|v| (0..=t.total_ms).contains(v)),
+        "{t:?}"
+    );
+    assert_eq!(stages.iter().flatten().sum::<i64>(), t.total_ms, "{t:?}");
+    // The total is measured on precise instants; status keeps them to the second.
+    let start = st.start_time.expect("startTime").0;
+    let done = st.completion_time.expect("completionTime").0;
+    let stored = done.duration_since(start).as_millis();
+    assert!(
+        (0..1000).contains(&(i128::from(t.total_ms) - stored)),
+        "{t:?} vs {stored}ms"
+    );
+    // The same in the result (seconds), and in `kubectl get wsr -o wide`.
+    let result = StartResult::of(&w);
+    let rt = result.timings.expect("result timings");
+    assert_eq!(rt.total_seconds, t.total_ms as f64 / 1000.0);
+    let (ok, out) = env.kubectl(&["get", "wsr", "timed", "-o", "wide"], None);
+    assert!(ok && out.contains("TOOK"), "{out}");
+    assert!(out.contains(t.took.as_deref().expect("took")), "{out}");
+    let metrics = env.operator().metrics().await;
+    assert!(
+        metrics.contains("workspace_start_operator_stage_seconds_count{stage=\"running\"} 1"),
+        "{metrics}"
+    );
+}

@@ -133,6 +133,7 @@ impl SimBuild {
                 id: Uuid::from_u128(0xf000 + self.number as u128),
                 status: job,
                 error_code: (self.script.outcome == Outcome3::Failed).then(|| "SOME_CODE".into()),
+                started_at: None,
                 completed_at: None,
             },
             resources: vec![Resource {
@@ -398,6 +399,7 @@ fn any_build(
             id: Uuid::from_u128(0xf1),
             status: job,
             error_code: None,
+            started_at: None,
             completed_at: completed,
         },
         resources: vec![Resource {

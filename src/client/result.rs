@@ -86,6 +86,47 @@ pub struct StartResult {
     /// Why it was updated (Coder's text), with `updated_to_active_version`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_reason: Option<String>,
+    /// How long each stage took, once the request finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<ResultTimings>,
+}
+
+/// Stage timings in seconds (the request's `status.timings`); they add up to `total_seconds`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ResultTimings {
+    /// Queued in the operator before the start build was requested.
+    pub queued_seconds: f64,
+    /// Coder's provisioner job waiting for a provisioner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_seconds: Option<f64>,
+    /// The provisioner job running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_seconds: Option<f64>,
+    /// The agent connecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_connecting_seconds: Option<f64>,
+    /// The agent's startup scripts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_starting_seconds: Option<f64>,
+    /// Everything else (operator and API server latency).
+    pub other_seconds: f64,
+    /// From the operator seeing the request to Ready or Failed.
+    pub total_seconds: f64,
+}
+
+impl ResultTimings {
+    fn of(t: &crate::api::crd::StageTimings) -> ResultTimings {
+        let s = |ms: i64| ms as f64 / 1000.0;
+        ResultTimings {
+            queued_seconds: s(t.queued_ms),
+            pending_seconds: t.pending_ms.map(s),
+            running_seconds: t.running_ms.map(s),
+            agent_connecting_seconds: t.agent_connecting_ms.map(s),
+            agent_starting_seconds: t.agent_starting_ms.map(s),
+            other_seconds: s(t.other_ms),
+            total_seconds: s(t.total_ms),
+        }
+    }
 }
 
 /// Coder's `update_reason` when a start moved the workspace to the active version.
@@ -113,6 +154,11 @@ impl StartResult {
             _ => {}
         }
         r.set_version_update(request);
+        r.timings = request
+            .status
+            .as_ref()
+            .and_then(|s| s.timings.as_ref())
+            .map(ResultTimings::of);
         r
     }
 
@@ -123,7 +169,8 @@ impl StartResult {
             .as_ref()
             .and_then(|s| s.updated_to_active_version)
             .unwrap_or(false);
-        if updated && self.started {
+        let ours = request.status.as_ref().and_then(|s| s.outcome) == Some(Outcome::Queued);
+        if updated && ours && self.started {
             self.updated_to_active_version = Some(true);
             self.update_reason = Some(UPDATE_REASON.into());
             self.message = Some(UPDATE_MESSAGE.into());

@@ -154,6 +154,9 @@ pub struct ProvisionerJob {
     /// Error code such as `INSUFFICIENT_QUOTA`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+    /// When a provisioner picked the job up.
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
     /// When the job completed.
     #[serde(default)]
     pub completed_at: Option<Timestamp>,

@@ -655,7 +655,12 @@ async fn reconcile_inner(
     } else {
         obs
     };
-    let decision = pass.decide(&prev, obs).await;
+    let latest = match &obs {
+        Observation::Workspace { workspace, .. } => Some(workspace.latest_build.clone()),
+        _ => None,
+    };
+    let mut decision = pass.decide(&prev, obs).await;
+    crate::operator::timings::stamp(&mut decision.status, latest.as_ref());
     let decision = match pass.start_build(decision).await? {
         Started::Decided(d) => *d,
         Started::Done(action) => return Ok(action),
@@ -1030,6 +1035,7 @@ async fn conclude(
                 let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
                 ctx.metrics.time_to_ready.observe(secs.max(0.0));
             }
+            ctx.metrics.observe_stages(decision.status.timings.as_ref());
             tracing::info!(request = %oref, phase = ?decision.status.phase, "request finished");
             finished(wsr, api, &decision.status).await
         }

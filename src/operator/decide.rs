@@ -437,17 +437,7 @@ fn retrying(next: Next<'_>, reason: &str, message: &str, last: &str) -> Decision
 /// The input's observation is not used.
 pub fn queued(input: &Input<'_>, build: &WorkspaceBuild) -> Decision {
     let mut next = Next::new(input);
-    // Before the POST, status.build held the previous build (see `start`).
-    let previous = input.status.build.as_ref();
-    let new = build_info(build);
-    if let (Some(was), Some(now)) = (
-        previous.and_then(|b| b.template_version_id.as_ref()),
-        new.template_version_id.as_ref(),
-    ) && was != now
-    {
-        next.st.updated_to_active_version = Some(true);
-    }
-    next.st.build = Some(new);
+    next.st.build = Some(build_info(build));
     next.st.outcome = Some(Outcome::Queued);
     let msg = format!("start build #{} queued", build.build_number);
     let wait = Action::Requeue(input.poll);
@@ -703,6 +693,13 @@ fn start(mut next: Next<'_>, ws: &Workspace, owner: &OwnerState) -> Decision {
             })
             .collect(),
     };
+    // The start moves the workspace to the active version when it is sent and differs from
+    // the previous build's (what Coder's tool reports as updated_to_active_version).
+    if request.template_version_id.is_some()
+        && request.template_version_id != ws.latest_build.template_version_id
+    {
+        next.st.updated_to_active_version = Some(true);
+    }
     next.progressing(
         Phase::Starting,
         reasons::START_REQUESTED,

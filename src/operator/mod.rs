@@ -10,6 +10,7 @@
 //! - [`status`], [`events`], [`first_status`], [`write_slots`]: what is written to the API
 //!   server, and in which order under load.
 //! - [`triggers`], [`metrics`]: reconcile triggers and Prometheus metrics.
+//! - [`timings`]: how long each stage of a finished request took (pure).
 
 pub mod connect;
 pub mod controller;
@@ -21,5 +22,6 @@ pub mod run;
 pub mod start_queue;
 pub mod status;
 pub mod streams;
+pub mod timings;
 pub mod triggers;
 pub mod write_slots;

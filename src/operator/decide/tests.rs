@@ -45,6 +45,7 @@ fn build(
             id: Uuid::from_u128(0xf000 + number as u128),
             status: job,
             error_code: None,
+            started_at: None,
             completed_at: None,
         },
         resources: vec![crate::coder::types::Resource {
@@ -992,6 +993,8 @@ fn start_request_carries_parameters_and_active_version() {
     assert_eq!(d.status.build.as_ref().map(|b| b.number), Some(1));
     assert_eq!(d.status.build_requested_at, Some(Time(t(0))));
     assert_eq!(d.status.outcome, None);
+    // The previous build ran another version: the start moves to the active one.
+    assert_eq!(d.status.updated_to_active_version, Some(true));
 }
 
 #[test]
