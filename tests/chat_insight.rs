@@ -137,3 +137,182 @@ async fn stage_timings_add_up_to_the_time_to_ready() {
         "{metrics}"
     );
 }
+
+/// A ServiceAccount bound to the chart's ClusterRole `role` in the test namespace, and a token
+/// for it (the API server's audience).
+async fn caller_with_role(env: &Env, sa: &str, role: &str) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, PostParams};
+    let api: Api<ServiceAccount> = Api::namespaced(env.admin.clone(), &env.ns);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": sa}})).expect("sa");
+    api.create(&PostParams::default(), &account)
+        .await
+        .expect("create ServiceAccount");
+    let ns = &env.ns;
+    let binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {sa}-{role}, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {}-{role}}}\n\
+         subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\n",
+        support::RELEASE
+    );
+    env.plane
+        .apply_yaml(&binding, ns)
+        .await
+        .expect("RoleBinding");
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    api.create_token_request(sa, &PostParams::default(), &req)
+        .await
+        .expect("TokenRequest")
+        .status
+        .and_then(|s| s.token)
+        .expect("token")
+}
+
+/// An environment whose operator serves build logs (chart value logs.enabled) on a free port;
+/// returns the logs base URL.
+async fn env_with_logs(prefix: &str) -> (Env, String) {
+    let mut env = Env::new(prefix).await;
+    let yaml = support::render_chart(&env.ns, &env.sim.url(), &["--set=logs.enabled=true"]);
+    env.plane
+        .apply_yaml(&yaml, &env.ns)
+        .await
+        .expect("apply chart with logs.enabled");
+    // The chart's ClusterRoleBinding is cluster-wide and shared by concurrent tests (same
+    // release name): bind the chart's ClusterRole to this test's operator under its own name.
+    let ns = &env.ns;
+    let release = support::RELEASE;
+    let binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-logs-reviews}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {release}-logs-reviews}}\n\
+         subjects: [{{kind: ServiceAccount, name: {release}, namespace: {ns}}}]\n"
+    );
+    env.plane
+        .apply_yaml(&binding, ns)
+        .await
+        .expect("ClusterRoleBinding");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    env.start_operator(&[&format!("--logs-addr=127.0.0.1:{port}")])
+        .await;
+    (env, format!("http://127.0.0.1:{port}/logs"))
+}
+
+async fn get_logs(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("logs endpoint answers");
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_logs_reach_an_authorised_caller_and_never_status_or_events() {
+    let (env, base) = env_with_logs("logs-ok").await;
+    let secret = coder_sim::LOG_SECRET;
+    let ws = env
+        .sim
+        .sim()
+        .add_workspace(WorkspaceSeed::new(env.alice.id, "dev").script(
+            coder_sim::BuildScript::failed(
+                None,
+                &format!("terraform apply: password {secret} rejected"),
+            ),
+        ));
+    env.create_for_workspace("broken", ws).await;
+    let w = env.wait_terminal("broken", T).await;
+    assert_eq!(w.status.as_ref().and_then(|s| s.phase), Some(Phase::Failed));
+    let token = caller_with_role(&env, "developer", "editor").await;
+
+    // Paged as Coder's tool pages: has_more and next_after_id until the last page.
+    let mut after = 0;
+    let mut lines = Vec::new();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..20 {
+        let url = format!("{base}/{}/broken?limit=3&after={after}", env.ns);
+        let (code, page) = get_logs(&url, Some(&token)).await;
+        assert_eq!(code, 200, "{page}");
+        lines.extend(page["logs"].as_array().cloned().unwrap_or_default());
+        if page["has_more"] != true {
+            last = page;
+            break;
+        }
+        after = page["next_after_id"].as_i64().expect("next_after_id");
+    }
+    assert!(lines.len() > 3, "several pages: {lines:?}");
+    assert!(
+        lines
+            .windows(2)
+            .all(|p| p[0]["id"].as_i64() < p[1]["id"].as_i64()),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["output"].as_str().is_some_and(|o| o.contains(secret))),
+        "the logs reach the caller as Coder has them: {lines:?}"
+    );
+    assert_eq!(last["job_status"], "failed", "{last}");
+    assert!(
+        last["job_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rejected")),
+        "{last}"
+    );
+
+    // Never in status, Events or the operator's log.
+    let w = env.wsrs().get("broken").await.expect("request");
+    let status = serde_json::to_string(&w.status).expect("status json");
+    assert!(!status.contains(secret), "{status}");
+    let events = format!("{:?}", env.events("broken").await);
+    assert!(!events.contains(secret), "{events}");
+    let log = env.operator.as_ref().map(|o| o.logs()).unwrap_or_default();
+    assert!(!log.contains(secret), "operator log holds the secret");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_rights_on_the_request_gets_no_logs() {
+    let (env, base) = env_with_logs("logs-refused").await;
+    let ws = env
+        .sim
+        .sim()
+        .add_workspace(WorkspaceSeed::new(env.alice.id, "dev"));
+    env.create_for_workspace("started", ws).await;
+    env.wait_terminal("started", T).await;
+    let url = format!("{base}/{}/started", env.ns);
+    let viewer = caller_with_role(&env, "onlooker", "viewer").await;
+    let reader = caller_with_role(&env, "developer", "editor").await;
+
+    // The viewer role may read the request but not its logs.
+    let (code, body) = get_logs(&url, Some(&viewer)).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("workspacestartrequests/logs"))
+    );
+    assert!(body.get("logs").is_none(), "{body}");
+    // No token, or one the API server does not accept.
+    let (code, _) = get_logs(&url, None).await;
+    assert_eq!(code, 401);
+    let (code, _) = get_logs(&url, Some("not-a-token")).await;
+    assert_eq!(code, 401);
+    // Another namespace's request, even with a name that exists here: no rights there.
+    let (code, _) = get_logs(&format!("{base}/kube-system/started"), Some(&reader)).await;
+    assert_eq!(code, 403);
+    // The editor may.
+    let (code, body) = get_logs(&url, Some(&reader)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["job_status"], "succeeded");
+}

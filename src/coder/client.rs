@@ -426,6 +426,17 @@ impl CoderClient {
         .await
     }
 
+    /// `GET /api/v2/workspacebuilds/{id}` read for its job's error (for the logs endpoint only).
+    pub async fn get_build_job(&self, id: Uuid) -> Result<super::logs::BuildJob, CoderError> {
+        self.call(
+            Method::GET,
+            "/api/v2/workspacebuilds/{id}",
+            &format!("/api/v2/workspacebuilds/{id}"),
+            None,
+        )
+        .await
+    }
+
     /// `GET /api/v2/workspacebuilds/{id}/timings`.
     pub async fn get_build_timings(
         &self,

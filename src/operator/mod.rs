@@ -11,12 +11,14 @@
 //!   server, and in which order under load.
 //! - [`triggers`], [`metrics`]: reconcile triggers and Prometheus metrics.
 //! - [`timings`]: how long each stage of a finished request took (pure).
+//! - [`logs_api`]: build logs on demand for callers RBAC allows (`--logs-addr`).
 
 pub mod connect;
 pub mod controller;
 pub mod decide;
 pub mod events;
 pub mod first_status;
+pub mod logs_api;
 pub mod metrics;
 pub mod run;
 pub mod start_queue;

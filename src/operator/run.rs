@@ -72,6 +72,21 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let allowed = AllowedUrls::new(&args.coder_allowed_urls, args.coder_url.as_deref())
         .map_err(RunError::AllowedUrls)?;
     tracing::info!(allowed = %allowed.describe(), "Coder URLs allowed in coderRef Secrets");
+    let _logs_server = args.logs_addr.map(|addr| {
+        let conns = Connections::new(
+            kube.clone(),
+            args.coder_url.clone(),
+            args.coder_token_file.clone(),
+            opts.clone(),
+            allowed.clone(),
+        );
+        let server = Arc::new(crate::operator::logs_api::LogsServer::new(
+            kube.clone(),
+            conns,
+            crate::cli::non_empty(&args.logs_audiences),
+        ));
+        tokio::spawn(server.serve(addr, shutdown.clone()))
+    });
     let connections = Connections::new(
         kube.clone(),
         args.coder_url.clone(),
