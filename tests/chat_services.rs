@@ -59,8 +59,13 @@ struct World {
 
 impl World {
     async fn new(prefix: &str) -> World {
+        World::with_operator_args(prefix, &[]).await
+    }
+
+    /// Like [`World::new`], the operator started with `args`.
+    async fn with_operator_args(prefix: &str, args: &[&str]) -> World {
         let mut env = Env::new(prefix).await;
-        env.start_operator(&[]).await;
+        env.start_operator(args).await;
         let ns = env.ns.clone();
         for sa in ["chat-bot", "stranger"] {
             create_service_account(&env, sa).await;
@@ -915,4 +920,92 @@ async fn the_same_request_id_twice_creates_one_request() {
     assert_ne!(a["name"], first["name"]);
     assert_eq!(w.requests().await.len(), 2);
     assert_eq!(w.env.sim.sim().builds_created(other), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_client_lists_the_new_tools_and_reads_paged_build_logs() {
+    let port = free_port();
+    let logs_addr = format!("--logs-addr=127.0.0.1:{port}");
+    // The operator accepts the MCP audience: the MCP server forwards the caller's own token.
+    let mut w = World::with_operator_args(
+        "mcp-logs",
+        &[&logs_addr, &format!("--logs-audiences={AUDIENCE}")],
+    )
+    .await;
+    let ns = w.env.ns.clone();
+    let yaml = support::render_chart(&ns, &w.env.sim.url(), &["--set=logs.enabled=true"]);
+    w.env
+        .plane
+        .apply_yaml(&yaml, &ns)
+        .await
+        .expect("chart with logs.enabled");
+    let release = support::RELEASE;
+    let binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-logs-reviews}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {release}-logs-reviews}}\n\
+         subjects: [{{kind: ServiceAccount, name: {release}, namespace: {ns}}}]\n"
+    );
+    w.env
+        .plane
+        .apply_yaml(&binding, &ns)
+        .await
+        .expect("ClusterRoleBinding");
+    w.start_mcp(&[&format!("--logs-url=http://127.0.0.1:{port}/logs")])
+        .await;
+    let ws = w.env.sim.sim().add_workspace(
+        WorkspaceSeed::new(w.env.alice.id, "dev")
+            .script(BuildScript::failed(None, "exit status 1")),
+    );
+    let (code, started, stderr) = w
+        .mcp_call(
+            &w.bot_token,
+            "start_workspace",
+            json!({"workspace_id": ws.to_string()}),
+        )
+        .await;
+    assert_eq!(code, 1, "the build fails: {stderr}");
+    for tool in [
+        "start_workspace",
+        "get_workspace_start",
+        "get_workspace_build_logs",
+    ] {
+        assert!(stderr.contains(tool), "{tool} not listed: {stderr}");
+    }
+    let name = started["name"].as_str().expect("name").to_owned();
+
+    let mut after = 0;
+    let mut pages = 0;
+    let mut lines = 0;
+    loop {
+        let (code, page, stderr) = w
+            .mcp_call(
+                &w.bot_token,
+                "get_workspace_build_logs",
+                json!({"name": name, "limit": 2, "after_id": after}),
+            )
+            .await;
+        assert_eq!(code, 0, "{stderr}\nMCP log:\n{}", w.mcp_log());
+        pages += 1;
+        lines += page["logs"].as_array().map_or(0, Vec::len);
+        if page["has_more"] != true {
+            assert_eq!(page["job_status"], "failed", "{page}");
+            assert_eq!(page["job_error"], "exit status 1", "{page}");
+            break;
+        }
+        after = page["next_after_id"].as_i64().expect("next_after_id");
+        assert!(pages < 20, "paging ends");
+    }
+    assert!(pages > 1 && lines > 2, "{pages} pages, {lines} lines");
+
+    // A caller without RBAC gets a refusal as a tool result, and no logs.
+    let (code, refused, _) = w
+        .mcp_call(
+            &w.stranger_token,
+            "get_workspace_build_logs",
+            json!({"name": name, "namespace": ns}),
+        )
+        .await;
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["reason"], "Forbidden", "{refused}");
+    assert!(refused.get("logs").is_none());
 }

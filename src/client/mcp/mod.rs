@@ -10,6 +10,7 @@
 pub mod annotations;
 pub mod auth;
 mod idempotent;
+pub mod logs;
 pub mod metrics;
 pub mod tools;
 
@@ -48,6 +49,8 @@ pub struct Settings {
     pub max_wait: Duration,
     /// The shard requests are labelled for.
     pub shard: crate::api::shard::Shard,
+    /// Base URL of the operator's logs endpoint (`…/logs`), for `get_workspace_build_logs`.
+    pub logs_url: Option<String>,
 }
 
 /// Why the MCP server stopped.
@@ -71,6 +74,7 @@ pub struct Server {
     settings: Arc<Settings>,
     limit: Arc<CallLimit>,
     metrics: Arc<McpMetrics>,
+    http: reqwest::Client,
 }
 
 impl ServerHandler for Server {
@@ -110,6 +114,12 @@ impl ServerHandler for Server {
             .cloned()
             .ok_or_else(|| ErrorData::internal_error("request was not authenticated", None))?;
         let args = request.arguments.clone();
+        if request.name == logs::GET_WORKSPACE_BUILD_LOGS {
+            return self
+                .build_logs(args, &caller, &context)
+                .await
+                .map(Into::into);
+        }
         self.call(&request.name, args, &caller, context)
             .await
             .map(Into::into)
@@ -144,6 +154,7 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         default_wait: args.default_wait,
         max_wait: args.max_wait,
         shard: args.shard.clone(),
+        logs_url: args.logs_url.clone().filter(|u| !u.is_empty()),
     };
     let shutdown = crate::process::shutdown_signal().boxed().shared();
     let client = kube::Client::try_default().await?;
@@ -164,6 +175,10 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         settings: Arc::new(settings),
         limit,
         metrics: Arc::clone(&metrics),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default(),
     };
     // Cancelled on shutdown: ends in-flight tool calls (their requests go on; callers can read
     // them with get_workspace_start) so the process stops within its grace period.

@@ -110,6 +110,7 @@ pub fn definitions() -> Vec<Tool> {
         .annotate(super::annotations::get_workspace_start())
         .with_input_schema::<GetWorkspaceStartArgs>()
         .with_output_schema::<StartResult>(),
+        super::logs::definition(),
     ]
 }
 
