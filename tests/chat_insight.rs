@@ -316,3 +316,46 @@ async fn a_caller_without_rights_on_the_request_gets_no_logs() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["job_status"], "succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_command_prints_the_last_lines_for_an_authorised_caller() {
+    let (env, base) = env_with_logs("logs-cmd").await;
+    let ws = env.sim.sim().add_workspace(
+        WorkspaceSeed::new(env.alice.id, "dev")
+            .script(coder_sim::BuildScript::failed(None, "exit status 1")),
+    );
+    env.create_for_workspace("broken", ws).await;
+    env.wait_terminal("broken", T).await;
+    let token = caller_with_role(&env, "developer", "editor").await;
+    let token_file = env.dir.path().join("developer-token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(support::operator_bin());
+        cmd.args(["logs", "broken", "-n", &env.ns, "--logs-url", &base])
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(extra);
+        cmd.output().expect("run logs")
+    };
+    let all = run(&[]);
+    assert!(
+        all.status.success(),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    let all = String::from_utf8_lossy(&all.stdout).into_owned();
+    assert!(
+        all.contains("exit status 1") && all.contains("==> Setting up"),
+        "{all}"
+    );
+    let tail = run(&["--tail", "2"]);
+    let tail = String::from_utf8_lossy(&tail.stdout).into_owned();
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    assert!(all.ends_with(&tail), "{all}\n---\n{tail}");
+    // Without rights: refused, exit 1.
+    let viewer = caller_with_role(&env, "onlooker", "viewer").await;
+    std::fs::write(&token_file, &viewer).expect("token file");
+    let refused = run(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(refused.stdout.is_empty());
+}

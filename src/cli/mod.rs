@@ -1,4 +1,5 @@
-//! Command line: `run` (the controller), `mcp` (the MCP server, [`crate::client::mcp`]), `start` (create
+//! Command line: `run` (the controller), `mcp` (the MCP server, [`crate::client::mcp`]), `logs` (a
+//! request's build logs, [`crate::client::logs`]), `start` (create
 //! a request and follow it, [`crate::client::start`]) and `crd` (print the CRD YAML). Every flag of `run`
 //! and `mcp` also reads an environment variable, as the Helm chart sets them.
 
@@ -8,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::api::duration::parse_duration;
 
+pub mod logs;
 pub mod mcp;
 pub mod run;
 pub mod start;
@@ -30,6 +32,8 @@ pub enum Command {
     Mcp(Box<mcp::McpArgs>),
     /// Start a workspace: create a WorkspaceStartRequest and, with --wait, follow it.
     Start(Box<start::StartArgs>),
+    /// Print a request's build logs (from the operator's logs endpoint, with your token).
+    Logs(Box<logs::LogsArgs>),
     /// Print the CustomResourceDefinition YAML.
     Crd,
 }

@@ -5,6 +5,7 @@
 //! command (and `kubectl wsr` plugin) and [`mcp`] the MCP server built on them.
 
 pub mod idempotency;
+pub mod logs;
 pub mod mcp;
 pub mod result;
 pub mod start;
