@@ -235,6 +235,17 @@ impl LogsServer {
                 logs::LOG_PAGE_LINES
             )));
         }
+        let dns = |v: &str, max: usize| {
+            !v.is_empty()
+                && v.len() <= max
+                && v.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        if !dns(namespace, 63) || !dns(name, 253) {
+            return Err(LogsError::BadRequest(
+                "namespace and name must be Kubernetes names".to_owned(),
+            ));
+        }
         let after = q.after.unwrap_or(0).max(0);
         let caller = self.caller(headers).await?;
         self.authorize(caller, namespace, name).await?;
