@@ -1,10 +1,11 @@
-//! `workspace-start-operator run | mcp | start | crd` (also `kubectl wsr start` as a plugin).
+//! `workspace-start-operator run | mcp | start | logs | crd` (also `kubectl wsr start|logs` as a
+//! plugin).
 
 use std::process::ExitCode;
 
 use workspace_start_operator::api::{crd, policy};
 use workspace_start_operator::cli::{self, Command, CrdName};
-use workspace_start_operator::client::{mcp, start};
+use workspace_start_operator::client::{logs, mcp, start};
 use workspace_start_operator::operator::run::{self, RunError};
 use workspace_start_operator::process;
 
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Start(args) => return start::main(*args),
         Command::Mcp(args) => return mcp::main(*args),
+        Command::Logs(args) => return logs::main(*args),
         Command::Crd { name } => return print_crd(name),
         Command::Run(args) => {
             process::init_logging(args.log_format, &args.log_level);

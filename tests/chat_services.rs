@@ -59,8 +59,13 @@ struct World {
 
 impl World {
     async fn new(prefix: &str) -> World {
+        World::with_operator_args(prefix, &[]).await
+    }
+
+    /// Like [`World::new`], the operator started with `args`.
+    async fn with_operator_args(prefix: &str, args: &[&str]) -> World {
         let mut env = Env::new(prefix).await;
-        env.start_operator(&[]).await;
+        env.start_operator(args).await;
         let ns = env.ns.clone();
         for sa in ["chat-bot", "stranger"] {
             create_service_account(&env, sa).await;
@@ -907,4 +912,157 @@ async fn mcp_caller_cannot_start_a_workspace_outside_its_namespace_binding() {
     let (code, result, stderr) = w.start_chat_as_bot(chat).await;
     assert_eq!(code, 0, "{result} {stderr}");
     let _ = policies.delete(&w.env.ns, &Default::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_id_twice_creates_one_request() {
+    let mut w = World::new("request-id").await;
+    w.start_mcp(&[]).await;
+    let ws = stopped(&w.env, "dev");
+    let args = json!({"workspace_id": ws.to_string(), "request_id": "toolu_01ABC"});
+
+    // A model's call that returned at once, then its retry that waits.
+    let mut first_args = args.clone();
+    first_args["wait"] = json!(false);
+    let (code, first, stderr) = w
+        .mcp_call(&w.bot_token, "start_workspace", first_args)
+        .await;
+    assert_eq!(code, 0, "{stderr}\nMCP log:\n{}", w.mcp_log());
+    let (code, retried, stderr) = w
+        .mcp_call(&w.bot_token, "start_workspace", args.clone())
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(retried["name"], first["name"], "{first}\n{retried}");
+    assert_eq!(retried["started"], true, "{retried}");
+    assert!(retried["build_id"].is_string(), "{retried}");
+    assert_eq!(w.requests().await.len(), 1);
+    assert_eq!(w.env.sim.sim().builds_created(ws), 1);
+    let name = first["name"].as_str().expect("name");
+    let req = w.env.wsrs().get(name).await.expect("request");
+    let labels = req.metadata.labels.unwrap_or_default();
+    assert!(labels.contains_key("coder.com/request-id"), "{labels:?}");
+
+    // The same request id for another start is an invalid argument, and creates nothing.
+    let other = stopped(&w.env, "other");
+    let (code, _, stderr) = w
+        .mcp_call(
+            &w.bot_token,
+            "start_workspace",
+            json!({"workspace_id": other.to_string(), "request_id": "toolu_01ABC"}),
+        )
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("request_id"), "{stderr}");
+    assert_eq!(w.requests().await.len(), 1);
+
+    // The start command (the same ServiceAccount through its kubeconfig): twice, one request.
+    let cli = [
+        "--workspace",
+        "alice/dev",
+        "--request-id",
+        "run-7",
+        "-o",
+        "json",
+    ];
+    let (code, out1, stderr) = start_cmd(&w, &cli).await;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out2, stderr) = start_cmd(&w, &cli).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("--request-id seen before"), "{stderr}");
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(&out1).expect("json"),
+        serde_json::from_str(&out2).expect("json"),
+    );
+    assert_eq!(a["name"], b["name"]);
+    assert_ne!(a["name"], first["name"]);
+    assert_eq!(w.requests().await.len(), 2);
+    assert_eq!(w.env.sim.sim().builds_created(other), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_client_lists_the_new_tools_and_reads_paged_build_logs() {
+    let port = free_port();
+    let logs_addr = format!("--logs-addr=127.0.0.1:{port}");
+    // The operator accepts the MCP audience: the MCP server forwards the caller's own token.
+    let mut w = World::with_operator_args(
+        "mcp-logs",
+        &[&logs_addr, &format!("--logs-audiences={AUDIENCE}")],
+    )
+    .await;
+    let ns = w.env.ns.clone();
+    let yaml = support::render_chart(&ns, &w.env.sim.url(), &["--set=logs.enabled=true"]);
+    w.env
+        .plane
+        .apply_yaml(&yaml, &ns)
+        .await
+        .expect("chart with logs.enabled");
+    let release = support::RELEASE;
+    let binding = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-logs-reviews}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {release}-logs-reviews}}\n\
+         subjects: [{{kind: ServiceAccount, name: {release}, namespace: {ns}}}]\n"
+    );
+    w.env
+        .plane
+        .apply_yaml(&binding, &ns)
+        .await
+        .expect("ClusterRoleBinding");
+    w.start_mcp(&[&format!("--logs-url=http://127.0.0.1:{port}/logs")])
+        .await;
+    let ws = w.env.sim.sim().add_workspace(
+        WorkspaceSeed::new(w.env.alice.id, "dev")
+            .script(BuildScript::failed(None, "exit status 1")),
+    );
+    let (code, started, stderr) = w
+        .mcp_call(
+            &w.bot_token,
+            "start_workspace",
+            json!({"workspace_id": ws.to_string()}),
+        )
+        .await;
+    assert_eq!(code, 1, "the build fails: {stderr}");
+    for tool in [
+        "start_workspace",
+        "get_workspace_start",
+        "get_workspace_build_logs",
+    ] {
+        assert!(stderr.contains(tool), "{tool} not listed: {stderr}");
+    }
+    let name = started["name"].as_str().expect("name").to_owned();
+
+    let mut after = 0;
+    let mut pages = 0;
+    let mut lines = 0;
+    loop {
+        let (code, page, stderr) = w
+            .mcp_call(
+                &w.bot_token,
+                "get_workspace_build_logs",
+                json!({"name": name, "limit": 2, "after_id": after}),
+            )
+            .await;
+        assert_eq!(code, 0, "{stderr}\nMCP log:\n{}", w.mcp_log());
+        pages += 1;
+        lines += page["logs"].as_array().map_or(0, Vec::len);
+        if page["has_more"] != true {
+            assert_eq!(page["job_status"], "failed", "{page}");
+            assert_eq!(page["job_error"], "exit status 1", "{page}");
+            break;
+        }
+        after = page["next_after_id"].as_i64().expect("next_after_id");
+        assert!(pages < 20, "paging ends");
+    }
+    assert!(pages > 1 && lines > 2, "{pages} pages, {lines} lines");
+
+    // A caller without RBAC gets a refusal as a tool result, and no logs.
+    let (code, refused, _) = w
+        .mcp_call(
+            &w.stranger_token,
+            "get_workspace_build_logs",
+            json!({"name": name, "namespace": ns}),
+        )
+        .await;
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["reason"], "Forbidden", "{refused}");
+    assert!(refused.get("logs").is_none());
 }

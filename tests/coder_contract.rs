@@ -16,6 +16,7 @@ use coder_sim::{
     AgentSeed, BuildScript, ChatEra, InitialState, SimConfig, SimServer, WorkspaceSeed,
 };
 use serde_json::Value;
+use workspace_start_operator::coder::logs::{ProvisionerJobLog, WorkspaceBuildTimings};
 use workspace_start_operator::coder::sse::SseParser;
 use workspace_start_operator::coder::types::{
     ChatResponse, CoderVersion, ErrorBody, JobStatus, Transition, User, Workspace, WorkspaceBuild,
@@ -231,6 +232,88 @@ impl Http {
         }
         frames
     }
+}
+
+#[test]
+fn the_operator_parses_build_logs_and_timings() {
+    let logs: Vec<ProvisionerJobLog> = parse("build-logs.json");
+    assert_eq!(logs.len(), 3);
+    assert!(logs.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(logs[2].log_level, "error");
+    let t: WorkspaceBuildTimings = parse("build-timings.json");
+    assert_eq!(t.provisioner_timings[0].stage, "init");
+    assert_eq!(t.agent_connection_timings[0].stage, "connect");
+    assert_eq!(t.agent_script_timings[0].workspace_agent_name, "main");
+}
+
+#[tokio::test]
+async fn coder_sim_serves_build_logs_and_timings_in_coderds_shape() {
+    let srv = SimServer::start(SimConfig::default()).await.expect("sim");
+    let sim = srv.sim();
+    let alice = sim.add_user("alice");
+    let api = Http::new(&srv, &alice.token);
+    let ws = sim.add_workspace(
+        WorkspaceSeed::new(alice.id, "dev").script(BuildScript::failed(None, "exit status 1")),
+    );
+    let (code, b) = api
+        .post(
+            &format!("/api/v2/workspaces/{ws}/builds"),
+            serde_json::json!({"transition": "start"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{b}");
+    let id = b["id"].as_str().expect("build id").to_owned();
+    // Poll until the scripted job ended (no timed assertion: the job's end is the condition).
+    let logs = loop {
+        let (_, logs) = api.get(&format!("/api/v2/workspacebuilds/{id}/logs")).await;
+        if logs
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["log_level"] == "error"))
+        {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_same_shape("build-logs.json", &logs);
+    let all = logs.as_array().expect("array");
+    assert!(all.iter().any(|l| {
+        l["output"]
+            .as_str()
+            .is_some_and(|o| o.contains(coder_sim::LOG_SECRET))
+    }));
+    // `after` pages by id.
+    let after = all[1]["id"].as_i64().expect("id");
+    let (_, rest) = api
+        .get(&format!("/api/v2/workspacebuilds/{id}/logs?after={after}"))
+        .await;
+    assert_eq!(rest.as_array().map(Vec::len), Some(all.len() - 2));
+    let (code, _) = api
+        .get(&format!("/api/v2/workspacebuilds/{id}/logs?after=x"))
+        .await;
+    assert_eq!(code, 400);
+
+    let running =
+        sim.add_workspace(WorkspaceSeed::new(alice.id, "up").script(BuildScript::instant()));
+    let (_, b) = api
+        .post(
+            &format!("/api/v2/workspaces/{running}/builds"),
+            serde_json::json!({"transition": "start"}),
+        )
+        .await;
+    let id = b["id"].as_str().expect("build id").to_owned();
+    let timings = loop {
+        let (_, t) = api
+            .get(&format!("/api/v2/workspacebuilds/{id}/timings"))
+            .await;
+        if t["agent_script_timings"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty())
+        {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_same_shape("build-timings.json", &timings);
 }
 
 #[tokio::test]

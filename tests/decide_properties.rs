@@ -125,6 +125,7 @@ impl SimBuild {
                 status: status.into(),
                 lifecycle_state: lifecycle.into(),
                 ready_at: None,
+                first_connected_at: None,
             });
         }
         WorkspaceBuild {
@@ -138,9 +139,13 @@ impl SimBuild {
                 id: Uuid::from_u128(0xf000 + self.number as u128),
                 status: job,
                 error_code: (self.script.outcome == Outcome3::Failed).then(|| "SOME_CODE".into()),
+                started_at: None,
                 completed_at: None,
             },
-            resources: vec![Resource { agents }],
+            resources: vec![Resource {
+                agents,
+                ..Default::default()
+            }],
         }
     }
 }
@@ -400,9 +405,13 @@ fn any_build(
             id: Uuid::from_u128(0xf1),
             status: job,
             error_code: None,
+            started_at: None,
             completed_at: completed,
         },
-        resources: vec![Resource { agents }],
+        resources: vec![Resource {
+            agents,
+            ..Default::default()
+        }],
     }
 }
 
@@ -831,6 +840,7 @@ fn any_observation() -> impl Strategy<Value = Observation> {
             status: status.into(),
             lifecycle_state: lifecycle.into(),
             ready_at: None,
+            first_connected_at: None,
         });
     (
         any::<i64>(),

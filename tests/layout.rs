@@ -13,7 +13,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("process", &[]),
     ("cli", &["api", "process"]),
     ("operator", &["api", "coder", "process", "cli"]),
-    ("client", &["api", "process", "cli"]),
+    // The client side reads build log pages in the Coder client's shape (`coder::logs`).
+    ("client", &["api", "coder", "process", "cli"]),
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {

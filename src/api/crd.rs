@@ -103,6 +103,12 @@ const SECRET_NAME_RULE: &str =
         priority = 1
     ),
     printcolumn(
+        name = "Took",
+        type_ = "string",
+        json_path = ".status.timings.took",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -260,6 +266,52 @@ pub struct WorkspaceStartRequestStatus {
     /// Human-readable summary of the current state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// True when the start build moved the workspace to the template's active version (the
+    /// template requires active versions), as Coder's `start_workspace` reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_to_active_version: Option<bool>,
+    /// How long each stage took, written when the request finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<StageTimings>,
+}
+
+/// How long each stage of a finished request took, in milliseconds. Each figure is measured on
+/// one clock (the cluster's for `queuedMs` and `totalMs`, Coder's for the build and agent
+/// stages) and clamped into the total, so the figures add up to `totalMs` whatever the clocks
+/// say. A stage Coder did not reach (or that belongs to a build this request did not follow)
+/// is absent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StageTimings {
+    /// From the operator first seeing the request to requesting the start build.
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub queued_ms: i64,
+    /// Coder's provisioner job waiting for a provisioner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub pending_ms: Option<i64>,
+    /// The provisioner job running (Terraform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub running_ms: Option<i64>,
+    /// The agent connecting after the build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub agent_connecting_ms: Option<i64>,
+    /// The agent's startup scripts, from connecting to ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub agent_starting_ms: Option<i64>,
+    /// The rest: the operator's and the API server's own latency.
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub other_ms: i64,
+    /// From the operator first seeing the request to Ready or Failed.
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub total_ms: i64,
+    /// `totalMs` for people, e.g. `12.3s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub took: Option<String>,
 }
 
 /// Request phase.
@@ -344,6 +396,10 @@ pub struct BuildInfo {
     /// Coder's job error code (for example INSUFFICIENT_QUOTA); never the job's error text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+    /// Template version the build used (UUID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 36))]
+    pub template_version_id: Option<String>,
 }
 
 /// The agent being waited on.

@@ -80,6 +80,9 @@ reasons! {
     AgentStartError = "AgentStartError",
     /// Failure: the agent did not become ready in time.
     AgentTimeout = "AgentTimeout",
+    /// Failure: the workspace's agent runs outside Coder (an external agent) and is not
+    /// connected; Coder's own guidance is the message.
+    ExternalAgentUnavailable = "ExternalAgentUnavailable",
     /// Failure: Coder rejected the token (401).
     CoderUnauthorized = "CoderUnauthorized",
     /// Failure: the token may not read or start this workspace (403).

@@ -105,6 +105,10 @@ pub struct McpArgs {
     /// Log format.
     #[arg(long, env = "WSO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Base URL of the operator's build logs endpoint (`http://OPERATOR:8081/logs`), for the
+    /// tool get_workspace_build_logs; the caller's token is forwarded to it.
+    #[arg(long, env = "WSO_MCP_LOGS_URL")]
+    pub logs_url: Option<String>,
     /// Log level or tracing filter.
     #[arg(long, env = "WSO_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

@@ -1,5 +1,6 @@
 //! The command line of every subcommand, parsed in one place: `run` (the operator, [`run`]),
-//! `mcp` (the MCP server, [`mcp`]), `start` (create a request and track it, [`start`]) and `crd`
+//! `mcp` (the MCP server, [`mcp`]), `start` (create a request and track it, [`start`]), `logs` (a request's build logs,
+//! [`logs`]) and `crd`
 //! (print the CRD YAML). Every flag of `run` and `mcp` also reads an environment variable, as
 //! the Helm chart sets them. Values are checked here, so each error names its own flag.
 
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::api::duration::parse_duration;
 
+pub mod logs;
 pub mod mcp;
 pub mod run;
 pub mod start;
@@ -31,6 +33,8 @@ pub enum Command {
     Mcp(Box<mcp::McpArgs>),
     /// Start a workspace: create a WorkspaceStartRequest and, with --wait, follow it.
     Start(Box<start::StartArgs>),
+    /// Print a request's build logs (from the operator's logs endpoint, with your token).
+    Logs(Box<logs::LogsArgs>),
     /// Print a CustomResourceDefinition's YAML (default: workspacestartrequests).
     Crd {
         /// Which CRD: `workspacestartrequests` (default) or `workspacestartpolicies`.

@@ -84,6 +84,13 @@ pub struct RunArgs {
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "WSO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
+    /// Address for the build logs endpoint `/logs/{namespace}/{name}` (callers authenticated
+    /// by TokenReview, authorised for `get workspacestartrequests/logs`); off when unset.
+    #[arg(long, env = "WSO_LOGS_ADDR")]
+    pub logs_addr: Option<SocketAddr>,
+    /// Token audiences the logs endpoint accepts, comma-separated (default: the API server's).
+    #[arg(long, env = "WSO_LOGS_AUDIENCES", value_delimiter = ',')]
+    pub logs_audiences: Vec<String>,
     /// Log format.
     #[arg(long, env = "WSO_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -43,6 +43,11 @@ pub struct StartArgs {
     /// How long --wait waits (Go duration such as 10m or 90s).
     #[arg(long, default_value = "10m", value_parser = super::positive_duration)]
     pub timeout: Duration,
+    /// Idempotency key (1 to 128 visible ASCII characters): running `start` again with the same
+    /// key, as the same user in the same namespace, follows the request the first run created
+    /// instead of creating another.
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
     /// Output format of the result (progress goes to stderr).
     #[arg(short = 'o', long, value_enum, default_value = "text")]
     pub output: Output,

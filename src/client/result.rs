@@ -106,7 +106,59 @@ pub struct StartResult {
     /// Name of the WorkspaceStartRequest (pass it to `get_workspace_start`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// True when the start moved the workspace to the template's active version (Coder's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_to_active_version: Option<bool>,
+    /// Why it was updated (Coder's text), with `updated_to_active_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_reason: Option<String>,
+    /// How long each stage took, once the request finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<ResultTimings>,
 }
+
+/// Stage timings in seconds (the request's `status.timings`); they add up to `total_seconds`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ResultTimings {
+    /// Queued in the operator before the start build was requested.
+    pub queued_seconds: f64,
+    /// Coder's provisioner job waiting for a provisioner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_seconds: Option<f64>,
+    /// The provisioner job running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_seconds: Option<f64>,
+    /// The agent connecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_connecting_seconds: Option<f64>,
+    /// The agent's startup scripts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_starting_seconds: Option<f64>,
+    /// Everything else (operator and API server latency).
+    pub other_seconds: f64,
+    /// From the operator seeing the request to Ready or Failed.
+    pub total_seconds: f64,
+}
+
+impl ResultTimings {
+    fn of(t: &crate::api::crd::StageTimings) -> ResultTimings {
+        let s = |ms: i64| ms as f64 / 1000.0;
+        ResultTimings {
+            queued_seconds: s(t.queued_ms),
+            pending_seconds: t.pending_ms.map(s),
+            running_seconds: t.running_ms.map(s),
+            agent_connecting_seconds: t.agent_connecting_ms.map(s),
+            agent_starting_seconds: t.agent_starting_ms.map(s),
+            other_seconds: s(t.other_ms),
+            total_seconds: s(t.total_ms),
+        }
+    }
+}
+
+/// Coder's `update_reason` when a start moved the workspace to the active version.
+const UPDATE_REASON: &str = "template requires active versions";
+/// Coder's `message` then.
+const UPDATE_MESSAGE: &str = "Workspace started and was updated to the active template version because the template requires active versions.";
 
 impl StartResult {
     /// The result for `request` as it is now (finished or still in progress).
@@ -127,7 +179,28 @@ impl StartResult {
             Phase::Failed => r.failed(request, &progress),
             _ => {}
         }
+        r.set_version_update(request);
+        r.timings = request
+            .status
+            .as_ref()
+            .and_then(|s| s.timings.as_ref())
+            .map(ResultTimings::of);
         r
+    }
+
+    /// Coder's tool annotates a start that updated the template version once it started.
+    fn set_version_update(&mut self, request: &WorkspaceStartRequest) {
+        let updated = request
+            .status
+            .as_ref()
+            .and_then(|s| s.updated_to_active_version)
+            .unwrap_or(false);
+        let ours = request.status.as_ref().and_then(|s| s.outcome) == Some(Outcome::Queued);
+        if updated && ours && self.started {
+            self.updated_to_active_version = Some(true);
+            self.update_reason = Some(UPDATE_REASON.into());
+            self.message = Some(UPDATE_MESSAGE.into());
+        }
     }
 
     /// The result for a request still in progress when the wait of `waited` ended.
@@ -197,6 +270,12 @@ impl StartResult {
                     self.agent_status = Some("not_ready".into());
                     self.agent_error = Some(message);
                 }
+            }
+            // Coder's tool reports an unreachable external agent as not ready, with its guidance.
+            Some(Reason::ExternalAgentUnavailable) => {
+                self.started = true;
+                self.agent_status = Some("not_ready".into());
+                self.agent_error = Some(message);
             }
             Some(Reason::AgentSelectionError | Reason::AgentNotFound) => {
                 self.started = true;
@@ -280,6 +359,7 @@ mod tests {
                 transition: "start".into(),
                 job_status: "succeeded".into(),
                 error_code: None,
+                template_version_id: None,
             }),
             agent: Some(AgentInfo {
                 id: Some("a1".into()),

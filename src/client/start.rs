@@ -14,6 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::api::crd::WorkspaceStartRequest;
 use crate::cli::start::{Output, StartArgs};
+use crate::client::idempotency::{self, Created, IdempotencyError, RequestKey};
 use crate::client::result::{StartResult, humanize};
 use crate::client::submit::{self, ArgError, NewRequest, Target, TargetArgs, Via};
 use crate::client::track::{self, Followed, Progress};
@@ -50,6 +51,15 @@ pub enum StartError {
         #[source]
         source: kube::Error,
     },
+    /// Creating the request under `--request-id` failed, or the id is used by another start.
+    #[error("cannot create the request in namespace {namespace}: {source}")]
+    Idempotent {
+        /// Namespace.
+        namespace: String,
+        /// What failed.
+        #[source]
+        source: IdempotencyError,
+    },
     /// Following the request failed.
     #[error(transparent)]
     Follow(#[from] track::FollowError),
@@ -61,7 +71,11 @@ pub enum StartError {
 impl StartError {
     fn exit_code(&self) -> u8 {
         match self {
-            StartError::Argument(_) => exit::USAGE,
+            StartError::Argument(_)
+            | StartError::Idempotent {
+                source: IdempotencyError::Conflict { .. },
+                ..
+            } => exit::USAGE,
             _ => exit::KUBERNETES,
         }
     }
@@ -108,10 +122,13 @@ async fn run(args: &StartArgs) -> Result<u8, StartError> {
         requested_by: None,
         shard: args.shard.clone(),
     };
-    let created = new
-        .create(&client)
-        .await
-        .map_err(|source| StartError::Create { namespace, source })?;
+    let created = match args.request_id.as_deref() {
+        None => new
+            .create(&client)
+            .await
+            .map_err(|source| StartError::Create { namespace, source })?,
+        Some(id) => create_once(&client, &new, id).await?,
+    };
     if !args.wait {
         print_result(args.output, &StartResult::of(&created), &created, None)?;
         return Ok(exit::READY);
@@ -139,6 +156,30 @@ async fn run(args: &StartArgs) -> Result<u8, StartError> {
         Some(display.elapsed()),
     )?;
     Ok(code)
+}
+
+/// Creates the request under `--request-id`, or finds the one an earlier run created.
+async fn create_once(
+    client: &kube::Client,
+    new: &NewRequest,
+    request_id: &str,
+) -> Result<WorkspaceStartRequest, StartError> {
+    // Checked before asking the API server who we are, so a bad value is a usage error.
+    RequestKey::new("--request-id", &new.namespace, "", request_id)?;
+    let idempotent = |source| StartError::Idempotent {
+        namespace: new.namespace.clone(),
+        source,
+    };
+    let user = idempotency::username(client).await.map_err(idempotent)?;
+    let key = RequestKey::new("--request-id", &new.namespace, &user, request_id)?;
+    let (request, created) = idempotency::create_once(client, new, &key)
+        .await
+        .map_err(idempotent)?;
+    if created == Created::Existing {
+        let name = request.metadata.name.as_deref().unwrap_or_default();
+        eprintln!("--request-id seen before: following workspacestartrequest.coder.com/{name}");
+    }
+    Ok(request)
 }
 
 fn target(args: &StartArgs) -> Result<Target, ArgError> {

@@ -259,6 +259,7 @@ mod tests {
                 transition: "start".into(),
                 job_status: "succeeded".into(),
                 error_code: None,
+                template_version_id: None,
             }),
             agent: Some(AgentInfo {
                 id: None,
@@ -283,6 +284,7 @@ mod tests {
             transition: "start".into(),
             job_status: job.into(),
             error_code: None,
+            template_version_id: None,
         };
         let a = Progress::of(&with_status(WorkspaceStartRequestStatus {
             phase: Some(Phase::Starting),

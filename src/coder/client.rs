@@ -450,6 +450,52 @@ impl CoderClient {
         .await
     }
 
+    /// `GET /api/v2/workspacebuilds/{id}/logs?after=N`: the build's provisioner logs after log
+    /// `after` (0: from the start), as far as they are written. The body limit bounds the page.
+    pub async fn get_build_logs(
+        &self,
+        id: Uuid,
+        after: i64,
+    ) -> Result<Vec<super::logs::ProvisionerJobLog>, CoderError> {
+        let query = if after > 0 {
+            format!("?after={after}")
+        } else {
+            String::new()
+        };
+        self.call(
+            Method::GET,
+            "/api/v2/workspacebuilds/{id}/logs",
+            &format!("/api/v2/workspacebuilds/{id}/logs{query}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v2/workspacebuilds/{id}` read for its job's error (for the logs endpoint only).
+    pub async fn get_build_job(&self, id: Uuid) -> Result<super::logs::BuildJob, CoderError> {
+        self.call(
+            Method::GET,
+            "/api/v2/workspacebuilds/{id}",
+            &format!("/api/v2/workspacebuilds/{id}"),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /api/v2/workspacebuilds/{id}/timings`.
+    pub async fn get_build_timings(
+        &self,
+        id: Uuid,
+    ) -> Result<super::logs::WorkspaceBuildTimings, CoderError> {
+        self.call(
+            Method::GET,
+            "/api/v2/workspacebuilds/{id}/timings",
+            &format!("/api/v2/workspacebuilds/{id}/timings"),
+            None,
+        )
+        .await
+    }
+
     /// `GET /api/v2/workspaces/{id}/watch`: a Server-Sent Events stream yielding the full
     /// workspace on connect and after every workspace event, and Coder's `error` events (after
     /// which coderd keeps the stream open). Ends when the connection closes, after a frame

@@ -4,6 +4,8 @@ pub mod accounts;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod external;
+pub mod logs;
 pub mod names;
 pub mod ratelimit;
 pub mod sse;

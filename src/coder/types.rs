@@ -198,6 +198,9 @@ pub struct ProvisionerJob {
         deserialize_with = "opt_text"
     )]
     pub error_code: Option<String>,
+    /// When a provisioner picked the job up.
+    #[serde(default)]
+    pub started_at: Option<Timestamp>,
     /// When the job completed.
     #[serde(default)]
     pub completed_at: Option<Timestamp>,
@@ -248,8 +251,11 @@ impl JobStatus {
 }
 
 /// A workspace resource.
-#[derive(Deserialize, Serialize, Debug, Clone, PartialEq)]
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Default)]
 pub struct Resource {
+    /// Terraform resource type, e.g. `docker_container` or `coder_external_agent`.
+    #[serde(default, rename = "type")]
+    pub resource_type: String,
     /// Agents of this resource.
     #[serde(default)]
     pub agents: Vec<Agent>,
@@ -275,6 +281,9 @@ pub struct Agent {
     /// When the agent became ready.
     #[serde(default)]
     pub ready_at: Option<Timestamp>,
+    /// When the agent first connected (null: never).
+    #[serde(default)]
+    pub first_connected_at: Option<Timestamp>,
 }
 
 /// Body of `POST /api/v2/workspaces/{id}/builds`.

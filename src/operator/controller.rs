@@ -703,6 +703,7 @@ async fn conclude(
                 let secs = Timestamp::now().duration_since(created.0).as_secs_f64();
                 ctx.metrics.time_to_ready.observe(secs.max(0.0));
             }
+            ctx.metrics.observe_stages(decision.status.timings.as_ref());
             tracing::info!(request = %oref, phase = ?decision.status.phase, "request finished");
             finished(wsr, api, &decision.status).await
         }

@@ -20,6 +20,7 @@ use crate::coder::types::{
     Agent, CreateWorkspaceBuildRequest, JobStatus, ParameterValue, Transition, Workspace,
     WorkspaceBuild,
 };
+use crate::operator::timings;
 
 /// Default build and agent timeouts (the chat tool's constants).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -172,6 +173,7 @@ pub fn build_info(b: &WorkspaceBuild) -> BuildInfo {
         transition: b.transition.as_str().to_owned(),
         job_status: b.job.status.as_str().to_owned(),
         error_code: b.job.error_code.clone(),
+        template_version_id: b.template_version_id.map(|v| v.to_string()),
     }
 }
 
@@ -366,13 +368,26 @@ impl<'a> Next<'a> {
 
 /// Decides the next status and action. Pure: same input, same output.
 pub fn decide(input: &Input<'_>) -> Decision {
-    let next = Next::new(input);
     if input.status.phase.is_some_and(Phase::is_terminal) {
         return Decision {
             status: input.status.clone(),
             action: Action::Finish,
         };
     }
+    let mut decision = decide_observation(input);
+    // A request finishing now gets its stage timings, from the build it last saw.
+    let build = match &input.observation {
+        Observation::Workspace { workspace, .. } => Some(&workspace.latest_build),
+        Observation::BuildCreated(build) => Some(&**build),
+        _ => None,
+    };
+    timings::stamp(&mut decision.status, build);
+    decision
+}
+
+/// [`decide`] for a request not finished yet.
+fn decide_observation(input: &Input<'_>) -> Decision {
+    let next = Next::new(input);
     match &input.observation {
         Observation::Failed { reason, message } => next.fail(*reason, message),
         Observation::ChatNotFound => next.fail(
@@ -683,6 +698,13 @@ fn start(mut next: Next<'_>, ws: &Workspace, owner: &OwnerState) -> Decision {
             })
             .collect(),
     };
+    // The start moves the workspace to the active version when it is sent and differs from
+    // the previous build's (what Coder's tool reports as updated_to_active_version).
+    if request.template_version_id.is_some()
+        && request.template_version_id != ws.latest_build.template_version_id
+    {
+        next.st.updated_to_active_version = Some(true);
+    }
     next.progressing(
         Phase::Starting,
         Reason::StartRequested,
@@ -733,6 +755,9 @@ fn decide_agent(mut next: Next<'_>, lb: &WorkspaceBuild) -> Decision {
         status: agent.status.clone(),
         lifecycle_state: Some(agent.lifecycle_state.clone()),
     });
+    if let Some(guidance) = crate::coder::external::unavailable_message(lb, agent) {
+        return next.fail(Reason::ExternalAgentUnavailable, guidance);
+    }
     match agent.lifecycle_state.as_str() {
         "ready" if agent.status == "connected" => {
             let msg = format!("workspace is running and agent {:?} is ready", agent.name);

@@ -55,6 +55,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// `{stage}` of the stage histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    /// queued, pending, running, agent_connecting, agent_starting, other or total.
+    pub stage: &'static str,
+}
+
 /// All metrics of the operator.
 pub struct Metrics {
     registry: Registry,
@@ -74,6 +81,9 @@ pub struct Metrics {
     pub requests_by_phase: Family<PhaseLabels, Gauge>,
     /// `workspace_start_operator_time_to_ready_seconds`: creation to Ready.
     pub time_to_ready: Histogram,
+    /// `workspace_start_operator_stage_seconds{stage}`: how long each stage of finished
+    /// requests took (see [`crate::operator::timings`]).
+    pub stage_seconds: Family<StageLabels, Histogram>,
     /// `workspace_start_operator_failures_total{reason}`.
     pub failures: Family<ReasonLabels, Counter>,
     /// `workspace_start_operator_start_builds_total`: start builds requested.
@@ -102,6 +112,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Observes each stage of a finished request's timings.
+    pub fn observe_stages(&self, timings: Option<&crate::api::crd::StageTimings>) {
+        for (stage, secs) in timings
+            .map(crate::operator::timings::stages)
+            .unwrap_or_default()
+        {
+            self.stage_seconds
+                .get_or_create(&StageLabels { stage })
+                .observe(secs);
+        }
+    }
+
     /// Registers every metric (the default shard: no `shard` label).
     pub fn new() -> Metrics {
         Metrics::for_shard(&Shard::unlabelled())
@@ -126,6 +148,11 @@ impl Metrics {
             1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
         ]);
         let failures = Family::<ReasonLabels, Counter>::default();
+        let stage_seconds = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0,
+            ])
+        });
         let start_builds = Counter::default();
         let watch_streams = Gauge::default();
         let leader = Gauge::default();
@@ -172,6 +199,11 @@ impl Metrics {
             "workspace_start_operator_time_to_ready_seconds",
             "Time from a request's creation until it was Ready",
             time_to_ready.clone(),
+        );
+        registry.register(
+            "workspace_start_operator_stage_seconds",
+            "How long each stage of finished requests took (queued, pending, running, agent_connecting, agent_starting, other, total)",
+            stage_seconds.clone(),
         );
         registry.register(
             "workspace_start_operator_failures",
@@ -240,6 +272,7 @@ impl Metrics {
             coder_requests,
             requests_by_phase,
             time_to_ready,
+            stage_seconds,
             failures,
             start_builds,
             watch_streams,

@@ -12,6 +12,8 @@
 //! - [`status`], [`events`], [`first_status`], [`write_slots`]: what is written to the API
 //!   server, and in which order under load.
 //! - [`triggers`], [`metrics`]: reconcile triggers and Prometheus metrics.
+//! - [`timings`]: how long each stage of a finished request took (pure).
+//! - [`logs_api`]: build logs on demand for callers RBAC allows (`--logs-addr`).
 
 pub mod client_cache;
 pub mod coder_failure;
@@ -21,6 +23,7 @@ pub mod controller;
 pub mod decide;
 pub mod events;
 pub mod first_status;
+pub mod logs_api;
 pub mod metrics;
 
 pub mod reconcile;
@@ -29,5 +32,6 @@ pub mod start_queue;
 pub mod status;
 pub mod streams;
 pub mod tenancy;
+pub mod timings;
 pub mod triggers;
 pub mod write_slots;

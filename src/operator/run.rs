@@ -116,6 +116,26 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             Some(t) => t,
             None => return stop_server(server).await,
         };
+    let _logs_server = args.logs_addr.map(|addr| {
+        let conns = Connections::new(
+            kube.clone(),
+            args.coder_url.clone(),
+            args.coder_token_file.clone(),
+            opts.clone(),
+            allowed.clone(),
+            CacheLimits {
+                max_clients: args.coder_client_cache_size,
+                idle: Duration::from_millis(args.coder_client_idle_ms),
+            },
+        )
+        .require_secret_opt_in(tenancy.requires_secret_opt_in());
+        let server = Arc::new(crate::operator::logs_api::LogsServer::new(
+            kube.clone(),
+            conns,
+            crate::cli::non_empty(&args.logs_audiences),
+        ));
+        tokio::spawn(server.serve(addr, shutdown.clone()))
+    });
     let connections = Connections::new(
         kube.clone(),
         args.coder_url.clone(),

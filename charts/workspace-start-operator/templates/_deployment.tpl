@@ -101,6 +101,10 @@ spec:
               value: {{ .Values.leaderElection.leaseName | quote }}
             - name: WSO_METRICS_ADDR
               value: {{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}
+            {{- if .Values.logs.enabled }}
+            - name: WSO_LOGS_ADDR
+              value: {{ printf "0.0.0.0:%d" (int .Values.logs.port) | quote }}
+            {{- end }}
             - name: WSO_LOG_FORMAT
               value: {{ .Values.logging.format | quote }}
             - name: WSO_LOG_LEVEL
@@ -124,6 +128,11 @@ spec:
             - name: metrics
               containerPort: {{ .Values.metrics.port }}
               protocol: TCP
+            {{- if .Values.logs.enabled }}
+            - name: logs
+              containerPort: {{ .Values.logs.port }}
+              protocol: TCP
+            {{- end }}
           livenessProbe:
             httpGet:
               path: /healthz

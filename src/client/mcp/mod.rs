@@ -9,8 +9,11 @@
 //! timeouts, body limit, cap of calls in flight), [`watches`] (one shared watch per namespace for
 //! waiting calls), [`tools`] (the two tools), [`metrics`] (what `/metrics` serves).
 
+pub mod annotations;
 pub mod auth;
+mod idempotent;
 pub mod listener;
+pub mod logs;
 pub mod metrics;
 pub mod tools;
 pub mod watches;
@@ -54,6 +57,8 @@ pub struct Settings {
     pub max_wait: Duration,
     /// The shard requests are labelled for.
     pub shard: crate::api::shard::Shard,
+    /// Base URL of the operator's logs endpoint (`…/logs`), for `get_workspace_build_logs`.
+    pub logs_url: Option<String>,
 }
 
 /// Why the MCP server stopped.
@@ -79,6 +84,7 @@ pub struct Server {
     slots: Arc<CallSlots>,
     watches: Arc<Watches>,
     metrics: Arc<McpMetrics>,
+    http: reqwest::Client,
 }
 
 impl ServerHandler for Server {
@@ -134,6 +140,12 @@ impl ServerHandler for Server {
             }
         };
         let args = request.arguments.clone();
+        if request.name == logs::GET_WORKSPACE_BUILD_LOGS {
+            return self
+                .build_logs(args, &caller, &context)
+                .await
+                .map(Into::into);
+        }
         self.call(&request.name, args, &caller, context)
             .await
             .map(Into::into)
@@ -168,6 +180,7 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         default_wait: args.default_wait,
         max_wait: args.max_wait,
         shard: args.shard.clone(),
+        logs_url: args.logs_url.clone().filter(|u| !u.is_empty()),
     };
     let shutdown = crate::process::shutdown_signal().boxed().shared();
     // HTTP/2 when the API server offers it: TokenReviews, SubjectAccessReviews and the shared
@@ -192,6 +205,10 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         slots: Arc::new(CallSlots::new(args.max_calls_per_caller.get() as usize)),
         watches: Arc::new(Watches::new(client.clone(), Arc::clone(&metrics))),
         metrics: Arc::clone(&metrics),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default(),
     };
     // Cancelled on shutdown: ends in-flight tool calls (their requests go on; callers can read
     // them with get_workspace_start) so the process stops within its grace period.

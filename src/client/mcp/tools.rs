@@ -59,6 +59,11 @@ pub struct StartWorkspaceArgs {
     /// server).
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Idempotency key (1 to 128 visible ASCII characters, e.g. your tool call id): a retry with
+    /// the same request_id returns the request the first call created instead of starting
+    /// another one.
+    #[serde(default)]
+    pub request_id: Option<String>,
 }
 
 /// Arguments of `get_workspace_start`.
@@ -88,9 +93,12 @@ pub fn definitions() -> Vec<Tool> {
             "Start a Coder workspace (the one bound to a chat, or one by id, or by owner and name) \
              and wait until its agent is ready. Idempotent like Coder's start_workspace: an already \
              running workspace returns at once. Creates a WorkspaceStartRequest in Kubernetes; the \
-             result names it. Give exactly one of chat_id, workspace_id, or owner with name.",
+             result names it. Give exactly one of chat_id, workspace_id, or owner with name. \
+             Safe to retry only with request_id: a call repeating an earlier call's request_id \
+             returns that call's request instead of creating another.",
             empty(),
         )
+        .annotate(super::annotations::start_workspace())
         .with_input_schema::<StartWorkspaceArgs>()
         .with_output_schema::<StartResult>(),
         Tool::new(
@@ -99,8 +107,10 @@ pub fn definitions() -> Vec<Tool> {
              waiting until it is ready or failed.",
             empty(),
         )
+        .annotate(super::annotations::get_workspace_start())
         .with_input_schema::<GetWorkspaceStartArgs>()
         .with_output_schema::<StartResult>(),
+        super::logs::definition(),
     ]
 }
 
@@ -247,11 +257,14 @@ impl Server {
             requested_by: Some(caller.username.clone()),
             shard: self.settings.shard.clone(),
         };
-        let created = new
-            .create(&self.client)
-            .await
-            .map_err(|e| api_error("creating the request", &e))?;
-        tracing::info!(caller = %caller.username, namespace, name = created.metadata.name.as_deref().unwrap_or_default(), "created a WorkspaceStartRequest");
+        let created = match args.request_id.as_deref() {
+            None => new
+                .create(&self.client)
+                .await
+                .map_err(|e| api_error("creating the request", &e))?,
+            Some(id) => super::idempotent::create(&self.client, &new, id, caller).await?,
+        };
+        tracing::info!(caller = %caller.username, namespace, name = created.metadata.name.as_deref().unwrap_or_default(), "created or found a WorkspaceStartRequest");
         if args.wait == Some(false) {
             return Ok((StartResult::of(&created), false));
         }
@@ -500,6 +513,33 @@ mod tests {
         assert_eq!(
             tools[1].input_schema.get("required"),
             Some(&json!(["name"]))
+        );
+        assert!(props.get("request_id").is_some());
+    }
+
+    #[test]
+    fn tools_carry_hints_on_what_they_change() {
+        let tools = definitions();
+        let hints = |name: &str| {
+            let tool = tools.iter().find(|t| t.name == name).expect(name);
+            let a = tool.annotations.clone().expect("annotations");
+            (a.read_only_hint, a.idempotent_hint, a.open_world_hint)
+        };
+        assert_eq!(
+            hints(START_WORKSPACE),
+            (Some(false), Some(false), Some(true))
+        );
+        assert_eq!(
+            hints(GET_WORKSPACE_START),
+            (Some(true), Some(true), Some(false))
+        );
+        let start = &tools[0];
+        assert!(
+            start
+                .description
+                .as_deref()
+                .unwrap_or_default()
+                .contains("request_id")
         );
     }
 

@@ -24,6 +24,7 @@ fn agent(name: &str, status: &str, lifecycle: &str) -> Agent {
         status: status.into(),
         lifecycle_state: lifecycle.into(),
         ready_at: None,
+        first_connected_at: None,
     }
 }
 
@@ -44,9 +45,13 @@ fn build(
             id: Uuid::from_u128(0xf000 + number as u128),
             status: job,
             error_code: None,
+            started_at: None,
             completed_at: None,
         },
-        resources: vec![crate::coder::types::Resource { agents }],
+        resources: vec![crate::coder::types::Resource {
+            agents,
+            ..Default::default()
+        }],
     }
 }
 
@@ -239,6 +244,18 @@ fn down() -> Observation {
 
 fn with_agents(agents: Vec<Agent>) -> Observation {
     seen(build(2, Transition::Start, JobStatus::Succeeded, agents))
+}
+
+/// A succeeded start whose only agent is managed outside Coder (`coder_external_agent`).
+fn with_external_agent(status: &str) -> Observation {
+    let mut b = build(
+        2,
+        Transition::Start,
+        JobStatus::Succeeded,
+        vec![agent("main", status, "created")],
+    );
+    b.resources[0].resource_type = crate::coder::external::EXTERNAL_AGENT_RESOURCE_TYPE.into();
+    seen(b)
 }
 
 fn failed_with(code: Option<&str>) -> Observation {
@@ -783,6 +800,28 @@ fn every_branch() {
             Reason::WaitingForAgent.as_str(),
             Requeue,
         ),
+        // An external agent Coder cannot start: fail at once when unreachable, as Coder does.
+        case(
+            "external_agent_connecting_waits",
+            with_external_agent("connecting"),
+            WaitingForAgent,
+            Reason::WaitingForAgent.as_str(),
+            Requeue,
+        ),
+        case(
+            "external_agent_timed_out_fails_fast",
+            with_external_agent("timeout"),
+            Failed,
+            Reason::ExternalAgentUnavailable.as_str(),
+            Finish,
+        ),
+        case(
+            "external_agent_offline_fails_fast",
+            with_external_agent("disconnected"),
+            Failed,
+            Reason::ExternalAgentUnavailable.as_str(),
+            Finish,
+        ),
         case(
             "agent_start_error",
             with_agents(vec![agent("main", "connected", "start_error")]),
@@ -954,6 +993,8 @@ fn start_request_carries_parameters_and_active_version() {
     assert_eq!(d.status.build.as_ref().map(|b| b.number), Some(1));
     assert_eq!(d.status.build_requested_at, Some(Time(t(0))));
     assert_eq!(d.status.outcome, None);
+    // The previous build ran another version: the start moves to the active one.
+    assert_eq!(d.status.updated_to_active_version, Some(true));
 }
 
 #[test]

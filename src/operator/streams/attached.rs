@@ -171,6 +171,7 @@ mod tests {
                     id: Uuid::nil(),
                     status: JobStatus::Running,
                     error_code: None,
+                    started_at: None,
                     completed_at: None,
                 },
                 resources: vec![],

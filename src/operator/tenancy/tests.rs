@@ -248,6 +248,7 @@ fn workspace(owner: &str, name: &str) -> Workspace {
                 id: Uuid::from_u128(9),
                 status: JobStatus::Succeeded,
                 error_code: None,
+                started_at: None,
                 completed_at: None,
             },
             resources: vec![],

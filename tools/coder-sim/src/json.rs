@@ -10,6 +10,11 @@ use crate::model::{
     select_chat_agent,
 };
 
+/// A timestamp as this deployment reports it: shifted by its clock offset.
+pub(crate) fn at(st: &State, t: Timestamp) -> Value {
+    ts(t.saturating_add(st.clock_offset).unwrap_or(t))
+}
+
 /// Formats like Go's `time.Time` JSON from Postgres (microseconds, UTC).
 pub(crate) fn ts(t: Timestamp) -> Value {
     let t = t.round(Unit::Microsecond).unwrap_or(t);
@@ -57,9 +62,9 @@ pub(crate) fn user(st: &State, u: &UserRec) -> Value {
         "username": u.username,
         "name": "",
         "email": format!("{}@example.com", u.username),
-        "created_at": ts(u.created_at),
-        "updated_at": ts(u.created_at),
-        "last_seen_at": ts(u.created_at),
+        "created_at": at(st, u.created_at),
+        "updated_at": at(st, u.created_at),
+        "last_seen_at": at(st, u.created_at),
         "status": u.status,
         "login_type": "password",
         "theme_preference": "",
@@ -74,7 +79,7 @@ fn job(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp) -> Value {
     let pending = view.status == JobStatus::Pending;
     let mut v = json!({
         "id": b.job_id,
-        "created_at": ts(b.created_at),
+        "created_at": at(st, b.created_at),
         "status": view.status.as_str(),
         "file_id": b.file_id,
         "tags": { "owner": "", "scope": "organization" },
@@ -96,9 +101,9 @@ fn job(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp) -> Value {
         },
         "logs_overflowed": false,
     });
-    insert_opt(&mut v, "started_at", view.started_at.map(ts));
-    insert_opt(&mut v, "completed_at", view.completed_at.map(ts));
-    insert_opt(&mut v, "canceled_at", view.canceled_at.map(ts));
+    insert_opt(&mut v, "started_at", view.started_at.map(|t| at(st, t)));
+    insert_opt(&mut v, "completed_at", view.completed_at.map(|t| at(st, t)));
+    insert_opt(&mut v, "canceled_at", view.canceled_at.map(|t| at(st, t)));
     insert_opt(&mut v, "error", view.error.map(Value::String));
     insert_opt(&mut v, "error_code", view.error_code.map(Value::String));
     // `worker_id`, `worker_name` and `available_workers` are omitempty in codersdk.
@@ -109,19 +114,19 @@ fn job(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp) -> Value {
     v
 }
 
-fn agent(st: &State, b: &BuildRec, a: &AgentView) -> Value {
+fn agent(st: &State, resource_id: Uuid, a: &AgentView) -> Value {
     let (healthy, reason) = a.health();
     let mut health = json!({ "healthy": healthy });
     insert_opt(&mut health, "reason", reason.map(|r| json!(r)));
     let mut v = json!({
         "id": a.rec.id,
         "parent_id": a.rec.parent_id,
-        "created_at": ts(a.created_at),
-        "updated_at": ts(a.ready_at.or(a.started_at).unwrap_or(a.created_at)),
+        "created_at": at(st, a.created_at),
+        "updated_at": at(st, a.ready_at.or(a.started_at).unwrap_or(a.created_at)),
         "status": a.status,
         "lifecycle_state": a.lifecycle,
         "name": a.rec.name,
-        "resource_id": b.resource_id,
+        "resource_id": resource_id,
         "architecture": "amd64",
         "environment_variables": {},
         "operating_system": "linux",
@@ -140,12 +145,57 @@ fn agent(st: &State, b: &BuildRec, a: &AgentView) -> Value {
         "scripts": [],
         "startup_script_behavior": "non-blocking",
     });
-    insert_opt(&mut v, "first_connected_at", a.first_connected_at.map(ts));
-    insert_opt(&mut v, "last_connected_at", a.last_connected_at.map(ts));
-    insert_opt(&mut v, "disconnected_at", a.disconnected_at.map(ts));
-    insert_opt(&mut v, "started_at", a.started_at.map(ts));
-    insert_opt(&mut v, "ready_at", a.ready_at.map(ts));
+    insert_opt(
+        &mut v,
+        "first_connected_at",
+        a.first_connected_at.map(|t| at(st, t)),
+    );
+    insert_opt(
+        &mut v,
+        "last_connected_at",
+        a.last_connected_at.map(|t| at(st, t)),
+    );
+    insert_opt(
+        &mut v,
+        "disconnected_at",
+        a.disconnected_at.map(|t| at(st, t)),
+    );
+    insert_opt(&mut v, "started_at", a.started_at.map(|t| at(st, t)));
+    insert_opt(&mut v, "ready_at", a.ready_at.map(|t| at(st, t)));
     v
+}
+
+/// Terraform resource type of an agent managed outside Coder.
+pub(crate) const EXTERNAL_AGENT_RESOURCE: &str = "coder_external_agent";
+
+/// codersdk.WorkspaceResource with `agents`.
+fn resource(
+    st: &State,
+    b: &BuildRec,
+    id: Uuid,
+    type_: &str,
+    name: &str,
+    agents: &[&AgentView],
+) -> Value {
+    let mut r = json!({
+        "id": id,
+        "created_at": at(st, b.created_at),
+        "job_id": b.job_id,
+        "workspace_transition": b.transition.as_str(),
+        "type": type_,
+        "name": name,
+        "hide": false,
+        "icon": "",
+        "daily_cost": 0,
+    });
+    // `agents` and `metadata` are omitempty in codersdk.WorkspaceResource.
+    let agents: Vec<Value> = agents.iter().map(|a| agent(st, id, a)).collect();
+    insert_opt(
+        &mut r,
+        "agents",
+        (!agents.is_empty()).then(|| json!(agents)),
+    );
+    r
 }
 
 /// codersdk.WorkspaceBuild.
@@ -163,33 +213,39 @@ pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp)
     let agents = b.agents(now);
     let resources: Vec<Value> =
         if b.transition == Transition::Start && b.job(now).status == JobStatus::Succeeded {
-            let mut r = json!({
-                "id": b.resource_id,
-                "created_at": ts(b.created_at),
-                "job_id": b.job_id,
-                "workspace_transition": b.transition.as_str(),
-                "type": "docker_container",
-                "name": "workspace",
-                "hide": false,
-                "icon": "",
-                "daily_cost": 0,
-            });
-            // `agents` and `metadata` are omitempty in codersdk.WorkspaceResource.
-            let agents: Vec<Value> = agents.iter().map(|a| agent(st, b, a)).collect();
-            insert_opt(
-                &mut r,
-                "agents",
-                (!agents.is_empty()).then(|| json!(agents)),
-            );
-            vec![r]
+            // Agents managed outside Coder belong to a `coder_external_agent` resource.
+            let (external, own): (Vec<&AgentView>, Vec<&AgentView>) =
+                agents.iter().partition(|a| a.rec.external);
+            let mut out = Vec::new();
+            if !own.is_empty() || external.is_empty() {
+                out.push(resource(
+                    st,
+                    b,
+                    b.resource_id,
+                    "docker_container",
+                    "workspace",
+                    &own,
+                ));
+            }
+            if !external.is_empty() {
+                out.push(resource(
+                    st,
+                    b,
+                    b.external_resource_id,
+                    EXTERNAL_AGENT_RESOURCE,
+                    "external",
+                    &external,
+                ));
+            }
+            out
         } else {
             Vec::new()
         };
     let view = b.job(now);
     let mut v = json!({
         "id": b.id,
-        "created_at": ts(b.created_at),
-        "updated_at": ts(view.completed_at.or(view.started_at).unwrap_or(b.created_at)),
+        "created_at": at(st, b.created_at),
+        "updated_at": at(st, view.completed_at.or(view.started_at).unwrap_or(b.created_at)),
         "workspace_id": ws.id,
         "workspace_name": ws.name,
         "workspace_owner_id": ws.owner,
@@ -211,13 +267,17 @@ pub(crate) fn build(st: &State, ws: &WorkspaceRec, b: &BuildRec, now: Timestamp)
         "matched_provisioners": {
             "count": 1,
             "available": 1,
-            "most_recently_seen": ts(b.created_at),
+            "most_recently_seen": at(st, b.created_at),
         },
     });
     // `*bool` with omitempty, known once the job completed.
     if view.completed_at.is_some() {
         insert_opt(&mut v, "has_ai_task", Some(json!(false)));
-        insert_opt(&mut v, "has_external_agent", Some(json!(false)));
+        insert_opt(
+            &mut v,
+            "has_external_agent",
+            Some(json!(b.has_external_agent())),
+        );
     }
     v
 }
@@ -243,8 +303,8 @@ pub(crate) fn workspace(st: &State, ws: &WorkspaceRec, now: Timestamp) -> Value 
     let outdated = latest.is_some_and(|b| b.template_version_id != ws.template.active_version());
     json!({
         "id": ws.id,
-        "created_at": ts(ws.created_at),
-        "updated_at": ts(ws.updated_at),
+        "created_at": at(st, ws.created_at),
+        "updated_at": at(st, ws.updated_at),
         "owner_id": ws.owner,
         "owner_name": owner,
         "owner_avatar_url": "",
@@ -262,9 +322,9 @@ pub(crate) fn workspace(st: &State, ws: &WorkspaceRec, now: Timestamp) -> Value 
         "latest_app_status": null,
         "outdated": outdated,
         "name": ws.name,
-        "last_used_at": ts(ws.updated_at),
+        "last_used_at": at(st, ws.updated_at),
         "deleting_at": null,
-        "dormant_at": ws.dormant_at.map(ts),
+        "dormant_at": ws.dormant_at.map(|t| at(st, t)),
         "health": { "healthy": failing.is_empty(), "failing_agents": failing },
         "automatic_updates": "never",
         "allow_renames": false,
@@ -299,8 +359,8 @@ pub(crate) fn chat(st: &State, c: &ChatRec, now: Timestamp) -> Value {
         "status": c.status,
         "last_turn_summary": null,
         "summary": null,
-        "created_at": ts(c.created_at),
-        "updated_at": ts(c.created_at),
+        "created_at": at(st, c.created_at),
+        "updated_at": at(st, c.created_at),
         "archived": false,
         "shared": false,
         "pin_order": 0,
@@ -343,4 +403,77 @@ impl Sim {
             None => serde_json::Value::Null,
         }
     }
+}
+
+/// `[]codersdk.ProvisionerJobLog`.
+pub(crate) fn logs(st: &State, lines: &[crate::model::debug::LogLine]) -> Value {
+    Value::Array(
+        lines
+            .iter()
+            .map(|l| {
+                json!({
+                    "id": l.id,
+                    "created_at": at(st, l.created_at),
+                    "log_source": l.source,
+                    "log_level": l.level,
+                    "stage": l.stage,
+                    "output": l.output,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `codersdk.WorkspaceBuildTimings` (every list present, empty when nothing was recorded).
+pub(crate) fn timings(st: &State, b: &BuildRec, t: &crate::model::debug::Timings) -> Value {
+    let provisioner: Vec<Value> = t
+        .provisioner
+        .iter()
+        .map(|p| {
+            json!({
+                "job_id": b.job_id,
+                "started_at": at(st, p.started_at),
+                "ended_at": at(st, p.ended_at),
+                "stage": p.stage,
+                "source": p.source,
+                "action": p.action,
+                "resource": p.resource,
+            })
+        })
+        .collect();
+    let scripts: Vec<Value> = t
+        .scripts
+        .iter()
+        .map(|s| {
+            let (exit_code, status) = s.script.unwrap_or((0, "ok"));
+            json!({
+                "started_at": at(st, s.started_at),
+                "ended_at": at(st, s.ended_at),
+                "exit_code": exit_code,
+                "stage": "start",
+                "status": status,
+                "display_name": "Startup Script",
+                "workspace_agent_id": s.agent_id.to_string(),
+                "workspace_agent_name": s.agent_name,
+            })
+        })
+        .collect();
+    let connections: Vec<Value> = t
+        .connections
+        .iter()
+        .map(|c| {
+            json!({
+                "started_at": at(st, c.started_at),
+                "ended_at": at(st, c.ended_at),
+                "stage": "connect",
+                "workspace_agent_id": c.agent_id.to_string(),
+                "workspace_agent_name": c.agent_name,
+            })
+        })
+        .collect();
+    json!({
+        "provisioner_timings": provisioner,
+        "agent_script_timings": scripts,
+        "agent_connection_timings": connections,
+    })
 }

@@ -46,6 +46,7 @@ use crate::routes::App;
 pub use config::{ChatEra, DEFAULT_RATE_LIMIT, DEFAULT_VERSION, SimConfig, SimTls, TestCa};
 pub use faults::{Fault, FaultSpec};
 pub use feed::StateChange;
+pub use model::debug::LOG_SECRET;
 pub use model::{
     AgentSeed, BuildOutcome, BuildScript, ChatSpec, DormantStart, InitialState, LifecycleState,
     Sim, SimUser, Transition, UserSpec, WorkspaceSeed,

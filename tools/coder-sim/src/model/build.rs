@@ -20,6 +20,8 @@ pub(crate) struct AgentRec {
     pub display_order: i32,
     /// `connection_timeout_seconds` (0 = never times out).
     pub connection_timeout_secs: i64,
+    /// Belongs to a `coder_external_agent` resource: never connects by itself.
+    pub external: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub(crate) struct BuildRec {
     pub worker_id: Uuid,
     pub file_id: Uuid,
     pub resource_id: Uuid,
+    /// The `coder_external_agent` resource holding the external agents, if any.
+    pub external_resource_id: Uuid,
     pub script: BuildScript,
     pub agents: Vec<AgentRec>,
     pub parameters: Vec<(String, String)>,
@@ -99,6 +103,11 @@ pub(crate) fn sub(ts: Timestamp, d: Duration) -> Timestamp {
 }
 
 impl BuildRec {
+    /// Whether any agent of this build is managed outside Coder.
+    pub fn has_external_agent(&self) -> bool {
+        self.agents.iter().any(|a| a.external)
+    }
+
     fn started(&self) -> Timestamp {
         add(self.created_at, self.script.pending)
     }
@@ -215,7 +224,7 @@ impl BuildRec {
         self.agents
             .iter()
             .map(|rec| {
-                let connected = connect <= t;
+                let connected = connect <= t && !rec.external;
                 let mut view = AgentView {
                     rec: rec.clone(),
                     created_at: created,

@@ -9,6 +9,7 @@
 
 mod agent;
 mod build;
+pub(crate) mod debug;
 mod records;
 mod seed;
 mod state;
@@ -85,6 +86,7 @@ impl Sim {
             ratelimit: RateLimiter::new(cfg.rate_limit_per_minute),
             watch_errors: HashMap::new(),
             dormant_start: DormantStart::default(),
+            clock_offset: jiff::SignedDuration::ZERO,
         };
         Sim {
             shared: Arc::new(Shared {
@@ -202,6 +204,12 @@ impl Sim {
     /// 403 (older versions).
     pub fn set_dormant_start(&self, behaviour: DormantStart) {
         self.lock().dormant_start = behaviour;
+    }
+
+    /// Sets how far the deployment's clock is off (positive: ahead): every timestamp in its
+    /// answers is shifted by it, as a Coder host with a wrong clock reports them.
+    pub fn set_clock_offset(&self, offset: jiff::SignedDuration) {
+        self.lock().clock_offset = offset;
     }
 
     /// Upgrades (or downgrades) the running deployment: `buildinfo.version`,

@@ -211,6 +211,9 @@ pub struct AgentSeed {
     /// `connection_timeout_seconds`: a never-connected agent shows `timeout` after it (0 =
     /// never). Coder's template default is 120.
     pub connection_timeout_secs: i64,
+    /// Managed outside Coder (a `coder_external_agent` resource): Coder cannot start it, so it
+    /// never connects here; its build reports `has_external_agent: true`.
+    pub external: bool,
 }
 
 impl AgentSeed {
@@ -221,6 +224,15 @@ impl AgentSeed {
             parent: None,
             order: 0,
             connection_timeout_secs: DEFAULT_CONNECTION_TIMEOUT_SECS,
+            external: false,
+        }
+    }
+
+    /// A root agent managed outside Coder (`coder_external_agent`): it never connects.
+    pub fn external(name: &str) -> AgentSeed {
+        AgentSeed {
+            external: true,
+            ..AgentSeed::new(name)
         }
     }
 
@@ -231,6 +243,7 @@ impl AgentSeed {
             parent: Some(parent.to_owned()),
             order: 0,
             connection_timeout_secs: DEFAULT_CONNECTION_TIMEOUT_SECS,
+            external: false,
         }
     }
 

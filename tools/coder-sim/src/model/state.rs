@@ -34,6 +34,8 @@ pub(crate) struct State {
     pub watch_errors: HashMap<Uuid, (u64, String)>,
     /// What a start build does to a dormant workspace (this Coder version's behaviour).
     pub dormant_start: DormantStart,
+    /// How far this deployment's clock is off: every timestamp it reports is shifted by it.
+    pub clock_offset: jiff::SignedDuration,
 }
 
 impl State {
@@ -101,6 +103,7 @@ impl State {
                     parent_id: None,
                     display_order: seed.order,
                     connection_timeout_secs: seed.connection_timeout_secs,
+                    external: seed.external,
                 });
             }
             for (i, seed) in ws.agents.iter().enumerate() {
@@ -126,6 +129,7 @@ impl State {
             worker_id: Uuid::new_v4(),
             file_id: Uuid::new_v4(),
             resource_id: Uuid::new_v4(),
+            external_resource_id: Uuid::new_v4(),
             script,
             agents,
             parameters,

@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)] // helpers return `Response` as their error type
 
 mod builds;
+mod debug;
 mod hostile;
 mod middleware;
 mod watch;
@@ -54,6 +55,11 @@ pub(crate) fn router(app: App) -> Router<App> {
         .route("/api/v2/workspaces/{id}/watch", get(watch::watch))
         .route("/api/v2/workspacebuilds/{id}", get(build_get))
         .route("/api/v2/workspacebuilds/{id}/cancel", patch(build_cancel))
+        .route("/api/v2/workspacebuilds/{id}/logs", get(debug::build_logs))
+        .route(
+            "/api/v2/workspacebuilds/{id}/timings",
+            get(debug::build_timings),
+        )
         .route("/api/v2/workspaceagents/{id}", get(agent_get))
         .route_layer(axum_mw::from_fn_with_state(app, api_middleware))
         .fallback(fallback)
