@@ -6,8 +6,9 @@
 //! would once the container's `/readyz` answers, so rollouts progress as on a cluster. No operator
 //! runs here; the Pods stand for it.
 
-mod opproc;
 mod support;
+
+use support::opproc;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -7,8 +7,9 @@
 //! Only `operator_in_cluster_mode_*` creates WorkspaceStartRequests: its operator watches every
 //! namespace of this binary's control plane, so no other test here may create requests.
 
-mod opproc;
 mod support;
+
+use support::opproc;
 
 use std::time::Duration;
 

@@ -8,8 +8,9 @@
 //! chart's editor ClusterRole, as the built-in `edit` role would give it), `stranger` may not.
 //! The Python clients live in a cached virtualenv made by scripts/client-venv.sh.
 
-mod opproc;
 mod support;
+
+use support::opproc;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -6,8 +6,9 @@
 //!
 //! No operator runs: requests stay Pending, so calls that wait keep waiting.
 
-mod opproc;
 mod support;
+
+use support::opproc;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

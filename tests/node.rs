@@ -11,8 +11,9 @@
 //! Needs root, `scripts/node-bins.sh` and `make image` (`make test-node` runs all three);
 //! docs/node.md says what the node is made of and what it changes on the machine.
 
-mod opproc;
 mod support;
+
+use support::opproc;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

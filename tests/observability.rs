@@ -2,8 +2,9 @@
 //! until the caches sync), `/metrics` (controller-runtime names, Coder call counters, phases,
 //! time to Ready; valid OpenMetrics text), JSON logs and the log level flag/env.
 
-mod opproc;
 mod support;
+
+use support::opproc;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

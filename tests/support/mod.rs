@@ -3,6 +3,8 @@
 //! operator binary running as the chart's ServiceAccount (least privilege).
 #![allow(dead_code)]
 
+pub mod opproc;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

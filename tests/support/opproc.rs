@@ -1,13 +1,13 @@
-//! Helpers shared by `tests/chart_rbac.rs` and `tests/observability.rs`: rendering the chart with
+//! Part of the one test harness (`tests/support`): rendering the chart with
 //! arbitrary values, and running the operator binary with arbitrary flags and environment (as a
-//! given ServiceAccount kubeconfig), outside the `tests/support` harness's `Env`.
+//! given ServiceAccount kubeconfig), beside the harness's `Env`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{ControlPlaneBins, operator_bin, repo, tail};
+use super::{ControlPlaneBins, operator_bin, repo, tail};
 
 /// `helm template <release> charts/workspace-start-operator --namespace <ns> <args...>`.
 pub fn helm_template(release: &str, ns: &str, args: &[String]) -> String {
