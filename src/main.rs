@@ -11,8 +11,9 @@ use workspace_start_operator::process;
 
 /// mimalloc (v3, transparent huge pages off for the process): with the single-threaded runtime
 /// below it cut the operator's CPU per request by about a quarter at N=1000 (glibc malloc
-/// 3.3–4.4 ms, mimalloc 2.7–3.1 ms; README "Performance figures"). Huge pages stay off because
-/// with them mimalloc's eagerly committed arena raised peak RSS from 34 to 53–60 MiB.
+/// 3.3–4.4 ms, mimalloc 2.7–3.1 ms; tools/bench/RESULTS.md, "Operator CPU and memory"). Huge
+/// pages stay off because with them mimalloc's eagerly committed arena raised peak RSS from 34 to
+/// 53–60 MiB.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -2,7 +2,7 @@
 //! injection and the operator binary: crashes around the start build POST, Coder faults for a
 //! while, an API server restart, two replicas with leader election, and a Secret in another
 //! namespace. Each test prints one `reliability:` summary line (faults injected, requests,
-//! Ready, duplicate builds) that the README figures are computed from.
+//! Ready, duplicate builds) that the figures in tools/bench/RESULTS.md are computed from.
 
 mod support;
 

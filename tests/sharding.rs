@@ -296,8 +296,8 @@ async fn two_shards_and_the_default_each_reconcile_only_their_requests() {
 }
 
 /// A request labelled for a shard whose process does not run gets no status and no Events at
-/// all (also not the first Pending status), stays visible to the README's query, and is taken
-/// up once its label names a running shard.
+/// all (also not the first Pending status), stays visible to the query in docs/operations.md
+/// ("Scale out: shards"), and is taken up once its label names a running shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_for_a_shard_that_does_not_run_gets_no_status_until_relabelled() {
     let s = Sharded::start("shard-orphan", &["", "a"]).await;
@@ -324,7 +324,7 @@ async fn request_for_a_shard_that_does_not_run_gets_no_status_until_relabelled()
     assert!(s.reporters("orphan").await.is_empty(), "no Events");
     assert_eq!(sim.builds_created(orphan_ws), 0);
 
-    // The README's query for requests of shards that do not run.
+    // The query in docs/operations.md for requests of shards that do not run.
     let (ok, out) = s.env.kubectl(
         &[
             "get",

@@ -5,7 +5,7 @@
 #                        schemas generated from our CRD and the upstream ServiceMonitor CRD
 #                        (tests/fixtures/crds-thirdparty) by kubeconform's own
 #                        openapi2jsonschema.py; unknown fields and missing schemas fail
-#   kube-score           the checks README "Chart checks" lists as kept
+#   kube-score           the checks docs/development.md "Chart checks" lists as kept
 #
 # Tools are built from the Go module proxy into $WSO_CACHE/bin, the wheel is cached in
 # $WSO_CACHE/kubeconform; both once.
@@ -15,12 +15,12 @@ eco_kube_score_pkg=github.com/zegl/kube-score/cmd/kube-score@v1.20.0
 eco_k8s_validate=kubernetes-validate==1.37.0
 eco_k8s_version=1.37.0
 
-# kube-score checks left out everywhere, with the reason (README "Chart checks").
+# kube-score checks left out everywhere, with the reason (docs/development.md "Chart checks").
 eco_kube_score_ignored=(
   # Always would make every pod start depend on the registry; the tag is pinned (or a digest).
   container-image-pull-policy
   # One replica is the default on purpose: with leader election one pod works at a time, and a
-  # standby only shortens failover (README "Scale to HA"). PDB and anti-affinity checks still
+  # standby only shortens failover (docs/operations.md "Scale to HA"). PDB and anti-affinity checks still
   # run on every Deployment with more replicas.
   deployment-replicas
 )
