@@ -74,7 +74,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::for_shard(&args.shard));
     let health = Health::default();
     let server = tokio::spawn(process::http::serve(
-        args.metrics_addr,
+        args.process.metrics_addr,
         metrics.clone(),
         health.clone(),
         shutdown.clone(),
@@ -132,9 +132,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let server = Arc::new(crate::operator::logs_api::LogsServer::new(
             kube.clone(),
             conns,
-            crate::cli::non_empty(&args.logs_audiences),
         ));
-        tokio::spawn(server.serve(addr, shutdown.clone()))
+        let guard = crate::operator::logs_api::Guard {
+            limits: args.logs_port.limits(),
+            auth: args
+                .logs_port
+                .auth(crate::cli::non_empty(&args.logs_audiences)),
+            metrics: Arc::clone(&metrics.logs_port),
+        };
+        tokio::spawn(server.serve(addr, guard, shutdown.clone()))
     });
     let connections = Connections::new(
         kube.clone(),

@@ -1,9 +1,11 @@
-//! The MCP port's own defences, before any token is looked at: a cap on open connections, a
-//! timeout for idle connections and for request headers, a cap on MCP requests in flight (HTTP 503
-//! with `Retry-After` over it), and a size limit and a deadline for request bodies.
+//! The defences of a port that serves callers with bearer tokens (the MCP server's `/mcp`, the
+//! operator's build logs), before any token is looked at: a cap on open connections, a timeout
+//! for idle connections and for request headers, a cap on requests in flight (HTTP 503 with
+//! `Retry-After` over it), and a size limit and a deadline for request bodies. What a refusal's
+//! body looks like is the program's ([`Refusals`]); what it counts is [`ListenerMetrics`].
 //!
 //! Connections are served by hyper's HTTP/1.1 server (the transport of MCP's Streamable HTTP
-//! clients). Its header read timer runs from the moment a connection waits for a request: on a
+//! clients and of the logs clients). Its header read timer runs from the moment a connection waits for a request: on a
 //! new connection, between keep-alive requests, and while headers trickle in. So one timeout,
 //! [`Limits::idle_timeout`], closes connections that never send a request, idle keep-alive
 //! connections and slow headers alike. It does not run while a response streams (a waiting tool
@@ -27,11 +29,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use super::auth::json_rpc_error;
-use super::metrics::McpMetrics;
-
-/// JSON-RPC error code of a request refused by a limit (implementation-defined range).
-pub const LIMITED_CODE: i32 = -32002;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::Registry;
 
 /// Seconds a caller is told to wait (`Retry-After`) when the server is at its call cap.
 pub const BUSY_RETRY_AFTER: u64 = 5;
@@ -50,7 +50,7 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
-    /// MCP requests (tool calls included) in flight at once, over all callers.
+    /// Requests in flight at once, over all callers (for MCP: tool calls included).
     pub max_calls: usize,
 }
 
@@ -77,7 +77,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    metrics: Arc<McpMetrics>,
+    metrics: Arc<ListenerMetrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -140,15 +140,15 @@ pub async fn serve(
 #[derive(Clone)]
 pub struct CallCap {
     permits: Arc<Semaphore>,
-    metrics: Arc<McpMetrics>,
+    refusals: Refusals,
 }
 
 impl CallCap {
     /// At most `max` requests in flight.
-    pub fn new(max: usize, metrics: Arc<McpMetrics>) -> CallCap {
+    pub fn new(max: usize, refusals: Refusals) -> CallCap {
         CallCap {
             permits: Arc::new(Semaphore::new(max)),
-            metrics,
+            refusals,
         }
     }
 }
@@ -158,10 +158,10 @@ impl CallCap {
 /// streams its result).
 pub async fn cap_calls(State(cap): State<CallCap>, request: Request, next: Next) -> Response {
     let Ok(permit) = Arc::clone(&cap.permits).try_acquire_owned() else {
-        cap.metrics.limited("calls");
-        return json_rpc_error(
+        cap.refusals.metrics.limited("calls");
+        return cap.refusals.respond(
+            Refusal::Limited,
             StatusCode::SERVICE_UNAVAILABLE,
-            LIMITED_CODE,
             format!("server busy: too many calls in flight; retry in {BUSY_RETRY_AFTER}s"),
             Some(BUSY_RETRY_AFTER),
         );
@@ -179,13 +179,13 @@ pub async fn cap_calls(State(cap): State<CallCap>, request: Request, next: Next)
 #[derive(Clone)]
 pub struct BodyBounds {
     limits: Limits,
-    metrics: Arc<McpMetrics>,
+    refusals: Refusals,
 }
 
 impl BodyBounds {
     /// Bodies within `limits`.
-    pub fn new(limits: Limits, metrics: Arc<McpMetrics>) -> BodyBounds {
-        BodyBounds { limits, metrics }
+    pub fn new(limits: Limits, refusals: Refusals) -> BodyBounds {
+        BodyBounds { limits, refusals }
     }
 }
 
@@ -209,9 +209,9 @@ pub async fn bound_body(State(b): State<BodyBounds>, request: Request, next: Nex
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(&b, max),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "cannot read a request body");
-            let mut r = json_rpc_error(
+            let mut r = b.refusals.respond(
+                Refusal::Limited,
                 StatusCode::BAD_REQUEST,
-                LIMITED_CODE,
                 "cannot read the request body".to_owned(),
                 None,
             );
@@ -219,10 +219,10 @@ pub async fn bound_body(State(b): State<BodyBounds>, request: Request, next: Nex
             return r;
         }
         Err(_) => {
-            b.metrics.limited("body_timeout");
-            let mut r = json_rpc_error(
+            b.refusals.metrics.limited("body_timeout");
+            let mut r = b.refusals.respond(
+                Refusal::Limited,
                 StatusCode::REQUEST_TIMEOUT,
-                LIMITED_CODE,
                 format!(
                     "the request body did not arrive within {}s",
                     b.limits.body_timeout.as_secs()
@@ -238,10 +238,10 @@ pub async fn bound_body(State(b): State<BodyBounds>, request: Request, next: Nex
 }
 
 fn too_large(b: &BodyBounds, max: usize) -> Response {
-    b.metrics.limited("body_size");
-    let mut r = json_rpc_error(
+    b.refusals.metrics.limited("body_size");
+    let mut r = b.refusals.respond(
+        Refusal::Limited,
         StatusCode::PAYLOAD_TOO_LARGE,
-        LIMITED_CODE,
         format!("request body over {max} bytes"),
         None,
     );
@@ -253,4 +253,166 @@ fn too_large(b: &BodyBounds, max: usize) -> Response {
 fn close(r: &mut Response) {
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// What kind of refusal a response carries (programs may word or code them differently, e.g.
+/// MCP's JSON-RPC error codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The caller was not authenticated (or could not be, now).
+    Unauthenticated,
+    /// A limit of the listener refused the request.
+    Limited,
+}
+
+/// Builds the body of a refusal: `(kind, status, message)` to a response with that status.
+pub type ErrorBody = fn(Refusal, StatusCode, String) -> Response;
+
+/// The default [`ErrorBody`]: `{"message": "..."}` with the status.
+pub fn message_body(_kind: Refusal, status: StatusCode, message: String) -> Response {
+    use axum::response::IntoResponse;
+    (
+        status,
+        axum::Json(serde_json::json!({ "message": message })),
+    )
+        .into_response()
+}
+
+/// How a port refuses: the body its clients understand, and the counters of refusals.
+#[derive(Clone)]
+pub struct Refusals {
+    /// What the port counts.
+    pub metrics: Arc<ListenerMetrics>,
+    body: ErrorBody,
+}
+
+impl Refusals {
+    /// Refusals counted in `metrics`, with bodies made by `body`.
+    pub fn new(metrics: Arc<ListenerMetrics>, body: ErrorBody) -> Refusals {
+        Refusals { metrics, body }
+    }
+
+    /// A refusal with `status` and `message`, and `Retry-After` when `retry_after` is given.
+    pub fn respond(
+        &self,
+        kind: Refusal,
+        status: StatusCode,
+        message: String,
+        retry_after: Option<u64>,
+    ) -> Response {
+        let mut resp = (self.body)(kind, status, message);
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// `{reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    /// One of [`AUTH_FAILURE_REASONS`].
+    pub reason: &'static str,
+}
+
+/// Why a request was refused before it was served.
+pub const AUTH_FAILURE_REASONS: [&str; 5] = [
+    "missing_token",
+    "invalid_token",
+    "oversized_token",
+    "review_error",
+    "source_rate_limited",
+];
+
+/// `{result}` of a TokenReview sent to the API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// `authenticated`, `unauthenticated` or `error`.
+    pub result: &'static str,
+}
+
+/// `{limit}` that refused a request or a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// One of [`LIMITS`], or a program's own (the MCP server's `calls_per_caller`).
+    pub limit: &'static str,
+}
+
+/// The limits of the listener counted by [`ListenerMetrics::limited`].
+pub const LIMITS: [&str; 4] = ["calls", "connections", "body_size", "body_timeout"];
+
+/// What a guarded port counts, registered under a program's prefix (`PREFIX_auth_failures_total`,
+/// `PREFIX_token_reviews_total`, `PREFIX_limited_total`, `PREFIX_connections`).
+pub struct ListenerMetrics {
+    /// `{prefix}_auth_failures_total{reason}`: requests refused before they were served.
+    pub auth_failures: Family<AuthLabels, Counter>,
+    /// `{prefix}_token_reviews_total{result}`: TokenReviews sent (cache misses only).
+    pub token_reviews: Family<ReviewLabels, Counter>,
+    /// `{prefix}_limited_total{limit}`: requests and connections refused by a limit.
+    pub limited: Family<LimitLabels, Counter>,
+    /// `{prefix}_connections`: open client connections.
+    pub connections: Gauge,
+}
+
+impl ListenerMetrics {
+    /// Registers the metrics in `registry` as `prefix_…`, the port named `port` in help texts;
+    /// every series of a known label starts at zero.
+    pub fn register(registry: &mut Registry, prefix: &str, port: &str) -> ListenerMetrics {
+        let m = ListenerMetrics {
+            auth_failures: Family::default(),
+            token_reviews: Family::default(),
+            limited: Family::default(),
+            connections: Gauge::default(),
+        };
+        registry.register(
+            format!("{prefix}_auth_failures"),
+            format!("{port} requests refused before they were served, by reason"),
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            format!("{prefix}_token_reviews"),
+            "TokenReviews sent to the API server (tokens not answered from the cache)",
+            m.token_reviews.clone(),
+        );
+        registry.register(
+            format!("{prefix}_limited"),
+            format!("{port} requests and connections refused by a limit"),
+            m.limited.clone(),
+        );
+        registry.register(
+            format!("{prefix}_connections"),
+            format!("Open client connections to the {port} port"),
+            m.connections.clone(),
+        );
+        for reason in AUTH_FAILURE_REASONS {
+            let _ = m.auth_failures.get_or_create(&AuthLabels { reason });
+        }
+        for result in ["authenticated", "unauthenticated", "error"] {
+            let _ = m.token_reviews.get_or_create(&ReviewLabels { result });
+        }
+        for limit in LIMITS {
+            let _ = m.limited.get_or_create(&LimitLabels { limit });
+        }
+        m
+    }
+
+    /// Counts one request refused before it was served.
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures
+            .get_or_create(&AuthLabels { reason })
+            .inc();
+    }
+
+    /// Counts one TokenReview sent, by `result`.
+    pub fn token_review(&self, result: &'static str) {
+        self.token_reviews
+            .get_or_create(&ReviewLabels { result })
+            .inc();
+    }
+
+    /// Counts one refusal by `limit`.
+    pub fn limited(&self, limit: &'static str) {
+        self.limited.get_or_create(&LimitLabels { limit }).inc();
+    }
 }
