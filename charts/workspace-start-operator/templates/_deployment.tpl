@@ -104,6 +104,9 @@ spec:
             {{- if .Values.logs.enabled }}
             - name: WSO_LOGS_ADDR
               value: {{ printf "0.0.0.0:%d" (int .Values.logs.port) | quote }}
+            - name: WSO_LOGS_AUDIENCES
+              value: {{ include "wso.logs.audiences" . | quote }}
+            {{- include "wso.portLimitsEnv" .Values.logs.limits | nindent 12 }}
             {{- end }}
             - name: WSO_LOG_FORMAT
               value: {{ .Values.logging.format | quote }}

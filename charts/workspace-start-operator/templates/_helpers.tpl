@@ -207,3 +207,52 @@ the default shard, <leaseName>-shard-<name> for a shard (the operator derives it
 {{- end -}}
 {{- toJson $names -}}
 {{- end -}}
+
+{{/*
+Environment of the limits of a port whose callers send bearer tokens (the MCP endpoint, the
+operator's build logs endpoint); context: the port's limits values.
+*/}}
+{{- define "wso.portLimitsEnv" -}}
+- name: WSO_MAX_CALLS
+  value: {{ .calls | quote }}
+- name: WSO_MAX_CONNECTIONS
+  value: {{ .connections | quote }}
+- name: WSO_IDLE_TIMEOUT
+  value: {{ .idleTimeout | quote }}
+- name: WSO_BODY_TIMEOUT
+  value: {{ .bodyTimeout | quote }}
+- name: WSO_MAX_BODY_BYTES
+  value: {{ .maxBodyBytes | int64 | quote }}
+- name: WSO_TOKEN_CACHE_TTL
+  value: {{ .tokenCacheTTL | quote }}
+- name: WSO_REVIEWS_PER_MINUTE_PER_ADDRESS
+  value: {{ .reviewsPerMinutePerAddress | quote }}
+- name: WSO_REVIEW_BURST_PER_ADDRESS
+  value: {{ .reviewBurstPerAddress | quote }}
+{{- end -}}
+
+{{/* Name of the Service of the operator's build logs endpoint (a DNS-1035 label). */}}
+{{- define "wso.logs.serviceName" -}}
+{{- printf "%s-logs" (include "wso.fullname" . | trunc 58 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+Token audiences the logs endpoint accepts: logs.audiences; when empty and the MCP server is on,
+the MCP audience (the MCP server forwards its callers' tokens); else none (the API server's own).
+*/}}
+{{- define "wso.logs.audiences" -}}
+{{- if .Values.logs.audiences -}}
+{{- join "," .Values.logs.audiences -}}
+{{- else if and .Values.mcp.enabled .Values.mcp.audience -}}
+{{- .Values.mcp.audience -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The MCP server's --logs-url: mcp.logsUrl, else the logs Service when logs.enabled. */}}
+{{- define "wso.mcp.logsUrl" -}}
+{{- if .Values.mcp.logsUrl -}}
+{{- .Values.mcp.logsUrl -}}
+{{- else if .Values.logs.enabled -}}
+{{- printf "http://%s.%s.svc:%d/logs" (include "wso.logs.serviceName" .) .Release.Namespace (int .Values.logs.port) -}}
+{{- end -}}
+{{- end -}}
