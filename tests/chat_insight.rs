@@ -459,3 +459,74 @@ async fn idle_connections_to_the_logs_port_are_cut_after_the_idle_timeout_and_ov
     let (code, _) = get_logs(&format!("{base}/{}/x", env.ns), None).await;
     assert_eq!(code, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_logs_over_tls_reach_a_caller_that_trusts_the_ca_and_no_one_in_clear() {
+    let ca = coder_sim::TestCa::generate("wso logs test CA").expect("test CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path.display().to_string()
+    };
+    let cert = file("tls.crt", &ca.tls.cert_pem);
+    let key = file("tls.key", &ca.tls.key_pem);
+    let ca_file = file("ca.crt", &ca.ca_pem);
+    let (env, base) = env_with_logs_flags(
+        "logs-tls",
+        &[
+            &format!("--tls-cert-file={cert}"),
+            &format!("--tls-key-file={key}"),
+        ],
+    )
+    .await;
+    let https = base.replacen("http://", "https://", 1);
+    let ws = env.sim.sim().add_workspace(
+        WorkspaceSeed::new(env.alice.id, "dev")
+            .script(coder_sim::BuildScript::failed(None, "exit status 1")),
+    );
+    env.create_for_workspace("broken", ws).await;
+    env.wait_terminal("broken", T).await;
+    let token = caller_with_role(&env, "developer", "editor").await;
+    let token_file = env.dir.path().join("developer-token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let logs = |url: &str, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(support::operator_bin());
+        cmd.args(["logs", "broken", "-n", &env.ns, "--logs-url", url])
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(extra)
+            .env_remove("WSO_LOGS_CA_FILE");
+        cmd.output().expect("run logs")
+    };
+
+    // With the CA: the logs, over TLS.
+    let out = logs(&https, &["--logs-ca-file", &ca_file]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("exit status 1"), "{stdout}");
+
+    // Without it the server's certificate is not trusted: nothing is sent, exit 4.
+    let out = logs(&https, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+
+    // In clear, the port answers nothing: the token never travels unencrypted to a handler.
+    let plain = reqwest::Client::new()
+        .get(format!("{base}/{}/broken", env.ns))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    let log = env.operator.as_ref().map(|o| o.logs()).unwrap_or_default();
+    assert!(!log.contains(&token), "the operator logged a token");
+}

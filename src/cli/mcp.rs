@@ -62,6 +62,10 @@ pub struct McpArgs {
     /// tool get_workspace_build_logs; the caller's token is forwarded to it.
     #[arg(long, env = "WSO_MCP_LOGS_URL")]
     pub logs_url: Option<String>,
+    /// PEM CA bundle trusted for an `https` --logs-url, besides the built-in roots (e.g. the
+    /// `ca.crt` of the logs port's certificate Secret).
+    #[arg(long, env = "WSO_MCP_LOGS_CA_FILE")]
+    pub logs_ca_file: Option<std::path::PathBuf>,
     /// Logging, metrics address, namespaces.
     #[command(flatten)]
     pub process: ProcessArgs,

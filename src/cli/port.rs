@@ -4,12 +4,15 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use tokio_rustls::TlsAcceptor;
 
 use crate::process::LogFormat;
 use crate::process::listener::Limits;
+use crate::process::tls::{self, TlsError};
 
 /// Logging, the metrics address and the namespaces, as both long-running commands take them.
 #[derive(Args, Debug, Clone)]
@@ -73,6 +76,13 @@ pub struct PortArgs {
     /// Burst of such TokenReviews per source address.
     #[arg(long, env = "WSO_REVIEW_BURST_PER_ADDRESS", default_value = "20")]
     pub review_burst_per_address: NonZeroU32,
+    /// PEM certificate (chain) the port serves TLS with, so bearer tokens do not cross the
+    /// network in clear; needs --tls-key-file. Unset: plain HTTP. Read at start.
+    #[arg(long, env = "WSO_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "WSO_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl PortArgs {
@@ -84,6 +94,14 @@ impl PortArgs {
             body_timeout: self.body_timeout,
             max_body_bytes: self.max_body_bytes as usize,
             max_calls: self.max_calls.get() as usize,
+        }
+    }
+
+    /// The port's TLS acceptor, when --tls-cert-file and --tls-key-file are given.
+    pub fn tls(&self) -> Result<Option<TlsAcceptor>, TlsError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => tls::acceptor(cert, key).map(Some),
+            _ => Ok(None),
         }
     }
 

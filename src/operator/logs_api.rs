@@ -123,6 +123,8 @@ pub struct Guard {
     pub auth: AuthSettings,
     /// The port's counters (`workspace_start_operator_logs_*`).
     pub metrics: Arc<ListenerMetrics>,
+    /// TLS for the port (plain HTTP when `None`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl LogsServer {
@@ -150,8 +152,9 @@ impl LogsServer {
         authenticator.spawn_cleanup();
         let app = auth::guard(self.router(), guard.limits, authenticator);
         let tcp = listener::bind(addr)?;
-        tracing::info!(addr = %tcp.local_addr()?, limits = ?guard.limits, "serving build logs at /logs/{{namespace}}/{{name}}");
-        listener::serve(tcp, app, guard.limits, guard.metrics, shutdown).await
+        let tls = guard.tls.is_some();
+        tracing::info!(addr = %tcp.local_addr()?, tls, limits = ?guard.limits, "serving build logs at /logs/{{namespace}}/{{name}}");
+        listener::serve(tcp, app, guard.limits, guard.metrics, guard.tls, shutdown).await
     }
 
     /// Whether `caller` may `get workspacestartrequests/logs` of `namespace/name`.

@@ -27,6 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -71,13 +72,15 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Serves `app` on `listener` within `limits` until `shutdown` resolves, then lets open
-/// connections finish (at most [`SHUTDOWN_GRACE`]).
+/// Serves `app` on `listener` within `limits` (over TLS with `tls`) until `shutdown` resolves,
+/// then lets open connections finish (at most [`SHUTDOWN_GRACE`]). A TLS handshake must end
+/// within [`Limits::idle_timeout`].
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     metrics: Arc<ListenerMetrics>,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(limits.max_connections));
@@ -114,13 +117,35 @@ pub async fn serve(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 req.map(Body::new)
             });
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
-        let conn = graceful.watch(conn);
-        let metrics = Arc::clone(&metrics);
+        let service = TowerToHyperService::new(app);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let (metrics, tls) = (Arc::clone(&metrics), tls.clone());
         tokio::spawn(async move {
             let _permit = permit;
             metrics.connections.inc();
-            if let Err(e) = conn.await {
+            let served = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(limits.idle_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(conn).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "no TLS handshake within the idle timeout");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, %peer, "connection ended");
             }
             metrics.connections.dec();

@@ -75,6 +75,9 @@ pub enum McpError {
     /// A listener failed.
     #[error("cannot serve: {0}")]
     Serve(#[from] std::io::Error),
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::process::tls::TlsError),
 }
 
 /// One MCP server instance (the SDK makes one per request; they share everything).
@@ -207,10 +210,7 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         slots: Arc::new(CallSlots::new(args.max_calls_per_caller.get() as usize)),
         watches: Arc::new(Watches::new(client.clone(), Arc::clone(&metrics))),
         metrics: Arc::clone(&metrics),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default(),
+        http: crate::process::tls::client(args.logs_ca_file.as_deref(), Duration::from_secs(30))?,
     };
     // Cancelled on shutdown: ends in-flight tool calls (their requests go on; callers can read
     // them with get_workspace_start) so the process stops within its grace period.
@@ -221,12 +221,13 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
     let limits = args.port.limits();
     let app = router(server, &args.allowed_hosts, cancel.clone());
     let app = crate::process::auth::guard(app, limits, auth);
+    let tls = args.port.tls()?;
     let listener = listener::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, audience = %args.audience, ?limits, "serving MCP at {ENDPOINT}");
     client.apiserver_version().await?;
     health.set_ready(true);
     let stop = shutdown.clone().map(move |()| cancel.cancel());
-    listener::serve(listener, app, limits, Arc::clone(&metrics.port), stop).await?;
+    listener::serve(listener, app, limits, Arc::clone(&metrics.port), tls, stop).await?;
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     Ok(())
 }
