@@ -473,6 +473,53 @@ check "logs: logs.networkPolicyFrom replaces the default peers" grep_render 'kub
 check "reject: logs.limits.idleTimeout that is no Go duration" reject "/logs/limits/idleTimeout" "${url[@]}" \
   --set coder.existingSecret=s --set logs.enabled=true --set logs.limits.idleTimeout=soon
 
+# 4d. TLS of the guarded ports (logs.tls.secretName, mcp.tls.secretName): each serves the
+# certificate of its Secret; the MCP server calls the logs port over https and is given only the
+# logs Secret's ca.crt, never its key.
+tls_wiring() { # helm-template-args...
+  local out=$work/tls-$RANDOM.yaml
+  "$helm" template "$release" "$chart" --namespace "$namespace" "$@" > "$out"
+  python3 - "$out" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+errs = []
+deps = [d for d in docs if d["kind"] == "Deployment"]
+def parts(dep):
+    spec = dep["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    return c["name"], env, mounts, vols
+def serves(env, mounts, vols, secret):
+    cert, key = env.get("WSO_TLS_CERT_FILE", ""), env.get("WSO_TLS_KEY_FILE", "")
+    for f in (cert, key):
+        vol = next((n for n, p in mounts.items() if f.startswith(p + "/")), None)
+        if vol is None or vols[vol].get("secret", {}).get("secretName") != secret:
+            return False
+    return True
+for dep in deps:
+    name, env, mounts, vols = parts(dep)
+    if name == "operator":
+        if not serves(env, mounts, vols, "logs-tls"):
+            errs.append(f"{dep['metadata']['name']}: the logs port does not serve the logs-tls Secret")
+    else:
+        if not serves(env, mounts, vols, "mcp-tls"):
+            errs.append("the MCP port does not serve the mcp-tls Secret")
+        if not (env.get("WSO_MCP_LOGS_URL") or "").startswith("https://"):
+            errs.append(f"the MCP server calls the logs port in clear: {env.get('WSO_MCP_LOGS_URL')}")
+        ca = env.get("WSO_MCP_LOGS_CA_FILE", "")
+        vol = next((n for n, p in mounts.items() if ca.startswith(p + "/")), None)
+        items = vol and vols[vol]["secret"].get("items")
+        if not vol or vols[vol]["secret"]["secretName"] != "logs-tls" or [i["key"] for i in items or []] != ["ca.crt"]:
+            errs.append("the MCP server must get exactly the ca.crt of the logs Secret")
+if errs:
+    print("\n".join(errs)); sys.exit(1)
+PY
+}
+check "TLS: logs and MCP ports serve their Secrets, the MCP server calls https with only the CA" tls_wiring \
+  -f "$chart/ci/ha-values.yaml" --set logs.tls.secretName=logs-tls --set mcp.tls.secretName=mcp-tls
+
 # 5. CRD copy drift (refresh: make crd)
 crd_drift() { # name
   local src=$repo/crds/$1.coder.com.yaml dst=$chart/crds/$1.coder.com.yaml

@@ -253,6 +253,40 @@ the MCP audience (the MCP server forwards its callers' tokens); else none (the A
 {{- if .Values.mcp.logsUrl -}}
 {{- .Values.mcp.logsUrl -}}
 {{- else if .Values.logs.enabled -}}
-{{- printf "http://%s.%s.svc:%d/logs" (include "wso.logs.serviceName" .) .Release.Namespace (int .Values.logs.port) -}}
+{{- $scheme := ternary "https" "http" (not (empty .Values.logs.tls.secretName)) -}}
+{{- printf "%s://%s.%s.svc:%d/logs" $scheme (include "wso.logs.serviceName" .) .Release.Namespace (int .Values.logs.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Non-empty when the MCP server trusts the ca.crt of logs.tls.secretName for --logs-url. */}}
+{{- define "wso.mcp.logsCA" -}}
+{{- if and .Values.logs.tls.secretName (include "wso.mcp.logsUrl" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+TLS of a guarded port from a kubernetes.io/tls Secret; context: dict "secret" (its name) and
+"volume" (the volume's name, also the directory /etc/wso/<volume>). "env", "mount" or "volume"
+in "part" says which piece to render.
+*/}}
+{{- define "wso.portTLS" -}}
+{{- if eq .part "env" -}}
+- name: WSO_TLS_CERT_FILE
+  value: /etc/wso/{{ .volume }}/tls.crt
+- name: WSO_TLS_KEY_FILE
+  value: /etc/wso/{{ .volume }}/tls.key
+{{- else if eq .part "mount" -}}
+- name: {{ .volume }}
+  mountPath: /etc/wso/{{ .volume }}
+  readOnly: true
+{{- else -}}
+- name: {{ .volume }}
+  secret:
+    secretName: {{ .secret }}
+    defaultMode: 288  # 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
 {{- end -}}
 {{- end -}}
