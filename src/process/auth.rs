@@ -105,9 +105,7 @@ impl AuthError {
             AuthError::Review(_) => "review_error",
         }
     }
-}
 
-impl AuthError {
     /// HTTP 401 with a `WWW-Authenticate` challenge (429 when the address is rate limited, 503
     /// when the TokenReview failed, both with `Retry-After`), its body made by `refusals`.
     pub fn respond(&self, refusals: &Refusals) -> Response {
