@@ -83,6 +83,11 @@ reject() { # expected-message helm-template-args...
   fi
   grep -qF -- "$want" <<<"$out" || { echo "wrong error for $*: $out"; return 1; }
 }
+grep_render() { # expected-line helm-template-args...
+  local want=$1; shift
+  "$helm" template "$release" "$chart" --namespace "$namespace" "$@" | grep -qF -- "$want" ||
+    { echo "rendered output has no line with: $want"; return 1; }
+}
 url=(--set coder.url=https://coder.example.com)
 check "reject: no coder.url" reject "coder.url is required" --set coder.existingSecret=s
 check "reject: no token" reject "the Coder token is required" "${url[@]}"
@@ -385,6 +390,135 @@ check "MCP: least privilege in namespaced mode" mcp_invariants true "${url[@]}" 
   --set mcp.enabled=true --set 'watchNamespaces={x,y}'
 check "reject: MCP maxWait that is not a duration" reject "/mcp/maxWait" "${url[@]}" --set coder.existingSecret=s \
   --set mcp.enabled=true --set mcp.maxWait=forever
+
+# 4c. The build logs endpoint (logs.enabled): a Service for its port, NetworkPolicy ingress from
+# logs.networkPolicyFrom (default: the chart's MCP pods), the MCP server pointed at the Service and
+# allowed to reach it, the MCP audience accepted, and the port's limits set.
+logs_wiring() { # expect-enabled args...
+  local enabled=$1; shift
+  local out=$work/logs-$RANDOM.yaml
+  "$helm" template "$release" "$chart" --namespace "$namespace" "$@" > "$out"
+  python3 - "$out" "$namespace" "$enabled" <<'PY'
+import sys, yaml
+path, ns, enabled = sys.argv[1], sys.argv[2], sys.argv[3] == "true"
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+errs = []
+def env_of(dep):
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+deps = [d for d in docs if d["kind"] == "Deployment"]
+ops = [d for d in deps if d["spec"]["template"]["spec"]["containers"][0]["name"] == "operator"]
+mcp = next((d for d in deps if d not in ops), None)
+svcs = [d for d in docs if d["kind"] == "Service" and any(p["name"] == "logs" for p in d["spec"]["ports"])]
+if not enabled:
+    if svcs or any("WSO_LOGS_ADDR" in env_of(d) for d in ops) or (mcp and "WSO_MCP_LOGS_URL" in env_of(mcp)):
+        errs.append("logs.enabled is false but the logs endpoint is wired")
+    print("\n".join(errs)); sys.exit(1 if errs else 0)
+op_env = env_of(ops[0])
+port = int(op_env["WSO_LOGS_ADDR"].rsplit(":", 1)[1])
+for name in ("WSO_MAX_CONNECTIONS", "WSO_IDLE_TIMEOUT", "WSO_BODY_TIMEOUT", "WSO_TOKEN_CACHE_TTL",
+             "WSO_REVIEWS_PER_MINUTE_PER_ADDRESS", "WSO_REVIEW_BURST_PER_ADDRESS", "WSO_MAX_CALLS"):
+    if not op_env.get(name):
+        errs.append(f"the operator's logs port has no {name}")
+if len(svcs) != 1:
+    errs.append(f"want one Service with a logs port, got {len(svcs)}")
+    print("\n".join(errs)); sys.exit(1)
+svc = svcs[0]
+op_labels = ops[0]["spec"]["template"]["metadata"]["labels"]
+if not selects(svc["spec"]["selector"], op_labels):
+    errs.append("the logs Service does not select the operator pods")
+if mcp and selects(svc["spec"]["selector"], mcp["spec"]["template"]["metadata"]["labels"]):
+    errs.append("the logs Service selects MCP pods")
+svc_port = next(p for p in svc["spec"]["ports"] if p["name"] == "logs")
+if svc_port["targetPort"] != "logs" or svc_port["port"] != port:
+    errs.append(f"logs Service port {svc_port} does not reach the container's {port}")
+nps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+op_np = next((d for d in nps.values() if selects(d["spec"]["podSelector"]["matchLabels"], op_labels)), None)
+if mcp:
+    mcp_env, mcp_labels = env_of(mcp), mcp["spec"]["template"]["metadata"]["labels"]
+    want = f"http://{svc['metadata']['name']}.{ns}.svc:{port}/logs"
+    if mcp_env.get("WSO_MCP_LOGS_URL") != want:
+        errs.append(f"MCP --logs-url is {mcp_env.get('WSO_MCP_LOGS_URL')!r}, want {want!r}")
+    if mcp_env.get("WSO_MCP_AUDIENCE") and mcp_env["WSO_MCP_AUDIENCE"] not in (op_env.get("WSO_LOGS_AUDIENCES") or "").split(","):
+        errs.append("the logs endpoint does not accept the MCP audience of the tokens the MCP server forwards")
+    mcp_np = next((d for d in nps.values() if selects(d["spec"]["podSelector"]["matchLabels"], mcp_labels)), None)
+    if mcp_np and not any(any(p["port"] == port for p in r.get("ports", []))
+                          and any(selects(t.get("podSelector", {}).get("matchLabels", {}), op_labels) for t in r.get("to", []))
+                          for r in mcp_np["spec"]["egress"]):
+        errs.append("the MCP NetworkPolicy does not let the MCP pods reach the logs port")
+if op_np:
+    rules = [r for r in op_np["spec"]["ingress"] if any(p["port"] == "logs" for p in r["ports"])]
+    if len(rules) != 1:
+        errs.append("the operator NetworkPolicy has no (single) ingress rule for the logs port")
+    elif mcp and not any(selects(f.get("podSelector", {}).get("matchLabels", {}), mcp_labels) for f in rules[0].get("from", [])):
+        errs.append(f"the logs port does not admit the chart's MCP pods: {rules[0].get('from')}")
+    elif mcp and any(not f.get("podSelector") for f in rules[0].get("from", [])):
+        errs.append("the logs port admits more than the MCP pods by default")
+if errs:
+    print("\n".join(errs)); sys.exit(1)
+PY
+}
+check "logs: nothing wired by default" logs_wiring false "${url[@]}" --set coder.existingSecret=s --set mcp.enabled=true
+check "logs: Service, NetworkPolicy from the MCP pods, MCP --logs-url and audience (ha)" logs_wiring true \
+  -f "$chart/ci/ha-values.yaml"
+check "logs: without the MCP server, Service and limits" logs_wiring true "${url[@]}" --set coder.existingSecret=s \
+  --set logs.enabled=true --set networkPolicy.enabled=true
+check "logs: mcp.logsUrl overrides the Service URL" grep_render 'value: "https://logs.example.com/logs"' \
+  "${url[@]}" --set coder.existingSecret=s --set logs.enabled=true --set mcp.enabled=true \
+  --set mcp.logsUrl=https://logs.example.com/logs
+check "logs: logs.networkPolicyFrom replaces the default peers" grep_render 'kubernetes.io/metadata.name: tools' \
+  "${url[@]}" --set coder.existingSecret=s --set logs.enabled=true --set mcp.enabled=true --set networkPolicy.enabled=true \
+  --set 'logs.networkPolicyFrom[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=tools'
+check "reject: logs.limits.idleTimeout that is no Go duration" reject "/logs/limits/idleTimeout" "${url[@]}" \
+  --set coder.existingSecret=s --set logs.enabled=true --set logs.limits.idleTimeout=soon
+
+# 4d. TLS of the guarded ports (logs.tls.secretName, mcp.tls.secretName): each serves the
+# certificate of its Secret; the MCP server calls the logs port over https and is given only the
+# logs Secret's ca.crt, never its key.
+tls_wiring() { # helm-template-args...
+  local out=$work/tls-$RANDOM.yaml
+  "$helm" template "$release" "$chart" --namespace "$namespace" "$@" > "$out"
+  python3 - "$out" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+errs = []
+deps = [d for d in docs if d["kind"] == "Deployment"]
+def parts(dep):
+    spec = dep["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    return c["name"], env, mounts, vols
+def serves(env, mounts, vols, secret):
+    cert, key = env.get("WSO_TLS_CERT_FILE", ""), env.get("WSO_TLS_KEY_FILE", "")
+    for f in (cert, key):
+        vol = next((n for n, p in mounts.items() if f.startswith(p + "/")), None)
+        if vol is None or vols[vol].get("secret", {}).get("secretName") != secret:
+            return False
+    return True
+for dep in deps:
+    name, env, mounts, vols = parts(dep)
+    if name == "operator":
+        if not serves(env, mounts, vols, "logs-tls"):
+            errs.append(f"{dep['metadata']['name']}: the logs port does not serve the logs-tls Secret")
+    else:
+        if not serves(env, mounts, vols, "mcp-tls"):
+            errs.append("the MCP port does not serve the mcp-tls Secret")
+        if not (env.get("WSO_MCP_LOGS_URL") or "").startswith("https://"):
+            errs.append(f"the MCP server calls the logs port in clear: {env.get('WSO_MCP_LOGS_URL')}")
+        ca = env.get("WSO_MCP_LOGS_CA_FILE", "")
+        vol = next((n for n, p in mounts.items() if ca.startswith(p + "/")), None)
+        items = vol and vols[vol]["secret"].get("items")
+        if not vol or vols[vol]["secret"]["secretName"] != "logs-tls" or [i["key"] for i in items or []] != ["ca.crt"]:
+            errs.append("the MCP server must get exactly the ca.crt of the logs Secret")
+if errs:
+    print("\n".join(errs)); sys.exit(1)
+PY
+}
+check "TLS: logs and MCP ports serve their Secrets, the MCP server calls https with only the CA" tls_wiring \
+  -f "$chart/ci/ha-values.yaml" --set logs.tls.secretName=logs-tls --set mcp.tls.secretName=mcp-tls
 
 # 5. CRD copy drift (refresh: make crd)
 crd_drift() { # name

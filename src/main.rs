@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         Command::Logs(args) => return logs::main(*args),
         Command::Crd { name } => return print_crd(name),
         Command::Run(args) => {
-            process::init_logging(args.log_format, &args.log_level);
+            process::init_logging(args.process.log_format, &args.process.log_level);
             // One thread: the operator's work is many small I/O-bound tasks, and on one thread
             // no task is stolen or woken across threads and every free is thread-local (with the
             // multi-thread runtime mimalloc alone saved nothing: 4.0 ms per request). `mcp` and

@@ -1,6 +1,8 @@
 //! What chat agents learn about a start beyond "ready or not", end to end on the real API
 //! server with coder-sim and the operator binary: Coder's guidance for agents managed outside
-//! Coder, the template-version update Coder's tool reports, stage timings and build logs.
+//! Coder, the template-version update Coder's tool reports, stage timings and build logs, and
+//! the build logs port's defences (the MCP port's: review cache and rate, token bound, idle
+//! timeout, connection cap).
 
 mod support;
 
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use coder_sim::{AgentSeed, WorkspaceSeed};
 use serde_json::json;
-use support::Env;
+use support::{Env, tokens};
 use workspace_start_operator::api::crd::Phase;
 use workspace_start_operator::api::reason::Reason;
 use workspace_start_operator::client::result::StartResult;
@@ -141,44 +143,17 @@ async fn stage_timings_add_up_to_the_time_to_ready() {
 /// A ServiceAccount bound to the chart's ClusterRole `role` in the test namespace, and a token
 /// for it (the API server's audience).
 async fn caller_with_role(env: &Env, sa: &str, role: &str) -> String {
-    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    use kube::api::{Api, PostParams};
-    let api: Api<ServiceAccount> = Api::namespaced(env.admin.clone(), &env.ns);
-    let account: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": sa}})).expect("sa");
-    api.create(&PostParams::default(), &account)
-        .await
-        .expect("create ServiceAccount");
-    let ns = &env.ns;
-    let binding = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {sa}-{role}, namespace: {ns}}}\n\
-         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {}-{role}}}\n\
-         subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]\n",
-        support::RELEASE
-    );
-    env.plane
-        .apply_yaml(&binding, ns)
-        .await
-        .expect("RoleBinding");
-    let req = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    api.create_token_request(sa, &PostParams::default(), &req)
-        .await
-        .expect("TokenRequest")
-        .status
-        .and_then(|s| s.token)
-        .expect("token")
+    tokens::caller_with_role(env, sa, role, None).await
 }
 
 /// An environment whose operator serves build logs (chart value logs.enabled) on a free port;
 /// returns the logs base URL.
 async fn env_with_logs(prefix: &str) -> (Env, String) {
+    env_with_logs_flags(prefix, &[]).await
+}
+
+/// [`env_with_logs`] with `extra` operator flags.
+async fn env_with_logs_flags(prefix: &str, extra: &[&str]) -> (Env, String) {
     let mut env = Env::new(prefix).await;
     let yaml = support::render_chart(&env.ns, &env.sim.url(), &["--set=logs.enabled=true"]);
     env.plane
@@ -198,12 +173,12 @@ async fn env_with_logs(prefix: &str) -> (Env, String) {
         .apply_yaml(&binding, ns)
         .await
         .expect("ClusterRoleBinding");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
-    env.start_operator(&[&format!("--logs-addr=127.0.0.1:{port}")])
-        .await;
+    let port = support::free_port();
+    let logs_addr = format!("--logs-addr=127.0.0.1:{port}");
+    let flags: Vec<&str> = std::iter::once(logs_addr.as_str())
+        .chain(extra.iter().copied())
+        .collect();
+    env.start_operator(&flags).await;
     (env, format!("http://127.0.0.1:{port}/logs"))
 }
 
@@ -358,4 +333,200 @@ async fn logs_command_prints_the_last_lines_for_an_authorised_caller() {
     let refused = run(&[]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(refused.stdout.is_empty());
+}
+
+/// Username of the operator (the chart's ServiceAccount), as the audit log names it.
+fn operator_user(env: &Env) -> String {
+    format!("system:serviceaccount:{}:{}", env.ns, support::RELEASE)
+}
+
+/// One metric's value from the operator's `/metrics` (0 when absent).
+async fn operator_metric(env: &mut Env, series: &str) -> f64 {
+    let text = env.operator().metrics().await;
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_tokens_sent_to_the_logs_endpoint_hit_the_review_cache_and_rate_and_oversize_ones_none()
+ {
+    let (mut env, base) = env_with_logs("logs-junk").await;
+    let url = format!("{base}/{}/no-such-request", env.ns);
+    let operator = operator_user(&env);
+    let reviews = || tokens::token_reviews_by(env.plane, &operator);
+    let http = reqwest::Client::new();
+    let get = |token: String| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let resp = http.get(&url).bearer_auth(token).send().await.expect("GET");
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+    };
+    let fixed = [
+        r#"{"message":"unauthorized: invalid token"}"#,
+        r#"{"message":"unauthorized: too many authentication attempts from this address; retry in"#,
+    ];
+
+    // Over-size tokens: refused with the fixed message, never reviewed.
+    let before = reviews();
+    for token in tokens::oversize_tokens(20) {
+        let (status, body) = get(token).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body, fixed[0]);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        reviews() - before,
+        0,
+        "over-size tokens reached the API server"
+    );
+
+    // A valid token used 20 times: reviewed once, then answered from the cache.
+    let editor = caller_with_role(&env, "developer", "editor").await;
+    let before = reviews();
+    for _ in 0..20 {
+        let (status, body) = get(editor.clone()).await;
+        assert_eq!(
+            status, 404,
+            "an authorised caller reaches the handler: {body}"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(reviews() - before, 1, "a valid token is reviewed once");
+
+    // 300 distinct junk tokens from one address: the per-address review rate stops them.
+    let before = reviews();
+    let statuses = tokens::send_junk_tokens(300, &get, |status, body| {
+        assert!(
+            [401, 429].contains(&status),
+            "junk token answered {status}: {body}"
+        );
+        assert!(
+            fixed.iter().any(|f| body.starts_with(f)),
+            "not a fixed message: {body}"
+        );
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = reviews() - before;
+    eprintln!("logs endpoint, 300 junk tokens: answers {statuses:?}, {sent} TokenReviews");
+    assert!(sent <= 50, "{sent} TokenReviews for 300 junk tokens");
+    assert!(sent > 0, "the audit log records the reviews");
+    assert!(
+        statuses.get(&429).is_some_and(|&n| n >= 250),
+        "{statuses:?}"
+    );
+    let limited = operator_metric(
+        &mut env,
+        "workspace_start_operator_logs_auth_failures_total{reason=\"source_rate_limited\"}",
+    )
+    .await;
+    assert_eq!(
+        limited as usize, statuses[&429],
+        "the operator counts the refusals"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_logs_port_are_cut_after_the_idle_timeout_and_over_the_cap_at_once()
+{
+    let (mut env, base) =
+        env_with_logs_flags("logs-idle", &["--idle-timeout=5s", "--max-connections=100"]).await;
+    let addr = base
+        .trim_start_matches("http://")
+        .trim_end_matches("/logs")
+        .to_owned();
+    let within = Duration::from_secs(5 + 3);
+    let (open, longest) = tokens::idle_connections(&addr, 3, within).await;
+    eprintln!(
+        "300 idle connections to the logs port: {open} open after {within:?}, longest {longest:?}"
+    );
+    assert_eq!(open, 0, "connections still open after {within:?}");
+    let refused = operator_metric(
+        &mut env,
+        "workspace_start_operator_logs_limited_total{limit=\"connections\"}",
+    )
+    .await;
+    assert!(
+        refused >= 200.0,
+        "{refused} connections over the cap of 100 closed at once"
+    );
+    // Still serving afterwards.
+    let (code, _) = get_logs(&format!("{base}/{}/x", env.ns), None).await;
+    assert_eq!(code, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_logs_over_tls_reach_a_caller_that_trusts_the_ca_and_no_one_in_clear() {
+    let ca = coder_sim::TestCa::generate("wso logs test CA").expect("test CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).expect("write PEM");
+        path.display().to_string()
+    };
+    let cert = file("tls.crt", &ca.tls.cert_pem);
+    let key = file("tls.key", &ca.tls.key_pem);
+    let ca_file = file("ca.crt", &ca.ca_pem);
+    let (env, base) = env_with_logs_flags(
+        "logs-tls",
+        &[
+            &format!("--tls-cert-file={cert}"),
+            &format!("--tls-key-file={key}"),
+        ],
+    )
+    .await;
+    let https = base.replacen("http://", "https://", 1);
+    let ws = env.sim.sim().add_workspace(
+        WorkspaceSeed::new(env.alice.id, "dev")
+            .script(coder_sim::BuildScript::failed(None, "exit status 1")),
+    );
+    env.create_for_workspace("broken", ws).await;
+    env.wait_terminal("broken", T).await;
+    let token = caller_with_role(&env, "developer", "editor").await;
+    let token_file = env.dir.path().join("developer-token");
+    std::fs::write(&token_file, &token).expect("token file");
+    let logs = |url: &str, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(support::operator_bin());
+        cmd.args(["logs", "broken", "-n", &env.ns, "--logs-url", url])
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(extra)
+            .env_remove("WSO_LOGS_CA_FILE");
+        cmd.output().expect("run logs")
+    };
+
+    // With the CA: the logs, over TLS.
+    let out = logs(&https, &["--logs-ca-file", &ca_file]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("exit status 1"), "{stdout}");
+
+    // Without it the server's certificate is not trusted: nothing is sent, exit 4.
+    let out = logs(&https, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+
+    // In clear, the port answers nothing: the token never travels unencrypted to a handler.
+    let plain = reqwest::Client::new()
+        .get(format!("{base}/{}/broken", env.ns))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    let log = env.operator.as_ref().map(|o| o.logs()).unwrap_or_default();
+    assert!(!log.contains(&token), "the operator logged a token");
 }

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, PostParams};
 use opproc::{Launch, Proc, helm_template};
 use serde_json::{Value, json};
-use support::{Env, operator_bin, repo};
+use support::{Env, free_port, operator_bin, repo};
 use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 /// The audience the MCP server expects by default (chart value `mcp.audience`).
@@ -240,13 +240,6 @@ fn mcp_objects(yaml: &str) -> String {
         }
     }
     out.join("---\n")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 async fn run(cmd: &mut tokio::process::Command) -> Output {

@@ -8,14 +8,11 @@
 
 mod support;
 
-use support::opproc;
+use support::{free_port, opproc, tokens};
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
 use opproc::{Launch, Proc, helm_template};
 use serde_json::{Value, json};
 use support::Env;
@@ -96,38 +93,7 @@ impl World {
 
     /// A ServiceAccount that may create requests here, and its token for the MCP audience.
     async fn caller(&self, name: &str) -> String {
-        let api: Api<ServiceAccount> = Api::namespaced(self.env.admin.clone(), &self.env.ns);
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": name}})).expect("sa");
-        api.create(&PostParams::default(), &sa)
-            .await
-            .expect("create ServiceAccount");
-        let ns = &self.env.ns;
-        let binding = format!(
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {name}-edits-requests, namespace: {ns}}}\n\
-             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {}-editor}}\n\
-             subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]\n",
-            support::RELEASE
-        );
-        self.env
-            .plane
-            .apply_yaml(&binding, ns)
-            .await
-            .expect("RoleBinding");
-        let req = TokenRequest {
-            spec: Some(TokenRequestSpec {
-                audiences: Some(vec![AUDIENCE.to_owned()]),
-                expiration_seconds: Some(3600),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        api.create_token_request(name, &PostParams::default(), &req)
-            .await
-            .expect("TokenRequest")
-            .status
-            .and_then(|s| s.token)
-            .expect("token")
+        tokens::caller_with_role(&self.env, name, "editor", Some(AUDIENCE)).await
     }
 
     /// One MCP metric's value (0 when absent).
@@ -147,15 +113,7 @@ impl World {
 
     /// TokenReviews the MCP server sent, as the API server's audit log records them.
     fn reviews_in_audit_log(&self) -> usize {
-        let log = std::fs::read_to_string(self.env.plane.audit_log()).unwrap_or_default();
-        log.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|e| {
-                e["objectRef"]["resource"] == "tokenreviews"
-                    && e["stage"] == "ResponseComplete"
-                    && e["user"]["username"] == self.mcp_user.as_str()
-            })
-            .count()
+        tokens::token_reviews_by(self.env.plane, &self.mcp_user)
     }
 
     fn pid(&self) -> u32 {
@@ -174,13 +132,6 @@ fn mcp_objects(yaml: &str) -> String {
         }
     }
     out.join("---\n")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A `tools/call` over plain HTTP: (status, the JSON-RPC message answering it).
@@ -453,11 +404,7 @@ async fn junk_tokens_from_one_address_cause_at_most_fifty_token_reviews_and_over
 
     // 20 over-size tokens (9 KiB and 300 KB): refused, never reviewed.
     let before = w.reviews_in_audit_log();
-    for i in 0..20 {
-        let size = if i % 2 == 0 { 9 * 1024 } else { 300_000 };
-        let token: String = std::iter::repeat_n('x', size - 4)
-            .chain(format!("{i:04}").chars())
-            .collect();
+    for token in tokens::oversize_tokens(20) {
         let (status, body) = list(token).await;
         assert_eq!(status, 401, "{body}");
         assert!(body.contains(fixed[0]), "{body}");
@@ -484,24 +431,17 @@ async fn junk_tokens_from_one_address_cause_at_most_fifty_token_reviews_and_over
 
     // 300 distinct junk tokens of 32 bytes, 8 at a time, as fast as they are answered.
     let before = w.reviews_in_audit_log();
-    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-    let junk: Vec<String> = (0..300)
-        .map(|_| uuid::Uuid::new_v4().simple().to_string())
-        .collect();
-    for chunk in junk.chunks(8) {
-        let answers = futures::future::join_all(chunk.iter().cloned().map(&list)).await;
-        for (status, body) in answers {
-            *statuses.entry(status).or_default() += 1;
-            assert!(
-                [401, 429].contains(&status),
-                "junk token answered {status}: {body}"
-            );
-            assert!(
-                fixed.iter().any(|f| body.contains(f)),
-                "not a fixed message: {body}"
-            );
-        }
-    }
+    let statuses = tokens::send_junk_tokens(300, &list, |status, body| {
+        assert!(
+            [401, 429].contains(&status),
+            "junk token answered {status}: {body}"
+        );
+        assert!(
+            fixed.iter().any(|f| body.contains(f)),
+            "not a fixed message: {body}"
+        );
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let reviews = w.reviews_in_audit_log() - before;
     eprintln!(
@@ -511,49 +451,11 @@ async fn junk_tokens_from_one_address_cause_at_most_fifty_token_reviews_and_over
     assert!(reviews > 0, "the audit log records the reviews");
 }
 
-/// Opens a connection that sends nothing and waits until the server closes it: the time that
-/// took (None if it stayed open for `within`).
-async fn closed_after(addr: &str, within: Duration) -> Option<Duration> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
-    let t0 = Instant::now();
-    let mut buf = [0u8; 512];
-    let read = tokio::time::timeout(within, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
-    })
-    .await;
-    read.ok().map(|()| t0.elapsed())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_idle_connections_are_all_closed_within_the_default_idle_timeout() {
     let w = World::new("mcp-idle", &[]).await;
     let limit = DEFAULT_TIMEOUT + SLACK;
-    let mut conns = Vec::new();
-    // In batches of 100, as clients connect: 2000 connects at one instant would overflow the
-    // kernel's accept queue, whose casualties look connected to the client but never reach the
-    // server.
-    for _ in 0..20 {
-        for _ in 0..100 {
-            let addr = w.addr.clone();
-            conns.push(tokio::spawn(
-                async move { closed_after(&addr, limit).await },
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut longest = Duration::ZERO;
-    let mut open = 0;
-    for c in conns {
-        match c.await.expect("task") {
-            Some(d) => longest = longest.max(d),
-            None => open += 1,
-        }
-    }
+    let (open, longest) = tokens::idle_connections(&w.addr, 20, limit).await;
     eprintln!("2000 idle connections: {open} still open after {limit:?}, longest {longest:?}");
     assert_eq!(open, 0, "connections still open after {limit:?}");
     assert!(

@@ -21,6 +21,9 @@ pub struct LogsArgs {
     /// Base URL of the operator's logs endpoint, e.g. http://wso.wso-system:8081/logs.
     #[arg(long, env = "WSO_LOGS_URL")]
     pub logs_url: String,
+    /// PEM CA bundle trusted for an `https` --logs-url, besides the built-in roots.
+    #[arg(long, env = "WSO_LOGS_CA_FILE")]
+    pub logs_ca_file: Option<PathBuf>,
     /// File holding the bearer token to send (default: the kubeconfig user's token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,

@@ -12,6 +12,7 @@ use crate::api::duration::parse_duration;
 
 pub mod logs;
 pub mod mcp;
+pub mod port;
 pub mod run;
 pub mod start;
 

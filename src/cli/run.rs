@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use super::non_empty;
+use super::port::{PortArgs, ProcessArgs};
 use crate::api::policy::TenancyMode;
 use crate::api::shard::Shard;
-use crate::process::LogFormat;
 
 /// Flags of `run`. A flag given twice takes its last value (wrappers can append overrides).
 #[derive(Parser, Debug, Clone)]
@@ -20,14 +19,6 @@ pub struct RunArgs {
     /// File holding the operator-wide Coder session token (re-read on every change).
     #[arg(long, env = "CODER_TOKEN_FILE")]
     pub coder_token_file: Option<PathBuf>,
-    /// Namespaces to watch, comma-separated; empty watches all namespaces.
-    #[arg(
-        long,
-        env = "WATCH_NAMESPACES",
-        value_delimiter = ',',
-        default_value = ""
-    )]
-    pub namespaces: Vec<String>,
     /// Reconcile only requests labelled `coder.com/shard=NAME` (selected by the API server);
     /// empty: the requests without that label. Each shard has its own Lease and metrics label.
     #[arg(
@@ -81,9 +72,6 @@ pub struct RunArgs {
     /// Lease duration in seconds.
     #[arg(long, env = "WSO_LEASE_DURATION", default_value_t = 15)]
     pub lease_duration: u64,
-    /// Address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "WSO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
-    pub metrics_addr: SocketAddr,
     /// Address for the build logs endpoint `/logs/{namespace}/{name}` (callers authenticated
     /// by TokenReview, authorised for `get workspacestartrequests/logs`); off when unset.
     #[arg(long, env = "WSO_LOGS_ADDR")]
@@ -91,12 +79,12 @@ pub struct RunArgs {
     /// Token audiences the logs endpoint accepts, comma-separated (default: the API server's).
     #[arg(long, env = "WSO_LOGS_AUDIENCES", value_delimiter = ',')]
     pub logs_audiences: Vec<String>,
-    /// Log format.
-    #[arg(long, env = "WSO_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    /// Log level or tracing filter (e.g. `info`, `debug`, `workspace_start_operator=debug`).
-    #[arg(long, env = "WSO_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Limits of the logs port (the same flags as `mcp`'s port).
+    #[command(flatten)]
+    pub logs_port: PortArgs,
+    /// Logging, metrics address, namespaces to watch.
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// Coder requests per minute per endpoint (Coder allows 512 per user and endpoint).
     #[arg(long, env = "WSO_CODER_RPM", default_value_t = 400)]
     pub coder_requests_per_minute: u32,
@@ -160,6 +148,6 @@ pub struct RunArgs {
 impl RunArgs {
     /// The namespaces to watch (empty = all).
     pub fn watched_namespaces(&self) -> Vec<String> {
-        non_empty(&self.namespaces)
+        self.process.namespaces()
     }
 }

@@ -150,10 +150,8 @@ async fn run(args: &LogsArgs) -> Result<(), LogsCmdError> {
         submit::check_namespace("--namespace", ns)?;
     }
     let (namespace, token) = identity(args).await?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| LogsCmdError::Transport(e.to_string()))?;
+    let http = crate::process::tls::client(args.logs_ca_file.as_deref(), Duration::from_secs(30))
+        .map_err(|e| LogsCmdError::Transport(format!("--logs-ca-file: {e}")))?;
     let base = format!(
         "{}/{namespace}/{}",
         args.logs_url.trim_end_matches('/'),

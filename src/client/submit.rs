@@ -398,12 +398,7 @@ impl NewRequest {
     }
 }
 
-/// `(namespace, name)` of a ServiceAccount username (`system:serviceaccount:NS:NAME`).
-pub fn service_account_of(username: &str) -> Option<(&str, &str)> {
-    let rest = username.strip_prefix("system:serviceaccount:")?;
-    let (ns, name) = rest.split_once(':')?;
-    (!ns.is_empty() && !name.is_empty()).then_some((ns, name))
-}
+pub use crate::process::auth::service_account_of;
 
 /// Whether `v` may be a label value (at most 63 characters, alphanumerics with `-_.` inside).
 fn is_label_value(v: &str) -> bool {

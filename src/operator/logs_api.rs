@@ -3,10 +3,12 @@
 //!
 //! Logs are read from Coder by the operator, the one component that holds the Coder
 //! credentials; they never pass through status, Events or the operator's own log. The caller
-//! sends its Kubernetes bearer token: a TokenReview authenticates it, and a SubjectAccessReview
-//! asks whether it may `get` the subresource `workspacestartrequests/logs` of that request (the
-//! chart grants it with the editor role, not the viewer role: Terraform output may hold
-//! secrets). A page holds at most 400 lines (Coder's chat tool's page) in the shape of Coder's
+//! sends its Kubernetes bearer token: the port has the MCP server's defences
+//! ([`crate::process::listener`]: connection cap, idle, header and body timeouts, cap of requests
+//! in flight; [`crate::process::auth`]: TokenReview cache, token size bound, per-address review
+//! rate), and a SubjectAccessReview asks whether the caller may `get` the subresource
+//! `workspacestartrequests/logs` of that request (the chart grants it with the editor role, not
+//! the viewer role: Terraform output may hold secrets). A page holds at most 400 lines (Coder's chat tool's page) in the shape of Coder's
 //! `get_workspace_build_logs` tool: `logs`, `has_more`, `next_after_id`, `job_error`,
 //! `job_error_code`.
 
@@ -14,21 +16,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::authorization::v1::ResourceAttributes;
+use kube::api::Api;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api::crd::{GROUP, WorkspaceStartRequest};
 use crate::coder::logs::{self, LogPage};
 use crate::operator::connect::Connections;
+use crate::process::auth::{self, Access, AuthSettings, Authenticator, Caller};
+use crate::process::listener::{self, Limits, ListenerMetrics, Refusals};
 
 /// The subresource a caller needs `get` on.
 pub const LOGS_SUBRESOURCE: &str = "logs";
@@ -36,9 +37,6 @@ pub const LOGS_SUBRESOURCE: &str = "logs";
 /// Why a logs call was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LogsError {
-    /// No bearer token, or one the API server does not accept.
-    #[error("{0}")]
-    Unauthenticated(String),
     /// RBAC does not allow the caller to read this request's logs.
     #[error("{0}")]
     Forbidden(String),
@@ -62,7 +60,6 @@ pub enum LogsError {
 impl IntoResponse for LogsError {
     fn into_response(self) -> Response {
         let status = match &self {
-            LogsError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             LogsError::Forbidden(_) => StatusCode::FORBIDDEN,
             LogsError::NotFound(_) => StatusCode::NOT_FOUND,
             LogsError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -116,84 +113,58 @@ pub struct BuildLogs {
 pub struct LogsServer {
     kube: kube::Client,
     connections: Connections,
-    audiences: Vec<String>,
+}
+
+/// How the logs port is guarded: its limits, how tokens are checked, what it counts.
+pub struct Guard {
+    /// The listener's limits.
+    pub limits: Limits,
+    /// Token audiences, cache and per-address review rate.
+    pub auth: AuthSettings,
+    /// The port's counters (`workspace_start_operator_logs_*`).
+    pub metrics: Arc<ListenerMetrics>,
+    /// TLS for the port (plain HTTP when `None`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl LogsServer {
-    /// A server reading requests with `kube` and Coder through `connections`; tokens must be
-    /// issued for one of `audiences` (empty: the API server's own).
-    pub fn new(kube: kube::Client, connections: Connections, audiences: Vec<String>) -> Self {
-        LogsServer {
-            kube,
-            connections,
-            audiences,
-        }
+    /// A server reading requests with `kube` and Coder through `connections`.
+    pub fn new(kube: kube::Client, connections: Connections) -> Self {
+        LogsServer { kube, connections }
     }
 
-    /// The router.
+    /// The router, without the port's defences (callers must put a [`Caller`] in each request).
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/logs/{namespace}/{name}", get(handle))
             .with_state(self)
     }
 
-    /// Serves on `addr` until `shutdown`.
+    /// Serves on `addr` within `guard` until `shutdown`.
     pub async fn serve(
         self: Arc<Self>,
         addr: SocketAddr,
+        guard: Guard,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "serving build logs at /logs/{{namespace}}/{{name}}");
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        let refusals = Refusals::new(Arc::clone(&guard.metrics), listener::message_body);
+        let authenticator = Authenticator::new(self.kube.clone(), guard.auth, refusals);
+        authenticator.spawn_cleanup();
+        let app = auth::guard(self.router(), guard.limits, authenticator);
+        let tcp = listener::bind(addr)?;
+        let tls = guard.tls.is_some();
+        tracing::info!(addr = %tcp.local_addr()?, tls, limits = ?guard.limits, "serving build logs at /logs/{{namespace}}/{{name}}");
+        listener::serve(tcp, app, guard.limits, guard.metrics, guard.tls, shutdown).await
     }
 
-    async fn caller(&self, headers: &HeaderMap) -> Result<SubjectAccessReviewSpec, LogsError> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
-            .ok_or_else(|| {
-                LogsError::Unauthenticated("send a Kubernetes bearer token".to_owned())
-            })?;
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: token.to_owned(),
-                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
-            },
-            ..Default::default()
-        };
-        let api: Api<TokenReview> = Api::all(self.kube.clone());
-        let status = api
-            .create(&PostParams::default(), &review)
-            .await?
-            .status
-            .unwrap_or_default();
-        let user = status
-            .user
-            .filter(|_| status.authenticated == Some(true))
-            .ok_or_else(|| LogsError::Unauthenticated("the token was not accepted".to_owned()))?;
-        Ok(SubjectAccessReviewSpec {
-            user: user.username,
-            uid: user.uid,
-            groups: user.groups,
-            extra: user.extra,
-            ..Default::default()
-        })
-    }
-
+    /// Whether `caller` may `get workspacestartrequests/logs` of `namespace/name`.
     async fn authorize(
         &self,
-        mut spec: SubjectAccessReviewSpec,
+        caller: &Caller,
         namespace: &str,
         name: &str,
     ) -> Result<(), LogsError> {
-        let who = spec.user.clone().unwrap_or_default();
-        spec.resource_attributes = Some(ResourceAttributes {
+        let attributes = ResourceAttributes {
             verb: Some("get".to_owned()),
             group: Some(GROUP.to_owned()),
             resource: Some("workspacestartrequests".to_owned()),
@@ -201,29 +172,20 @@ impl LogsServer {
             namespace: Some(namespace.to_owned()),
             name: Some(name.to_owned()),
             ..Default::default()
-        });
-        let api: Api<SubjectAccessReview> = Api::all(self.kube.clone());
-        let review = SubjectAccessReview {
-            spec,
-            ..Default::default()
         };
-        let status = api
-            .create(&PostParams::default(), &review)
-            .await?
-            .status
-            .unwrap_or_default();
-        if status.allowed {
-            return Ok(());
+        match auth::may(&self.kube, caller, attributes).await? {
+            Access::Allowed => Ok(()),
+            Access::Denied(_) => Err(LogsError::Forbidden(format!(
+                "{} may not get workspacestartrequests/logs {namespace}/{name}",
+                caller.username
+            ))),
         }
-        Err(LogsError::Forbidden(format!(
-            "{who} may not get workspacestartrequests/logs {namespace}/{name}"
-        )))
     }
 
-    /// One page of `namespace/name`'s build logs for the caller of `headers`.
+    /// One page of `namespace/name`'s build logs for `caller`.
     pub async fn logs(
         &self,
-        headers: &HeaderMap,
+        caller: &Caller,
         namespace: &str,
         name: &str,
         q: &LogsQuery,
@@ -247,7 +209,6 @@ impl LogsServer {
             ));
         }
         let after = q.after.unwrap_or(0).max(0);
-        let caller = self.caller(headers).await?;
         self.authorize(caller, namespace, name).await?;
         let api: Api<WorkspaceStartRequest> = Api::namespaced(self.kube.clone(), namespace);
         let wsr = api
@@ -292,12 +253,12 @@ impl LogsServer {
 
 async fn handle(
     State(server): State<Arc<LogsServer>>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path((namespace, name)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
 ) -> Result<axum::Json<BuildLogs>, LogsError> {
     server
-        .logs(&headers, &namespace, &name, &q)
+        .logs(&caller, &namespace, &name, &q)
         .await
         .map(axum::Json)
 }

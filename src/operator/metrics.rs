@@ -1,6 +1,7 @@
 //! The operator's Prometheus metrics: controller-runtime-compatible names plus Coder call
 //! counters, served by [`crate::process::http::serve`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
@@ -12,6 +13,7 @@ use prometheus_client::registry::Registry;
 use crate::api::crd::Phase;
 use crate::api::shard::Shard;
 use crate::process::http::Exposition;
+use crate::process::listener::ListenerMetrics;
 
 /// Controller name used in the controller-runtime metric labels.
 pub const CONTROLLER: &str = "workspacestartrequest";
@@ -103,6 +105,9 @@ pub struct Metrics {
     /// `workspace_start_operator_reconcile_panics_total`: reconciles that panicked (each such
     /// request ended Failed/InternalError; the others went on).
     pub reconcile_panics: Counter,
+    /// The build logs port's `workspace_start_operator_logs_auth_failures_total{reason}`,
+    /// `…_token_reviews_total{result}`, `…_limited_total{limit}` and `…_connections`.
+    pub logs_port: Arc<ListenerMetrics>,
 }
 
 impl Default for Metrics {
@@ -262,7 +267,13 @@ impl Metrics {
         for phase in Phase::ALL.map(Phase::as_str) {
             let _ = requests_by_phase.get_or_create(&PhaseLabels { phase });
         }
+        let logs_port = Arc::new(ListenerMetrics::register(
+            &mut registry,
+            "workspace_start_operator_logs",
+            "Build logs",
+        ));
         Metrics {
+            logs_port,
             registry,
             reconcile_total,
             reconcile_errors,

@@ -37,6 +37,9 @@ pub enum RunError {
     },
     #[error("lost leadership; exiting so a new leader takes over")]
     LostLease,
+    /// The logs port's `--tls-cert-file` / `--tls-key-file` cannot be used.
+    #[error("--tls-cert-file/--tls-key-file: {0}")]
+    Tls(#[from] crate::process::tls::TlsError),
 }
 
 /// The certificates trusted for Coder: the platform's CA store plus `--coder-ca-file`.
@@ -74,7 +77,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::for_shard(&args.shard));
     let health = Health::default();
     let server = tokio::spawn(process::http::serve(
-        args.metrics_addr,
+        args.process.metrics_addr,
         metrics.clone(),
         health.clone(),
         shutdown.clone(),
@@ -116,6 +119,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             Some(t) => t,
             None => return stop_server(server).await,
         };
+    let logs_tls = match args.logs_addr {
+        Some(_) => args.logs_port.tls()?,
+        None => None,
+    };
     let _logs_server = args.logs_addr.map(|addr| {
         let conns = Connections::new(
             kube.clone(),
@@ -132,9 +139,16 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         let server = Arc::new(crate::operator::logs_api::LogsServer::new(
             kube.clone(),
             conns,
-            crate::cli::non_empty(&args.logs_audiences),
         ));
-        tokio::spawn(server.serve(addr, shutdown.clone()))
+        let guard = crate::operator::logs_api::Guard {
+            limits: args.logs_port.limits(),
+            auth: args
+                .logs_port
+                .auth(crate::cli::non_empty(&args.logs_audiences)),
+            metrics: Arc::clone(&metrics.logs_port),
+            tls: logs_tls,
+        };
+        tokio::spawn(server.serve(addr, guard, shutdown.clone()))
     });
     let connections = Connections::new(
         kube.clone(),

@@ -1,10 +1,15 @@
 //! Process plumbing shared by the programs (`run`, `mcp`, `start`): logging setup, the shutdown
-//! signal, the Kubernetes client ([`kube_client`]) and the health and metrics server ([`http`]).
+//! signal, the Kubernetes client ([`kube_client`]), the health and metrics server ([`http`]), and
+//! what a port serving callers with bearer tokens needs: the bounded listener ([`listener`]) and
+//! the token check ([`auth`]), and TLS for it ([`tls`]).
 
 use tracing_subscriber::EnvFilter;
 
+pub mod auth;
 pub mod http;
 pub mod kube_client;
+pub mod listener;
+pub mod tls;
 
 /// Log output format.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod opproc;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -526,7 +527,8 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn free_port() -> u16 {
+/// A TCP port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

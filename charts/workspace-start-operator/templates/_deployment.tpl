@@ -104,6 +104,12 @@ spec:
             {{- if .Values.logs.enabled }}
             - name: WSO_LOGS_ADDR
               value: {{ printf "0.0.0.0:%d" (int .Values.logs.port) | quote }}
+            - name: WSO_LOGS_AUDIENCES
+              value: {{ include "wso.logs.audiences" . | quote }}
+            {{- include "wso.portLimitsEnv" .Values.logs.limits | nindent 12 }}
+            {{- with .Values.logs.tls.secretName }}
+            {{- include "wso.portTLS" (dict "part" "env" "volume" "logs-tls" "secret" .) | nindent 12 }}
+            {{- end }}
             {{- end }}
             - name: WSO_LOG_FORMAT
               value: {{ .Values.logging.format | quote }}
@@ -158,6 +164,9 @@ spec:
               mountPath: /etc/coder/ca
               readOnly: true
             {{- end }}
+            {{- if and .Values.logs.enabled .Values.logs.tls.secretName }}
+            {{- include "wso.portTLS" (dict "part" "mount" "volume" "logs-tls") | nindent 12 }}
+            {{- end }}
       volumes:
         - name: coder-token
           secret:
@@ -172,6 +181,9 @@ spec:
         {{- with include "wso.caBundle" . }}
         - name: coder-ca
           {{- . | nindent 10 }}
+        {{- end }}
+        {{- if and .Values.logs.enabled .Values.logs.tls.secretName }}
+        {{- include "wso.portTLS" (dict "part" "volume" "volume" "logs-tls" "secret" .Values.logs.tls.secretName) | nindent 8 }}
         {{- end }}
       {{- with .Values.nodeSelector }}
       nodeSelector:

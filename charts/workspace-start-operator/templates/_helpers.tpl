@@ -207,3 +207,86 @@ the default shard, <leaseName>-shard-<name> for a shard (the operator derives it
 {{- end -}}
 {{- toJson $names -}}
 {{- end -}}
+
+{{/*
+Environment of the limits of a port whose callers send bearer tokens (the MCP endpoint, the
+operator's build logs endpoint); context: the port's limits values.
+*/}}
+{{- define "wso.portLimitsEnv" -}}
+- name: WSO_MAX_CALLS
+  value: {{ .calls | quote }}
+- name: WSO_MAX_CONNECTIONS
+  value: {{ .connections | quote }}
+- name: WSO_IDLE_TIMEOUT
+  value: {{ .idleTimeout | quote }}
+- name: WSO_BODY_TIMEOUT
+  value: {{ .bodyTimeout | quote }}
+- name: WSO_MAX_BODY_BYTES
+  value: {{ .maxBodyBytes | int64 | quote }}
+- name: WSO_TOKEN_CACHE_TTL
+  value: {{ .tokenCacheTTL | quote }}
+- name: WSO_REVIEWS_PER_MINUTE_PER_ADDRESS
+  value: {{ .reviewsPerMinutePerAddress | quote }}
+- name: WSO_REVIEW_BURST_PER_ADDRESS
+  value: {{ .reviewBurstPerAddress | quote }}
+{{- end -}}
+
+{{/* Name of the Service of the operator's build logs endpoint (a DNS-1035 label). */}}
+{{- define "wso.logs.serviceName" -}}
+{{- printf "%s-logs" (include "wso.fullname" . | trunc 58 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/*
+Token audiences the logs endpoint accepts: logs.audiences; when empty and the MCP server is on,
+the MCP audience (the MCP server forwards its callers' tokens); else none (the API server's own).
+*/}}
+{{- define "wso.logs.audiences" -}}
+{{- if .Values.logs.audiences -}}
+{{- join "," .Values.logs.audiences -}}
+{{- else if and .Values.mcp.enabled .Values.mcp.audience -}}
+{{- .Values.mcp.audience -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The MCP server's --logs-url: mcp.logsUrl, else the logs Service when logs.enabled. */}}
+{{- define "wso.mcp.logsUrl" -}}
+{{- if .Values.mcp.logsUrl -}}
+{{- .Values.mcp.logsUrl -}}
+{{- else if .Values.logs.enabled -}}
+{{- $scheme := ternary "https" "http" (not (empty .Values.logs.tls.secretName)) -}}
+{{- printf "%s://%s.%s.svc:%d/logs" $scheme (include "wso.logs.serviceName" .) .Release.Namespace (int .Values.logs.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Non-empty when the MCP server trusts the ca.crt of logs.tls.secretName for --logs-url. */}}
+{{- define "wso.mcp.logsCA" -}}
+{{- if and .Values.logs.tls.secretName (include "wso.mcp.logsUrl" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+TLS of a guarded port from a kubernetes.io/tls Secret; context: dict "secret" (its name) and
+"volume" (the volume's name, also the directory /etc/wso/<volume>). "env", "mount" or "volume"
+in "part" says which piece to render.
+*/}}
+{{- define "wso.portTLS" -}}
+{{- if eq .part "env" -}}
+- name: WSO_TLS_CERT_FILE
+  value: /etc/wso/{{ .volume }}/tls.crt
+- name: WSO_TLS_KEY_FILE
+  value: /etc/wso/{{ .volume }}/tls.key
+{{- else if eq .part "mount" -}}
+- name: {{ .volume }}
+  mountPath: /etc/wso/{{ .volume }}
+  readOnly: true
+{{- else -}}
+- name: {{ .volume }}
+  secret:
+    secretName: {{ .secret }}
+    defaultMode: 288  # 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end -}}
+{{- end -}}

@@ -7,7 +7,13 @@ use prometheus_client::metrics::{
 };
 use prometheus_client::registry::Registry;
 
+use std::sync::Arc;
+
 use crate::process::http::Exposition;
+use crate::process::listener::{LimitLabels, ListenerMetrics};
+
+/// Prefix of the MCP server's metric names.
+const PREFIX: &str = "workspace_start_operator_mcp";
 
 /// `{tool, outcome}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -26,45 +32,6 @@ pub struct ToolLabels {
     pub tool: String,
 }
 
-/// `{reason}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AuthLabels {
-    /// One of [`AUTH_FAILURE_REASONS`].
-    pub reason: &'static str,
-}
-
-/// Why a request was refused before any tool ran.
-pub const AUTH_FAILURE_REASONS: [&str; 5] = [
-    "missing_token",
-    "invalid_token",
-    "oversized_token",
-    "review_error",
-    "source_rate_limited",
-];
-
-/// `{result}` of a TokenReview sent to the API server.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReviewLabels {
-    /// `authenticated`, `unauthenticated` or `error`.
-    pub result: &'static str,
-}
-
-/// `{limit}` that refused a call or a connection.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitLabels {
-    /// `calls_per_caller`, `calls`, `connections`, `body_size` or `body_timeout`.
-    pub limit: &'static str,
-}
-
-/// The limits counted by [`McpMetrics::limited`].
-pub const LIMITS: [&str; 5] = [
-    "calls_per_caller",
-    "calls",
-    "connections",
-    "body_size",
-    "body_timeout",
-];
-
 /// Tool calls, their duration, and refused requests.
 pub struct McpMetrics {
     registry: Registry,
@@ -74,16 +41,10 @@ pub struct McpMetrics {
     pub duration: Family<ToolLabels, Histogram>,
     /// `workspace_start_operator_mcp_tool_calls_in_flight`.
     pub in_flight: Gauge,
-    /// `workspace_start_operator_mcp_auth_failures_total{reason}`.
-    pub auth_failures: Family<AuthLabels, Counter>,
-    /// `workspace_start_operator_mcp_token_reviews_total{result}`: TokenReviews sent (cache
-    /// misses only).
-    pub token_reviews: Family<ReviewLabels, Counter>,
-    /// `workspace_start_operator_mcp_limited_total{limit}`: calls, requests and connections
-    /// refused by a limit.
-    pub limited: Family<LimitLabels, Counter>,
-    /// `workspace_start_operator_mcp_connections`: open client connections.
-    pub connections: Gauge,
+    /// The port's `workspace_start_operator_mcp_auth_failures_total{reason}`,
+    /// `…_token_reviews_total{result}`, `…_limited_total{limit}` (with `calls_per_caller`, the
+    /// MCP server's own limit) and `…_connections`.
+    pub port: Arc<ListenerMetrics>,
     /// `workspace_start_operator_mcp_shared_watches`: namespaces with a shared watch open.
     pub shared_watches: Gauge,
     /// `workspace_start_operator_mcp_waiting_calls`: tool calls waiting on a shared watch.
@@ -107,7 +68,6 @@ impl McpMetrics {
             ])
         });
         let in_flight = Gauge::default();
-        let auth_failures = Family::<AuthLabels, Counter>::default();
         registry.register(
             "workspace_start_operator_mcp_tool_calls",
             "MCP tool calls by tool and outcome",
@@ -123,38 +83,10 @@ impl McpMetrics {
             "MCP tool calls being served",
             in_flight.clone(),
         );
-        registry.register(
-            "workspace_start_operator_mcp_auth_failures",
-            "MCP requests refused before any tool ran, by reason",
-            auth_failures.clone(),
-        );
-        for reason in AUTH_FAILURE_REASONS {
-            let _ = auth_failures.get_or_create(&AuthLabels { reason });
-        }
-        let token_reviews = Family::<ReviewLabels, Counter>::default();
-        registry.register(
-            "workspace_start_operator_mcp_token_reviews",
-            "TokenReviews sent to the API server (tokens not answered from the cache)",
-            token_reviews.clone(),
-        );
-        for result in ["authenticated", "unauthenticated", "error"] {
-            let _ = token_reviews.get_or_create(&ReviewLabels { result });
-        }
-        let limited = Family::<LimitLabels, Counter>::default();
-        registry.register(
-            "workspace_start_operator_mcp_limited",
-            "Tool calls, requests and connections refused by a limit",
-            limited.clone(),
-        );
-        for limit in LIMITS {
-            let _ = limited.get_or_create(&LimitLabels { limit });
-        }
-        let connections = Gauge::default();
-        registry.register(
-            "workspace_start_operator_mcp_connections",
-            "Open client connections to the MCP port",
-            connections.clone(),
-        );
+        let port = ListenerMetrics::register(&mut registry, PREFIX, "MCP");
+        let _ = port.limited.get_or_create(&LimitLabels {
+            limit: "calls_per_caller",
+        });
         let shared_watches = Gauge::default();
         registry.register(
             "workspace_start_operator_mcp_shared_watches",
@@ -172,32 +104,15 @@ impl McpMetrics {
             calls,
             duration,
             in_flight,
-            auth_failures,
-            token_reviews,
-            limited,
-            connections,
+            port: Arc::new(port),
             shared_watches,
             waiting_calls,
         }
     }
 
-    /// Counts one refused request.
-    pub fn auth_failure(&self, reason: &'static str) {
-        self.auth_failures
-            .get_or_create(&AuthLabels { reason })
-            .inc();
-    }
-
-    /// Counts one TokenReview sent, by `result`.
-    pub fn token_review(&self, result: &'static str) {
-        self.token_reviews
-            .get_or_create(&ReviewLabels { result })
-            .inc();
-    }
-
-    /// Counts one refusal by `limit` (one of [`LIMITS`]).
+    /// Counts one refusal by `limit`.
     pub fn limited(&self, limit: &'static str) {
-        self.limited.get_or_create(&LimitLabels { limit }).inc();
+        self.port.limited(limit);
     }
 
     /// Records one finished tool call.

@@ -4,15 +4,16 @@
 //! `kubectl get wsr`, is covered by RBAC and audited. Stateless (no MCP sessions), so replicas
 //! behind one Service need no affinity.
 //!
-//! Layout: [`auth`] (TokenReview middleware with its cache and per-address limit,
-//! SubjectAccessReview, per-caller rate limit and call cap), [`listener`] (connection cap,
-//! timeouts, body limit, cap of calls in flight), [`watches`] (one shared watch per namespace for
-//! waiting calls), [`tools`] (the two tools), [`metrics`] (what `/metrics` serves).
+//! Layout: the port's defences are shared with the operator's build logs endpoint
+//! ([`crate::process::listener`]: connection cap, timeouts, body limit, cap of calls in flight;
+//! [`crate::process::auth`]: TokenReview middleware with its cache and per-address limit);
+//! [`auth`] adds what is the MCP server's own (JSON-RPC refusals, SubjectAccessReview on
+//! requests, per-caller rate limit and call cap), [`watches`] (one shared watch per namespace for
+//! waiting calls), [`tools`] (the tools), [`metrics`] (what `/metrics` serves).
 
 pub mod annotations;
 pub mod auth;
 mod idempotent;
-pub mod listener;
 pub mod logs;
 pub mod metrics;
 pub mod tools;
@@ -34,14 +35,15 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use tokio_util::sync::CancellationToken;
 
-use self::auth::{AuthSettings, Authenticator, CallLimit, CallSlots, Caller};
-use self::listener::{BodyBounds, CallCap, Limits};
+use self::auth::{CallLimit, CallSlots, Caller};
 use self::metrics::McpMetrics;
 use self::watches::Watches;
 
 use crate::cli::mcp::McpArgs;
 use crate::client::result::{Refusal, StartResult};
+use crate::process::auth::Authenticator;
 use crate::process::http::Health;
+use crate::process::listener::{self, Refusals};
 
 /// Path of the MCP endpoint.
 pub const ENDPOINT: &str = "/mcp";
@@ -73,6 +75,9 @@ pub enum McpError {
     /// A listener failed.
     #[error("cannot serve: {0}")]
     Serve(#[from] std::io::Error),
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::process::tls::TlsError),
 }
 
 /// One MCP server instance (the SDK makes one per request; they share everything).
@@ -154,7 +159,7 @@ impl ServerHandler for Server {
 
 /// Runs `mcp` until SIGTERM/ctrl-c.
 pub fn main(args: McpArgs) -> ExitCode {
-    crate::process::init_logging(args.log_format, &args.log_level);
+    crate::process::init_logging(args.process.log_format, &args.process.log_level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,7 +181,7 @@ fn fail(e: &McpError) -> ExitCode {
 
 async fn run(args: McpArgs) -> Result<(), McpError> {
     let settings = Settings {
-        namespaces: crate::cli::non_empty(&args.namespaces),
+        namespaces: args.process.namespaces(),
         default_wait: args.default_wait,
         max_wait: args.max_wait,
         shard: args.shard.clone(),
@@ -190,14 +195,14 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
     let health = Health::default();
     let exposition: Arc<dyn crate::process::http::Exposition> = metrics.clone();
     let metrics_server = tokio::spawn(crate::process::http::serve(
-        args.metrics_addr,
+        args.process.metrics_addr,
         exposition,
         health.clone(),
         shutdown.clone(),
     ));
     let limit = Arc::new(CallLimit::new(args.calls_per_minute, args.call_burst));
     limit.spawn_cleanup();
-    let audience = Some(args.audience.clone()).filter(|a| !a.is_empty());
+    let audiences = crate::cli::non_empty(std::slice::from_ref(&args.audience));
     let server = Server {
         client: client.clone(),
         settings: Arc::new(settings),
@@ -205,59 +210,30 @@ async fn run(args: McpArgs) -> Result<(), McpError> {
         slots: Arc::new(CallSlots::new(args.max_calls_per_caller.get() as usize)),
         watches: Arc::new(Watches::new(client.clone(), Arc::clone(&metrics))),
         metrics: Arc::clone(&metrics),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default(),
+        http: crate::process::tls::client(args.logs_ca_file.as_deref(), Duration::from_secs(30))?,
     };
     // Cancelled on shutdown: ends in-flight tool calls (their requests go on; callers can read
     // them with get_workspace_start) so the process stops within its grace period.
     let cancel = CancellationToken::new();
-    let auth = Authenticator::new(
-        client.clone(),
-        AuthSettings {
-            audience,
-            valid_ttl: args.token_cache_ttl,
-            reviews_per_minute: args.reviews_per_minute_per_address,
-            review_burst: args.review_burst_per_address,
-        },
-        Arc::clone(&metrics),
-    );
+    let refusals = Refusals::new(Arc::clone(&metrics.port), auth::json_rpc_body);
+    let auth = Authenticator::new(client.clone(), args.port.auth(audiences), refusals);
     auth.spawn_cleanup();
-    let limits = Limits {
-        max_connections: args.max_connections.get() as usize,
-        idle_timeout: args.idle_timeout,
-        body_timeout: args.body_timeout,
-        max_body_bytes: args.max_body_bytes as usize,
-        max_calls: args.max_calls.get() as usize,
-    };
-    let app = router(
-        server,
-        auth,
-        &args.allowed_hosts,
-        cancel.clone(),
-        limits,
-        &metrics,
-    );
+    let limits = args.port.limits();
+    let app = router(server, &args.allowed_hosts, cancel.clone());
+    let app = crate::process::auth::guard(app, limits, auth);
+    let tls = args.port.tls()?;
     let listener = listener::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, audience = %args.audience, ?limits, "serving MCP at {ENDPOINT}");
     client.apiserver_version().await?;
     health.set_ready(true);
     let stop = shutdown.clone().map(move |()| cancel.cancel());
-    listener::serve(listener, app, limits, metrics, stop).await?;
+    listener::serve(listener, app, limits, Arc::clone(&metrics.port), tls, stop).await?;
     let _ = tokio::time::timeout(Duration::from_secs(5), metrics_server).await;
     Ok(())
 }
 
-/// `/mcp` behind the token check.
-fn router(
-    server: Server,
-    auth: Authenticator,
-    allowed_hosts: &[String],
-    cancel: CancellationToken,
-    limits: Limits,
-    metrics: &Arc<McpMetrics>,
-) -> Router {
+/// `/mcp` (put behind the port's defences by [`crate::process::auth::guard`]).
+fn router(server: Server, allowed_hosts: &[String], cancel: CancellationToken) -> Router {
     let hosts = crate::cli::non_empty(allowed_hosts);
     let mut config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
@@ -273,20 +249,5 @@ fn router(
         Arc::new(NeverSessionManager::default()),
         config,
     );
-    // Outermost first: the cap of calls in flight, the token check (from headers alone), then the
-    // body (read in full, bounded in size and time) for the MCP service.
-    Router::new()
-        .nest_service(ENDPOINT, service)
-        .layer(axum::middleware::from_fn_with_state(
-            BodyBounds::new(limits, Arc::clone(metrics)),
-            listener::bound_body,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            auth,
-            auth::authenticate,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            CallCap::new(limits.max_calls, Arc::clone(metrics)),
-            listener::cap_calls,
-        ))
+    Router::new().nest_service(ENDPOINT, service)
 }
