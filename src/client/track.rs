@@ -140,23 +140,21 @@ pub async fn follow(
     api: Api<WorkspaceStartRequest>,
     initial: WorkspaceStartRequest,
     timeout: Duration,
-    mut report: impl FnMut(&WorkspaceStartRequest, &Progress),
+    report: impl FnMut(&WorkspaceStartRequest, &Progress),
 ) -> Result<Followed, FollowError> {
     let namespace = initial.metadata.namespace.clone().unwrap_or_default();
     let name = initial.metadata.name.clone().unwrap_or_default();
-    let mut last = Progress::of(&initial);
-    report(&initial, &last);
-    if last.is_terminal() {
-        return Ok(Followed::Finished(Box::new(initial)));
+    let mut tracker = Tracker::new(initial, report);
+    if tracker.is_terminal() {
+        return Ok(tracker.end());
     }
-    let mut latest = initial;
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = watcher::watcher(api, cfg).default_backoff().boxed();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut listed = false;
     loop {
         let event = match tokio::time::timeout_at(deadline, events.next()).await {
-            Err(_) | Ok(None) => return Ok(Followed::TimedOut(Box::new(latest))),
+            Err(_) | Ok(None) => return Ok(tracker.end()),
             Ok(Some(event)) => event,
         };
         let obj = match event {
@@ -183,14 +181,58 @@ pub async fn follow(
                 None => continue,
             },
         };
-        let now = Progress::of(&obj);
-        latest = obj;
-        if now != last {
-            report(&latest, &now);
-            last = now;
+        if tracker.observe(obj) {
+            return Ok(tracker.end());
         }
-        if last.is_terminal() {
-            return Ok(Followed::Finished(Box::new(latest)));
+    }
+}
+
+/// What a follower keeps between reads of its request: the request as last seen and the progress
+/// last reported, with the caller's `report`. [`follow`] and the MCP server's shared watches feed
+/// it every read, so both report and end alike.
+pub struct Tracker<F> {
+    latest: WorkspaceStartRequest,
+    last: Progress,
+    report: F,
+}
+
+impl<F: FnMut(&WorkspaceStartRequest, &Progress)> Tracker<F> {
+    /// Starts from `initial`, reporting its progress at once.
+    pub fn new(initial: WorkspaceStartRequest, mut report: F) -> Tracker<F> {
+        let last = Progress::of(&initial);
+        report(&initial, &last);
+        Tracker {
+            latest: initial,
+            last,
+            report,
+        }
+    }
+
+    /// Whether the request as last seen is Ready or Failed.
+    pub fn is_terminal(&self) -> bool {
+        self.last.is_terminal()
+    }
+
+    /// Takes `request` as the latest read, reports it when its progress changed, and says whether
+    /// it is now Ready or Failed.
+    pub fn observe(&mut self, request: WorkspaceStartRequest) -> bool {
+        let now = Progress::of(&request);
+        self.latest = request;
+        if now != self.last {
+            (self.report)(&self.latest, &now);
+            self.last = now;
+        }
+        self.is_terminal()
+    }
+
+    /// How following ended: finished when the request as last seen is Ready or Failed, else timed
+    /// out with it.
+    pub fn end(self) -> Followed {
+        let latest = Box::new(self.latest);
+        if self.last.is_terminal() {
+            Followed::Finished(latest)
+        } else {
+            Followed::TimedOut(latest)
         }
     }
 }
