@@ -8,12 +8,12 @@
 
 mod support;
 
-use support::{free_port, opproc, tokens};
+use support::mcp::McpServer;
+use support::tokens;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use opproc::{Launch, Proc, helm_template};
 use serde_json::{Value, json};
 use support::Env;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,66 +29,19 @@ const SLACK: Duration = Duration::from_secs(3);
 /// A namespace, callers with tokens for the MCP audience, and the MCP server.
 struct World {
     env: Env,
-    mcp: Proc,
-    /// `127.0.0.1:port` of the MCP endpoint.
-    addr: String,
-    /// Username of the MCP server's ServiceAccount (as the audit log names it).
-    mcp_user: String,
+    mcp: McpServer,
 }
 
 impl World {
     /// Starts the MCP server as the chart's MCP ServiceAccount with `extra` flags.
     async fn new(prefix: &str, extra: &[&str]) -> World {
         let env = Env::new(prefix).await;
-        let ns = env.ns.clone();
-        let fullname = format!("wso-{ns}");
-        let yaml = helm_template(
-            support::RELEASE,
-            &ns,
-            &[
-                format!("--set=fullnameOverride={fullname}"),
-                format!("--set=watchNamespaces={{{ns}}}"),
-                "--set=coder.url=https://coder.example.com".into(),
-                "--set=coder.token=unused".into(),
-                "--set=mcp.enabled=true".into(),
-            ],
-        );
-        env.plane
-            .apply_yaml(&mcp_objects(&yaml), &ns)
-            .await
-            .expect("apply MCP objects");
-        let sa = format!("{fullname}-mcp");
-        let (_, kubeconfig) = env
-            .plane
-            .service_account_client(&ns, &sa)
-            .await
-            .expect("MCP ServiceAccount kubeconfig");
-        let port = free_port();
-        let mut args = vec![
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--namespaces={ns}"),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let mcp = Proc::spawn_command(
-            "mcp",
-            Launch {
-                kubeconfig: &kubeconfig,
-                dir: env.dir.path(),
-                args,
-                env: vec![],
-            },
-        );
-        mcp.wait_status("/readyz", 200, T).await;
-        World {
-            mcp_user: format!("system:serviceaccount:{ns}:{sa}"),
-            env,
-            mcp,
-            addr: format!("127.0.0.1:{port}"),
-        }
+        let mcp = McpServer::start(&env, extra).await;
+        World { env, mcp }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.mcp.url()
     }
 
     /// A ServiceAccount that may create requests here, and its token for the MCP audience.
@@ -100,6 +53,7 @@ impl World {
     async fn metric(&self, series: &str) -> f64 {
         let text = self
             .mcp
+            .proc
             .get("/metrics")
             .await
             .map(|r| r.1)
@@ -113,25 +67,12 @@ impl World {
 
     /// TokenReviews the MCP server sent, as the API server's audit log records them.
     fn reviews_in_audit_log(&self) -> usize {
-        tokens::token_reviews_by(self.env.plane, &self.mcp_user)
+        tokens::token_reviews_by(self.env.plane, &self.mcp.user)
     }
 
     fn pid(&self) -> u32 {
-        self.mcp.pid().expect("MCP server running")
+        self.mcp.proc.pid().expect("MCP server running")
     }
-}
-
-/// The documents of a rendered chart that belong to the MCP server.
-fn mcp_objects(yaml: &str) -> String {
-    use serde::Deserialize;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = Value::deserialize(doc).expect("yaml document");
-        if v["metadata"]["labels"]["app.kubernetes.io/component"] == "mcp" {
-            out.push(serde_yaml::to_string(&v).expect("yaml"));
-        }
-    }
-    out.join("---\n")
 }
 
 /// A `tools/call` over plain HTTP: (status, the JSON-RPC message answering it).
@@ -265,7 +206,7 @@ async fn two_hundred_waiting_calls_from_one_caller_share_one_watch_and_at_most_t
         assert!(
             Instant::now() < deadline,
             "200 calls never all waited; log:\n{}",
-            support::tail(&w.mcp.logs(), 40)
+            support::tail(&w.mcp.proc.logs(), 40)
         );
         for c in &calls {
             assert!(!c.is_finished(), "a waiting call ended early");
@@ -455,7 +396,7 @@ async fn junk_tokens_from_one_address_cause_at_most_fifty_token_reviews_and_over
 async fn two_thousand_idle_connections_are_all_closed_within_the_default_idle_timeout() {
     let w = World::new("mcp-idle", &[]).await;
     let limit = DEFAULT_TIMEOUT + SLACK;
-    let (open, longest) = tokens::idle_connections(&w.addr, 20, limit).await;
+    let (open, longest) = tokens::idle_connections(&w.mcp.addr, 20, limit).await;
     eprintln!("2000 idle connections: {open} still open after {limit:?}, longest {longest:?}");
     assert_eq!(open, 0, "connections still open after {limit:?}");
     assert!(
@@ -465,7 +406,7 @@ async fn two_thousand_idle_connections_are_all_closed_within_the_default_idle_ti
         "connections over the default cap of 1024 are closed at once"
     );
     // The server still serves afterwards.
-    assert_eq!(w.mcp.get("/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(w.mcp.proc.get("/readyz").await.map(|r| r.0), Some(200));
 }
 
 /// Sends headers of a POST with a 1000-byte body, then one body byte every 5 s; returns the
@@ -513,7 +454,7 @@ async fn a_body_trickling_one_byte_every_five_seconds_is_cut_within_the_default_
     let limit = DEFAULT_TIMEOUT + SLACK;
 
     // An authenticated caller: the body deadline cuts it (HTTP 408, connection closed).
-    let (status, closed) = trickle(&w.addr, &bot, limit + SLACK).await;
+    let (status, closed) = trickle(&w.mcp.addr, &bot, limit + SLACK).await;
     assert!(status.contains(" 408 "), "status line {status:?}");
     let closed = closed.expect("connection closed");
     eprintln!("trickled body cut after {closed:?}");
@@ -524,7 +465,7 @@ async fn a_body_trickling_one_byte_every_five_seconds_is_cut_within_the_default_
     );
 
     // Without a valid token the server answers from the headers and closes at once.
-    let (status, closed) = trickle(&w.addr, "junk", limit).await;
+    let (status, closed) = trickle(&w.mcp.addr, "junk", limit).await;
     assert!(status.contains(" 401 "), "status line {status:?}");
     assert!(closed.is_some(), "connection closed");
     assert_eq!(
