@@ -11,7 +11,6 @@ mod support;
 use support::mcp::McpServer;
 use support::tokens;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -121,41 +120,6 @@ fn waiting_start(timeout: &str) -> Value {
     json!({"chat_id": uuid::Uuid::new_v4().to_string(), "timeout": timeout})
 }
 
-/// Established TCP connections of process `pid` to local port `port` (its sockets, by inode).
-fn established_to(pid: u32, port: u16) -> usize {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    l.strip_prefix("socket:[")
-                        .and_then(|s| s.strip_suffix(']'))
-                        .map(str::to_owned)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut n = 0;
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 {
-                continue;
-            }
-            let remote_port = f[2]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if f[3] == "01" && remote_port == Some(port) && inodes.contains(f[9]) {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -164,16 +128,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn apiserver_port(w: &World) -> u16 {
-    w.env
-        .plane
-        .server_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("API server port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +144,6 @@ async fn two_hundred_waiting_calls_from_one_caller_share_one_watch_and_at_most_t
     .await;
     let token = w.caller("chat-bot").await;
     let pid = w.pid();
-    let port = apiserver_port(&w);
     let rss_before = rss_kib(pid);
     let http = reqwest::Client::new();
     let url = w.url();
@@ -213,7 +166,7 @@ async fn two_hundred_waiting_calls_from_one_caller_share_one_watch_and_at_most_t
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let connections = established_to(pid, port);
+    let connections = w.env.plane.connections_from(pid);
     let watches = w
         .metric("workspace_start_operator_mcp_shared_watches")
         .await;
