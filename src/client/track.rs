@@ -142,13 +142,11 @@ pub async fn follow(
     timeout: Duration,
     report: impl FnMut(&WorkspaceStartRequest, &Progress),
 ) -> Result<Followed, FollowError> {
-    let namespace = initial.metadata.namespace.clone().unwrap_or_default();
-    let name = initial.metadata.name.clone().unwrap_or_default();
     let mut tracker = Tracker::new(initial, report);
     if tracker.is_terminal() {
         return Ok(tracker.end());
     }
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", tracker.name()));
     let mut events = watcher::watcher(api, cfg).default_backoff().boxed();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut listed = false;
@@ -167,17 +165,9 @@ pub async fn follow(
                 continue;
             }
             Ok(Event::InitDone) if listed => continue,
-            Ok(Event::Delete(_) | Event::InitDone) => {
-                return Err(FollowError::Deleted { namespace, name });
-            }
+            Ok(Event::Delete(_) | Event::InitDone) => return Err(tracker.deleted()),
             Err(e) => match refusal(e) {
-                Some(source) => {
-                    return Err(FollowError::Refused {
-                        namespace,
-                        name,
-                        source,
-                    });
-                }
+                Some(source) => return Err(tracker.refused(source)),
                 None => continue,
             },
         };
@@ -187,10 +177,12 @@ pub async fn follow(
     }
 }
 
-/// What a follower keeps between reads of its request: the request as last seen and the progress
-/// last reported, with the caller's `report`. [`follow`] and the MCP server's shared watches feed
-/// it every read, so both report and end alike.
+/// What a follower keeps between reads of its request: its namespace and name, the request as
+/// last seen and the progress last reported, with the caller's `report`. [`follow`] and the MCP
+/// server's shared watches feed it every read, so both report, fail and end alike.
 pub struct Tracker<F> {
+    namespace: String,
+    name: String,
     latest: WorkspaceStartRequest,
     last: Progress,
     report: F,
@@ -202,9 +194,38 @@ impl<F: FnMut(&WorkspaceStartRequest, &Progress)> Tracker<F> {
         let last = Progress::of(&initial);
         report(&initial, &last);
         Tracker {
+            namespace: initial.metadata.namespace.clone().unwrap_or_default(),
+            name: initial.metadata.name.clone().unwrap_or_default(),
             latest: initial,
             last,
             report,
+        }
+    }
+
+    /// The request's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The request's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The error for a request deleted before it finished.
+    pub fn deleted(&self) -> FollowError {
+        FollowError::Deleted {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The error for a read or watch of the request the API server refused with `source`.
+    pub fn refused(&self, source: kube::Error) -> FollowError {
+        FollowError::Refused {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            source,
         }
     }
 

@@ -133,23 +133,19 @@ impl Watches {
         timeout: Duration,
         report: impl FnMut(&WorkspaceStartRequest, &Progress),
     ) -> Result<Followed, FollowError> {
-        let namespace = initial.metadata.namespace.clone().unwrap_or_default();
-        let name = initial.metadata.name.clone().unwrap_or_default();
         let mut tracker = Tracker::new(initial, report);
         if tracker.is_terminal() {
             return Ok(tracker.end());
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let (watch, mut rx) = self.join(&namespace);
+        let name = tracker.name().to_owned();
+        let (watch, mut rx) = self.join(tracker.namespace());
         let _waiting = Waiting::new(&self.metrics);
-        let api: Api<WorkspaceStartRequest> = Api::namespaced(self.client.clone(), &namespace);
-        let refused = |status: Arc<Status>| FollowError::Refused {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source: kube::Error::Api(Box::new((*status).clone())),
-        };
+        let api: Api<WorkspaceStartRequest> =
+            Api::namespaced(self.client.clone(), tracker.namespace());
+        let refused = |status: Arc<Status>| kube::Error::Api(Box::new((*status).clone()));
         if let Some(status) = lock(&watch.refused).clone() {
-            return Err(refused(status));
+            return Err(tracker.refused(refused(status)));
         }
         // Read once now: the watch may have delivered the change this call needs before it joined.
         let mut reread = true;
@@ -163,11 +159,9 @@ impl Watches {
                             return Ok(tracker.end());
                         }
                     }
-                    Ok(None) => {
-                        return Err(FollowError::Deleted { namespace, name });
-                    }
+                    Ok(None) => return Err(tracker.deleted()),
                     Err(kube::Error::Api(s)) if matches!(s.code, 401 | 403) => {
-                        return Err(refused(Arc::new(*s)));
+                        return Err(tracker.refused(kube::Error::Api(s)));
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "reading the request failed; the watch goes on");
@@ -192,9 +186,7 @@ impl Watches {
                         }
                     }
                     Change::Applied(_) => continue,
-                    Change::Deleted(gone) if *gone == *name => {
-                        return Err(FollowError::Deleted { namespace, name });
-                    }
+                    Change::Deleted(gone) if *gone == *name => return Err(tracker.deleted()),
                     Change::Deleted(_) => continue,
                     Change::Relisting => {
                         seen_in_relist = false;
@@ -204,7 +196,7 @@ impl Watches {
                         reread = !seen_in_relist;
                         continue;
                     }
-                    Change::Refused(status) => return Err(refused(status)),
+                    Change::Refused(status) => return Err(tracker.refused(refused(status))),
                 }
             }
             if tokio::time::Instant::now() >= deadline {
