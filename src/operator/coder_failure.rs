@@ -139,6 +139,31 @@ fn of_start_build(e: &CoderError) -> Disposition {
     }
 }
 
+/// What one Coder call says about its endpoint, for the health signal
+/// ([`crate::operator::coder_health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Coder answered (a success, or an answer that is not an outage such as 404 or 401).
+    Answered,
+    /// Coder is down, slow or overloaded: the cause, as [`CoderError::transient_cause`].
+    Unavailable(String),
+    /// Nothing reached Coder, or the answer says nothing of its health (a name refused
+    /// before sending, a configuration or TLS trust error).
+    NotSent,
+}
+
+/// What `result` of one Coder call says about its endpoint.
+pub fn call_outcome<T>(result: &Result<T, CoderError>) -> CallOutcome {
+    match result {
+        Ok(_) => CallOutcome::Answered,
+        Err(e) if e.is_transient() => CallOutcome::Unavailable(e.transient_cause()),
+        Err(
+            CoderError::Config(_) | CoderError::InvalidName { .. } | CoderError::TlsUntrusted { .. },
+        ) => CallOutcome::NotSent,
+        Err(_) => CallOutcome::Answered,
+    }
+}
+
 /// What a failed Coder read means for the request: the observation `decide` gets.
 pub fn read_failure(e: CoderError) -> Observation {
     match of_read(&e) {
