@@ -13,8 +13,9 @@ use crate::operator::decide::{Observation, OwnerState};
 /// What a failed Coder call means for the request that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    /// Coder is down, slow or overloaded (5xx, 429, timeouts, resets): retry with backoff
-    /// until the request's deadline (reason `CoderUnavailable`).
+    /// Coder is down, slow or overloaded (5xx, 429, timeouts, resets): wait for Coder to
+    /// answer again (see [`crate::operator::coder_health`]) until the request's deadline
+    /// (reason `CoderUnavailable`).
     Retry,
     /// Coder's answer is final: fail the request at once.
     Fail {
