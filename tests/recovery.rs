@@ -26,6 +26,7 @@ const BUILD: Duration = Duration::from_secs(10);
 /// watch event, the final status), on a loaded test machine.
 const OVERHEAD: Duration = Duration::from_secs(2);
 const PROBE_ROUTE: &str = "GET /api/v2/buildinfo";
+const WS_GET: &str = "GET /api/v2/workspaces/{id}";
 
 /// A start build of about 10 s: 1 s pending, 8 s running, the agent connected 0.5 s later and
 /// ready 0.5 s after that.
@@ -74,6 +75,7 @@ async fn coder_down_for_40s_while_60_requests_arrive_recovers_together() {
     let during = sim.counters();
     // Meanwhile every request was Pending with CoderUnavailable and the last cause.
     let list = env.wsrs().list(&ListParams::default()).await.expect("list");
+    let metrics = env.operator().metrics().await;
     sim.clear_faults();
     let back_at = Instant::now();
     let back_ts = jiff::Timestamp::now();
@@ -135,6 +137,11 @@ async fn coder_down_for_40s_while_60_requests_arrive_recovers_together() {
         last_ready.as_secs_f64(),
     );
     assert_eq!(waiting, REQUESTS, "Pending/CoderUnavailable during the outage");
+    assert_eq!(gauge(&metrics, "workspace_start_operator_coder_endpoints_down"), 1);
+    assert_eq!(
+        gauge(&metrics, "workspace_start_operator_requests_waiting_on_coder"),
+        REQUESTS as i64
+    );
     assert_eq!(builds, REQUESTS, "exactly one start build per request");
     assert!(
         calls - probes <= REQUESTS as u64,
@@ -171,4 +178,46 @@ fn released_after(logs: &str, back: jiff::Timestamp) -> Duration {
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("no timestamp in {line:?}"));
     Duration::try_from(at.duration_since(back)).unwrap_or(Duration::ZERO)
+}
+
+/// One workspace's route answers 503 while the rest of Coder (the probe included) answers: the
+/// request is released once, then retries on its own backoff (1 s, 2 s, 4 s …, ±20 %), never
+/// in a loop on the health signal, and Coder is not held for down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_workspace_failing_while_coder_answers_retries_on_its_own_backoff() {
+    let mut env = Env::new("recovery-path").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    let broken = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "broken"));
+    sim.reset_counters();
+    sim.set_fault(
+        WS_GET,
+        Fault::on_path(broken.to_string(), Fault::Status(503)),
+    );
+    env.create_for_workspace("broken", broken).await;
+    let window = Duration::from_secs(15);
+    tokio::time::sleep(window).await;
+    let reads = sim.count(WS_GET);
+    let probes = sim.count(PROBE_ROUTE);
+    let metrics = env.operator().metrics().await;
+    println!("a broken path for {window:?}: {reads} reads of it, {probes} probes");
+    // The first attempt; after the one probe (2.5 s) the release; then its own backoff at
+    // about +1, +2, +4 and +8 s: at most 6 reads in 15 s.
+    assert!((2..=6).contains(&reads), "{reads} reads in {window:?}");
+    assert_eq!(probes, 1, "one probe: Coder answered it");
+    assert_eq!(gauge(&metrics, "workspace_start_operator_coder_endpoints_down"), 0);
+    let w = env.wsrs().get("broken").await.expect("get");
+    assert_eq!(ready(&w).1, "CoderUnavailable");
+    sim.clear_faults();
+    let w = env.wait_terminal("broken", Duration::from_secs(30)).await;
+    assert_eq!(ready(&w), ("True".into(), "Ready".into()));
+    assert_eq!(sim.builds_created(broken), 1);
+}
+
+/// The value of an unlabelled gauge in an OpenMetrics text.
+fn gauge(metrics: &str, name: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no gauge {name} in the metrics"))
 }
