@@ -136,10 +136,19 @@ async fn coder_down_for_40s_while_60_requests_arrive_recovers_together() {
         first_ready.as_secs_f64(),
         last_ready.as_secs_f64(),
     );
-    assert_eq!(waiting, REQUESTS, "Pending/CoderUnavailable during the outage");
-    assert_eq!(gauge(&metrics, "workspace_start_operator_coder_endpoints_down"), 1);
     assert_eq!(
-        gauge(&metrics, "workspace_start_operator_requests_waiting_on_coder"),
+        waiting, REQUESTS,
+        "Pending/CoderUnavailable during the outage"
+    );
+    assert_eq!(
+        gauge(&metrics, "workspace_start_operator_coder_endpoints_down"),
+        1
+    );
+    assert_eq!(
+        gauge(
+            &metrics,
+            "workspace_start_operator_requests_waiting_on_coder"
+        ),
         REQUESTS as i64
     );
     assert_eq!(builds, REQUESTS, "exactly one start build per request");
@@ -171,7 +180,12 @@ fn released_after(logs: &str, back: jiff::Timestamp) -> Duration {
     let line = logs
         .lines()
         .find(|l| l.contains("Coder answers again"))
-        .unwrap_or_else(|| panic!("no release in the operator log:\n{}", support::tail(logs, 40)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no release in the operator log:\n{}",
+                support::tail(logs, 40)
+            )
+        });
     let at: jiff::Timestamp = line
         .split_whitespace()
         .next()
@@ -205,7 +219,10 @@ async fn one_workspace_failing_while_coder_answers_retries_on_its_own_backoff() 
     // about +1, +2, +4 and +8 s: at most 6 reads in 15 s.
     assert!((2..=6).contains(&reads), "{reads} reads in {window:?}");
     assert_eq!(probes, 1, "one probe: Coder answered it");
-    assert_eq!(gauge(&metrics, "workspace_start_operator_coder_endpoints_down"), 0);
+    assert_eq!(
+        gauge(&metrics, "workspace_start_operator_coder_endpoints_down"),
+        0
+    );
     let w = env.wsrs().get("broken").await.expect("get");
     assert_eq!(ready(&w).1, "CoderUnavailable");
     sim.clear_faults();

@@ -159,7 +159,9 @@ pub fn call_outcome<T>(result: &Result<T, CoderError>) -> CallOutcome {
         Ok(_) => CallOutcome::Answered,
         Err(e) if e.is_transient() => CallOutcome::Unavailable(e.transient_cause()),
         Err(
-            CoderError::Config(_) | CoderError::InvalidName { .. } | CoderError::TlsUntrusted { .. },
+            CoderError::Config(_)
+            | CoderError::InvalidName { .. }
+            | CoderError::TlsUntrusted { .. },
         ) => CallOutcome::NotSent,
         Err(_) => CallOutcome::Answered,
     }

@@ -204,13 +204,7 @@ impl CoderHealth {
     }
 
     /// `obj`'s call on `endpoint` failed as unavailable with `cause`.
-    fn unavailable(
-        &self,
-        endpoint: &str,
-        obj: &Obj,
-        cause: &str,
-        probe: impl FnOnce() -> Probe,
-    ) {
+    fn unavailable(&self, endpoint: &str, obj: &Obj, cause: &str, probe: impl FnOnce() -> Probe) {
         let mut st = self.lock();
         let st = &mut *st;
         let standing = st
@@ -309,7 +303,10 @@ impl CoderHealth {
                     CallOutcome::Unavailable(_) => "unavailable",
                     _ => "answered",
                 };
-                h.metrics.coder_probes.get_or_create(&ProbeLabels { result }).inc();
+                h.metrics
+                    .coder_probes
+                    .get_or_create(&ProbeLabels { result })
+                    .inc();
                 match outcome {
                     CallOutcome::Unavailable(cause) => h.still_down(&endpoint, id, cause),
                     _ => h.answered(&endpoint),
@@ -433,7 +430,11 @@ mod tests {
         assert_eq!(released.next().await, Some(obj("a")));
         assert_eq!(h.endpoints_down(), 0);
         tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 0, "no probe once Coder answered");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "no probe once Coder answered"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -78,11 +78,7 @@ impl<'a> LiveCoder<'a> {
             wsr,
             oref,
             conn,
-            report: Reporter {
-                health,
-                oref,
-                conn,
-            },
+            report: Reporter { health, oref, conn },
             intervals,
             key: None,
             seen: 0,

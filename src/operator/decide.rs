@@ -438,9 +438,13 @@ fn unavailable(next: Next<'_>, cause: &str) -> Decision {
             format!("Coder stayed unavailable until the request's deadline: last error: {cause}"),
         )
     };
-    retrying(next, Reason::CoderUnavailable, &message, &last, |deadline| {
-        Action::AwaitCoder { deadline }
-    })
+    retrying(
+        next,
+        Reason::CoderUnavailable,
+        &message,
+        &last,
+        |deadline| Action::AwaitCoder { deadline },
+    )
 }
 
 /// Retries, showing `reason` and `message`, until the deadline of the current phase; then

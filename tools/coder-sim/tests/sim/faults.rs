@@ -46,7 +46,10 @@ async fn a_fault_on_every_route_is_a_whole_outage_and_a_routes_own_fault_comes_f
     let path = format!("/api/v2/workspaces/{ws}");
     sim.set_fault(ANY_ROUTE, Fault::Status(503));
     sim.set_fault(GET_WS, Fault::times(1, Fault::Status(500)));
-    assert_eq!(api.get(&path).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        api.get(&path).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
     assert_eq!(api.get(&path).await.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         api.get("/api/v2/buildinfo").await.status,
