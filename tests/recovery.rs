@@ -47,8 +47,8 @@ fn ten_second_build() -> BuildScript {
 /// per request plus one probe per started 5 s of outage; exactly 60 builds; Coder's return
 /// seen within one probe period; and from that release on, the last request Ready within the
 /// build time plus 2 s, so Ready within 5 + 10 + 2 s of Coder's return at worst (the issue's
-/// 15 s holds only when the return falls early in a probe period: see the report in
-/// `docs/operations.md`).
+/// 15 s holds only when the return falls early in a probe period: see
+/// `tools/bench/RESULTS.md`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coder_down_for_40s_while_60_requests_arrive_recovers_together() {
     let mut env = Env::new("recovery").await;
