@@ -23,8 +23,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(5);
 const BUILD: Duration = Duration::from_secs(10);
 /// What the operator may add to a build between a release and the last request's Ready
 /// (60 reads, start records and POSTs paced by start slots and write slots, the agent's
-/// watch event, the final status), on a loaded test machine.
-const OVERHEAD: Duration = Duration::from_secs(2);
+/// watch event, the final status): measured 0.7–1.9 s on a test machine shared with other
+/// builds.
+const OVERHEAD: Duration = Duration::from_secs(3);
 const PROBE_ROUTE: &str = "GET /api/v2/buildinfo";
 const WS_GET: &str = "GET /api/v2/workspaces/{id}";
 
@@ -46,7 +47,7 @@ fn ten_second_build() -> BuildScript {
 /// /api/v2/buildinfo`, every other one is a request's attempt. Bounds: at most one attempt
 /// per request plus one probe per started 5 s of outage; exactly 60 builds; Coder's return
 /// seen within one probe period; and from that release on, the last request Ready within the
-/// build time plus 2 s, so Ready within 5 + 10 + 2 s of Coder's return at worst (the issue's
+/// build time plus 3 s, so Ready within 5 + 10 + 3 s of Coder's return at worst (the issue's
 /// 15 s holds only when the return falls early in a probe period: see
 /// `tools/bench/RESULTS.md`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,6 +215,12 @@ impl CoderHealth {
         let waiting = Standing::Waiting {
             cause: cause.to_owned(),
         };
+        // A request whose connection moved to another endpoint no longer waits on the old one.
+        if let Some(old) = st.requests.get(obj).filter(|r| r.endpoint != endpoint)
+            && let Some(d) = st.down.get_mut(&old.endpoint)
+        {
+            d.waiters.remove(obj);
+        }
         if let Some(d) = st.down.get_mut(endpoint) {
             d.waiters.insert(obj.clone());
             st.requests.insert(obj.clone(), record(endpoint, waiting));
@@ -460,6 +466,26 @@ mod tests {
         down(&h, &obj("other"), &p);
         assert_eq!(h.hold(EP, &obj("broken")).as_deref(), Some(CAUSE));
         assert_eq!(h.wait_of(&obj("broken")), Wait::Signal);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_moved_to_another_endpoint_waits_only_on_that_one() {
+        let metrics = Arc::new(Metrics::new());
+        let h = CoderHealth::new(Arc::clone(&metrics), ProbeSchedule::default());
+        let (calls, up) = (Arc::default(), Arc::default());
+        let p = probe(&calls, &up);
+        down(&h, &obj("a"), &p);
+        let other = CallOutcome::Unavailable(CAUSE.into());
+        h.report("http://other.test", &obj("a"), &other, || Arc::clone(&p));
+        assert_eq!(h.endpoints_down(), 2);
+        assert_eq!(metrics.requests_waiting_on_coder.get(), 1);
+        // The first endpoint has no waiter left: its probe stops there.
+        tokio::time::sleep(FIRST_PROBE + Duration::from_millis(1)).await;
+        assert_eq!(h.endpoints_down(), 1);
+        assert_eq!(
+            h.hold("http://other.test", &obj("a")).as_deref(),
+            Some(CAUSE)
+        );
     }
 
     #[tokio::test(start_paused = true)]
