@@ -660,6 +660,11 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             // A start left undone after two 409 rounds: the controller writes the status and
             // tries again with backoff.
             Action::StartBuild { .. } | Action::Retry => status = d.status.clone(),
+            // Waiting for Coder: the controller looks again no later than the deadline.
+            Action::AwaitCoder { deadline } => {
+                next_in = next_in.min(deadline.as_millis().max(100) as u64);
+                status = d.status.clone();
+            }
             Action::Requeue(r) => {
                 prop_assert!(
                     *r <= POLL.max(Duration::from_millis(100)),

@@ -122,8 +122,15 @@ pub enum Action {
     },
     /// Nothing to do until then (or until an event arrives).
     Requeue(Duration),
-    /// Coder was unavailable: retry with the per-object backoff.
+    /// Something other than Coder failed for now: retry with the per-object backoff.
     Retry,
+    /// Coder was unavailable: wait until its endpoint answers again (the operator's health
+    /// signal, or the request's own backoff when only its path fails), and look again no
+    /// later than `deadline` from now, when the request fails.
+    AwaitCoder {
+        /// Time left until the deadline of the current phase.
+        deadline: Duration,
+    },
     /// The request reached Ready or Failed.
     Finish,
 }
@@ -407,7 +414,7 @@ fn decide_observation(input: &Input<'_>) -> Decision {
         Observation::Retrying { reason, message } => {
             let now = format!("{message}; retrying with backoff");
             let last = format!("{message}, until the request's deadline");
-            retrying(next, *reason, &now, &last)
+            retrying(next, *reason, &now, &last, |_| Action::Retry)
         }
         Observation::Workspace {
             chat_owner,
@@ -417,28 +424,38 @@ fn decide_observation(input: &Input<'_>) -> Decision {
     }
 }
 
-/// Coder is unavailable: retries with backoff until the deadline, then fails. Both messages
-/// name the `cause` (the last error), so a request that times out says why.
+/// Coder is unavailable: waits for Coder until the deadline, then fails. Both messages name
+/// the `cause` (the last error), so a request that times out says why.
 fn unavailable(next: Next<'_>, cause: &str) -> Decision {
-    if cause.is_empty() {
-        return retrying(
-            next,
-            Reason::CoderUnavailable,
-            "Coder is unavailable; retrying with backoff",
-            "Coder stayed unavailable until the request's deadline",
-        );
-    }
+    let (message, last) = if cause.is_empty() {
+        (
+            "Coder is unavailable; retrying with backoff".to_owned(),
+            "Coder stayed unavailable until the request's deadline".to_owned(),
+        )
+    } else {
+        (
+            format!("Coder is unavailable ({cause}); retrying with backoff"),
+            format!("Coder stayed unavailable until the request's deadline: last error: {cause}"),
+        )
+    };
     retrying(
         next,
         Reason::CoderUnavailable,
-        &format!("Coder is unavailable ({cause}); retrying with backoff"),
-        &format!("Coder stayed unavailable until the request's deadline: last error: {cause}"),
+        &message,
+        &last,
+        |deadline| Action::AwaitCoder { deadline },
     )
 }
 
-/// Retries with backoff, showing `reason` and `message`, until the deadline of the current
-/// phase; then fails with `reason` and `last`.
-fn retrying(next: Next<'_>, reason: Reason, message: &str, last: &str) -> Decision {
+/// Retries, showing `reason` and `message`, until the deadline of the current phase; then
+/// fails with `reason` and `last`. `wait` makes the action from the time left until then.
+fn retrying(
+    next: Next<'_>,
+    reason: Reason,
+    message: &str,
+    last: &str,
+    wait: fn(Duration) -> Action,
+) -> Decision {
     let input = next.input;
     let deadline = match input.status.phase {
         Some(Phase::WaitingForAgent) => agent_deadline(&next),
@@ -448,7 +465,8 @@ fn retrying(next: Next<'_>, reason: Reason, message: &str, last: &str) -> Decisi
         return next.fail(reason, last);
     }
     let phase = input.status.phase.unwrap_or(Phase::Pending);
-    next.progressing(phase, reason, message, Action::Retry)
+    let action = wait(until(input.now, deadline));
+    next.progressing(phase, reason, message, action)
 }
 
 /// Records the start build Coder just created (201): Starting, outcome Queued, following it.

@@ -154,6 +154,7 @@ enum Act {
     CheckOwner,
     Requeue,
     Retry,
+    AwaitCoder,
     Finish,
 }
 
@@ -231,6 +232,7 @@ fn act(a: &Action) -> Act {
         Action::CheckOwner { .. } => Act::CheckOwner,
         Action::Requeue(_) => Act::Requeue,
         Action::Retry => Act::Retry,
+        Action::AwaitCoder { .. } => Act::AwaitCoder,
         Action::Finish => Act::Finish,
     }
 }
@@ -361,7 +363,7 @@ fn every_branch() {
             down(),
             Pending,
             Reason::CoderUnavailable.as_str(),
-            Retry,
+            AwaitCoder,
         ),
         case(
             "coder_down_past_deadline",
@@ -377,7 +379,7 @@ fn every_branch() {
             down(),
             WaitingForAgent,
             Reason::CoderUnavailable.as_str(),
-            Retry,
+            AwaitCoder,
         )
         .status(waiting_for_agent(500))
         .at(900),
@@ -473,7 +475,7 @@ fn every_branch() {
             ),
             Pending,
             Reason::CoderUnavailable.as_str(),
-            Retry,
+            AwaitCoder,
         ),
         case(
             "no_owner_check_on_a_later_pass_without_a_start",
@@ -1094,6 +1096,29 @@ fn coder_unavailable_names_the_last_error_while_retrying_and_at_the_deadline() {
         at(601, owner),
         "Coder stayed unavailable until the request's deadline: last error: /api/v2/users/{user}: cannot connect to Coder: connection refused"
     );
+}
+
+#[test]
+fn coder_unavailable_waits_no_later_than_the_deadline() {
+    let at = |status: &WorkspaceStartRequestStatus, now: i64| {
+        decide(&Input {
+            spec: &spec(),
+            generation: Some(1),
+            status,
+            observation: down(),
+            now: t(now),
+            poll: Duration::from_secs(2),
+        })
+        .action
+    };
+    // startTime t(0): the build deadline (600 s) runs out at t(601).
+    let deadline = |secs| Action::AwaitCoder {
+        deadline: Duration::from_secs(secs),
+    };
+    assert_eq!(at(&status_started_at(0), 10), deadline(591));
+    assert_eq!(at(&status_started_at(0), 600), deadline(1));
+    // Waiting for the agent: its own deadline, from the build's success at t(500).
+    assert_eq!(at(&waiting_for_agent(500), 900), deadline(201));
 }
 
 #[test]

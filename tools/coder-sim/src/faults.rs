@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::DurationSpec;
 
+/// The route key of a fault set on every route (a whole-deployment outage); a route's own
+/// fault, when it applies to a request, comes first.
+pub const ANY_ROUTE: &str = "*";
+
 /// A fault injected on one route key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
