@@ -626,6 +626,7 @@ fn input_for<'a>(
         observation,
         now: Timestamp::now(),
         poll,
+        build_timings: None,
     }
 }
 
