@@ -458,7 +458,7 @@ mod tests {
         // it, latest first.
         let mut t = coder_timings(0, 0);
         for p in &mut t.provisioner_timings {
-            p.ended_at = p.ended_at + jiff::SignedDuration::from_secs(5);
+            p.ended_at += jiff::SignedDuration::from_secs(5);
         }
         let got = compute(&s, Some(&build(0)), Some(&t)).expect("t");
         let st = got.provisioner_stages.clone().expect("stages");
