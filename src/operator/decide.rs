@@ -380,7 +380,8 @@ pub fn decide(input: &Input<'_>) -> Decision {
         };
     }
     let mut decision = decide_observation(input);
-    // A request finishing now gets its stage timings, from the build it last saw.
+    // A request finishing now gets its stage timings, from the build it last saw and Coder's
+    // timings of that build when the reconcile pass read them.
     let build = match &input.observation {
         Observation::Workspace { workspace, .. } => Some(&workspace.latest_build),
         Observation::BuildCreated(build) => Some(&**build),
