@@ -55,8 +55,9 @@ async fn private_ca_coder_is_trusted_with_the_given_bundle_and_refused_without_i
     assert_eq!(ready(&w), ("False".into(), "CoderTLSUntrusted".into()));
     assert_eq!(
         message(&w),
-        "the TLS certificate of Coder at 127.0.0.1 is not trusted: it is issued by a CA that is not trusted (unknown issuer); give the CA that issued it (--coder-ca-file / Helm value coder.caBundle, or key ca.crt of the spec.coderRef Secret)"
+        r#"the TLS certificate of Coder at 127.0.0.1 is not trusted: it is issued by "CN=Example Corp Private CA", a CA that is not trusted (unknown issuer); give the CA that issued it (--coder-ca-file / Helm value coder.caBundle, or key ca.crt of the spec.coderRef Secret)"#
     );
+    assert!(message(&w).contains(&ca.ca_name), "the issuer is named");
     let events = env.events("untrusted").await;
     assert!(
         events

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::api::crd::{WorkspaceStartRequest, WorkspaceStartRequestStatus};
 use crate::coder::CoderError;
+use crate::coder::logs::WorkspaceBuildTimings;
 use crate::coder::types::{CreateWorkspaceBuildRequest, Workspace};
 use crate::operator::coder_failure;
 use crate::operator::coder_health::{self, CoderHealth};
@@ -21,6 +22,10 @@ use crate::operator::connect::Connection;
 use crate::operator::decide::{Observation, OwnerState};
 use crate::operator::reconcile::{CoderPort, PostOutcome};
 use crate::operator::streams::{Streams, WorkspaceKey};
+
+/// The longest a finishing request waits for Coder's build timings before it finishes with the
+/// build's own timestamps (the final status is written after this read).
+pub const BUILD_TIMINGS_WAIT: Duration = Duration::from_secs(2);
 
 /// How often to look again without a live stream, and with one (the backstop).
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +194,22 @@ impl CoderPort for LiveCoder<'_> {
                     }
                 }
             },
+        }
+    }
+
+    async fn build_timings(&mut self, build: Uuid) -> Option<WorkspaceBuildTimings> {
+        let read = self.conn.client.get_build_timings(build);
+        match tokio::time::timeout(BUILD_TIMINGS_WAIT, read).await {
+            Ok(Ok(t)) => Some(t),
+            Ok(Err(e)) => {
+                // An older Coder has no such endpoint (404): the build's timestamps serve.
+                tracing::debug!(request = %self.oref, build = %build, error = %e, "no build timings from Coder");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(request = %self.oref, build = %build, wait = ?BUILD_TIMINGS_WAIT, "build timings not read in time");
+                None
+            }
         }
     }
 

@@ -643,6 +643,7 @@ fn input_for<'a>(
         observation,
         now: Timestamp::now(),
         poll,
+        build_timings: None,
     }
 }
 

@@ -16,6 +16,7 @@ use crate::api::crd::{
 };
 use crate::api::duration::parse_duration;
 use crate::api::reason::Reason;
+use crate::coder::logs::WorkspaceBuildTimings;
 use crate::coder::types::{
     Agent, CreateWorkspaceBuildRequest, JobStatus, ParameterValue, Transition, Workspace,
     WorkspaceBuild,
@@ -103,6 +104,10 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// How often to look again while waiting (without an event stream).
     pub poll: Duration,
+    /// Coder's timings of the build the request followed, when the reconcile pass read them
+    /// for a request finishing now ([`timings::timings_wanted`]); they refine
+    /// `status.timings`.
+    pub build_timings: Option<&'a WorkspaceBuildTimings>,
 }
 
 /// The one thing to do next.
@@ -382,13 +387,14 @@ pub fn decide(input: &Input<'_>) -> Decision {
         };
     }
     let mut decision = decide_observation(input);
-    // A request finishing now gets its stage timings, from the build it last saw.
+    // A request finishing now gets its stage timings, from the build it last saw and Coder's
+    // timings of that build when the reconcile pass read them.
     let build = match &input.observation {
         Observation::Workspace { workspace, .. } => Some(&workspace.latest_build),
         Observation::BuildCreated(build) => Some(&**build),
         _ => None,
     };
-    timings::stamp(&mut decision.status, build);
+    timings::stamp(&mut decision.status, build, input.build_timings);
     decision
 }
 

@@ -217,6 +217,7 @@ fn run(c: &Case) -> Decision {
         observation: c.obs.clone(),
         now: t(c.now),
         poll: Duration::from_secs(2),
+        build_timings: None,
     })
 }
 
@@ -977,6 +978,7 @@ fn start_request_carries_parameters_and_active_version() {
         },
         now: t(0),
         poll: Duration::from_secs(2),
+        build_timings: None,
     });
     let Action::StartBuild { workspace, request } = d.action else {
         panic!("want StartBuild, got {:?}", d.action)
@@ -1016,6 +1018,7 @@ fn requeue_never_sleeps_past_the_deadline() {
         observation: seen(build(1, Transition::Start, JobStatus::Running, vec![])),
         now: t(30),
         poll: Duration::from_secs(30),
+        build_timings: None,
     });
     // startTime t(0) stands for an instant in [0 s, 1 s): the 30 s run out at t(31) at the
     // latest, never before.
@@ -1073,6 +1076,7 @@ fn coder_unavailable_names_the_last_error_while_retrying_and_at_the_deadline() {
             observation: obs,
             now: t(now),
             poll: Duration::from_secs(2),
+            build_timings: None,
         })
         .status
         .message
@@ -1108,6 +1112,7 @@ fn coder_unavailable_waits_no_later_than_the_deadline() {
             observation: down(),
             now: t(now),
             poll: Duration::from_secs(2),
+            build_timings: None,
         })
         .action
     };
@@ -1136,6 +1141,7 @@ fn queued_build_is_followed_as_our_own() {
         ))),
         now: t(1),
         poll: Duration::from_secs(2),
+        build_timings: None,
     };
     let d = decide(&input);
     assert_eq!(d.action, Action::Requeue(Duration::from_secs(2)));
