@@ -145,6 +145,19 @@ fn rss(env: &Env) -> u64 {
     env.operator.as_ref().expect("operator").memory_kib().1
 }
 
+/// The operator's resident memory by kind (`RssAnon`, `RssFile`, `RssShmem`, KiB) and its
+/// thread count, from `/proc/<pid>/status`.
+fn rss_parts(env: &Env) -> String {
+    let pid = env.operator.as_ref().and_then(|o| o.pid()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    ["RssAnon:", "RssFile:", "Threads:"]
+        .iter()
+        .filter_map(|f| status.lines().find(|l| l.starts_with(f)))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How many `coderRef` credentials the memory test uses.
 const TOKENS: usize = 300;
 
@@ -201,6 +214,7 @@ async fn memory_of_300_coder_ref_tokens_returns_once_they_are_gone() {
     gone(TOKENS..TOKENS + 1).await;
     tokio::time::sleep(idle * 2).await;
     let baseline = rss(&env);
+    eprintln!("baseline: {}", rss_parts(&env));
 
     for i in 0..TOKENS {
         run(i).await;
@@ -212,6 +226,7 @@ async fn memory_of_300_coder_ref_tokens_returns_once_they_are_gone() {
         assert_eq!(ready(&w), ("True".into(), "Ready".into()), "t{i}");
     }
     let loaded = rss(&env);
+    eprintln!("loaded: {}", rss_parts(&env));
     gone(0..TOKENS).await;
 
     // Within the idle time (plus a sweep), every client is dropped (the operator logs each).
@@ -235,6 +250,7 @@ async fn memory_of_300_coder_ref_tokens_returns_once_they_are_gone() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = rss(&env);
+    eprintln!("after: {}", rss_parts(&env));
     eprintln!(
         "operator RSS with {TOKENS} coderRef tokens: baseline {baseline} KiB, loaded {loaded} KiB (+{} KiB, {} B per token), after all were deleted and their clients dropped {now} KiB ({:+.1}% of the baseline)",
         loaded.saturating_sub(baseline),

@@ -1,10 +1,12 @@
 //! Process plumbing shared by the programs (`run`, `mcp`, `start`): logging setup, the shutdown
-//! signal, the Kubernetes client ([`kube_client`]) and the health and metrics server ([`http`]).
+//! signal, the Kubernetes client ([`kube_client`]), the health and metrics server ([`http`]) and
+//! handing freed memory back to the OS ([`memory`]).
 
 use tracing_subscriber::EnvFilter;
 
 pub mod http;
 pub mod kube_client;
+pub mod memory;
 
 /// Log output format.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

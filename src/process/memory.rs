@@ -1,0 +1,19 @@
+//! Handing freed memory back to the operating system.
+//!
+//! The operator runs on mimalloc (`src/main.rs`), which keeps pages freed by the program for
+//! reuse and returns them to the OS only after a delay, and only when the allocator is called
+//! again. After a burst of per-credential state is dropped (many `coderRef` tokens, their
+//! clients evicted at once) those pages would stay resident while the operator idles: 300
+//! tokens left about 3.6 MiB freed but resident (measured in
+//! `memory_of_300_coder_ref_tokens_returns_once_they_are_gone`, with a byte-counting
+//! allocator). [`release_freed_memory`] returns them at once.
+
+/// Returns the memory the calling thread's heap freed (and abandoned heaps of exited threads)
+/// to the OS now. Costs a walk over the thread's heap pages, so it is meant for after a large
+/// drop, not for every free. Harmless where mimalloc is not the global allocator (its own heap
+/// is then empty).
+pub fn release_freed_memory() {
+    // SAFETY: mi_collect only walks and releases mimalloc's own free pages; it takes no
+    // pointers and is safe to call from any thread at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
