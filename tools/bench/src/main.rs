@@ -232,7 +232,6 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
         let r = noisy::run(&args, &plane, &bin)
             .await
             .context("noisy-neighbour run")?;
-        println!("{}", r.table());
         Some(r.table())
     } else {
         None

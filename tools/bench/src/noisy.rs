@@ -44,6 +44,19 @@ pub struct Noisy {
     pub a_p99_ms: f64,
     /// The operator's flags beyond the defaults.
     pub operator_args: String,
+    /// Where B's lag went, alone and during A's burst (p50s).
+    pub alone_stages: Stages,
+    pub burst_stages: Stages,
+}
+
+/// Where a set of requests' create → Ready lag went, p50 of each part (ms): until the operator
+/// saw the request (create → Ready minus the request's `timings.totalMs`), then `queuedMs` (seen
+/// → start build requested) and `otherMs` (the operator's and API server's latency after it).
+#[derive(Debug, Clone, Copy)]
+pub struct Stages {
+    pub unseen_ms: f64,
+    pub queued_ms: f64,
+    pub other_ms: f64,
 }
 
 /// The `p`-quantile of sorted `lags` (nearest rank), NaN when empty.
@@ -83,6 +96,19 @@ impl Noisy {
         );
         s.push_str(&row("alone", &self.alone));
         s.push_str(&row("during A's burst", &self.with_burst));
+        s.push_str(
+            "\n| B's requests, p50 ms | create → seen by the operator | seen → start build requested (`queuedMs`) | operator + API server after that (`otherMs`) |\n|---|---|---|---|\n",
+        );
+        for (label, st) in [
+            ("alone", self.alone_stages),
+            ("during A's burst", self.burst_stages),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {label} | {:.0} | {:.0} | {:.0} |",
+                st.unseen_ms, st.queued_ms, st.other_ms
+            );
+        }
         let _ = writeln!(
             s,
             "\nB's p99 during A's burst / alone: **{ratio:.2}×** (goal ≤ 2×). A: all {} Ready \
@@ -157,6 +183,38 @@ impl Tenant {
             .try_collect::<Vec<()>>()
             .await?;
         Ok(())
+    }
+
+    /// Where the lag of the requests named `{prefix}-*` went (see [`Stages`]).
+    async fn stages(&self, prefix: &str) -> anyhow::Result<Stages> {
+        let list = self.api.list(&Default::default()).await?;
+        let sent = self.sent.lock().await;
+        let seen = self.watch.seen.lock().expect("lock").ready.clone();
+        let (mut unseen, mut queued, mut other) = (Vec::new(), Vec::new(), Vec::new());
+        for o in &list.items {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            let Some(t) = o.status.as_ref().and_then(|s| s.timings.as_ref()) else {
+                continue;
+            };
+            if !name.starts_with(&format!("{prefix}-")) {
+                continue;
+            }
+            if let (Some(at), Some(ready)) = (sent.get(&name), seen.get(&name)) {
+                let lag = ready.duration_since(*at).as_secs_f64() * 1000.0;
+                unseen.push(lag - t.total_ms as f64);
+            }
+            queued.push(t.queued_ms as f64);
+            other.push(t.other_ms as f64);
+        }
+        let p50 = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            quantile(&v, 0.5)
+        };
+        Ok(Stages {
+            unseen_ms: p50(unseen),
+            queued_ms: p50(queued),
+            other_ms: p50(other),
+        })
     }
 
     /// Create → Ready lags (ms, sorted) of the requests named `{prefix}-*`.
@@ -245,6 +303,7 @@ pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyh
         );
     }
     let alone = b.lags("alone").await;
+    let alone_stages = b.stages("alone").await?;
 
     // A's burst, and B's requests once half of A's are created.
     let a_created_first = n_a / 2;
@@ -264,6 +323,7 @@ pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyh
         );
     }
     let with_burst = b.lags("burst").await;
+    let burst_stages = b.stages("burst").await?;
     if !a.watch.wait_ready(n_a, deadline).await? {
         bail!("A's requests never all Ready; log {}", launch.log.display());
     }
@@ -283,5 +343,7 @@ pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyh
         a_p50_ms: quantile(&a_lags, 0.5),
         a_p99_ms: quantile(&a_lags, 0.99),
         operator_args: args.operator_args.clone(),
+        alone_stages,
+        burst_stages,
     })
 }
