@@ -257,9 +257,14 @@ async fn memory_of_300_coder_ref_tokens_returns_once_they_are_gone() {
         loaded.saturating_sub(baseline) * 1024 / TOKENS as u64,
         (now as f64 - baseline as f64) * 100.0 / baseline as f64
     );
-    // The figure is printed above (the goal, baseline + 10%, is not met: +12..14% alone, +21% on
-    // a loaded CI machine; the clients are gone, the residue is the allocator's and outside the
-    // client cache). This bound only catches the unbounded cache coming back: before it, 300
+    // The figure is printed above. The goal, baseline + 10%, is not met: +12.5..13.3% (once
+    // +17.9%) on a 2-core machine shared with other builds, +16% before the sweep handed freed
+    // pages back (`process::memory`). Where the rest is, measured with a byte-counting
+    // allocator: the live heap goes 0.5 MiB (baseline) → 5–6 MiB (loaded) → 1.2 MiB (after), and
+    // RssFile (code) does not move; so about 0.7 MiB is live (maps keep the room of the burst;
+    // measured before the map of written statuses shrank on forget) and the other 2–3 MiB are
+    // mimalloc pages that still hold a few live blocks each (fragmentation), which no collect
+    // can return. This bound only catches the unbounded cache coming back: before it, 300
     // tokens kept +20.7 MiB (+85%) until restart.
     let limit = baseline + baseline / 2;
     assert!(

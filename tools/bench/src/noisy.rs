@@ -49,9 +49,11 @@ pub struct Noisy {
     pub burst_stages: Stages,
 }
 
-/// Where a set of requests' create → Ready lag went, p50 of each part (ms): until the operator
-/// saw the request (create → Ready minus the request's `timings.totalMs`), then `queuedMs` (seen
-/// → start build requested) and `otherMs` (the operator's and API server's latency after it).
+/// Where a set of requests' create → Ready lag went, p50 of each part (ms): until the request's
+/// `status.startTime`, where its `timings` begin (create → Ready minus `timings.totalMs`; a
+/// request waiting for a start slot waits here), then `queuedMs` (→ start build requested) and
+/// `otherMs` (the operator's and the API server's own latency after that). `startTime` is
+/// written in whole seconds, so the first part can be up to a second low (even negative).
 #[derive(Debug, Clone, Copy)]
 pub struct Stages {
     pub unseen_ms: f64,
@@ -97,7 +99,7 @@ impl Noisy {
         s.push_str(&row("alone", &self.alone));
         s.push_str(&row("during A's burst", &self.with_burst));
         s.push_str(
-            "\n| B's requests, p50 ms | create → seen by the operator | seen → start build requested (`queuedMs`) | operator + API server after that (`otherMs`) |\n|---|---|---|---|\n",
+            "\n| B's requests, p50 ms | create → `startTime` (incl. waiting for a start slot; ±1 s) | `queuedMs` | `otherMs` (operator + API server) |\n|---|---|---|---|\n",
         );
         for (label, st) in [
             ("alone", self.alone_stages),
