@@ -29,23 +29,27 @@ use crate::run::ReadyWatch;
 
 /// What the run measured.
 pub struct Noisy {
-    /// Requests of A and B.
+    /// Requests of A.
     pub n_a: usize,
+    /// Requests of B in each phase.
     pub n_b: usize,
-    /// B's create → Ready lags (ms, sorted), alone and during A's burst.
+    /// B's create → Ready lags (ms, sorted), alone.
     pub alone: Vec<f64>,
+    /// B's create → Ready lags (ms, sorted), during A's burst.
     pub with_burst: Vec<f64>,
     /// A's requests created before B's were.
     pub a_created_first: usize,
     /// From A's first create until all of A's requests were Ready.
     pub a_wall: Duration,
-    /// A's create → Ready lag p50 / p99 (ms).
+    /// A's create → Ready lag p50 (ms).
     pub a_p50_ms: f64,
+    /// A's create → Ready lag p99 (ms).
     pub a_p99_ms: f64,
     /// The operator's flags beyond the defaults.
     pub operator_args: String,
-    /// Where B's lag went, alone and during A's burst (p50s).
+    /// Where B's lag went, alone (p50s).
     pub alone_stages: Stages,
+    /// Where B's lag went during A's burst (p50s).
     pub burst_stages: Stages,
 }
 
@@ -56,8 +60,11 @@ pub struct Noisy {
 /// written in whole seconds, so the first part can be up to a second low (even negative).
 #[derive(Debug, Clone, Copy)]
 pub struct Stages {
+    /// Create → `startTime`.
     pub unseen_ms: f64,
+    /// `timings.queuedMs`.
     pub queued_ms: f64,
+    /// `timings.otherMs`.
     pub other_ms: f64,
 }
 
