@@ -16,6 +16,10 @@
 #   BENCH_MCP_WAITS=200       MCP server: tool calls waiting at once (RSS per waiting call,
 #                             connections to the API server) and a junk-token flood (0 = skip)
 #   BENCH_MCP_ONLY=1          only the MCP run
+#   BENCH_NOISY=1             also the noisy neighbour: namespace A creates BENCH_NOISY_N (1000)
+#                             requests while namespace B creates BENCH_QUIET_N (10); B's create →
+#                             Ready lag p50/p99 with A's burst and alone, and their ratio
+#   BENCH_NOISY_ONLY=1        only the noisy-neighbour run
 #   BENCH_OPERATOR_ARGS=...   extra operator flags, e.g. "--concurrency=32"
 #   BENCH_ARGS=...            extra wso-bench flags, e.g. "--running-ms 2000" (see --help)
 set -euo pipefail

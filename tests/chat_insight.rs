@@ -8,10 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use coder_sim::{AgentSeed, WorkspaceSeed};
+use coder_sim::{AgentSeed, Fault, WorkspaceSeed};
 use serde_json::json;
 use support::{Env, tokens};
-use workspace_start_operator::api::crd::Phase;
+use workspace_start_operator::api::crd::{Phase, StageTimings};
 use workspace_start_operator::api::reason::Reason;
 use workspace_start_operator::client::result::StartResult;
 use workspace_start_operator::coder::external;
@@ -138,6 +138,82 @@ async fn stage_timings_add_up_to_the_time_to_ready() {
         metrics.contains("workspace_start_operator_stage_seconds_count{stage=\"running\"} 1"),
         "{metrics}"
     );
+    // Coder served its build timings: read once, Terraform's stages break down the running
+    // job and fit in it.
+    let p = t
+        .provisioner_stages
+        .clone()
+        .expect("Coder's Terraform stages");
+    let within = [p.init_ms, p.plan_ms, p.graph_ms, p.apply_ms];
+    assert!(within.iter().all(Option::is_some), "{p:?}");
+    let running = t.running_ms.expect("running");
+    assert!(within.iter().flatten().sum::<i64>() <= running, "{t:?}");
+    assert!(rt.provisioner_stages.is_some(), "{rt:?}");
+    assert_eq!(timings_reads(&env), 1);
+}
+
+/// How many times the operator read a build's timings from Coder.
+fn timings_reads(env: &Env) -> u64 {
+    env.sim
+        .sim()
+        .counters()
+        .get("GET /api/v2/workspacebuilds/{id}/timings")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The figures of `t` that add up to its total, each checked to be within it.
+fn assert_adds_up(t: &StageTimings) {
+    let stages = [
+        Some(t.queued_ms),
+        t.pending_ms,
+        t.running_ms,
+        t.agent_connecting_ms,
+        t.agent_starting_ms,
+        Some(t.other_ms),
+    ];
+    assert!(stages.iter().all(Option::is_some), "{t:?}");
+    assert!(
+        stages
+            .iter()
+            .flatten()
+            .all(|v| (0..=t.total_ms).contains(v)),
+        "{t:?}"
+    );
+    assert_eq!(stages.iter().flatten().sum::<i64>(), t.total_ms, "{t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_timings_come_from_the_build_when_coder_serves_no_timings() {
+    let mut env = Env::new("timings-404").await;
+    env.start_operator(&[]).await;
+    let sim = env.sim.sim();
+    sim.set_clock_offset(jiff::SignedDuration::from_hours(-1));
+    // An older Coder without the endpoint.
+    sim.set_fault(
+        "GET /api/v2/workspacebuilds/{id}/timings",
+        Fault::Status(404),
+    );
+    let old = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "old"));
+    env.create_for_workspace("old-coder", old).await;
+    let w = env.wait_terminal("old-coder", T).await;
+    let st = w.status.clone().expect("status");
+    assert_eq!(st.phase, Some(Phase::Ready), "{st:?}");
+    let t = st.timings.clone().expect("timings");
+    assert_adds_up(&t);
+    assert_eq!(t.provisioner_stages, None, "{t:?}");
+    assert_eq!(timings_reads(&env), 1);
+    // A Coder that never answers the read: the request still finishes, after the bound.
+    sim.set_fault("GET /api/v2/workspacebuilds/{id}/timings", Fault::Hang);
+    let slow = sim.add_workspace(WorkspaceSeed::new(env.alice.id, "slow"));
+    env.create_for_workspace("hung-timings", slow).await;
+    let w = env.wait_terminal("hung-timings", T).await;
+    let st = w.status.clone().expect("status");
+    assert_eq!(st.phase, Some(Phase::Ready), "{st:?}");
+    let t = st.timings.clone().expect("timings");
+    assert_adds_up(&t);
+    assert_eq!(t.provisioner_stages, None, "{t:?}");
+    sim.clear_faults();
 }
 
 /// A ServiceAccount bound to the chart's ClusterRole `role` in the test namespace, and a token

@@ -55,8 +55,9 @@ async fn private_ca_coder_is_trusted_with_the_given_bundle_and_refused_without_i
     assert_eq!(ready(&w), ("False".into(), "CoderTLSUntrusted".into()));
     assert_eq!(
         message(&w),
-        "the TLS certificate of Coder at 127.0.0.1 is not trusted: it is issued by a CA that is not trusted (unknown issuer); give the CA that issued it (--coder-ca-file / Helm value coder.caBundle, or key ca.crt of the spec.coderRef Secret)"
+        r#"the TLS certificate of Coder at 127.0.0.1 is not trusted: it is issued by "CN=Example Corp Private CA", a CA that is not trusted (unknown issuer); give the CA that issued it (--coder-ca-file / Helm value coder.caBundle, or key ca.crt of the spec.coderRef Secret)"#
     );
+    assert!(message(&w).contains(&ca.ca_name), "the issuer is named");
     let events = env.events("untrusted").await;
     assert!(
         events
@@ -145,6 +146,19 @@ fn rss(env: &Env) -> u64 {
     env.operator.as_ref().expect("operator").memory_kib().1
 }
 
+/// The operator's resident memory by kind (`RssAnon`, `RssFile`, `RssShmem`, KiB) and its
+/// thread count, from `/proc/<pid>/status`.
+fn rss_parts(env: &Env) -> String {
+    let pid = env.operator.as_ref().and_then(|o| o.pid()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    ["RssAnon:", "RssFile:", "Threads:"]
+        .iter()
+        .filter_map(|f| status.lines().find(|l| l.starts_with(f)))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How many `coderRef` credentials the memory test uses.
 const TOKENS: usize = 300;
 
@@ -201,6 +215,7 @@ async fn memory_of_300_coder_ref_tokens_returns_once_they_are_gone() {
     gone(TOKENS..TOKENS + 1).await;
     tokio::time::sleep(idle * 2).await;
     let baseline = rss(&env);
+    eprintln!("baseline: {}", rss_parts(&env));
 
     for i in 0..TOKENS {
         run(i).await;
@@ -212,6 +227,7 @@ async fn memory_of_300_coder_ref_tokens_returns_once_they_are_gone() {
         assert_eq!(ready(&w), ("True".into(), "Ready".into()), "t{i}");
     }
     let loaded = rss(&env);
+    eprintln!("loaded: {}", rss_parts(&env));
     gone(0..TOKENS).await;
 
     // Within the idle time (plus a sweep), every client is dropped (the operator logs each).
@@ -235,15 +251,21 @@ async fn memory_of_300_coder_ref_tokens_returns_once_they_are_gone() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = rss(&env);
+    eprintln!("after: {}", rss_parts(&env));
     eprintln!(
         "operator RSS with {TOKENS} coderRef tokens: baseline {baseline} KiB, loaded {loaded} KiB (+{} KiB, {} B per token), after all were deleted and their clients dropped {now} KiB ({:+.1}% of the baseline)",
         loaded.saturating_sub(baseline),
         loaded.saturating_sub(baseline) * 1024 / TOKENS as u64,
         (now as f64 - baseline as f64) * 100.0 / baseline as f64
     );
-    // The figure is printed above (the goal, baseline + 10%, is not met: +12..14% alone, +21% on
-    // a loaded CI machine; the clients are gone, the residue is the allocator's and outside the
-    // client cache). This bound only catches the unbounded cache coming back: before it, 300
+    // The figure is printed above. The goal, baseline + 10%, is not met: +12.5..13.3% (once
+    // +17.9%) on a 2-core machine shared with other builds, +16% before the sweep handed freed
+    // pages back (`process::memory`). Where the rest is, measured with a byte-counting
+    // allocator: the live heap goes 0.5 MiB (baseline) → 5–6 MiB (loaded) → 1.2 MiB (after), and
+    // RssFile (code) does not move; so about 0.7 MiB is live (maps keep the room of the burst;
+    // measured before the map of written statuses shrank on forget) and the other 2–3 MiB are
+    // mimalloc pages that still hold a few live blocks each (fragmentation), which no collect
+    // can return. This bound only catches the unbounded cache coming back: before it, 300
     // tokens kept +20.7 MiB (+85%) until restart.
     let limit = baseline + baseline / 2;
     assert!(

@@ -242,8 +242,14 @@ fn the_operator_parses_build_logs_and_timings() {
     assert_eq!(logs[2].log_level, "error");
     let t: WorkspaceBuildTimings = parse("build-timings.json");
     assert_eq!(t.provisioner_timings[0].stage, "init");
+    assert_eq!(t.provisioner_timings[0].resource, "coder_stage_init");
     assert_eq!(t.agent_connection_timings[0].stage, "connect");
-    assert_eq!(t.agent_script_timings[0].workspace_agent_name, "main");
+    // Go's zero time for an agent that never connected.
+    let never = &t.agent_connection_timings[1];
+    assert!(never.ended_at < never.started_at, "{never:?}");
+    let script = &t.agent_script_timings[0];
+    assert_eq!(script.workspace_agent_name, "main");
+    assert_eq!((script.status.as_str(), script.exit_code), ("ok", 0));
 }
 
 #[tokio::test]

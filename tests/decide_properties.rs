@@ -8,7 +8,10 @@
 //!     provably did not land;
 //! (b) the request ends Ready or Failed no later than its deadline from `spec.timeouts` plus one
 //!     step (every pass at or after the deadline is terminal);
-//! (c) once terminal, the status never changes.
+//! (c) once terminal, the status never changes;
+//! (d) a finished request's stage timings add up to its total, none negative or beyond it,
+//!     with Coder's build timings (on a clock hours off) or without them (an older Coder's
+//!     404), read at most once.
 //!
 //! A second property feeds `decide`, the duration parser and the TTL arithmetic any spec the
 //! CRD schema admits, any status and any Coder answer, at any time, and asserts none panics.
@@ -25,6 +28,7 @@ use workspace_start_operator::api::crd::{
     WorkspaceStartRequestStatus,
 };
 use workspace_start_operator::api::duration::parse_duration;
+use workspace_start_operator::coder::logs::WorkspaceBuildTimings;
 use workspace_start_operator::coder::types::{
     Agent, CreateWorkspaceBuildRequest, JobStatus, ProvisionerJob, Resource, Transition, Workspace,
     WorkspaceBuild,
@@ -150,6 +154,56 @@ impl SimBuild {
     }
 }
 
+impl SimBuild {
+    /// Coder's timings of this build as served at `now`, on a clock `skew` ms off: Terraform's
+    /// four stages over the running job once it ended, and the agent's connection and startup
+    /// script once they happened.
+    fn timings(&self, now: i64, skew: i64, t0: Timestamp) -> WorkspaceBuildTimings {
+        let at = |ms: i64| ts(t0, ms + skew).to_string();
+        let started = self.created + self.script.pending;
+        let ended = started + self.script.running;
+        let mut provisioner = Vec::new();
+        if now >= ended {
+            let quarter = self.script.running / 4;
+            for (i, stage) in ["init", "plan", "graph", "apply"].iter().enumerate() {
+                let from = started + quarter * i as i64;
+                let to = if i == 3 { ended } else { from + quarter };
+                provisioner.push(serde_json::json!({
+                    "job_id": Uuid::from_u128(0xf000 + self.number as u128),
+                    "started_at": at(from), "ended_at": at(to), "stage": stage,
+                    "source": "coder", "action": "terraform",
+                    "resource": format!("coder_stage_{stage}"),
+                }));
+            }
+        }
+        let agent = Uuid::from_u128(0xa000 + self.number as u128).to_string();
+        let (mut scripts, mut connections) = (Vec::new(), Vec::new());
+        if let Some((connect, ready, _)) = self.script.agent.filter(|_| now >= ended) {
+            let connected = ended + connect;
+            let never = "0001-01-01T00:00:00Z".to_owned();
+            connections.push(serde_json::json!({
+                "started_at": at(ended),
+                "ended_at": if now >= connected { at(connected) } else { never },
+                "stage": "connect", "workspace_agent_id": agent, "workspace_agent_name": "main",
+            }));
+            if now >= connected + ready {
+                scripts.push(serde_json::json!({
+                    "started_at": at(connected), "ended_at": at(connected + ready),
+                    "exit_code": 0, "stage": "start", "status": "ok",
+                    "display_name": "Startup Script", "workspace_agent_id": agent,
+                    "workspace_agent_name": "main",
+                }));
+            }
+        }
+        serde_json::from_value(serde_json::json!({
+            "provisioner_timings": provisioner,
+            "agent_script_timings": scripts,
+            "agent_connection_timings": connections,
+        }))
+        .expect("timings")
+    }
+}
+
 /// What happens to one start build POST.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Post {
@@ -188,6 +242,9 @@ enum Initial {
 struct Case {
     build_timeout_s: u64,
     agent_timeout_s: u64,
+    /// Coder's build timings endpoint: its clock's offset from the cluster's (ms), or `None`
+    /// for an older Coder that answers 404.
+    coder_timings: Option<i64>,
     initial: Initial,
     scripts: Vec<Script>,
     steps: Vec<Step>,
@@ -257,10 +314,12 @@ fn case() -> impl Strategy<Value = Case> {
         initial(),
         prop::collection::vec(script(), 4),
         prop::collection::vec(step(), 1..120),
+        prop_oneof![1 => Just(None), 3 => (-7_200_000i64..7_200_000).prop_map(Some)],
     )
-        .prop_map(|(b, a, initial, scripts, steps)| Case {
+        .prop_map(|(b, a, initial, scripts, steps, coder_timings)| Case {
             build_timeout_s: b,
             agent_timeout_s: a,
+            coder_timings,
             initial,
             scripts,
             steps,
@@ -421,7 +480,7 @@ fn ts(t0: Timestamp, ms: i64) -> Timestamp {
 }
 
 /// Totals over all generated cases, printed once.
-static STATS: std::sync::Mutex<[u64; 6]> = std::sync::Mutex::new([0; 6]);
+static STATS: std::sync::Mutex<[u64; 7]> = std::sync::Mutex::new([0; 7]);
 
 /// The simulated Coder a pass talks to during one step: the world's history, this step's
 /// availability and the fate of a POST. Broken promises are collected in `violations`.
@@ -435,6 +494,10 @@ struct SimCoder<'a> {
     first_landed_post: &'a mut Option<i64>,
     posts: u64,
     lost_posts: u64,
+    /// Reads of Coder's build timings in this pass.
+    timings_reads: u64,
+    /// The case's timings endpoint ([`Case::coder_timings`]).
+    coder_timings: Option<i64>,
     violations: Vec<String>,
 }
 
@@ -516,6 +579,24 @@ impl CoderPort for SimCoder<'_> {
         }
     }
 
+    async fn build_timings(&mut self, build: Uuid) -> Option<WorkspaceBuildTimings> {
+        self.timings_reads += 1;
+        let skew = self.coder_timings?;
+        let b = self
+            .world
+            .builds
+            .iter()
+            .find(|b| Uuid::from_u128(0xb000 + b.number as u128) == build);
+        match b {
+            Some(b) => Some(b.timings(self.now, skew, self.t0)),
+            None => {
+                self.violations
+                    .push(format!("timings read for unknown build {build}"));
+                None
+            }
+        }
+    }
+
     fn poll(&self) -> Duration {
         POLL
     }
@@ -566,6 +647,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         (case.build_timeout_s + case.agent_timeout_s) as i64 * 1000 + 2 * MAX_STEP_MS as i64;
     let mut posts = 0u64;
     let mut lost_posts = 0u64;
+    let mut timings_reads = 0u64;
     let mut unavailable = 0u64;
     let mut first_landed_post: Option<i64> = None;
     let mut terminal_at = None;
@@ -591,6 +673,8 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             first_landed_post: &mut first_landed_post,
             posts: 0,
             lost_posts: 0,
+            timings_reads: 0,
+            coder_timings: case.coder_timings,
             violations: Vec::new(),
         };
         let end = futures::executor::block_on(reconcile::pass(
@@ -602,11 +686,13 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         let SimCoder {
             posts: p,
             lost_posts: l,
+            timings_reads: r,
             violations,
             ..
         } = coder;
         posts += p;
         lost_posts += l;
+        timings_reads += r;
         prop_assert!(violations.is_empty(), "{}", violations.join("; "));
         let d = match end {
             Ok(PassEnd::Decided(d)) => *d,
@@ -660,6 +746,11 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
             // A start left undone after two 409 rounds: the controller writes the status and
             // tries again with backoff.
             Action::StartBuild { .. } | Action::Retry => status = d.status.clone(),
+            // Waiting for Coder: the controller looks again no later than the deadline.
+            Action::AwaitCoder { deadline } => {
+                next_in = next_in.min(deadline.as_millis().max(100) as u64);
+                status = d.status.clone();
+            }
             Action::Requeue(r) => {
                 prop_assert!(
                     *r <= POLL.max(Duration::from_millis(100)),
@@ -700,6 +791,37 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         let b = world.latest();
         prop_assert_eq!(b.transition, Transition::Start);
     }
+    // (d) timings add up, read from Coder at most once.
+    prop_assert!(timings_reads <= 1, "{} timings reads", timings_reads);
+    let Some(t) = status.timings.clone() else {
+        return Err(TestCaseError::fail("a finished request without timings"));
+    };
+    let stages = [
+        Some(t.queued_ms),
+        t.pending_ms,
+        t.running_ms,
+        t.agent_connecting_ms,
+        t.agent_starting_ms,
+        Some(t.other_ms),
+    ];
+    prop_assert!(
+        stages
+            .iter()
+            .flatten()
+            .all(|v| (0..=t.total_ms).contains(v)),
+        "{:?}",
+        t
+    );
+    prop_assert_eq!(stages.iter().flatten().sum::<i64>(), t.total_ms, "{:?}", t);
+    if let Some(p) = &t.provisioner_stages {
+        let within = [p.init_ms, p.plan_ms, p.graph_ms, p.apply_ms];
+        prop_assert!(within.iter().flatten().all(|v| *v >= 0), "{:?}", t);
+        prop_assert!(
+            within.iter().flatten().sum::<i64>() <= t.running_ms.unwrap_or(0),
+            "{:?}",
+            t
+        );
+    }
     let mut s = STATS.lock().unwrap_or_else(|p| p.into_inner());
     s[0] += 1;
     s[1] += posts;
@@ -707,6 +829,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     s[3] += unavailable;
     s[4] += u64::from(status.phase == Some(Phase::Ready));
     s[5] += world.operator_builds.saturating_sub(1) as u64;
+    s[6] += u64::from(t.provisioner_stages.is_some());
     Ok(())
 }
 
@@ -725,8 +848,8 @@ fn any_coder_history_ends_once_without_double_builds() {
     }
     let s = *STATS.lock().unwrap_or_else(|p| p.into_inner());
     eprintln!(
-        "decide properties: {} histories, {} start POSTs ({} with lost result), {} unavailable reads, {} Ready, {} duplicate builds",
-        s[0], s[1], s[2], s[3], s[4], s[5]
+        "decide properties: {} histories, {} start POSTs ({} with lost result), {} unavailable reads, {} Ready, {} duplicate builds, {} with Coder's Terraform stages",
+        s[0], s[1], s[2], s[3], s[4], s[5], s[6]
     );
 }
 
@@ -931,6 +1054,7 @@ proptest! {
             observation,
             now,
             poll: Duration::from_millis(poll_ms),
+            build_timings: None,
         };
         let _ = decide(&input);
         if let Some(ttl) = spec.ttl_seconds_after_finished {

@@ -127,11 +127,12 @@ impl Normalizer {
             .and_then(Value::as_object_mut)
         {
             for (key, value) in t.iter_mut() {
-                *value = if key == "took" {
-                    Value::String("0.0s".into())
-                } else {
-                    Value::from(0)
-                };
+                match value {
+                    // provisionerStages: keep which stages are present.
+                    Value::Object(stages) => stages.values_mut().for_each(|v| *v = 0.into()),
+                    _ if key == "took" => *value = Value::String("0.0s".into()),
+                    _ => *value = Value::from(0),
+                }
             }
         }
         v

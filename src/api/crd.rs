@@ -298,11 +298,17 @@ pub struct StageTimings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 2_592_000_000_i64))]
     pub agent_connecting_ms: Option<i64>,
-    /// The agent's startup scripts, from connecting to ready.
+    /// The agent's startup scripts: their span as the agent timed them (Coder's build timings),
+    /// or from the agent connecting to reporting ready when Coder does not serve them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 2_592_000_000_i64))]
     pub agent_starting_ms: Option<i64>,
-    /// The rest: the operator's and the API server's own latency.
+    /// Coder's Terraform stages within `runningMs`, from Coder's build timings (absent when
+    /// Coder does not serve them, e.g. an older Coder, or did not answer in time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioner_stages: Option<ProvisionerStages>,
+    /// The rest: the operator's and the API server's own latency, and the agent's own work
+    /// around its startup scripts.
     #[schemars(range(min = 0, max = 2_592_000_000_i64))]
     pub other_ms: i64,
     /// From the operator first seeing the request to Ready or Failed.
@@ -312,6 +318,30 @@ pub struct StageTimings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub took: Option<String>,
+}
+
+/// Coder's Terraform stages of the followed build, in milliseconds, each measured on the
+/// provisioner's clock and clamped into `runningMs` (latest stage first), so they never add up
+/// to more than it. A stage Coder did not time is absent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisionerStages {
+    /// `terraform init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub init_ms: Option<i64>,
+    /// `terraform plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub plan_ms: Option<i64>,
+    /// Building Terraform's dependency graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub graph_ms: Option<i64>,
+    /// `terraform apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2_592_000_000_i64))]
+    pub apply_ms: Option<i64>,
 }
 
 /// Request phase.

@@ -134,21 +134,51 @@ pub struct ResultTimings {
     /// The agent's startup scripts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_starting_seconds: Option<f64>,
+    /// Coder's Terraform stages within `running_seconds`, when Coder served its build timings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioner_stages: Option<ResultProvisionerStages>,
     /// Everything else (operator and API server latency).
     pub other_seconds: f64,
     /// From the operator seeing the request to Ready or Failed.
     pub total_seconds: f64,
 }
 
+/// Coder's Terraform stages in seconds (the request's `status.timings.provisionerStages`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ResultProvisionerStages {
+    /// `terraform init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_seconds: Option<f64>,
+    /// `terraform plan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_seconds: Option<f64>,
+    /// Building Terraform's dependency graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_seconds: Option<f64>,
+    /// `terraform apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply_seconds: Option<f64>,
+}
+
 impl ResultTimings {
     fn of(t: &crate::api::crd::StageTimings) -> ResultTimings {
         let s = |ms: i64| ms as f64 / 1000.0;
+        let provisioner_stages = t
+            .provisioner_stages
+            .as_ref()
+            .map(|p| ResultProvisionerStages {
+                init_seconds: p.init_ms.map(s),
+                plan_seconds: p.plan_ms.map(s),
+                graph_seconds: p.graph_ms.map(s),
+                apply_seconds: p.apply_ms.map(s),
+            });
         ResultTimings {
             queued_seconds: s(t.queued_ms),
             pending_seconds: t.pending_ms.map(s),
             running_seconds: t.running_ms.map(s),
             agent_connecting_seconds: t.agent_connecting_ms.map(s),
             agent_starting_seconds: t.agent_starting_ms.map(s),
+            provisioner_stages,
             other_seconds: s(t.other_ms),
             total_seconds: s(t.total_ms),
         }

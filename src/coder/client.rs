@@ -851,7 +851,7 @@ mod tls_tests {
                 assert_eq!(host, "127.0.0.1");
                 assert_eq!(
                     reason,
-                    "it is issued by a CA that is not trusted (unknown issuer)"
+                    r#"it is issued by "CN=Example Corp Private CA", a CA that is not trusted (unknown issuer)"#
                 );
             }
             other => panic!("want TlsUntrusted: {other:?}"),

@@ -32,46 +32,93 @@ pub struct ProvisionerJobLog {
     pub output: String,
 }
 
-/// One Terraform stage or resource timing (`codersdk.ProvisionerTiming`).
+/// One Terraform stage or resource timing (`codersdk.ProvisionerTiming`), on the provisioner's
+/// clock. Coder writes one per resource action within a stage, and (newer Coder) one per whole
+/// stage, whose resource is [`STAGE_RESOURCE_PREFIX`] and the stage.
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct ProvisionerTiming {
-    /// Start (Coder's clock).
+    /// Start.
     pub started_at: Timestamp,
-    /// End (Coder's clock).
+    /// End.
     pub ended_at: Timestamp,
     /// `init`, `plan`, `graph` or `apply`.
     #[serde(default)]
     pub stage: String,
+    /// The Terraform provider, or `terraform`/`coder`.
+    #[serde(default)]
+    pub source: String,
+    /// E.g. `create`, `read`, `terraform`.
+    #[serde(default)]
+    pub action: String,
+    /// The resource, e.g. `docker_container.workspace`, or `coder_stage_plan` for a whole stage.
+    #[serde(default)]
+    pub resource: String,
 }
 
-/// A startup script's or a connection's timing (`codersdk.AgentScriptTiming`,
-/// `codersdk.AgentConnectionTiming`).
+/// The `resource` of a whole-stage provisioner timing (`coder_stage_` + stage; Coder's
+/// `provisioner/terraform/timings.go`).
+pub const STAGE_RESOURCE_PREFIX: &str = "coder_stage_";
+
+/// One agent script run (`codersdk.AgentScriptTiming`), on the agent's clock.
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
-pub struct AgentTiming {
-    /// Start (Coder's clock).
+pub struct AgentScriptTiming {
+    /// Start.
     pub started_at: Timestamp,
-    /// End (Coder's clock).
+    /// End.
     pub ended_at: Timestamp,
-    /// `start`, `stop`, `cron` or `connect`.
+    /// The script's exit code.
+    #[serde(default)]
+    pub exit_code: i32,
+    /// `start` (startup scripts), `stop` or `cron`.
     #[serde(default)]
     pub stage: String,
-    /// The agent.
+    /// `ok`, `exit_failure`, `timed_out` or `pipes_left_open`.
+    #[serde(default)]
+    pub status: String,
+    /// The script's name in the template.
+    #[serde(default)]
+    pub display_name: String,
+    /// The agent's id.
+    #[serde(default)]
+    pub workspace_agent_id: String,
+    /// The agent's name.
     #[serde(default)]
     pub workspace_agent_name: String,
 }
 
-/// `codersdk.WorkspaceBuildTimings`.
+/// An agent connecting (`codersdk.AgentConnectionTiming`, stage `connect`), on coderd's clock:
+/// from the agent's creation to its first connection. Coder lists agents that never connected
+/// too, with Go's zero time (`0001-01-01T00:00:00Z`) as the end.
+#[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct AgentConnectionTiming {
+    /// Start (the agent's creation).
+    pub started_at: Timestamp,
+    /// End (its first connection), or Go's zero time.
+    pub ended_at: Timestamp,
+    /// `connect`.
+    #[serde(default)]
+    pub stage: String,
+    /// The agent's id.
+    #[serde(default)]
+    pub workspace_agent_id: String,
+    /// The agent's name.
+    #[serde(default)]
+    pub workspace_agent_name: String,
+}
+
+/// `codersdk.WorkspaceBuildTimings` (`GET /api/v2/workspacebuilds/{id}/timings`; an older
+/// Coder without the endpoint answers 404).
 #[derive(Deserialize, Serialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct WorkspaceBuildTimings {
-    /// Terraform stages.
+    /// Terraform stages and resource actions.
     #[serde(default)]
     pub provisioner_timings: Vec<ProvisionerTiming>,
-    /// Startup scripts.
+    /// Agent scripts.
     #[serde(default)]
-    pub agent_script_timings: Vec<AgentTiming>,
+    pub agent_script_timings: Vec<AgentScriptTiming>,
     /// Agent connections.
     #[serde(default)]
-    pub agent_connection_timings: Vec<AgentTiming>,
+    pub agent_connection_timings: Vec<AgentConnectionTiming>,
 }
 
 /// One log line as relayed (Coder's chat tool's keys).

@@ -8,14 +8,25 @@
 //!
 //! A certificate that does not verify is Coder's final answer for that URL, not an outage:
 //! [`untrusted_certificate`] finds rustls's reason in a failed request, and the client turns
-//! it into `CoderError::TlsUntrusted` (reason `CoderTLSUntrusted`).
+//! it into `CoderError::TlsUntrusted` (reason `CoderTLSUntrusted`). Verification is webpki's
+//! (rustls's own verifier, to which [`IssuerNaming`] delegates everything); when it fails for an
+//! issuer that is not trusted, the error names that issuer (the certificate's issuer
+//! distinguished name, at most [`MAX_ISSUER_TEXT`] characters), so an administrator knows which
+//! CA to give.
 
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::CertificateDer;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::{CertificateError, ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    RootCertStore, SignatureScheme,
+};
+
+/// The longest issuer name put in an error (longer ones are cut, with `…`).
+pub const MAX_ISSUER_TEXT: usize = 200;
 
 /// The largest CA bundle accepted (a file or a Secret key); Debian's whole bundle is ~220 KiB.
 pub const MAX_CA_BUNDLE_BYTES: usize = 1 << 20;
@@ -108,7 +119,8 @@ impl Trust {
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| CaError::Verifier(e.to_string()))?
-            .with_webpki_verifier(verifier)
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(IssuerNaming { webpki: verifier }))
             .with_no_client_auth();
         Ok(Trust {
             roots,
@@ -116,6 +128,95 @@ impl Trust {
             origin: origin.into(),
         })
     }
+}
+
+/// rustls's webpki verifier, unchanged, except that an "unknown issuer" refusal carries the
+/// refused certificate's issuer ([`UntrustedIssuer`]).
+#[derive(Debug)]
+struct IssuerNaming {
+    webpki: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for IssuerNaming {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        match verified {
+            Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+                let Some(issuer) = issuer_of(end_entity) else {
+                    return Err(CertificateError::UnknownIssuer.into());
+                };
+                let named = OtherError(Arc::new(UntrustedIssuer { issuer }));
+                Err(CertificateError::Other(named).into())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.webpki.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        self.webpki.root_hint_subjects()
+    }
+}
+
+/// A server certificate refused because no trusted CA issued it, naming its issuer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("it is issued by {issuer:?}, a CA that is not trusted (unknown issuer)")]
+pub struct UntrustedIssuer {
+    /// The certificate's issuer distinguished name (e.g. `CN=Example CA, O=Example`), at most
+    /// [`MAX_ISSUER_TEXT`] characters. Printed quoted and escaped: the server chose it.
+    pub issuer: String,
+}
+
+/// The issuer distinguished name of the DER certificate `cert`, cut to [`MAX_ISSUER_TEXT`]
+/// characters. `None` when it cannot be parsed or is empty.
+fn issuer_of(cert: &[u8]) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let issuer = parsed.issuer().to_string();
+    if issuer.is_empty() {
+        return None;
+    }
+    Some(match issuer.char_indices().nth(MAX_ISSUER_TEXT) {
+        Some((cut, _)) => format!("{}…", &issuer[..cut]),
+        None => issuer,
+    })
 }
 
 /// The platform store, or Mozilla's roots when it has nothing (a bare image).
@@ -182,6 +283,12 @@ pub fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> Option<St
 
 fn certificate_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     match err.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(other))) => {
+            match other.downcast_ref::<UntrustedIssuer>() {
+                Some(named) => Some(named.to_string()),
+                None => Some(other.to_string()),
+            }
+        }
         rustls::Error::InvalidCertificate(c) => Some(describe(c)),
         _ => None,
     }
@@ -241,5 +348,58 @@ mod tests {
         let with = base.with_pem(ca.pem().as_bytes()).expect("usable CA");
         assert_eq!(with.len(), base.len() + 1);
         assert!(with.origin().ends_with("+ given CA"));
+    }
+
+    /// A CA named by `dn` (type, value pairs) and a certificate for `127.0.0.1` it issued (DER).
+    fn issued_by(dn: &[(rcgen::DnType, String)]) -> CertificateDer<'static> {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in dn {
+            ca.distinguished_name.push(t.clone(), v.as_str());
+        }
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .and_then(|p| p.signed_by(&key, &issuer))
+            .expect("leaf")
+            .der()
+            .clone()
+    }
+
+    #[test]
+    fn an_untrusted_certificate_names_its_issuer_bounded_and_escaped() {
+        let roots = Arc::new(RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+        let webpki = WebPkiServerVerifier::builder_with_provider(
+            roots,
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        let verifier = IssuerNaming { webpki };
+        let verify = |cert: &CertificateDer<'_>| {
+            let name = ServerName::try_from("127.0.0.1").expect("name");
+            let err = verifier
+                .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+                .expect_err("untrusted");
+            untrusted_certificate(&err).expect("a certificate error")
+        };
+        let cert = issued_by(&[
+            (rcgen::DnType::CommonName, "Test CA".into()),
+            (rcgen::DnType::OrganizationName, "Example \"Corp\"".into()),
+        ]);
+        assert_eq!(
+            verify(&cert),
+            r#"it is issued by "CN=Test CA, O=Example \"Corp\"", a CA that is not trusted (unknown issuer)"#
+        );
+        // A server may name its CA at any length, in any characters: cut and escaped.
+        let long = format!("Evil\nCA {}", "é".repeat(400));
+        let reason = verify(&issued_by(&[(rcgen::DnType::CommonName, long)]));
+        let kept = format!("CN=Evil\\nCA {}…\"", "é".repeat(MAX_ISSUER_TEXT - 11));
+        assert!(reason.contains(&kept), "{reason}");
+        assert!(!reason.contains('\n'), "{reason}");
     }
 }

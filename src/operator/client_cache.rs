@@ -2,16 +2,20 @@
 //! requests of one credential share its rate limit, connection pool and what it knows about
 //! users. Bounded: at most [`CacheLimits::max_clients`] entries, and an entry no request used
 //! for [`CacheLimits::idle`] is dropped, so the memory of a `coderRef` token comes back once
-//! its requests and Secret are gone. A request still holding an evicted client keeps it until
-//! it finishes; its next reconcile gets a new one.
+//! its requests and Secret are gone (the sweep also hands the freed pages back to the OS). A
+//! request still holding an evicted client keeps it until it finishes; its next reconcile gets
+//! a new one.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
 
 use crate::coder::credentials::SessionToken;
 use crate::coder::{CaError, ClientOptions, CoderClient, CoderError, Trust};
+use crate::process::memory;
 
 /// Default [`CacheLimits::max_clients`].
 pub const DEFAULT_MAX_CLIENTS: u64 = 1024;
@@ -74,6 +78,25 @@ pub struct ClientCache {
     _sweeper: Option<Sweeper>,
 }
 
+/// Every `every`, drops the clients due; a tick after some were dropped (`dropped` counts them),
+/// when the connections they held have closed too, hands the memory they freed back to the OS
+/// (mimalloc keeps it otherwise; see [`memory`]).
+async fn sweep(clients: Cache<Credential, Entry>, dropped: Arc<AtomicU64>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut seen, mut release_due) = (0, false);
+    loop {
+        tick.tick().await;
+        clients.run_pending_tasks();
+        if release_due {
+            memory::release_freed_memory();
+        }
+        let now = dropped.load(Ordering::Relaxed);
+        release_due = now != seen;
+        seen = now;
+    }
+}
+
 /// Aborts the expiry task when the cache is dropped.
 struct Sweeper(tokio::task::JoinHandle<()>);
 
@@ -87,25 +110,20 @@ impl ClientCache {
     /// An empty cache of clients made with `opts`. Within a tokio runtime it starts the task
     /// that drops idle clients even while no request comes (else they go on the next use).
     pub fn new(opts: ClientOptions, limits: CacheLimits) -> ClientCache {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&dropped);
         let clients: Cache<Credential, Entry> = Cache::builder()
             .max_capacity(limits.max_clients)
             .time_to_idle(limits.idle)
-            .eviction_listener(|_, entry: Entry, cause| {
+            .eviction_listener(move |_, entry: Entry, cause| {
+                counted.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(connection = %entry.key, ?cause, "dropped a Coder client");
             })
             .build();
         let sweeper = tokio::runtime::Handle::try_current().ok().map(|rt| {
-            let clients = clients.clone();
             let every =
                 (limits.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-            Sweeper(rt.spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    clients.run_pending_tasks();
-                }
-            }))
+            Sweeper(rt.spawn(sweep(clients.clone(), dropped, every)))
         });
         ClientCache {
             clients,

@@ -13,8 +13,9 @@ use crate::operator::decide::{Observation, OwnerState};
 /// What a failed Coder call means for the request that made it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    /// Coder is down, slow or overloaded (5xx, 429, timeouts, resets): retry with backoff
-    /// until the request's deadline (reason `CoderUnavailable`).
+    /// Coder is down, slow or overloaded (5xx, 429, timeouts, resets): wait for Coder to
+    /// answer again (see [`crate::operator::coder_health`]) until the request's deadline
+    /// (reason `CoderUnavailable`).
     Retry,
     /// Coder's answer is final: fail the request at once.
     Fail {
@@ -136,6 +137,33 @@ fn of_start_build(e: &CoderError) -> Disposition {
             ),
         ),
         other => of_read(other),
+    }
+}
+
+/// What one Coder call says about its endpoint, for the health signal
+/// ([`crate::operator::coder_health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// Coder answered (a success, or an answer that is not an outage such as 404 or 401).
+    Answered,
+    /// Coder is down, slow or overloaded: the cause, as [`CoderError::transient_cause`].
+    Unavailable(String),
+    /// Nothing reached Coder, or the answer says nothing of its health (a name refused
+    /// before sending, a configuration or TLS trust error).
+    NotSent,
+}
+
+/// What `result` of one Coder call says about its endpoint.
+pub fn call_outcome<T>(result: &Result<T, CoderError>) -> CallOutcome {
+    match result {
+        Ok(_) => CallOutcome::Answered,
+        Err(e) if e.is_transient() => CallOutcome::Unavailable(e.transient_cause()),
+        Err(
+            CoderError::Config(_)
+            | CoderError::InvalidName { .. }
+            | CoderError::TlsUntrusted { .. },
+        ) => CallOutcome::NotSent,
+        Err(_) => CallOutcome::Answered,
     }
 }
 

@@ -14,12 +14,18 @@ use uuid::Uuid;
 
 use crate::api::crd::{WorkspaceStartRequest, WorkspaceStartRequestStatus};
 use crate::coder::CoderError;
+use crate::coder::logs::WorkspaceBuildTimings;
 use crate::coder::types::{CreateWorkspaceBuildRequest, Workspace};
 use crate::operator::coder_failure;
+use crate::operator::coder_health::{self, CoderHealth};
 use crate::operator::connect::Connection;
 use crate::operator::decide::{Observation, OwnerState};
 use crate::operator::reconcile::{CoderPort, PostOutcome};
 use crate::operator::streams::{Streams, WorkspaceKey};
+
+/// The longest a finishing request waits for Coder's build timings before it finishes with the
+/// build's own timestamps (the final status is written after this read).
+pub const BUILD_TIMINGS_WAIT: Duration = Duration::from_secs(2);
 
 /// How often to look again without a live stream, and with one (the backstop).
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +43,7 @@ pub struct LiveCoder<'a> {
     wsr: &'a WorkspaceStartRequest,
     oref: &'a ObjectRef<WorkspaceStartRequest>,
     conn: &'a Connection,
+    report: Reporter<'a>,
     intervals: PollIntervals,
     key: Option<WorkspaceKey>,
     seen: u64,
@@ -48,9 +55,11 @@ pub struct LiveCoder<'a> {
 }
 
 impl<'a> LiveCoder<'a> {
-    /// A pass over `conn` for `wsr`, holding the lock of the workspace its status names.
+    /// A pass over `conn` for `wsr`, holding the lock of the workspace its status names. How
+    /// each Coder call went is reported to `health`.
     pub async fn new(
         streams: &'a Streams,
+        health: &'a CoderHealth,
         wsr: &'a WorkspaceStartRequest,
         oref: &'a ObjectRef<WorkspaceStartRequest>,
         conn: &'a Connection,
@@ -74,6 +83,7 @@ impl<'a> LiveCoder<'a> {
             wsr,
             oref,
             conn,
+            report: Reporter { health, oref, conn },
             intervals,
             key: None,
             seen: 0,
@@ -112,7 +122,15 @@ impl<'a> LiveCoder<'a> {
 
 impl CoderPort for LiveCoder<'_> {
     async fn observe(&mut self, status: &WorkspaceStartRequestStatus, fresh: bool) -> Observation {
-        let (obs, key, seen) = read(self.streams, self.conn, self.wsr, status, !fresh).await;
+        let (obs, key, seen) = read(
+            self.streams,
+            self.conn,
+            &self.report,
+            self.wsr,
+            status,
+            !fresh,
+        )
+        .await;
         self.key = key;
         self.seen = seen;
         // First pass: the workspace was unknown until now. Take its lock and re-read the shared
@@ -133,6 +151,7 @@ impl CoderPort for LiveCoder<'_> {
 
     async fn owner_state(&mut self, owner: Uuid) -> Result<OwnerState, Observation> {
         let account = self.conn.client.owner_account(owner).await;
+        self.report.note(&account);
         coder_failure::owner_state(owner, account)
     }
 
@@ -146,7 +165,9 @@ impl CoderPort for LiveCoder<'_> {
             workspace,
         });
         tracing::info!(request = %self.oref, workspace = %workspace, "requesting start build");
-        match self.conn.client.create_build(workspace, request).await {
+        let created = self.conn.client.create_build(workspace, request).await;
+        self.report.note(&created);
+        match created {
             Ok(build) => {
                 if let Some(seq) = self.streams.store_build(&ws_key, &build) {
                     self.seen = seq;
@@ -176,6 +197,22 @@ impl CoderPort for LiveCoder<'_> {
         }
     }
 
+    async fn build_timings(&mut self, build: Uuid) -> Option<WorkspaceBuildTimings> {
+        let read = self.conn.client.get_build_timings(build);
+        match tokio::time::timeout(BUILD_TIMINGS_WAIT, read).await {
+            Ok(Ok(t)) => Some(t),
+            Ok(Err(e)) => {
+                // An older Coder has no such endpoint (404): the build's timestamps serve.
+                tracing::debug!(request = %self.oref, build = %build, error = %e, "no build timings from Coder");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(request = %self.oref, build = %build, wait = ?BUILD_TIMINGS_WAIT, "build timings not read in time");
+                None
+            }
+        }
+    }
+
     fn poll(&self) -> Duration {
         match &self.key {
             Some(k) if self.streams.is_live(k) => self.intervals.backstop,
@@ -185,6 +222,25 @@ impl CoderPort for LiveCoder<'_> {
 
     fn now(&self) -> Timestamp {
         Timestamp::now()
+    }
+}
+
+/// Tells the endpoint's health signal how each Coder call of one pass went.
+struct Reporter<'a> {
+    health: &'a CoderHealth,
+    oref: &'a ObjectRef<WorkspaceStartRequest>,
+    conn: &'a Connection,
+}
+
+impl Reporter<'_> {
+    fn note<T>(&self, result: &Result<T, CoderError>) {
+        let client = &self.conn.client;
+        self.health.report(
+            client.base_url(),
+            self.oref,
+            &coder_failure::call_outcome(result),
+            || coder_health::buildinfo_probe(client.clone()),
+        );
     }
 }
 
@@ -200,6 +256,7 @@ enum WorkspaceRef {
 async fn read(
     streams: &Streams,
     conn: &Connection,
+    report: &Reporter<'_>,
     wsr: &WorkspaceStartRequest,
     status: &WorkspaceStartRequestStatus,
     use_cache: bool,
@@ -215,7 +272,9 @@ async fn read(
         let Ok(chat_id) = Uuid::parse_str(chat) else {
             return (Observation::ChatNotFound, None, 0);
         };
-        match conn.client.get_chat(chat_id).await {
+        let chat = conn.client.get_chat(chat_id).await;
+        report.note(&chat);
+        match chat {
             Ok(c) => {
                 chat_owner = Some(c.owner_id);
                 match c.workspace_id {
@@ -270,6 +329,7 @@ async fn read(
                     conn.client.get_workspace_by_name(owner, name).await
                 }
             };
+            report.note(&fetched);
             fetched.map(|ws| {
                 let seq = streams.store(&key_for(ws.id), &ws);
                 (ws, seq)

@@ -20,6 +20,7 @@ use crate::api::conditions;
 use crate::api::crd::{FIELD_MANAGER, Phase, WorkspaceStartRequest, WorkspaceStartRequestStatus};
 use crate::api::reason::Reason;
 use crate::api::shard::Shard;
+use crate::operator::coder_health::{CoderHealth, ProbeSchedule, Wait};
 use crate::operator::coder_port::{LiveCoder, PollIntervals};
 use crate::operator::connect::{Connection, Connections, ResolveError};
 use crate::operator::decide::{self, Action, Decision, Input, Observation};
@@ -42,6 +43,10 @@ const PROGRESS_SLOT_WAIT: Duration = Duration::from_millis(25);
 
 /// The longest a finished request with a TTL waits before its expiry is checked again.
 const TTL_RECHECK: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest a request waiting for Coder to answer again goes without a look (it is
+/// triggered when Coder answers; while Coder stays down such a look makes no Coder call).
+const AWAIT_CODER_RECHECK: Duration = Duration::from_secs(60);
 
 /// How often unused workspace entries are dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -135,6 +140,8 @@ pub struct Context {
     held: Mutex<Vec<reflector::Store<WorkspaceStartRequest>>>,
     /// Which Coder users, parameters and shards each namespace may use.
     pub tenancy: Tenancy,
+    /// Whether each Coder endpoint answers, and the requests waiting for it to.
+    pub coder_health: Arc<CoderHealth>,
 }
 
 impl Context {
@@ -162,6 +169,7 @@ impl Context {
             Arc::clone(&write_slots),
             settings.shard.clone(),
         );
+        let coder_health = CoderHealth::new(Arc::clone(&metrics), ProbeSchedule::default());
         Arc::new(Context {
             kube,
             connections,
@@ -178,6 +186,7 @@ impl Context {
             held: Mutex::new(Vec::new()),
             settings,
             tenancy,
+            coder_health,
         })
     }
 
@@ -195,9 +204,10 @@ impl Context {
     }
 
     /// Forgets everything kept for a deleted request (status memory, watch subscription,
-    /// backoff, phase gauge).
+    /// backoff, phase gauge, wait for Coder).
     fn forget_request(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
         self.first_status.cancel(obj);
+        self.coder_health.forget(obj);
         self.starts.forget(obj);
         self.status.forget(obj);
         self.streams.detach(obj);
@@ -475,9 +485,16 @@ async fn reconcile_inner(
         Ok(conn) => conn,
         Err(done) => return done,
     };
+    // Coder is down and this request had its attempt: wait for it, without calling it.
+    if let Some(cause) = ctx.coder_health.hold(conn.client.base_url(), oref) {
+        let obs = Observation::CoderUnavailable { cause };
+        let d = decide::decide(&input_for(wsr, &prev, obs, ctx.settings.poll));
+        return conclude(wsr, ctx, &api, oref, &prev, d, None, None).await;
+    }
 
     let coder = LiveCoder::new(
         &ctx.streams,
+        &ctx.coder_health,
         wsr,
         oref,
         &conn,
@@ -626,6 +643,7 @@ fn input_for<'a>(
         observation,
         now: Timestamp::now(),
         poll,
+        build_timings: None,
     }
 }
 
@@ -686,6 +704,9 @@ async fn conclude(
     }
     drop(permit);
     ctx.track_phase(oref, decision.status.phase);
+    if !matches!(decision.action, Action::AwaitCoder { .. }) {
+        ctx.coder_health.forget(oref);
+    }
     match decision.action {
         Action::Finish => {
             ctx.streams.detach(oref);
@@ -715,6 +736,16 @@ async fn conclude(
             Ok(KubeAction::requeue(defer.map_or(d, |w| w.min(d))))
         }
         Action::Retry => Ok(KubeAction::requeue(ctx.backoff(oref, None))),
+        // Triggered when Coder answers again; its own backoff when only its path fails.
+        Action::AwaitCoder { deadline } => {
+            let wait = match ctx.coder_health.wait_of(oref) {
+                Wait::Signal => AWAIT_CODER_RECHECK,
+                Wait::Backoff => ctx.backoff(oref, None),
+            };
+            Ok(KubeAction::requeue(
+                wait.min(deadline).max(Duration::from_millis(100)),
+            ))
+        }
         // A start decided outside the POST loop (second 409 round): try again shortly.
         Action::StartBuild { .. } | Action::CheckOwner { .. } => {
             Ok(KubeAction::requeue(ctx.backoff(oref, None)))
@@ -847,7 +878,10 @@ pub async fn run(
                 move |o| futures::future::ready(!ctx.status.is_echo(o))
             });
         let scope_ns = scope.clone();
-        let triggers = futures::stream::select(ctx.streams.subscribe(), ctx.starts.subscribe());
+        let triggers = futures::stream::select(
+            futures::stream::select(ctx.streams.subscribe(), ctx.starts.subscribe()),
+            ctx.coder_health.subscribe(),
+        );
         let triggers = triggers.filter(move |o| {
             let keep = scope_ns.is_none() || o.namespace.as_deref() == scope_ns.as_deref();
             futures::future::ready(keep)

@@ -16,6 +16,7 @@ use crate::api::crd::{
 };
 use crate::api::duration::parse_duration;
 use crate::api::reason::Reason;
+use crate::coder::logs::WorkspaceBuildTimings;
 use crate::coder::types::{
     Agent, CreateWorkspaceBuildRequest, JobStatus, ParameterValue, Transition, Workspace,
     WorkspaceBuild,
@@ -103,6 +104,10 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// How often to look again while waiting (without an event stream).
     pub poll: Duration,
+    /// Coder's timings of the build the request followed, when the reconcile pass read them
+    /// for a request finishing now ([`timings::timings_wanted`]); they refine
+    /// `status.timings`.
+    pub build_timings: Option<&'a WorkspaceBuildTimings>,
 }
 
 /// The one thing to do next.
@@ -122,8 +127,15 @@ pub enum Action {
     },
     /// Nothing to do until then (or until an event arrives).
     Requeue(Duration),
-    /// Coder was unavailable: retry with the per-object backoff.
+    /// Something other than Coder failed for now: retry with the per-object backoff.
     Retry,
+    /// Coder was unavailable: wait until its endpoint answers again (the operator's health
+    /// signal, or the request's own backoff when only its path fails), and look again no
+    /// later than `deadline` from now, when the request fails.
+    AwaitCoder {
+        /// Time left until the deadline of the current phase.
+        deadline: Duration,
+    },
     /// The request reached Ready or Failed.
     Finish,
 }
@@ -375,13 +387,14 @@ pub fn decide(input: &Input<'_>) -> Decision {
         };
     }
     let mut decision = decide_observation(input);
-    // A request finishing now gets its stage timings, from the build it last saw.
+    // A request finishing now gets its stage timings, from the build it last saw and Coder's
+    // timings of that build when the reconcile pass read them.
     let build = match &input.observation {
         Observation::Workspace { workspace, .. } => Some(&workspace.latest_build),
         Observation::BuildCreated(build) => Some(&**build),
         _ => None,
     };
-    timings::stamp(&mut decision.status, build);
+    timings::stamp(&mut decision.status, build, input.build_timings);
     decision
 }
 
@@ -407,7 +420,7 @@ fn decide_observation(input: &Input<'_>) -> Decision {
         Observation::Retrying { reason, message } => {
             let now = format!("{message}; retrying with backoff");
             let last = format!("{message}, until the request's deadline");
-            retrying(next, *reason, &now, &last)
+            retrying(next, *reason, &now, &last, |_| Action::Retry)
         }
         Observation::Workspace {
             chat_owner,
@@ -417,28 +430,38 @@ fn decide_observation(input: &Input<'_>) -> Decision {
     }
 }
 
-/// Coder is unavailable: retries with backoff until the deadline, then fails. Both messages
-/// name the `cause` (the last error), so a request that times out says why.
+/// Coder is unavailable: waits for Coder until the deadline, then fails. Both messages name
+/// the `cause` (the last error), so a request that times out says why.
 fn unavailable(next: Next<'_>, cause: &str) -> Decision {
-    if cause.is_empty() {
-        return retrying(
-            next,
-            Reason::CoderUnavailable,
-            "Coder is unavailable; retrying with backoff",
-            "Coder stayed unavailable until the request's deadline",
-        );
-    }
+    let (message, last) = if cause.is_empty() {
+        (
+            "Coder is unavailable; retrying with backoff".to_owned(),
+            "Coder stayed unavailable until the request's deadline".to_owned(),
+        )
+    } else {
+        (
+            format!("Coder is unavailable ({cause}); retrying with backoff"),
+            format!("Coder stayed unavailable until the request's deadline: last error: {cause}"),
+        )
+    };
     retrying(
         next,
         Reason::CoderUnavailable,
-        &format!("Coder is unavailable ({cause}); retrying with backoff"),
-        &format!("Coder stayed unavailable until the request's deadline: last error: {cause}"),
+        &message,
+        &last,
+        |deadline| Action::AwaitCoder { deadline },
     )
 }
 
-/// Retries with backoff, showing `reason` and `message`, until the deadline of the current
-/// phase; then fails with `reason` and `last`.
-fn retrying(next: Next<'_>, reason: Reason, message: &str, last: &str) -> Decision {
+/// Retries, showing `reason` and `message`, until the deadline of the current phase; then
+/// fails with `reason` and `last`. `wait` makes the action from the time left until then.
+fn retrying(
+    next: Next<'_>,
+    reason: Reason,
+    message: &str,
+    last: &str,
+    wait: fn(Duration) -> Action,
+) -> Decision {
     let input = next.input;
     let deadline = match input.status.phase {
         Some(Phase::WaitingForAgent) => agent_deadline(&next),
@@ -448,7 +471,8 @@ fn retrying(next: Next<'_>, reason: Reason, message: &str, last: &str) -> Decisi
         return next.fail(reason, last);
     }
     let phase = input.status.phase.unwrap_or(Phase::Pending);
-    next.progressing(phase, reason, message, Action::Retry)
+    let action = wait(until(input.now, deadline));
+    next.progressing(phase, reason, message, action)
 }
 
 /// Records the start build Coder just created (201): Starting, outcome Queued, following it.

@@ -64,6 +64,13 @@ pub struct StageLabels {
     pub stage: &'static str,
 }
 
+/// `{result}` of a Coder probe.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// `answered` (the endpoint is back) or `unavailable`.
+    pub result: &'static str,
+}
+
 /// All metrics of the operator.
 pub struct Metrics {
     registry: Registry,
@@ -108,6 +115,14 @@ pub struct Metrics {
     /// The build logs port's `workspace_start_operator_logs_auth_failures_total{reason}`,
     /// `…_token_reviews_total{result}`, `…_limited_total{limit}` and `…_connections`.
     pub logs_port: Arc<ListenerMetrics>,
+    /// `workspace_start_operator_coder_endpoints_down`: Coder endpoints (base URLs) found
+    /// unavailable that requests wait on (see [`crate::operator::coder_health`]).
+    pub coder_endpoints_down: Gauge,
+    /// `workspace_start_operator_requests_waiting_on_coder`: requests waiting for their Coder
+    /// endpoint to answer again.
+    pub requests_waiting_on_coder: Gauge,
+    /// `workspace_start_operator_coder_probes_total{result}`: probes of down Coder endpoints.
+    pub coder_probes: Family<ProbeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -165,6 +180,9 @@ impl Metrics {
         let progress_writes_postponed = Counter::default();
         let waiting_to_start = Gauge::default();
         let reconcile_panics = Counter::default();
+        let coder_endpoints_down = Gauge::default();
+        let requests_waiting_on_coder = Gauge::default();
+        let coder_probes = Family::<ProbeLabels, Counter>::default();
         registry.register(
             "controller_runtime_reconcile",
             "Total number of reconciliations per controller",
@@ -250,6 +268,21 @@ impl Metrics {
             "Reconciles that panicked; the request ended Failed with reason InternalError",
             reconcile_panics.clone(),
         );
+        registry.register(
+            "workspace_start_operator_coder_endpoints_down",
+            "Coder endpoints (base URLs) found unavailable that requests wait on",
+            coder_endpoints_down.clone(),
+        );
+        registry.register(
+            "workspace_start_operator_requests_waiting_on_coder",
+            "Requests waiting for their Coder endpoint to answer again",
+            requests_waiting_on_coder.clone(),
+        );
+        registry.register(
+            "workspace_start_operator_coder_probes",
+            "Probes of unavailable Coder endpoints (GET /api/v2/buildinfo), by result",
+            coder_probes.clone(),
+        );
         // Export every series at zero from the start, as controller-runtime does, so rates and
         // alerts (e.g. on reconcile errors) have a baseline instead of a missing series.
         let c = ControllerLabels {
@@ -264,6 +297,9 @@ impl Metrics {
         let _ = reconcile_errors.get_or_create(&c);
         let _ = reconcile_time.get_or_create(&c);
         let _ = active_workers.get_or_create(&c);
+        for result in ["answered", "unavailable"] {
+            let _ = coder_probes.get_or_create(&ProbeLabels { result });
+        }
         for phase in Phase::ALL.map(Phase::as_str) {
             let _ = requests_by_phase.get_or_create(&PhaseLabels { phase });
         }
@@ -292,6 +328,9 @@ impl Metrics {
             progress_writes_postponed,
             waiting_to_start,
             reconcile_panics,
+            coder_endpoints_down,
+            requests_waiting_on_coder,
+            coder_probes,
         }
     }
 

@@ -8,6 +8,8 @@
 //!   bounded cache of their clients.
 //! - [`tenancy`]: which Coder users, parameters and shards a namespace's requests may use.
 //! - [`streams`]: shared Coder watch streams and the per-workspace read cache.
+//! - [`coder_health`]: one health signal per Coder endpoint; requests wait on it while Coder
+//!   is down and are released together when it answers again.
 //! - [`start_queue`]: how many requests not yet started are reconciled at once.
 //! - [`status`], [`events`], [`first_status`], [`write_slots`]: what is written to the API
 //!   server, and in which order under load.
@@ -17,6 +19,7 @@
 
 pub mod client_cache;
 pub mod coder_failure;
+pub mod coder_health;
 pub mod coder_port;
 pub mod connect;
 pub mod controller;

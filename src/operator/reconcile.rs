@@ -1,6 +1,7 @@
 //! One reconcile pass of a request in flight, the protocol around [`decide`]: observe Coder,
 //! decide, check the chat owner when `decide` asks, write the start record, request the start
-//! build, and decide once more on what Coder answered.
+//! build, decide once more on what Coder answered, and, for a request finishing after a build it
+//! followed, read Coder's timings of that build for its stage timings.
 //!
 //! The pass owns the protocol and nothing else: it reaches Coder and the API server only through
 //! the two small traits it declares, [`CoderPort`] and [`StartRecord`]. The controller drives it
@@ -17,8 +18,10 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use crate::api::crd::{WorkspaceStartRequestSpec, WorkspaceStartRequestStatus};
+use crate::coder::logs::WorkspaceBuildTimings;
 use crate::coder::types::{CreateWorkspaceBuildRequest, WorkspaceBuild};
 use crate::operator::decide::{self, Action, Decision, Input, Observation, OwnerState};
+use crate::operator::timings;
 
 /// How many start build POSTs one pass makes at most: the first, and one more after a 409 whose
 /// re-read found no active build to join.
@@ -68,6 +71,13 @@ pub trait CoderPort {
         workspace: Uuid,
         request: &CreateWorkspaceBuildRequest,
     ) -> impl Future<Output = PostOutcome>;
+
+    /// Coder's timings of `build`, read once when a request that followed it finishes. `None`
+    /// when Coder does not serve them (an older Coder answers 404), fails, or does not answer
+    /// within a short bound: the request finishes all the same, its figures from the build's
+    /// timestamps alone.
+    fn build_timings(&mut self, build: Uuid)
+    -> impl Future<Output = Option<WorkspaceBuildTimings>>;
 
     /// How long to wait before looking again while waiting (the backstop while a Coder stream
     /// delivers events for the workspace, the poll interval otherwise).
@@ -158,12 +168,9 @@ pub async fn pass<C: CoderPort, R: StartRecord>(
                 continue;
             }
         };
-        return Ok(PassEnd::Decided(Box::new(decide_once(
-            request,
-            &decision.status,
-            obs,
-            coder,
-        ))));
+        return Ok(PassEnd::Decided(Box::new(
+            decide_once(request, &decision.status, obs, coder).await,
+        )));
     }
     Ok(PassEnd::Decided(Box::new(decision)))
 }
@@ -176,7 +183,7 @@ async fn decide_checking_owner<C: CoderPort>(
     obs: Observation,
     coder: &mut C,
 ) -> Decision {
-    let d = decide_once(request, status, obs.clone(), coder);
+    let d = decide_once(request, status, obs.clone(), coder).await;
     let Action::CheckOwner { owner } = d.action else {
         return d;
     };
@@ -196,22 +203,36 @@ async fn decide_checking_owner<C: CoderPort>(
         (_, Err(failed)) => failed,
         (obs, Ok(_)) => obs,
     };
-    decide_once(request, status, obs, coder)
+    decide_once(request, status, obs, coder).await
 }
 
-/// One call of [`decide::decide`] at the port's time and poll interval.
-fn decide_once<C: CoderPort>(
+/// One call of [`decide::decide`] at the port's time and poll interval. When it finishes a
+/// request that followed a build, reads Coder's timings of that build and decides once more
+/// with them (same input otherwise), so `status.timings` uses them.
+async fn decide_once<C: CoderPort>(
     request: Request<'_>,
     status: &WorkspaceStartRequestStatus,
     observation: Observation,
-    coder: &C,
+    coder: &mut C,
 ) -> Decision {
-    decide::decide(&Input {
+    let input = Input {
         spec: request.spec,
         generation: request.generation,
         status,
         observation,
         now: coder.now(),
         poll: coder.poll(),
+        build_timings: None,
+    };
+    let decision = decide::decide(&input);
+    let Some(build) = timings::timings_wanted(status, &decision.status) else {
+        return decision;
+    };
+    let Some(served) = coder.build_timings(build).await else {
+        return decision;
+    };
+    decide::decide(&Input {
+        build_timings: Some(&served),
+        ..input
     })
 }

@@ -1,9 +1,16 @@
 //! Admission of requests not yet started (reading Coder and requesting the build).
 //!
 //! At most `limit` start reconciles run at once. The others are not parked as waiting
-//! reconciles (thousands of those cost megabytes): the request's reference joins a FIFO queue and
+//! reconciles (thousands of those cost megabytes): the request's reference joins a queue and
 //! the reconcile ends; when a slot frees up, the next request in the queue is triggered again
 //! (`reconcile_on`) with the slot reserved for it.
+//!
+//! The queue is fair across namespaces: each namespace with waiting requests has its own FIFO,
+//! and free slots go round-robin over those namespaces (in the order they started waiting), so
+//! a namespace that queued a thousand requests delays another namespace's single request by at
+//! most one slot turn per waiting namespace, not by its whole burst. Within a namespace the
+//! order is arrival order. A namespace's FIFO and turn exist only while it has waiters, so the
+//! memory is bounded by the waiting requests. All namespaces have the same weight.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,11 +27,83 @@ type Obj = ObjectRef<WorkspaceStartRequest>;
 /// A reserved slot nobody claimed within this time (the request vanished) is reclaimed.
 const INVITE_EXPIRY: Duration = Duration::from_secs(60);
 
+/// The waiting requests: one FIFO per namespace, served round-robin.
+#[derive(Default)]
+struct Lanes {
+    /// Per namespace with waiters, its requests in arrival order (never empty).
+    lanes: HashMap<String, VecDeque<Obj>>,
+    /// The namespaces with waiters, next turn first.
+    turns: VecDeque<String>,
+    /// Every waiting request (to queue each once).
+    queued: HashSet<Obj>,
+}
+
+fn namespace(obj: &Obj) -> String {
+    obj.namespace.clone().unwrap_or_default()
+}
+
+impl Lanes {
+    /// Appends `obj` to its namespace's FIFO unless it waits already; a namespace that had no
+    /// waiters takes the last turn.
+    fn push(&mut self, obj: &Obj) {
+        if !self.queued.insert(obj.clone()) {
+            return;
+        }
+        let ns = namespace(obj);
+        let lane = self.lanes.entry(ns.clone()).or_default();
+        if lane.is_empty() {
+            self.turns.push_back(ns);
+        }
+        lane.push_back(obj.clone());
+    }
+
+    /// The front request of the namespace whose turn it is; that namespace moves to the last
+    /// turn if it still has waiters.
+    fn pop(&mut self) -> Option<Obj> {
+        while let Some(ns) = self.turns.pop_front() {
+            let Some(lane) = self.lanes.get_mut(&ns) else {
+                continue;
+            };
+            let Some(next) = lane.pop_front() else {
+                self.lanes.remove(&ns);
+                continue;
+            };
+            if lane.is_empty() {
+                self.lanes.remove(&ns);
+            } else {
+                self.turns.push_back(ns);
+            }
+            self.queued.remove(&next);
+            return Some(next);
+        }
+        None
+    }
+
+    /// Takes `obj` out of the queue, if it waits there.
+    fn remove(&mut self, obj: &Obj) {
+        if !self.queued.remove(obj) {
+            return;
+        }
+        let ns = namespace(obj);
+        let Some(lane) = self.lanes.get_mut(&ns) else {
+            return;
+        };
+        lane.retain(|o| o != obj);
+        if lane.is_empty() {
+            self.lanes.remove(&ns);
+            self.turns.retain(|n| *n != ns);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.queued.len()
+    }
+}
+
 #[derive(Default)]
 struct State {
     running: usize,
-    waiting: VecDeque<Obj>,
-    queued: HashSet<Obj>,
+    waiting: Lanes,
     /// Requests triggered with a slot reserved for them, and since when.
     invited: HashMap<Obj, Instant>,
 }
@@ -73,9 +152,7 @@ impl StartQueue {
     pub fn try_start(self: &Arc<Self>, obj: &Obj) -> Option<StartPermit> {
         let mut st = self.lock();
         let admitted = st.invited.remove(obj).is_some() || {
-            if st.queued.insert(obj.clone()) {
-                st.waiting.push_back(obj.clone());
-            }
+            st.waiting.push(obj);
             self.admit_waiting(&mut st, Some(obj))
         };
         admitted.then(|| StartPermit {
@@ -87,9 +164,7 @@ impl StartQueue {
     /// reserved for it.
     pub fn forget(&self, obj: &Obj) {
         let mut st = self.lock();
-        if st.queued.remove(obj) {
-            st.waiting.retain(|o| o != obj);
-        }
+        st.waiting.remove(obj);
         if st.invited.remove(obj).is_some() {
             st.running = st.running.saturating_sub(1);
             self.admit_waiting(&mut st, None);
@@ -101,8 +176,8 @@ impl StartQueue {
         self.lock().waiting.len()
     }
 
-    /// Fills free slots from the front of the queue: `caller` is admitted directly (returns
-    /// true), every other request gets a reserved slot and a trigger.
+    /// Fills free slots round-robin over the waiting namespaces: `caller` is admitted directly
+    /// (returns true), every other request gets a reserved slot and a trigger.
     fn admit_waiting(&self, st: &mut State, caller: Option<&Obj>) -> bool {
         let now = Instant::now();
         let expired: Vec<Obj> = st
@@ -118,10 +193,9 @@ impl StartQueue {
         let mut admitted = false;
         let mut wake = Vec::new();
         while st.running < self.limit {
-            let Some(next) = st.waiting.pop_front() else {
+            let Some(next) = st.waiting.pop() else {
                 break;
             };
-            st.queued.remove(&next);
             st.running += 1;
             if Some(&next) == caller {
                 admitted = true;
@@ -144,6 +218,141 @@ mod tests {
 
     fn obj(name: &str) -> Obj {
         ObjectRef::new(name).within("ns")
+    }
+
+    /// `a-3` is request `a-3` in namespace `a`.
+    fn in_ns(name: &str) -> Obj {
+        let ns = name.split('-').next().unwrap_or_default();
+        ObjectRef::new(name).within(ns)
+    }
+
+    #[test]
+    fn namespaces_take_turns_and_each_keeps_its_arrival_order() {
+        let table: &[(&[&str], &[&str])] = &[
+            (&["a-1", "a-2", "a-3", "b-1"], &["a-1", "b-1", "a-2", "a-3"]),
+            (
+                &["a-1", "b-1", "c-1", "a-2", "b-2"],
+                &["a-1", "b-1", "c-1", "a-2", "b-2"],
+            ),
+            (
+                &["a-1", "a-2", "b-1", "b-2", "b-3", "c-1"],
+                &["a-1", "b-1", "c-1", "a-2", "b-2", "b-3"],
+            ),
+            (&["a-1", "a-1", "a-2"], &["a-1", "a-2"]),
+        ];
+        for (pushed, served) in table {
+            let mut lanes = Lanes::default();
+            for name in *pushed {
+                lanes.push(&in_ns(name));
+            }
+            let order: Vec<String> = std::iter::from_fn(|| lanes.pop()).map(|o| o.name).collect();
+            assert_eq!(order, *served, "pushed {pushed:?}");
+            assert!(lanes.lanes.is_empty() && lanes.turns.is_empty() && lanes.len() == 0);
+        }
+    }
+
+    #[test]
+    fn a_namespace_served_to_its_last_waiter_joins_at_the_back_when_it_returns() {
+        let mut lanes = Lanes::default();
+        for name in ["a-1", "a-2", "b-1"] {
+            lanes.push(&in_ns(name));
+        }
+        assert_eq!(lanes.pop().map(|o| o.name).as_deref(), Some("a-1"));
+        assert_eq!(lanes.pop().map(|o| o.name).as_deref(), Some("b-1"));
+        // b has no waiter left: its turn is gone, and a new b request waits behind a.
+        lanes.push(&in_ns("b-2"));
+        let rest: Vec<String> = std::iter::from_fn(|| lanes.pop()).map(|o| o.name).collect();
+        assert_eq!(rest, ["a-2", "b-2"]);
+    }
+
+    /// Frees `permit`'s slot and claims the reserved slot for the request it went to.
+    async fn pass_on(
+        q: &Arc<StartQueue>,
+        woken: &mut UnboundedReceiverStream<Obj>,
+        permit: StartPermit,
+    ) -> (Obj, StartPermit) {
+        drop(permit);
+        let next = woken.next().await.expect("a request woken");
+        let permit = q
+            .try_start(&next)
+            .expect("the woken request holds its slot");
+        (next, permit)
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_100_in_one_namespace_lets_another_namespaces_request_in_within_two_slots() {
+        let q = StartQueue::new(1);
+        let mut woken = q.subscribe();
+        let mut permit = q.try_start(&in_ns("a-first")).expect("the slot is free");
+        for i in 0..100 {
+            assert!(q.try_start(&in_ns(&format!("a-{i}"))).is_none());
+        }
+        assert!(q.try_start(&in_ns("b-only")).is_none());
+        let mut served = Vec::new();
+        for _ in 0..2 {
+            let next;
+            (next, permit) = pass_on(&q, &mut woken, permit).await;
+            served.push(next.name);
+        }
+        assert_eq!(
+            served,
+            ["a-0", "b-only"],
+            "b waits behind one of a's, not 100"
+        );
+        // a's requests go on in their order.
+        for i in 1..100 {
+            let next;
+            (next, permit) = pass_on(&q, &mut woken, permit).await;
+            assert_eq!(next.name, format!("a-{i}"));
+        }
+        assert_eq!(q.waiting(), 0);
+        let st = q.lock();
+        assert!(st.waiting.lanes.is_empty() && st.waiting.turns.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_waiter_gives_up_its_namespaces_turn() {
+        let q = StartQueue::new(1);
+        let mut woken = q.subscribe();
+        let permit = q.try_start(&in_ns("a-0")).expect("the slot is free");
+        assert!(q.try_start(&in_ns("a-1")).is_none());
+        assert!(q.try_start(&in_ns("b-1")).is_none());
+        assert!(q.try_start(&in_ns("a-2")).is_none());
+        q.forget(&in_ns("b-1"));
+        assert_eq!(q.waiting(), 2);
+        assert_eq!(
+            q.lock().waiting.turns,
+            ["a"],
+            "b has no turn without a waiter"
+        );
+        let (next, permit) = pass_on(&q, &mut woken, permit).await;
+        assert_eq!(next, in_ns("a-1"));
+        let (next, _permit) = pass_on(&q, &mut woken, permit).await;
+        assert_eq!(next, in_ns("a-2"));
+    }
+
+    #[tokio::test]
+    async fn an_unclaimed_invitation_expires_and_its_slot_goes_to_the_next_turn() {
+        let q = StartQueue::new(1);
+        let mut woken = q.subscribe();
+        let permit = q.try_start(&in_ns("a-0")).expect("the slot is free");
+        for name in ["a-1", "a-2", "b-1"] {
+            assert!(q.try_start(&in_ns(name)).is_none());
+        }
+        drop(permit);
+        assert_eq!(woken.next().await, Some(in_ns("a-1")));
+        // a-1 never comes back (its trigger was lost): once the invitation is older than the
+        // expiry, the next admission reclaims the slot for the next namespace's turn.
+        let long_ago = Instant::now()
+            .checked_sub(INVITE_EXPIRY + Duration::from_secs(1))
+            .expect("the clock is past the expiry");
+        q.lock().invited.insert(in_ns("a-1"), long_ago);
+        assert!(q.try_start(&in_ns("c-1")).is_none(), "c-1 waits its turn");
+        assert_eq!(woken.next().await, Some(in_ns("b-1")), "b's turn, then a's");
+        let _b = q
+            .try_start(&in_ns("b-1"))
+            .expect("b-1 holds the reclaimed slot");
+        assert_eq!(q.waiting(), 2, "a-2 and c-1 wait");
     }
 
     #[tokio::test]

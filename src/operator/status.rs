@@ -19,6 +19,9 @@ use crate::operator::write_slots::Permit;
 /// written at most this often per request; phase and reason changes are written at once.
 pub const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Below this many slots the map of written statuses is never shrunk.
+const SHRINK_ABOVE: usize = 64;
+
 /// A status this process wrote.
 struct Written {
     uid: String,
@@ -120,9 +123,16 @@ impl StatusWriter {
         self.written.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Forgets what was written for `obj`.
+    /// Forgets what was written for `obj`. The map keeps the room of the most requests it ever
+    /// held (a slot holds a whole status: about 700 bytes, so the room of a 5,000-request burst
+    /// is about 6 MiB): once it is three-quarters empty it is shrunk, so that memory comes back
+    /// when the burst's requests are deleted.
     pub fn forget(&self, obj: &ObjectRef<WorkspaceStartRequest>) {
-        self.lock().remove(obj);
+        let mut w = self.lock();
+        w.remove(obj);
+        if w.capacity() > SHRINK_ABOVE && w.len() < w.capacity() / 4 {
+            w.shrink_to_fit();
+        }
     }
 
     /// The status to decide on: ours, when the cached object is not the version our last
@@ -217,5 +227,35 @@ mod tests {
         let mut other_build = base.clone();
         other_build.build.as_mut().expect("build").id = "b2".into();
         assert!(!progress_only(&base, &other_build));
+    }
+
+    #[test]
+    fn the_room_of_a_burst_comes_back_once_its_requests_are_forgotten() {
+        let writer = StatusWriter::default();
+        let objs: Vec<ObjectRef<WorkspaceStartRequest>> = (0..1000)
+            .map(|i| ObjectRef::new(&format!("r-{i}")).within("ns"))
+            .collect();
+        for o in &objs {
+            writer.lock().insert(
+                o.clone(),
+                Written {
+                    uid: "u".into(),
+                    resource_version: "1".into(),
+                    status: WorkspaceStartRequestStatus::default(),
+                    at: Instant::now(),
+                },
+            );
+        }
+        assert!(writer.lock().capacity() >= 1000);
+        for o in &objs[..990] {
+            writer.forget(o);
+        }
+        let w = writer.lock();
+        assert_eq!(w.len(), 10);
+        assert!(
+            w.capacity() <= SHRINK_ABOVE,
+            "room for {} kept",
+            w.capacity()
+        );
     }
 }

@@ -34,6 +34,7 @@ use crate::api::policy::{
 };
 use crate::api::reason::Reason;
 use crate::api::shard::Shard;
+use crate::coder::logs::WorkspaceBuildTimings;
 use crate::coder::types::CreateWorkspaceBuildRequest;
 use crate::operator::decide::{Observation, OwnerState};
 use crate::operator::reconcile::{CoderPort, PostOutcome};
@@ -280,6 +281,10 @@ impl<C: CoderPort> CoderPort for Vetted<'_, C> {
         request: &CreateWorkspaceBuildRequest,
     ) -> PostOutcome {
         self.inner.start_build(workspace, request).await
+    }
+
+    async fn build_timings(&mut self, build: Uuid) -> Option<WorkspaceBuildTimings> {
+        self.inner.build_timings(build).await
     }
 
     fn poll(&self) -> Duration {

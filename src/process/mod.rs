@@ -1,7 +1,8 @@
 //! Process plumbing shared by the programs (`run`, `mcp`, `start`): logging setup, the shutdown
-//! signal, the Kubernetes client ([`kube_client`]), the health and metrics server ([`http`]), and
-//! what a port serving callers with bearer tokens needs: the bounded listener ([`listener`]) and
-//! the token check ([`auth`]), and TLS for it ([`tls`]).
+//! signal, the Kubernetes client ([`kube_client`]), the health and metrics server ([`http`]),
+//! handing freed memory back to the OS ([`memory`]), and what a port serving callers with bearer
+//! tokens needs: the bounded listener ([`listener`]), the token check ([`auth`]) and TLS for it
+//! ([`tls`]).
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,6 +10,7 @@ pub mod auth;
 pub mod http;
 pub mod kube_client;
 pub mod listener;
+pub mod memory;
 pub mod tls;
 
 /// Log output format.

@@ -77,6 +77,11 @@ impl Operator {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Its process id (`None` once it was reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The process's peak and current resident memory in KiB (`VmHWM`, `VmRSS` from
     /// `/proc/<pid>/status`).
     pub fn memory_kib(&self) -> (u64, u64) {

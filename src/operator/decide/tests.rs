@@ -154,6 +154,7 @@ enum Act {
     CheckOwner,
     Requeue,
     Retry,
+    AwaitCoder,
     Finish,
 }
 
@@ -216,6 +217,7 @@ fn run(c: &Case) -> Decision {
         observation: c.obs.clone(),
         now: t(c.now),
         poll: Duration::from_secs(2),
+        build_timings: None,
     })
 }
 
@@ -231,6 +233,7 @@ fn act(a: &Action) -> Act {
         Action::CheckOwner { .. } => Act::CheckOwner,
         Action::Requeue(_) => Act::Requeue,
         Action::Retry => Act::Retry,
+        Action::AwaitCoder { .. } => Act::AwaitCoder,
         Action::Finish => Act::Finish,
     }
 }
@@ -361,7 +364,7 @@ fn every_branch() {
             down(),
             Pending,
             Reason::CoderUnavailable.as_str(),
-            Retry,
+            AwaitCoder,
         ),
         case(
             "coder_down_past_deadline",
@@ -377,7 +380,7 @@ fn every_branch() {
             down(),
             WaitingForAgent,
             Reason::CoderUnavailable.as_str(),
-            Retry,
+            AwaitCoder,
         )
         .status(waiting_for_agent(500))
         .at(900),
@@ -473,7 +476,7 @@ fn every_branch() {
             ),
             Pending,
             Reason::CoderUnavailable.as_str(),
-            Retry,
+            AwaitCoder,
         ),
         case(
             "no_owner_check_on_a_later_pass_without_a_start",
@@ -975,6 +978,7 @@ fn start_request_carries_parameters_and_active_version() {
         },
         now: t(0),
         poll: Duration::from_secs(2),
+        build_timings: None,
     });
     let Action::StartBuild { workspace, request } = d.action else {
         panic!("want StartBuild, got {:?}", d.action)
@@ -1014,6 +1018,7 @@ fn requeue_never_sleeps_past_the_deadline() {
         observation: seen(build(1, Transition::Start, JobStatus::Running, vec![])),
         now: t(30),
         poll: Duration::from_secs(30),
+        build_timings: None,
     });
     // startTime t(0) stands for an instant in [0 s, 1 s): the 30 s run out at t(31) at the
     // latest, never before.
@@ -1071,6 +1076,7 @@ fn coder_unavailable_names_the_last_error_while_retrying_and_at_the_deadline() {
             observation: obs,
             now: t(now),
             poll: Duration::from_secs(2),
+            build_timings: None,
         })
         .status
         .message
@@ -1097,6 +1103,30 @@ fn coder_unavailable_names_the_last_error_while_retrying_and_at_the_deadline() {
 }
 
 #[test]
+fn coder_unavailable_waits_no_later_than_the_deadline() {
+    let at = |status: &WorkspaceStartRequestStatus, now: i64| {
+        decide(&Input {
+            spec: &spec(),
+            generation: Some(1),
+            status,
+            observation: down(),
+            now: t(now),
+            poll: Duration::from_secs(2),
+            build_timings: None,
+        })
+        .action
+    };
+    // startTime t(0): the build deadline (600 s) runs out at t(601).
+    let deadline = |secs| Action::AwaitCoder {
+        deadline: Duration::from_secs(secs),
+    };
+    assert_eq!(at(&status_started_at(0), 10), deadline(591));
+    assert_eq!(at(&status_started_at(0), 600), deadline(1));
+    // Waiting for the agent: its own deadline, from the build's success at t(500).
+    assert_eq!(at(&waiting_for_agent(500), 900), deadline(201));
+}
+
+#[test]
 fn queued_build_is_followed_as_our_own() {
     let st = requested_after(1);
     let input = Input {
@@ -1111,6 +1141,7 @@ fn queued_build_is_followed_as_our_own() {
         ))),
         now: t(1),
         poll: Duration::from_secs(2),
+        build_timings: None,
     };
     let d = decide(&input);
     assert_eq!(d.action, Action::Requeue(Duration::from_secs(2)));

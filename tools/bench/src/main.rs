@@ -10,12 +10,14 @@
 //! and its ratio to the floor, Coder requests per request by endpoint (the watch route
 //! excluded), 429s, API-server requests and writes per request by verb and resource, operator
 //! peak RSS and CPU, and restart costs ([`restart`]). `BENCH_CHAOS=1` adds the chaos runs of
-//! [`chaos`]. `--mcp-waits` (default 200) adds the MCP server's costs of [`mcp`].
+//! [`chaos`]. `--mcp-waits` (default 200) adds the MCP server's costs of [`mcp`]. `BENCH_NOISY=1`
+//! adds the noisy-neighbour run of [`noisy`] (one namespace's burst against another's few).
 
 mod chaos;
 mod floor;
 mod mcp;
 mod measure;
+mod noisy;
 mod report;
 mod restart;
 mod run;
@@ -114,6 +116,19 @@ pub struct Args {
     /// Only the MCP run (no operator runs, no resume).
     #[arg(long, env = "BENCH_MCP_ONLY", default_value = "0", value_parser = parse_flag)]
     pub mcp_only: bool,
+    /// Also run the noisy neighbour: namespace A creates `--noisy-n` requests while namespace B
+    /// creates `--quiet-n`; B's create → Ready lag with A's burst and alone.
+    #[arg(long, env = "BENCH_NOISY", default_value = "0", value_parser = parse_flag)]
+    pub noisy: bool,
+    /// Only the noisy-neighbour run.
+    #[arg(long, env = "BENCH_NOISY_ONLY", default_value = "0", value_parser = parse_flag)]
+    pub noisy_only: bool,
+    /// Requests of the noisy namespace A.
+    #[arg(long, env = "BENCH_NOISY_N", default_value_t = 1000)]
+    pub noisy_n: usize,
+    /// Requests of the quiet namespace B (each phase).
+    #[arg(long, env = "BENCH_QUIET_N", default_value_t = 10)]
+    pub quiet_n: usize,
     /// Also write the summary (markdown) to this file.
     #[arg(long, env = "BENCH_OUT")]
     pub out: Option<PathBuf>,
@@ -151,7 +166,10 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
         .operator_bin
         .clone()
         .unwrap_or_else(|| repo.join("target/release/workspace-start-operator"));
+    let only = args.mcp_only || args.noisy_only;
     let needs_operator = args.modes.iter().any(|m| m != "floor")
+        || args.noisy
+        || args.noisy_only
         || args.chaos
         || args.resume_n > 0
         || args.shards > 1
@@ -172,7 +190,7 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     // the operator's watch run did.
     let mut modes: Vec<&String> = args.modes.iter().collect();
     modes.sort_by_key(|m| m.as_str() == "floor");
-    let sizes: &[usize] = if args.mcp_only { &[] } else { &args.n };
+    let sizes: &[usize] = if only { &[] } else { &args.n };
     for &n in sizes {
         for shape in &args.shapes {
             for mode in &modes {
@@ -190,7 +208,7 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
             }
         }
     }
-    let resume = if args.resume_n > 0 && !args.mcp_only {
+    let resume = if args.resume_n > 0 && !only {
         eprintln!("bench: resume of {} in-flight requests", args.resume_n);
         let r = restart::resume(&args, &plane, &bin)
             .await
@@ -200,13 +218,25 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    if args.chaos && !args.mcp_only {
+    if args.chaos && !only {
         for shape in &args.shapes {
             let plan = Plan::new(args.chaos_n, shape, "watch", true);
             results.push(run_printed(&args, &plane, &bin, &plan, &[]).await?);
         }
     }
-    let mcp = if args.mcp_waits > 0 {
+    let noisy = if args.noisy || args.noisy_only {
+        eprintln!(
+            "bench: noisy neighbour, {} requests against {}",
+            args.noisy_n, args.quiet_n
+        );
+        let r = noisy::run(&args, &plane, &bin)
+            .await
+            .context("noisy-neighbour run")?;
+        Some(r.table())
+    } else {
+        None
+    };
+    let mcp = if args.mcp_waits > 0 && !args.noisy_only {
         eprintln!("bench: MCP server, {} waiting calls", args.mcp_waits);
         let r = mcp::run(&plane, &bin, args.mcp_waits)
             .await
@@ -216,6 +246,11 @@ async fn run_all(args: Args) -> anyhow::Result<()> {
         None
     };
     let mut summary = report::summary(&args, &repo, &results, resume.as_ref());
+    match noisy {
+        Some(table) if args.noisy_only => summary = table,
+        Some(table) => summary.push_str(&table),
+        None => {}
+    }
     match mcp {
         Some(table) if args.mcp_only => summary = table,
         Some(table) => {

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The route key of a fault set on every route (a whole-deployment outage); a route's own
+/// fault, when it applies to a request, comes first.
+pub const ANY_ROUTE: &str = "*";
+
 /// A fault injected on one route key.
 ///
 /// Its JSON/YAML form, as the admin API and scenarios take it:

@@ -441,6 +441,8 @@ pub(crate) fn timings(st: &State, b: &BuildRec, t: &crate::model::debug::Timings
             })
         })
         .collect();
+    // Go's zero time for a NULL end (an agent that never connected).
+    let end = |e: Option<Timestamp>| e.map_or_else(|| json!("0001-01-01T00:00:00Z"), |e| at(st, e));
     let scripts: Vec<Value> = t
         .scripts
         .iter()
@@ -448,7 +450,7 @@ pub(crate) fn timings(st: &State, b: &BuildRec, t: &crate::model::debug::Timings
             let (exit_code, status) = s.script.unwrap_or((0, "ok"));
             json!({
                 "started_at": at(st, s.started_at),
-                "ended_at": at(st, s.ended_at),
+                "ended_at": end(s.ended_at),
                 "exit_code": exit_code,
                 "stage": "start",
                 "status": status,
@@ -464,7 +466,7 @@ pub(crate) fn timings(st: &State, b: &BuildRec, t: &crate::model::debug::Timings
         .map(|c| {
             json!({
                 "started_at": at(st, c.started_at),
-                "ended_at": at(st, c.ended_at),
+                "ended_at": end(c.ended_at),
                 "stage": "connect",
                 "workspace_agent_id": c.agent_id.to_string(),
                 "workspace_agent_name": c.agent_name,

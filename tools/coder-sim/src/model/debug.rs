@@ -44,7 +44,10 @@ pub(crate) struct ProvisionerTiming {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AgentTiming {
     pub started_at: Timestamp,
-    pub ended_at: Timestamp,
+    /// `None` for an agent that has not connected yet: Coder lists every agent of the build
+    /// with its `first_connected_at`, Go's zero time when NULL (`buildTimings` in
+    /// `coderd/workspacebuilds.go`).
+    pub ended_at: Option<Timestamp>,
     pub agent_id: uuid::Uuid,
     pub agent_name: String,
     /// Exit code and status of the startup script (`ok` or `exit_failure`); `None` for a
@@ -161,8 +164,10 @@ impl BuildRec {
             .collect()
     }
 
-    /// The build's timings recorded by `now`: Terraform stages once the job completed, agent
-    /// connections once connected, startup scripts once they ended.
+    /// The build's timings recorded by `now`: Terraform stages once the job completed (each a
+    /// whole-stage entry, resource `coder_stage_<stage>`, as `provisioner/terraform/timings.go`
+    /// writes, and a resource action within it), every agent's connection once the agents
+    /// exist (ending at the first connection, or never), startup scripts once they ended.
     pub(crate) fn timings(&self, now: Timestamp) -> Timings {
         let mut t = Timings::default();
         let job = self.job(now);
@@ -183,6 +188,19 @@ impl BuildRec {
                     started_at: at(from),
                     ended_at: at(to),
                     stage,
+                    source: "coder",
+                    action: "terraform",
+                    resource: match stage {
+                        "init" => "coder_stage_init",
+                        "plan" => "coder_stage_plan",
+                        "graph" => "coder_stage_graph",
+                        _ => "coder_stage_apply",
+                    },
+                });
+                t.provisioner.push(ProvisionerTiming {
+                    started_at: at(from),
+                    ended_at: at(to),
+                    stage,
                     source: if stage == "apply" {
                         "docker"
                     } else {
@@ -198,20 +216,18 @@ impl BuildRec {
             }
         }
         for agent in self.agents(now) {
-            if let Some(connected) = agent.first_connected_at {
-                t.connections.push(AgentTiming {
-                    started_at: agent.created_at,
-                    ended_at: connected,
-                    agent_id: agent.rec.id,
-                    agent_name: agent.rec.name.clone(),
-                    script: None,
-                });
-            }
+            t.connections.push(AgentTiming {
+                started_at: agent.created_at,
+                ended_at: agent.first_connected_at,
+                agent_id: agent.rec.id,
+                agent_name: agent.rec.name.clone(),
+                script: None,
+            });
             if let (Some(started), Some(ended)) = (agent.started_at, agent.ready_at) {
                 let failed = self.script.agent_final != LifecycleState::Ready;
                 t.scripts.push(AgentTiming {
                     started_at: started,
-                    ended_at: ended,
+                    ended_at: Some(ended),
                     agent_id: agent.rec.id,
                     agent_name: agent.rec.name.clone(),
                     script: Some(if failed {

@@ -395,7 +395,7 @@ impl Sim {
     }
 
     /// Sets (replaces) the fault for a route key such as
-    /// `"POST /api/v2/workspaces/{id}/builds"`.
+    /// `"POST /api/v2/workspaces/{id}/builds"`, or for every route ([`crate::ANY_ROUTE`]).
     pub fn set_fault(&self, route: &str, fault: Fault) {
         self.lock().faults.insert(route.to_owned(), fault);
     }

@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use uuid::Uuid;
 
 use super::{App, hostile};
-use crate::faults::{Action, take};
+use crate::faults::{ANY_ROUTE, Action, take};
 use crate::http::{FORBIDDEN_DETAIL, SIGNED_OUT, error, not_found};
 use crate::listener::ConnInfo;
 use crate::model::State as SimState;
@@ -175,10 +175,17 @@ pub(crate) async fn api_middleware(
                 verdict = st.ratelimit.check(&key, &limit_key, now_s);
             }
         }
-        let mut slot = st.faults.remove(&route);
-        let action = take(&mut slot, req.uri().path());
-        if let Some(f) = slot {
-            st.faults.insert(route.clone(), f);
+        // The route's own fault first, then one set on every route (`ANY_ROUTE`).
+        let mut action = None;
+        for key in [route.as_str(), ANY_ROUTE] {
+            let mut slot = st.faults.remove(key);
+            action = take(&mut slot, req.uri().path());
+            if let Some(f) = slot {
+                st.faults.insert(key.to_owned(), f);
+            }
+            if action.is_some() {
+                break;
+            }
         }
         (auth, verdict, action, limit)
     };

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use coder_sim::{Fault, WorkspaceSeed};
+use coder_sim::{ANY_ROUTE, Fault, WorkspaceSeed};
 use reqwest::StatusCode;
 
 use crate::common::*;
@@ -32,6 +32,30 @@ async fn status_fault_times_then_clears() {
     let r = api.get(&path).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(r.header("Retry-After"), Some("60"));
+    sim.clear_faults();
+    assert_eq!(api.get(&path).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_fault_on_every_route_is_a_whole_outage_and_a_routes_own_fault_comes_first() {
+    let srv = server().await;
+    let sim = srv.sim();
+    let alice = sim.add_user("alice");
+    let ws = sim.add_workspace(WorkspaceSeed::new(alice.id, "dev"));
+    let api = Api::new(&srv, Some(&alice.token));
+    let path = format!("/api/v2/workspaces/{ws}");
+    sim.set_fault(ANY_ROUTE, Fault::Status(503));
+    sim.set_fault(GET_WS, Fault::times(1, Fault::Status(500)));
+    assert_eq!(
+        api.get(&path).await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(api.get(&path).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        api.get("/api/v2/buildinfo").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(sim.count("GET /api/v2/buildinfo"), 1, "counted per route");
     sim.clear_faults();
     assert_eq!(api.get(&path).await.status, StatusCode::OK);
 }

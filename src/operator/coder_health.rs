@@ -1,0 +1,501 @@
+//! One health signal per Coder endpoint (base URL), so that recovery follows Coder rather than
+//! each request's own backoff.
+//!
+//! - A request whose Coder call fails as unavailable (5xx, 429, timeout, reset) marks its
+//!   endpoint down (with the cause) and waits on the signal instead of retrying on its own: its
+//!   reconcile ends with a requeue no later than its deadline, and while the endpoint is down a
+//!   reconcile of a waiting request makes no Coder call ([`CoderHealth::hold`]).
+//! - While an endpoint is down, one probe ([`Probe`], `GET /api/v2/buildinfo`: unauthenticated
+//!   and static in coderd) runs on [`ProbeSchedule`]; each new request still makes its first
+//!   attempt, and any call Coder answers counts as the endpoint being back.
+//! - When Coder answers again, every waiting request is triggered at once (`reconcile_on`),
+//!   paced only by the client's rate budget and the start slots.
+//! - A request that fails again right after it was released, while Coder answers, has a broken
+//!   path of its own (one workspace's route failing): it retries on its own backoff and no
+//!   longer marks the endpoint down, so it cannot keep the others waiting or loop.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use kube::runtime::reflector::ObjectRef;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::api::crd::WorkspaceStartRequest;
+use crate::coder::CoderClient;
+use crate::operator::coder_failure::{self, CallOutcome};
+use crate::operator::metrics::{Metrics, ProbeLabels};
+use crate::operator::triggers::Triggers;
+
+type Obj = ObjectRef<WorkspaceStartRequest>;
+
+/// Default time from an endpoint going down to its first probe.
+pub const FIRST_PROBE: Duration = Duration::from_millis(2500);
+/// Default time between later probes: at most one probe per 5 s while an endpoint stays down.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// When a down endpoint is probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeSchedule {
+    /// From going down to the first probe.
+    pub first: Duration,
+    /// Between later probes.
+    pub every: Duration,
+}
+
+impl Default for ProbeSchedule {
+    fn default() -> Self {
+        ProbeSchedule {
+            first: FIRST_PROBE,
+            every: PROBE_EVERY,
+        }
+    }
+}
+
+/// One look at a down endpoint: `Answered` when Coder answered at all, `Unavailable` with the
+/// cause otherwise.
+pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, CallOutcome> + Send + Sync>;
+
+/// The probe of a Coder deployment: `GET /api/v2/buildinfo` with this client (coderd serves it
+/// without authentication, from memory, so it answers whenever Coder's API does).
+pub fn buildinfo_probe(client: CoderClient) -> Probe {
+    Arc::new(move || {
+        let client = client.clone();
+        Box::pin(async move { coder_failure::call_outcome(&client.build_info().await) })
+    })
+}
+
+/// How a request whose Coder call was unavailable waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// On its endpoint's signal: it is triggered when Coder answers again.
+    Signal,
+    /// On its own per-object backoff (its path fails while Coder answers).
+    Backoff,
+}
+
+/// Where a request stands with its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Standing {
+    /// Made its attempt while the endpoint is down: waits for it, with its own last error.
+    Waiting { cause: String },
+    /// Was released when Coder answered again; has not succeeded since.
+    Released,
+    /// Failed again while Coder answered: retries on its own backoff.
+    OnItsOwn,
+}
+
+#[derive(Debug)]
+struct Record {
+    endpoint: String,
+    standing: Standing,
+}
+
+/// A down endpoint.
+struct Down {
+    /// Tells this outage's probe task from an earlier one's.
+    id: u64,
+    since: Instant,
+    cause: String,
+    waiters: HashSet<Obj>,
+    probe: Probe,
+}
+
+#[derive(Default)]
+struct State {
+    down: HashMap<String, Down>,
+    requests: HashMap<Obj, Record>,
+    next_id: u64,
+}
+
+/// The health signals of every Coder endpoint this process calls (see the module
+/// documentation).
+pub struct CoderHealth {
+    state: Mutex<State>,
+    wake: Triggers,
+    schedule: ProbeSchedule,
+    metrics: Arc<Metrics>,
+    me: Weak<CoderHealth>,
+}
+
+impl CoderHealth {
+    /// No endpoint down yet; down endpoints are probed on `schedule`.
+    pub fn new(metrics: Arc<Metrics>, schedule: ProbeSchedule) -> Arc<CoderHealth> {
+        Arc::new_cyclic(|me| CoderHealth {
+            state: Mutex::new(State::default()),
+            wake: Triggers::default(),
+            schedule,
+            metrics,
+            me: me.clone(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Triggers for the controller (`reconcile_on`): requests released when Coder answers again.
+    pub fn subscribe(&self) -> UnboundedReceiverStream<Obj> {
+        self.wake.subscribe()
+    }
+
+    /// Before a pass: `Some(cause)` when `obj` must not call Coder now, because `endpoint` is
+    /// down and `obj` already had its attempt (it waits, showing `cause`, its last error).
+    /// `None`: call Coder (the endpoint answers, or this is the request's first attempt).
+    pub fn hold(&self, endpoint: &str, obj: &Obj) -> Option<String> {
+        let mut st = self.lock();
+        let State { down, requests, .. } = &mut *st;
+        let d = down.get_mut(endpoint)?;
+        let rec = requests.get_mut(obj).filter(|r| r.endpoint == endpoint)?;
+        let cause = match &rec.standing {
+            Standing::Waiting { cause } => cause.clone(),
+            // Released or on its own, and the endpoint went down again: wait with the others.
+            _ => d.cause.clone(),
+        };
+        rec.standing = Standing::Waiting {
+            cause: cause.clone(),
+        };
+        d.waiters.insert(obj.clone());
+        drop(st);
+        self.count_waiting();
+        Some(cause)
+    }
+
+    /// Reports how a Coder call of `obj` on `endpoint` went: an answer releases the endpoint's
+    /// waiters; an outage marks it down (unless `obj`'s own path is what fails). `probe` makes
+    /// the probe used while the endpoint is down.
+    pub fn report(
+        &self,
+        endpoint: &str,
+        obj: &Obj,
+        outcome: &CallOutcome,
+        probe: impl FnOnce() -> Probe,
+    ) {
+        match outcome {
+            CallOutcome::Answered => self.answered(endpoint),
+            CallOutcome::Unavailable(cause) => self.unavailable(endpoint, obj, cause, probe),
+            CallOutcome::NotSent => {}
+        }
+    }
+
+    /// Coder answered a call on `endpoint`: if it was down, it is back, and every request
+    /// waiting on it is released at once.
+    pub fn answered(&self, endpoint: &str) {
+        let mut st = self.lock();
+        let Some(d) = st.down.remove(endpoint) else {
+            return;
+        };
+        for o in &d.waiters {
+            if let Some(rec) = st.requests.get_mut(o) {
+                rec.standing = Standing::Released;
+            }
+        }
+        drop(st);
+        let released: Vec<Obj> = d.waiters.into_iter().collect();
+        tracing::info!(
+            endpoint,
+            down_for_ms = u64::try_from(d.since.elapsed().as_millis()).unwrap_or(u64::MAX),
+            released = released.len(),
+            "Coder answers again; releasing the requests waiting for it"
+        );
+        self.wake.send(&released);
+        self.count_waiting();
+    }
+
+    /// `obj`'s call on `endpoint` failed as unavailable with `cause`.
+    fn unavailable(&self, endpoint: &str, obj: &Obj, cause: &str, probe: impl FnOnce() -> Probe) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let standing = st
+            .requests
+            .get(obj)
+            .filter(|r| r.endpoint == endpoint)
+            .map(|r| r.standing.clone());
+        let waiting = Standing::Waiting {
+            cause: cause.to_owned(),
+        };
+        // A request whose connection moved to another endpoint no longer waits on the old one.
+        if let Some(old) = st.requests.get(obj).filter(|r| r.endpoint != endpoint)
+            && let Some(d) = st.down.get_mut(&old.endpoint)
+        {
+            d.waiters.remove(obj);
+        }
+        if let Some(d) = st.down.get_mut(endpoint) {
+            d.waiters.insert(obj.clone());
+            st.requests.insert(obj.clone(), record(endpoint, waiting));
+        } else if matches!(standing, Some(Standing::Released | Standing::OnItsOwn)) {
+            // Coder answered since this request last failed: its own path fails.
+            st.requests
+                .insert(obj.clone(), record(endpoint, Standing::OnItsOwn));
+        } else {
+            st.next_id = st.next_id.wrapping_add(1);
+            let id = st.next_id;
+            tracing::warn!(endpoint, %cause, "Coder is unavailable; requests wait for it to answer again (probing)");
+            st.down.insert(
+                endpoint.to_owned(),
+                Down {
+                    id,
+                    since: Instant::now(),
+                    cause: cause.to_owned(),
+                    waiters: HashSet::from([obj.clone()]),
+                    probe: probe(),
+                },
+            );
+            st.requests.insert(obj.clone(), record(endpoint, waiting));
+            self.spawn_probe(endpoint.to_owned(), id);
+        }
+        self.count_waiting_locked(st);
+    }
+
+    /// How `obj`, whose pass ended with Coder unavailable, waits.
+    pub fn wait_of(&self, obj: &Obj) -> Wait {
+        match self.lock().requests.get(obj).map(|r| &r.standing) {
+            Some(Standing::Waiting { .. }) => Wait::Signal,
+            _ => Wait::Backoff,
+        }
+    }
+
+    /// Forgets `obj` (its pass got past Coder, it finished, or it was deleted).
+    pub fn forget(&self, obj: &Obj) {
+        let mut st = self.lock();
+        let Some(rec) = st.requests.remove(obj) else {
+            return;
+        };
+        if let Some(d) = st.down.get_mut(&rec.endpoint) {
+            d.waiters.remove(obj);
+        }
+        self.count_waiting_locked(&st);
+    }
+
+    /// Endpoints down now.
+    pub fn endpoints_down(&self) -> usize {
+        self.lock().down.len()
+    }
+
+    fn count_waiting(&self) {
+        let st = self.lock();
+        self.count_waiting_locked(&st);
+    }
+
+    fn count_waiting_locked(&self, st: &State) {
+        let waiting: usize = st.down.values().map(|d| d.waiters.len()).sum();
+        self.metrics
+            .coder_endpoints_down
+            .set(i64::try_from(st.down.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .requests_waiting_on_coder
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Probes `endpoint` on the schedule while outage `id` lasts and requests wait on it.
+    fn spawn_probe(&self, endpoint: String, id: u64) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let health = self.me.clone();
+        let schedule = self.schedule;
+        rt.spawn(async move {
+            let mut wait = schedule.first;
+            loop {
+                tokio::time::sleep(wait).await;
+                wait = schedule.every;
+                let Some(h) = health.upgrade() else { return };
+                let Some(probe) = h.probe_due(&endpoint, id) else {
+                    return;
+                };
+                let outcome = probe().await;
+                let result = match &outcome {
+                    CallOutcome::Unavailable(_) => "unavailable",
+                    _ => "answered",
+                };
+                h.metrics
+                    .coder_probes
+                    .get_or_create(&ProbeLabels { result })
+                    .inc();
+                match outcome {
+                    CallOutcome::Unavailable(cause) => h.still_down(&endpoint, id, cause),
+                    _ => h.answered(&endpoint),
+                }
+            }
+        });
+    }
+
+    /// The probe to run for outage `id` of `endpoint`, or `None` when it is over. An outage no
+    /// request waits on any more ends here (unknown again: the next request's attempt tells).
+    fn probe_due(&self, endpoint: &str, id: u64) -> Option<Probe> {
+        let mut st = self.lock();
+        let d = st.down.get(endpoint).filter(|d| d.id == id)?;
+        if d.waiters.is_empty() {
+            st.down.remove(endpoint);
+            tracing::info!(
+                endpoint,
+                "no request waits for Coder any more; stopped probing"
+            );
+            self.count_waiting_locked(&st);
+            return None;
+        }
+        Some(Arc::clone(&d.probe))
+    }
+
+    /// The probe of outage `id` found `endpoint` still unavailable.
+    fn still_down(&self, endpoint: &str, id: u64, cause: String) {
+        if let Some(d) = self.lock().down.get_mut(endpoint).filter(|d| d.id == id) {
+            tracing::debug!(endpoint, %cause, "Coder probe: still unavailable");
+            d.cause = cause;
+        }
+    }
+}
+
+fn record(endpoint: &str, standing: Standing) -> Record {
+    Record {
+        endpoint: endpoint.to_owned(),
+        standing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const EP: &str = "http://coder.test";
+    const CAUSE: &str = "HTTP 503 from /api/v2/workspaces/{id}";
+
+    fn obj(name: &str) -> Obj {
+        ObjectRef::new(name).within("ns")
+    }
+
+    /// A probe that counts its calls and answers once `up` is set.
+    fn probe(calls: &Arc<AtomicUsize>, up: &Arc<AtomicBool>) -> Probe {
+        let (calls, up) = (Arc::clone(calls), Arc::clone(up));
+        Arc::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let up = up.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if up {
+                    CallOutcome::Answered
+                } else {
+                    CallOutcome::Unavailable("HTTP 503 from /api/v2/buildinfo".into())
+                }
+            })
+        })
+    }
+
+    fn down(h: &CoderHealth, o: &Obj, p: &Probe) {
+        let unavailable = CallOutcome::Unavailable(CAUSE.into());
+        h.report(EP, o, &unavailable, || Arc::clone(p));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn down_is_probed_once_on_schedule_and_up_releases_every_waiter() {
+        let metrics = Arc::new(Metrics::new());
+        let h = CoderHealth::new(Arc::clone(&metrics), ProbeSchedule::default());
+        let mut released = h.subscribe();
+        let (calls, up) = (Arc::default(), Arc::default());
+        let p = probe(&calls, &up);
+        // Three requests make their first attempt and find Coder down.
+        for name in ["a", "b", "c"] {
+            assert_eq!(h.hold(EP, &obj(name)), None, "a first attempt calls Coder");
+            down(&h, &obj(name), &p);
+            assert_eq!(h.wait_of(&obj(name)), Wait::Signal);
+        }
+        assert_eq!(h.endpoints_down(), 1);
+        assert_eq!(metrics.requests_waiting_on_coder.get(), 3);
+        // A reconcile of a waiting request makes no call, and shows its own last error.
+        assert_eq!(h.hold(EP, &obj("a")).as_deref(), Some(CAUSE));
+        // 20 s of outage: probes at 2.5, 7.5, 12.5 and 17.5 s, one schedule for all three.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // Coder is back: the next probe releases all three at once.
+        up.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+        let mut woken: Vec<String> = Vec::new();
+        for _ in 0..3 {
+            woken.push(released.next().await.expect("released").name);
+        }
+        woken.sort();
+        assert_eq!(woken, ["a", "b", "c"]);
+        assert_eq!(h.endpoints_down(), 0);
+        assert_eq!(metrics.requests_waiting_on_coder.get(), 0);
+        assert_eq!(h.hold(EP, &obj("a")), None, "released: call Coder");
+        // No more probes once Coder is up.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_requests_answer_releases_the_waiters_before_the_probe() {
+        let h = CoderHealth::new(Arc::new(Metrics::new()), ProbeSchedule::default());
+        let mut released = h.subscribe();
+        let (calls, up) = (Arc::default(), Arc::default());
+        down(&h, &obj("a"), &probe(&calls, &up));
+        h.report(EP, &obj("new"), &CallOutcome::Answered, || unreachable!());
+        assert_eq!(released.next().await, Some(obj("a")));
+        assert_eq!(h.endpoints_down(), 0);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "no probe once Coder answered"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_path_that_fails_while_coder_answers_falls_back_to_its_own_backoff() {
+        let h = CoderHealth::new(Arc::new(Metrics::new()), ProbeSchedule::default());
+        let mut released = h.subscribe();
+        let (calls, up) = (Arc::default(), Arc::new(AtomicBool::new(true)));
+        let p = probe(&calls, &up);
+        // One workspace's route 503s; the probe finds Coder answering and releases it.
+        down(&h, &obj("broken"), &p);
+        tokio::time::sleep(FIRST_PROBE).await;
+        assert_eq!(released.next().await, Some(obj("broken")));
+        // Its next attempt fails again while Coder answers: its own backoff, Coder stays up.
+        down(&h, &obj("broken"), &p);
+        assert_eq!(h.wait_of(&obj("broken")), Wait::Backoff);
+        assert_eq!(h.endpoints_down(), 0);
+        down(&h, &obj("broken"), &p);
+        assert_eq!(h.wait_of(&obj("broken")), Wait::Backoff);
+        assert_eq!(h.hold(EP, &obj("broken")), None);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one probe in all");
+        // A real outage (another request's first failure) holds it with the others.
+        down(&h, &obj("other"), &p);
+        assert_eq!(h.hold(EP, &obj("broken")).as_deref(), Some(CAUSE));
+        assert_eq!(h.wait_of(&obj("broken")), Wait::Signal);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_moved_to_another_endpoint_waits_only_on_that_one() {
+        let metrics = Arc::new(Metrics::new());
+        let h = CoderHealth::new(Arc::clone(&metrics), ProbeSchedule::default());
+        let (calls, up) = (Arc::default(), Arc::default());
+        let p = probe(&calls, &up);
+        down(&h, &obj("a"), &p);
+        let other = CallOutcome::Unavailable(CAUSE.into());
+        h.report("http://other.test", &obj("a"), &other, || Arc::clone(&p));
+        assert_eq!(h.endpoints_down(), 2);
+        assert_eq!(metrics.requests_waiting_on_coder.get(), 1);
+        // The first endpoint has no waiter left: its probe stops there.
+        tokio::time::sleep(FIRST_PROBE + Duration::from_millis(1)).await;
+        assert_eq!(h.endpoints_down(), 1);
+        assert_eq!(
+            h.hold("http://other.test", &obj("a")).as_deref(),
+            Some(CAUSE)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probing_stops_when_no_request_waits_any_more() {
+        let h = CoderHealth::new(Arc::new(Metrics::new()), ProbeSchedule::default());
+        let (calls, up) = (Arc::default(), Arc::default());
+        down(&h, &obj("a"), &probe(&calls, &up));
+        h.forget(&obj("a"));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert_eq!(h.endpoints_down(), 0);
+    }
+}

@@ -1,0 +1,358 @@
+//! Noisy neighbour: one operator watches two namespaces; namespace A creates `--noisy-n`
+//! requests (default 1000) while namespace B creates `--quiet-n` (default 10). B's lag from
+//! create to Ready (p50/p99) is measured alone first, then while A's burst is created and
+//! started, and the ratio says how much A's burst delays B. The lag here starts at B's create,
+//! not at agent-ready as in the other runs: waiting for a start slot happens before the build,
+//! so a lag after agent-ready would not show it.
+//!
+//! One coder-sim, one Coder user and one workspace per request (every request needs its own
+//! start), the operator with `--tenancy=open` and the operator's default flags plus
+//! `--operator-args`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use coder_sim::{BuildScript, LifecycleState, Sim, SimConfig, SimServer, WorkspaceSeed};
+use futures::{StreamExt, TryStreamExt};
+use jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use tokio::sync::Mutex;
+use workspace_start_operator::api::crd::WorkspaceStartRequest;
+
+use crate::Args;
+use crate::measure::{self, Launch, Operator};
+use crate::run::ReadyWatch;
+
+/// What the run measured.
+pub struct Noisy {
+    /// Requests of A.
+    pub n_a: usize,
+    /// Requests of B in each phase.
+    pub n_b: usize,
+    /// B's create → Ready lags (ms, sorted), alone.
+    pub alone: Vec<f64>,
+    /// B's create → Ready lags (ms, sorted), during A's burst.
+    pub with_burst: Vec<f64>,
+    /// A's requests created before B's were.
+    pub a_created_first: usize,
+    /// From A's first create until all of A's requests were Ready.
+    pub a_wall: Duration,
+    /// A's create → Ready lag p50 (ms).
+    pub a_p50_ms: f64,
+    /// A's create → Ready lag p99 (ms).
+    pub a_p99_ms: f64,
+    /// The operator's flags beyond the defaults.
+    pub operator_args: String,
+    /// Where B's lag went, alone (p50s).
+    pub alone_stages: Stages,
+    /// Where B's lag went during A's burst (p50s).
+    pub burst_stages: Stages,
+}
+
+/// Where a set of requests' create → Ready lag went, p50 of each part (ms): until the request's
+/// `status.startTime`, where its `timings` begin (create → Ready minus `timings.totalMs`; a
+/// request waiting for a start slot waits here), then `queuedMs` (→ start build requested) and
+/// `otherMs` (the operator's and the API server's own latency after that). `startTime` is
+/// written in whole seconds, so the first part can be up to a second low (even negative).
+#[derive(Debug, Clone, Copy)]
+pub struct Stages {
+    /// Create → `startTime`.
+    pub unseen_ms: f64,
+    /// `timings.queuedMs`.
+    pub queued_ms: f64,
+    /// `timings.otherMs`.
+    pub other_ms: f64,
+}
+
+/// The `p`-quantile of sorted `lags` (nearest rank), NaN when empty.
+fn quantile(lags: &[f64], p: f64) -> f64 {
+    if lags.is_empty() {
+        return f64::NAN;
+    }
+    lags[((lags.len() as f64 * p).ceil() as usize).clamp(1, lags.len()) - 1]
+}
+
+impl Noisy {
+    /// The summary table.
+    pub fn table(&self) -> String {
+        let row = |label: &str, l: &[f64]| {
+            format!(
+                "| {label} | {} | {:.0} | {:.0} | {:.0} |\n",
+                l.len(),
+                quantile(l, 0.5),
+                quantile(l, 0.99),
+                quantile(l, 1.0)
+            )
+        };
+        let ratio = quantile(&self.with_burst, 0.99) / quantile(&self.alone, 0.99);
+        let mut s = format!(
+            "\n## Noisy neighbour\n\nNamespace A creates {} requests; once {} of them are created, \
+             namespace B creates {}. One operator watches both (flags: `{}`). Lag: B's create → \
+             Ready seen by the bench.\n\n\
+             | B's requests | n | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|\n",
+            self.n_a,
+            self.a_created_first,
+            self.n_b,
+            if self.operator_args.is_empty() {
+                "defaults"
+            } else {
+                &self.operator_args
+            }
+        );
+        s.push_str(&row("alone", &self.alone));
+        s.push_str(&row("during A's burst", &self.with_burst));
+        s.push_str(
+            "\n| B's requests, p50 ms | create → `startTime` (incl. waiting for a start slot; ±1 s) | `queuedMs` | `otherMs` (operator + API server) |\n|---|---|---|---|\n",
+        );
+        for (label, st) in [
+            ("alone", self.alone_stages),
+            ("during A's burst", self.burst_stages),
+        ] {
+            let _ = writeln!(
+                s,
+                "| {label} | {:.0} | {:.0} | {:.0} |",
+                st.unseen_ms, st.queued_ms, st.other_ms
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nB's p99 during A's burst / alone: **{ratio:.2}×** (goal ≤ 2×). A: all {} Ready \
+             {:.1} s after its first create; A's lag p50 {:.0} ms, p99 {:.0} ms.",
+            self.n_a,
+            self.a_wall.as_secs_f64(),
+            self.a_p50_ms,
+            self.a_p99_ms
+        );
+        s
+    }
+}
+
+/// One namespace's requests: names, specs, when each create was sent, and a watch.
+struct Tenant {
+    api: Api<WorkspaceStartRequest>,
+    specs: Vec<(String, serde_json::Value)>,
+    sent: Arc<Mutex<HashMap<String, Timestamp>>>,
+    watch: ReadyWatch,
+}
+
+impl Tenant {
+    async fn new(admin: &kube::Client, ns: &str) -> Tenant {
+        let api: Api<WorkspaceStartRequest> = Api::namespaced(admin.clone(), ns);
+        let watch = ReadyWatch::start(&api).await;
+        Tenant {
+            api,
+            specs: Vec::new(),
+            sent: Arc::default(),
+            watch,
+        }
+    }
+
+    /// Adds `n` requests named `{prefix}-{i}`, each for a new workspace of `user`.
+    fn add(&mut self, sim: &Sim, user: uuid::Uuid, script: &BuildScript, prefix: &str, n: usize) {
+        for i in 0..n {
+            let ws = sim.add_workspace(
+                WorkspaceSeed::new(user, &format!("{prefix}-{i}")).script(script.clone()),
+            );
+            self.specs.push((
+                format!("{prefix}-{i}"),
+                serde_json::json!({"workspace": {"id": ws.to_string()}}),
+            ));
+        }
+    }
+
+    /// Creates the requests `range`, `concurrency` at a time, noting when each create was sent.
+    async fn create(
+        &self,
+        range: std::ops::Range<usize>,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        futures::stream::iter(self.specs[range].iter())
+            .map(|(name, spec)| async move {
+                self.sent
+                    .lock()
+                    .await
+                    .insert(name.clone(), Timestamp::now());
+                let obj: WorkspaceStartRequest = serde_json::from_value(serde_json::json!({
+                    "apiVersion": "coder.com/v1alpha1",
+                    "kind": "WorkspaceStartRequest",
+                    "metadata": {"name": name},
+                    "spec": spec,
+                }))?;
+                self.api
+                    .create(&PostParams::default(), &obj)
+                    .await
+                    .with_context(|| format!("create {name}"))?;
+                anyhow::Ok(())
+            })
+            .buffer_unordered(concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Where the lag of the requests named `{prefix}-*` went (see [`Stages`]).
+    async fn stages(&self, prefix: &str) -> anyhow::Result<Stages> {
+        let list = self.api.list(&Default::default()).await?;
+        let sent = self.sent.lock().await;
+        let seen = self.watch.seen.lock().expect("lock").ready.clone();
+        let (mut unseen, mut queued, mut other) = (Vec::new(), Vec::new(), Vec::new());
+        for o in &list.items {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            let Some(t) = o.status.as_ref().and_then(|s| s.timings.as_ref()) else {
+                continue;
+            };
+            if !name.starts_with(&format!("{prefix}-")) {
+                continue;
+            }
+            if let (Some(at), Some(ready)) = (sent.get(&name), seen.get(&name)) {
+                let lag = ready.duration_since(*at).as_secs_f64() * 1000.0;
+                unseen.push(lag - t.total_ms as f64);
+            }
+            queued.push(t.queued_ms as f64);
+            other.push(t.other_ms as f64);
+        }
+        let p50 = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            quantile(&v, 0.5)
+        };
+        Ok(Stages {
+            unseen_ms: p50(unseen),
+            queued_ms: p50(queued),
+            other_ms: p50(other),
+        })
+    }
+
+    /// Create → Ready lags (ms, sorted) of the requests named `{prefix}-*`.
+    async fn lags(&self, prefix: &str) -> Vec<f64> {
+        let sent = self.sent.lock().await;
+        let seen = self.watch.seen.lock().expect("lock");
+        let mut lags: Vec<f64> = sent
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{prefix}-")))
+            .filter_map(|(name, at)| {
+                let ready = seen.ready.get(name)?;
+                Some(ready.duration_since(*at).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        lags.sort_by(|a, b| a.total_cmp(b));
+        lags
+    }
+}
+
+/// Runs the noisy-neighbour measurement (see the module documentation).
+pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyhow::Result<Noisy> {
+    let (n_a, n_b) = (args.noisy_n, args.quiet_n);
+    let admin =
+        workspace_start_operator::process::kube_client::from_config(plane.admin_config().clone())?;
+    let ns_a = plane.create_namespace("bench-noisy-a").await?;
+    let ns_b = plane.create_namespace("bench-noisy-b").await?;
+    let sim_server = SimServer::start(SimConfig {
+        rate_limit_per_minute: args.sim_rate_limit,
+        ..SimConfig::default()
+    })
+    .await?;
+    let sim = sim_server.sim();
+    let user = sim.add_user("bench");
+    let ms = Duration::from_millis;
+    let script = BuildScript::default()
+        .with_job(ms(args.pending_ms), ms(args.running_ms))
+        .with_agent(
+            ms(args.agent_connect_ms),
+            ms(args.agent_ready_ms),
+            LifecycleState::Ready,
+        );
+    let mut a = Tenant::new(&admin, &ns_a).await;
+    let mut b = Tenant::new(&admin, &ns_b).await;
+    a.add(&sim, user.id, &script, "a", n_a);
+    b.add(&sim, user.id, &script, "warm", 1);
+    b.add(&sim, user.id, &script, "alone", n_b);
+    b.add(&sim, user.id, &script, "burst", n_b);
+
+    let dir = std::env::temp_dir().join(format!("wso-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let token_file = dir.join("noisy.token");
+    std::fs::write(&token_file, format!("{}\n", user.token))?;
+    let mut extra: Vec<String> = args
+        .operator_args
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    extra.push(format!("--namespaces={ns_b}"));
+    let launch = Launch {
+        bin: bin.to_path_buf(),
+        kubeconfig: plane.admin_kubeconfig().to_path_buf(),
+        ns: ns_a.clone(),
+        coder_url: sim_server.url(),
+        token_file,
+        log: dir.join("noisy.log"),
+        watch: true,
+        extra,
+    };
+    let op = Operator::start(&launch).await?;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+
+    // One request first, so B alone does not pay for the operator's first connections.
+    b.create(0..1, 1).await?;
+    if !b.watch.wait_ready(1, deadline).await? {
+        bail!(
+            "B's first request never Ready; log {}",
+            launch.log.display()
+        );
+    }
+    // B alone.
+    b.create(1..1 + n_b, args.create_concurrency).await?;
+    if !b.watch.wait_ready(1 + n_b, deadline).await? {
+        bail!(
+            "B's requests alone never all Ready; log {}",
+            launch.log.display()
+        );
+    }
+    let alone = b.lags("alone").await;
+    let alone_stages = b.stages("alone").await?;
+
+    // A's burst, and B's requests once half of A's are created.
+    let a_created_first = n_a / 2;
+    let t0 = Instant::now();
+    a.create(0..a_created_first, args.create_concurrency)
+        .await?;
+    let (rest_of_a, of_b) = tokio::join!(
+        a.create(a_created_first..n_a, args.create_concurrency),
+        b.create(1 + n_b..1 + 2 * n_b, args.create_concurrency)
+    );
+    rest_of_a?;
+    of_b?;
+    if !b.watch.wait_ready(1 + 2 * n_b, deadline).await? {
+        bail!(
+            "B's requests during A's burst never all Ready; log {}",
+            launch.log.display()
+        );
+    }
+    let with_burst = b.lags("burst").await;
+    let burst_stages = b.stages("burst").await?;
+    if !a.watch.wait_ready(n_a, deadline).await? {
+        bail!("A's requests never all Ready; log {}", launch.log.display());
+    }
+    let a_wall = t0.elapsed();
+    let a_lags = a.lags("a").await;
+    let rss = measure::proc_usage(op.pid).0;
+    eprintln!("bench:   noisy neighbour: operator peak RSS {rss} KiB");
+    op.stop().await;
+    sim_server.shutdown().await;
+    Ok(Noisy {
+        n_a,
+        n_b,
+        alone,
+        with_burst,
+        a_created_first,
+        a_wall,
+        a_p50_ms: quantile(&a_lags, 0.5),
+        a_p99_ms: quantile(&a_lags, 0.99),
+        operator_args: args.operator_args.clone(),
+        alone_stages,
+        burst_stages,
+    })
+}
