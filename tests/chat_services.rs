@@ -21,8 +21,8 @@ use coder_sim::{BuildScript, InitialState, WorkspaceSeed};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, PostParams};
-use opproc::{Launch, Proc, helm_template};
 use serde_json::{Value, json};
+use support::mcp::McpServer;
 use support::{Env, free_port, operator_bin, repo};
 use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
@@ -55,7 +55,7 @@ struct World {
     stranger_token: PathBuf,
     /// Kubeconfig of `chat-bot` with an ordinary (API server audience) token.
     bot_kubeconfig: PathBuf,
-    mcp: Option<(Proc, String)>,
+    mcp: Option<McpServer>,
 }
 
 impl World {
@@ -99,64 +99,24 @@ impl World {
     }
 
     /// Installs the chart's MCP objects (ServiceAccount, RBAC) and runs `mcp` as that
-    /// ServiceAccount with `extra` flags; returns the endpoint URL.
+    /// ServiceAccount with debug logs and `extra` flags; returns the endpoint URL.
     async fn start_mcp(&mut self, extra: &[&str]) -> String {
-        let ns = self.env.ns.clone();
-        let fullname = format!("wso-{ns}");
-        let yaml = helm_template(
-            support::RELEASE,
-            &ns,
-            &[
-                format!("--set=fullnameOverride={fullname}"),
-                format!("--set=watchNamespaces={{{ns}}}"),
-                "--set=coder.url=https://coder.example.com".into(),
-                "--set=coder.token=unused".into(),
-                "--set=mcp.enabled=true".into(),
-            ],
-        );
-        let mcp_docs = mcp_objects(&yaml);
-        assert!(mcp_docs.contains("kind: Deployment"), "{mcp_docs}");
-        self.env
-            .plane
-            .apply_yaml(&mcp_docs, &ns)
-            .await
-            .expect("apply MCP objects");
-        let (_, kubeconfig) = self
-            .env
-            .plane
-            .service_account_client(&ns, &format!("{fullname}-mcp"))
-            .await
-            .expect("MCP ServiceAccount kubeconfig");
-        let port = free_port();
-        let mut args = vec![
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--namespaces={ns}"),
-            "--log-level=workspace_start_operator=debug,info".to_owned(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let proc = Proc::spawn_command(
-            "mcp",
-            Launch {
-                kubeconfig: &kubeconfig,
-                dir: self.env.dir.path(),
-                args,
-                env: vec![],
-            },
-        );
-        proc.wait_status("/readyz", 200, T).await;
-        let url = format!("http://127.0.0.1:{port}/mcp");
-        self.mcp = Some((proc, url.clone()));
+        let mut args = vec!["--log-level=workspace_start_operator=debug,info"];
+        args.extend_from_slice(extra);
+        let mcp = McpServer::start(&self.env, &args).await;
+        let url = mcp.url();
+        self.mcp = Some(mcp);
         url
     }
 
     /// Runs the MCP example as a caller: (exit code, result JSON on stdout, stderr).
     async fn mcp_call(&self, token: &Path, tool: &str, args: Value) -> (i32, Value, String) {
-        let url = &self.mcp.as_ref().expect("MCP server").1;
+        let url = self.mcp.as_ref().expect("MCP server").url();
         let out = run(tokio::process::Command::new(python())
             .arg(repo().join("examples/clients/start_with_mcp.py"))
             .args([
                 "--url",
-                url,
+                &url,
                 "--tool",
                 tool,
                 "--arguments",
@@ -185,12 +145,12 @@ impl World {
     }
 
     async fn mcp_metrics(&self) -> String {
-        let (proc, _) = self.mcp.as_ref().expect("MCP server");
-        proc.get("/metrics").await.expect("metrics").1
+        let mcp = self.mcp.as_ref().expect("MCP server");
+        mcp.proc.get("/metrics").await.expect("metrics").1
     }
 
     fn mcp_log(&self) -> String {
-        self.mcp.as_ref().map(|(p, _)| p.logs()).unwrap_or_default()
+        self.mcp.as_ref().map(|m| m.proc.logs()).unwrap_or_default()
     }
 }
 
@@ -227,19 +187,6 @@ async fn write_token(env: &Env, sa: &str, audience: Option<&str>) -> PathBuf {
         .join(format!("token-{sa}-{}", audience.unwrap_or("api")));
     std::fs::write(&path, token).expect("token file");
     path
-}
-
-/// The documents of a rendered chart that belong to the MCP server.
-fn mcp_objects(yaml: &str) -> String {
-    use serde::Deserialize;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = Value::deserialize(doc).expect("yaml document");
-        if v["metadata"]["labels"]["app.kubernetes.io/component"] == "mcp" {
-            out.push(serde_yaml::to_string(&v).expect("yaml"));
-        }
-    }
-    out.join("---\n")
 }
 
 async fn run(cmd: &mut tokio::process::Command) -> Output {
@@ -384,7 +331,7 @@ async fn mcp_refuses_callers_without_rbac_or_with_bad_tokens_and_creates_nothing
         );
     }
     // No token at all, straight over HTTP.
-    let url = w.mcp.as_ref().expect("mcp").1.clone();
+    let url = w.mcp.as_ref().expect("mcp").url();
     let resp = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/json")
@@ -751,7 +698,7 @@ async fn mcp_server_stops_promptly_during_a_long_call_and_the_request_goes_on() 
             .add_workspace(WorkspaceSeed::new(w.env.alice.id, "slow").script(
                 BuildScript::default().with_job(Duration::from_secs(120), Duration::from_secs(1)),
             ));
-    let url = w.mcp.as_ref().expect("mcp").1.clone();
+    let url = w.mcp.as_ref().expect("mcp").url();
     let call = tokio::process::Command::new(python())
         .arg(repo().join("examples/clients/start_with_mcp.py"))
         .args(["--url", &url, "--arguments"])
@@ -771,7 +718,7 @@ async fn mcp_server_stops_promptly_during_a_long_call_and_the_request_goes_on() 
     .await;
 
     let started = std::time::Instant::now();
-    let status = w.mcp.as_mut().expect("mcp").0.terminate().await;
+    let status = w.mcp.as_mut().expect("mcp").proc.terminate().await;
     assert!(
         status.is_some_and(|s| s.success()),
         "exit: {status:?}\n{}",

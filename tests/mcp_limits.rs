@@ -8,12 +8,11 @@
 
 mod support;
 
-use support::{free_port, opproc, tokens};
+use support::mcp::McpServer;
+use support::tokens;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use opproc::{Launch, Proc, helm_template};
 use serde_json::{Value, json};
 use support::Env;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,66 +28,19 @@ const SLACK: Duration = Duration::from_secs(3);
 /// A namespace, callers with tokens for the MCP audience, and the MCP server.
 struct World {
     env: Env,
-    mcp: Proc,
-    /// `127.0.0.1:port` of the MCP endpoint.
-    addr: String,
-    /// Username of the MCP server's ServiceAccount (as the audit log names it).
-    mcp_user: String,
+    mcp: McpServer,
 }
 
 impl World {
     /// Starts the MCP server as the chart's MCP ServiceAccount with `extra` flags.
     async fn new(prefix: &str, extra: &[&str]) -> World {
         let env = Env::new(prefix).await;
-        let ns = env.ns.clone();
-        let fullname = format!("wso-{ns}");
-        let yaml = helm_template(
-            support::RELEASE,
-            &ns,
-            &[
-                format!("--set=fullnameOverride={fullname}"),
-                format!("--set=watchNamespaces={{{ns}}}"),
-                "--set=coder.url=https://coder.example.com".into(),
-                "--set=coder.token=unused".into(),
-                "--set=mcp.enabled=true".into(),
-            ],
-        );
-        env.plane
-            .apply_yaml(&mcp_objects(&yaml), &ns)
-            .await
-            .expect("apply MCP objects");
-        let sa = format!("{fullname}-mcp");
-        let (_, kubeconfig) = env
-            .plane
-            .service_account_client(&ns, &sa)
-            .await
-            .expect("MCP ServiceAccount kubeconfig");
-        let port = free_port();
-        let mut args = vec![
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--namespaces={ns}"),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let mcp = Proc::spawn_command(
-            "mcp",
-            Launch {
-                kubeconfig: &kubeconfig,
-                dir: env.dir.path(),
-                args,
-                env: vec![],
-            },
-        );
-        mcp.wait_status("/readyz", 200, T).await;
-        World {
-            mcp_user: format!("system:serviceaccount:{ns}:{sa}"),
-            env,
-            mcp,
-            addr: format!("127.0.0.1:{port}"),
-        }
+        let mcp = McpServer::start(&env, extra).await;
+        World { env, mcp }
     }
 
     fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.mcp.url()
     }
 
     /// A ServiceAccount that may create requests here, and its token for the MCP audience.
@@ -100,6 +52,7 @@ impl World {
     async fn metric(&self, series: &str) -> f64 {
         let text = self
             .mcp
+            .proc
             .get("/metrics")
             .await
             .map(|r| r.1)
@@ -113,25 +66,12 @@ impl World {
 
     /// TokenReviews the MCP server sent, as the API server's audit log records them.
     fn reviews_in_audit_log(&self) -> usize {
-        tokens::token_reviews_by(self.env.plane, &self.mcp_user)
+        tokens::token_reviews_by(self.env.plane, &self.mcp.user)
     }
 
     fn pid(&self) -> u32 {
-        self.mcp.pid().expect("MCP server running")
+        self.mcp.proc.pid().expect("MCP server running")
     }
-}
-
-/// The documents of a rendered chart that belong to the MCP server.
-fn mcp_objects(yaml: &str) -> String {
-    use serde::Deserialize;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = Value::deserialize(doc).expect("yaml document");
-        if v["metadata"]["labels"]["app.kubernetes.io/component"] == "mcp" {
-            out.push(serde_yaml::to_string(&v).expect("yaml"));
-        }
-    }
-    out.join("---\n")
 }
 
 /// A `tools/call` over plain HTTP: (status, the JSON-RPC message answering it).
@@ -180,41 +120,6 @@ fn waiting_start(timeout: &str) -> Value {
     json!({"chat_id": uuid::Uuid::new_v4().to_string(), "timeout": timeout})
 }
 
-/// Established TCP connections of process `pid` to local port `port` (its sockets, by inode).
-fn established_to(pid: u32, port: u16) -> usize {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    l.strip_prefix("socket:[")
-                        .and_then(|s| s.strip_suffix(']'))
-                        .map(str::to_owned)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut n = 0;
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 {
-                continue;
-            }
-            let remote_port = f[2]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if f[3] == "01" && remote_port == Some(port) && inodes.contains(f[9]) {
-                n += 1;
-            }
-        }
-    }
-    n
-}
-
 /// Resident memory of `pid` in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -223,16 +128,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn apiserver_port(w: &World) -> u16 {
-    w.env
-        .plane
-        .server_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("API server port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +144,6 @@ async fn two_hundred_waiting_calls_from_one_caller_share_one_watch_and_at_most_t
     .await;
     let token = w.caller("chat-bot").await;
     let pid = w.pid();
-    let port = apiserver_port(&w);
     let rss_before = rss_kib(pid);
     let http = reqwest::Client::new();
     let url = w.url();
@@ -265,14 +159,14 @@ async fn two_hundred_waiting_calls_from_one_caller_share_one_watch_and_at_most_t
         assert!(
             Instant::now() < deadline,
             "200 calls never all waited; log:\n{}",
-            support::tail(&w.mcp.logs(), 40)
+            support::tail(&w.mcp.proc.logs(), 40)
         );
         for c in &calls {
             assert!(!c.is_finished(), "a waiting call ended early");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let connections = established_to(pid, port);
+    let connections = w.env.plane.connections_from(pid);
     let watches = w
         .metric("workspace_start_operator_mcp_shared_watches")
         .await;
@@ -455,7 +349,7 @@ async fn junk_tokens_from_one_address_cause_at_most_fifty_token_reviews_and_over
 async fn two_thousand_idle_connections_are_all_closed_within_the_default_idle_timeout() {
     let w = World::new("mcp-idle", &[]).await;
     let limit = DEFAULT_TIMEOUT + SLACK;
-    let (open, longest) = tokens::idle_connections(&w.addr, 20, limit).await;
+    let (open, longest) = tokens::idle_connections(&w.mcp.addr, 20, limit).await;
     eprintln!("2000 idle connections: {open} still open after {limit:?}, longest {longest:?}");
     assert_eq!(open, 0, "connections still open after {limit:?}");
     assert!(
@@ -465,7 +359,7 @@ async fn two_thousand_idle_connections_are_all_closed_within_the_default_idle_ti
         "connections over the default cap of 1024 are closed at once"
     );
     // The server still serves afterwards.
-    assert_eq!(w.mcp.get("/readyz").await.map(|r| r.0), Some(200));
+    assert_eq!(w.mcp.proc.get("/readyz").await.map(|r| r.0), Some(200));
 }
 
 /// Sends headers of a POST with a 1000-byte body, then one body byte every 5 s; returns the
@@ -513,7 +407,7 @@ async fn a_body_trickling_one_byte_every_five_seconds_is_cut_within_the_default_
     let limit = DEFAULT_TIMEOUT + SLACK;
 
     // An authenticated caller: the body deadline cuts it (HTTP 408, connection closed).
-    let (status, closed) = trickle(&w.addr, &bot, limit + SLACK).await;
+    let (status, closed) = trickle(&w.mcp.addr, &bot, limit + SLACK).await;
     assert!(status.contains(" 408 "), "status line {status:?}");
     let closed = closed.expect("connection closed");
     eprintln!("trickled body cut after {closed:?}");
@@ -524,7 +418,7 @@ async fn a_body_trickling_one_byte_every_five_seconds_is_cut_within_the_default_
     );
 
     // Without a valid token the server answers from the headers and closes at once.
-    let (status, closed) = trickle(&w.addr, "junk", limit).await;
+    let (status, closed) = trickle(&w.mcp.addr, "junk", limit).await;
     assert!(status.contains(" 401 "), "status line {status:?}");
     assert!(closed.is_some(), "connection closed");
     assert_eq!(

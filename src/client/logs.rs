@@ -7,11 +7,10 @@ use std::collections::VecDeque;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
-
 use crate::cli::logs::LogsArgs;
 use crate::client::submit::{self, ArgError};
 use crate::coder::logs::LogLine;
+use crate::process::kube_client;
 
 /// Exit codes of `logs`.
 pub mod exit {
@@ -100,19 +99,9 @@ async fn identity(args: &LogsArgs) -> Result<(String, String), LogsCmdError> {
     if let (Some(ns), Some(token)) = (&args.namespace, &from_file) {
         return Ok((ns.clone(), token.clone()));
     }
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .map_err(|e| LogsCmdError::Credentials(format!("kubeconfig: {e}")))?;
-            kube::Config::from_custom_kubeconfig(file, &options).await
-        }
-        None => kube::Config::from_kubeconfig(&options).await,
-    }
-    .map_err(|e| LogsCmdError::Credentials(format!("kubeconfig: {e}")))?;
+    let config = kube_client::load_config(args.kubeconfig.as_deref(), args.context.as_deref())
+        .await
+        .map_err(|e| LogsCmdError::Credentials(format!("kubeconfig: {e}")))?;
     let namespace = args
         .namespace
         .clone()

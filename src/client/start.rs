@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::api::crd::WorkspaceStartRequest;
 use crate::cli::start::{Output, StartArgs};
@@ -18,6 +17,7 @@ use crate::client::idempotency::{self, Created, IdempotencyError, RequestKey};
 use crate::client::result::{StartResult, humanize};
 use crate::client::submit::{self, ArgError, NewRequest, Target, TargetArgs, Via};
 use crate::client::track::{self, Followed, Progress};
+use crate::process::kube_client;
 
 /// Exit codes of `start`.
 pub mod exit {
@@ -106,7 +106,9 @@ async fn run(args: &StartArgs) -> Result<u8, StartError> {
     let target = target(args)?;
     let parameters = parameters(&args.parameters)?;
     let timeout = args.timeout;
-    let config = kube_config(args).await?;
+    let config = kube_client::load_config(args.kubeconfig.as_deref(), args.context.as_deref())
+        .await
+        .map_err(|e| StartError::Kubeconfig(e.to_string()))?;
     let namespace = args
         .namespace
         .clone()
@@ -211,27 +213,6 @@ fn parameters(raw: &[String]) -> Result<Vec<crate::api::crd::BuildParameter>, Ar
         map.insert(name.to_owned(), value.to_owned());
     }
     submit::parameters("--parameter", &map)
-}
-
-async fn kube_config(args: &StartArgs) -> Result<kube::Config, StartError> {
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let loaded = match (&args.kubeconfig, &args.context) {
-        (Some(path), _) => {
-            let file =
-                Kubeconfig::read_from(path).map_err(|e| StartError::Kubeconfig(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(file, &options)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| e.to_string()),
-        (None, None) => kube::Config::infer().await.map_err(|e| e.to_string()),
-    };
-    loaded.map_err(StartError::Kubeconfig)
 }
 
 /// The result on stdout in the chosen format.

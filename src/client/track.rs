@@ -140,23 +140,19 @@ pub async fn follow(
     api: Api<WorkspaceStartRequest>,
     initial: WorkspaceStartRequest,
     timeout: Duration,
-    mut report: impl FnMut(&WorkspaceStartRequest, &Progress),
+    report: impl FnMut(&WorkspaceStartRequest, &Progress),
 ) -> Result<Followed, FollowError> {
-    let namespace = initial.metadata.namespace.clone().unwrap_or_default();
-    let name = initial.metadata.name.clone().unwrap_or_default();
-    let mut last = Progress::of(&initial);
-    report(&initial, &last);
-    if last.is_terminal() {
-        return Ok(Followed::Finished(Box::new(initial)));
+    let mut tracker = Tracker::new(initial, report);
+    if tracker.is_terminal() {
+        return Ok(tracker.end());
     }
-    let mut latest = initial;
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={}", tracker.name()));
     let mut events = watcher::watcher(api, cfg).default_backoff().boxed();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut listed = false;
     loop {
         let event = match tokio::time::timeout_at(deadline, events.next()).await {
-            Err(_) | Ok(None) => return Ok(Followed::TimedOut(Box::new(latest))),
+            Err(_) | Ok(None) => return Ok(tracker.end()),
             Ok(Some(event)) => event,
         };
         let obj = match event {
@@ -169,28 +165,95 @@ pub async fn follow(
                 continue;
             }
             Ok(Event::InitDone) if listed => continue,
-            Ok(Event::Delete(_) | Event::InitDone) => {
-                return Err(FollowError::Deleted { namespace, name });
-            }
+            Ok(Event::Delete(_) | Event::InitDone) => return Err(tracker.deleted()),
             Err(e) => match refusal(e) {
-                Some(source) => {
-                    return Err(FollowError::Refused {
-                        namespace,
-                        name,
-                        source,
-                    });
-                }
+                Some(source) => return Err(tracker.refused(source)),
                 None => continue,
             },
         };
-        let now = Progress::of(&obj);
-        latest = obj;
-        if now != last {
-            report(&latest, &now);
-            last = now;
+        if tracker.observe(obj) {
+            return Ok(tracker.end());
         }
-        if last.is_terminal() {
-            return Ok(Followed::Finished(Box::new(latest)));
+    }
+}
+
+/// What a follower keeps between reads of its request: its namespace and name, the request as
+/// last seen and the progress last reported, with the caller's `report`. [`follow`] and the MCP
+/// server's shared watches feed it every read, so both report, fail and end alike.
+pub struct Tracker<F> {
+    namespace: String,
+    name: String,
+    latest: WorkspaceStartRequest,
+    last: Progress,
+    report: F,
+}
+
+impl<F: FnMut(&WorkspaceStartRequest, &Progress)> Tracker<F> {
+    /// Starts from `initial`, reporting its progress at once.
+    pub fn new(initial: WorkspaceStartRequest, mut report: F) -> Tracker<F> {
+        let last = Progress::of(&initial);
+        report(&initial, &last);
+        Tracker {
+            namespace: initial.metadata.namespace.clone().unwrap_or_default(),
+            name: initial.metadata.name.clone().unwrap_or_default(),
+            latest: initial,
+            last,
+            report,
+        }
+    }
+
+    /// The request's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The request's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The error for a request deleted before it finished.
+    pub fn deleted(&self) -> FollowError {
+        FollowError::Deleted {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The error for a read or watch of the request the API server refused with `source`.
+    pub fn refused(&self, source: kube::Error) -> FollowError {
+        FollowError::Refused {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Whether the request as last seen is Ready or Failed.
+    pub fn is_terminal(&self) -> bool {
+        self.last.is_terminal()
+    }
+
+    /// Takes `request` as the latest read, reports it when its progress changed, and says whether
+    /// it is now Ready or Failed.
+    pub fn observe(&mut self, request: WorkspaceStartRequest) -> bool {
+        let now = Progress::of(&request);
+        self.latest = request;
+        if now != self.last {
+            (self.report)(&self.latest, &now);
+            self.last = now;
+        }
+        self.is_terminal()
+    }
+
+    /// How following ended: finished when the request as last seen is Ready or Failed, else timed
+    /// out with it.
+    pub fn end(self) -> Followed {
+        let latest = Box::new(self.latest);
+        if self.last.is_terminal() {
+            Followed::Finished(latest)
+        } else {
+            Followed::TimedOut(latest)
         }
     }
 }

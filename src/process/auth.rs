@@ -425,25 +425,29 @@ pub fn guard(app: Router, limits: Limits, auth: Authenticator) -> Router {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn caller(name: &str) -> Caller {
+impl Caller {
+    /// A caller that is only `username`: no UID, groups or extra attributes.
+    pub(crate) fn for_test(username: &str) -> Caller {
         Caller {
-            username: name.into(),
+            username: username.into(),
             uid: None,
             groups: vec![],
             extra: BTreeMap::new(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn service_account_callers_have_a_namespace() {
         assert_eq!(
-            caller("system:serviceaccount:bots:x").namespace(),
+            Caller::for_test("system:serviceaccount:bots:x").namespace(),
             Some("bots")
         );
-        assert_eq!(caller("alice").namespace(), None);
+        assert_eq!(Caller::for_test("alice").namespace(), None);
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! extra connections took hundreds of milliseconds, so most of those requests turned Ready long
 //! after the first. Over HTTP/2 they share one connection as concurrent streams.
 
+use std::path::Path;
 use std::time::Duration;
 
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use kube::client::ConfigExt;
+use kube::config::{InferConfigError, KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Client, Config};
 use tower::{BoxError, ServiceBuilder};
 
@@ -23,6 +25,38 @@ const KEEP_ALIVE: Duration = Duration::from_secs(30);
 pub async fn connect() -> Result<Client, kube::Error> {
     let config = Config::infer().await.map_err(kube::Error::InferConfig)?;
     from_config(config)
+}
+
+/// Why [`load_config`] found no usable configuration (shown as kube words it, unchanged).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadConfigError {
+    /// The kubeconfig file could not be read or parsed, or the context is not in it.
+    #[error(transparent)]
+    Kubeconfig(#[from] KubeconfigError),
+    /// Neither `$KUBECONFIG`/`~/.kube/config` nor an in-cluster ServiceAccount was usable.
+    #[error(transparent)]
+    Infer(#[from] InferConfigError),
+}
+
+/// The configuration a command-line client uses, picked as kubectl does: the file `kubeconfig`
+/// when given, else `$KUBECONFIG` or `~/.kube/config`, each at `context` (default: the file's
+/// current context). Only with neither a path nor a context does the pod's in-cluster
+/// ServiceAccount serve as a last resort.
+pub async fn load_config(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<Config, LoadConfigError> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_owned),
+        ..Default::default()
+    };
+    Ok(match (kubeconfig, context) {
+        (Some(path), _) => {
+            Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &options).await?
+        }
+        (None, Some(_)) => Config::from_kubeconfig(&options).await?,
+        (None, None) => Config::infer().await?,
+    })
 }
 
 /// A client for `config`: TLS settings, authentication and extra headers as kube's own client

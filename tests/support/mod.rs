@@ -3,6 +3,7 @@
 //! operator binary running as the chart's ServiceAccount (least privilege).
 #![allow(dead_code)]
 
+pub mod mcp;
 pub mod opproc;
 pub mod tokens;
 

@@ -186,23 +186,13 @@ impl Drop for CallSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn caller(name: &str) -> Caller {
-        Caller {
-            username: name.into(),
-            uid: None,
-            groups: vec![],
-            extra: BTreeMap::new(),
-        }
-    }
 
     #[test]
     fn each_caller_has_its_own_bucket() {
         let n = |v| NonZeroU32::new(v).expect("non-zero");
         let limit = CallLimit::new(n(1), n(2));
-        let a = caller("system:serviceaccount:a:bot");
-        let b = caller("system:serviceaccount:b:bot");
+        let a = Caller::for_test("system:serviceaccount:a:bot");
+        let b = Caller::for_test("system:serviceaccount:b:bot");
         assert!(limit.check(&a).is_ok());
         assert!(limit.check(&a).is_ok());
         let refused = limit.check(&a).expect_err("third call in a burst of two");
@@ -220,13 +210,13 @@ mod tests {
     #[test]
     fn a_caller_over_its_call_cap_is_refused_until_a_call_ends() {
         let slots = CallSlots::new(2);
-        let a = caller("system:serviceaccount:a:bot");
+        let a = Caller::for_test("system:serviceaccount:a:bot");
         let first = slots.enter(&a).expect("first");
         let _second = slots.enter(&a).expect("second");
         let refused = slots.enter(&a).err().expect("third is over the cap");
         assert!(refused.contains("at most 2 at once"), "{refused}");
         assert!(
-            slots.enter(&caller("other")).is_ok(),
+            slots.enter(&Caller::for_test("other")).is_ok(),
             "another caller has its own cap"
         );
         drop(first);

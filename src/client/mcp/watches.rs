@@ -27,7 +27,7 @@ use tokio::task::AbortHandle;
 
 use super::metrics::McpMetrics;
 use crate::api::crd::WorkspaceStartRequest;
-use crate::client::track::{FollowError, Followed, Progress};
+use crate::client::track::{FollowError, Followed, Progress, Tracker};
 
 /// Events a namespace's watch can hold for waiters that are slow to read them; one that falls
 /// further behind reads its request again.
@@ -131,28 +131,22 @@ impl Watches {
         &self,
         initial: WorkspaceStartRequest,
         timeout: Duration,
-        mut report: impl FnMut(&WorkspaceStartRequest, &Progress),
+        report: impl FnMut(&WorkspaceStartRequest, &Progress),
     ) -> Result<Followed, FollowError> {
-        let namespace = initial.metadata.namespace.clone().unwrap_or_default();
-        let name = initial.metadata.name.clone().unwrap_or_default();
-        let mut last = Progress::of(&initial);
-        report(&initial, &last);
-        if last.is_terminal() {
-            return Ok(Followed::Finished(Box::new(initial)));
+        let mut tracker = Tracker::new(initial, report);
+        if tracker.is_terminal() {
+            return Ok(tracker.end());
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let (watch, mut rx) = self.join(&namespace);
+        let name = tracker.name().to_owned();
+        let (watch, mut rx) = self.join(tracker.namespace());
         let _waiting = Waiting::new(&self.metrics);
-        let api: Api<WorkspaceStartRequest> = Api::namespaced(self.client.clone(), &namespace);
-        let refused = |status: Arc<Status>| FollowError::Refused {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source: kube::Error::Api(Box::new((*status).clone())),
-        };
+        let api: Api<WorkspaceStartRequest> =
+            Api::namespaced(self.client.clone(), tracker.namespace());
+        let refused = |status: Arc<Status>| kube::Error::Api(Box::new((*status).clone()));
         if let Some(status) = lock(&watch.refused).clone() {
-            return Err(refused(status));
+            return Err(tracker.refused(refused(status)));
         }
-        let mut latest = initial;
         // Read once now: the watch may have delivered the change this call needs before it joined.
         let mut reread = true;
         let mut seen_in_relist = true;
@@ -161,13 +155,13 @@ impl Watches {
                 reread = false;
                 match api.get_opt(&name).await {
                     Ok(Some(obj)) => {
-                        latest = obj;
+                        if tracker.observe(obj) {
+                            return Ok(tracker.end());
+                        }
                     }
-                    Ok(None) => {
-                        return Err(FollowError::Deleted { namespace, name });
-                    }
+                    Ok(None) => return Err(tracker.deleted()),
                     Err(kube::Error::Api(s)) if matches!(s.code, 401 | 403) => {
-                        return Err(refused(Arc::new(*s)));
+                        return Err(tracker.refused(kube::Error::Api(s)));
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "reading the request failed; the watch goes on");
@@ -176,7 +170,7 @@ impl Watches {
             } else {
                 let change = match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => {
-                        return Ok(Followed::TimedOut(Box::new(latest)));
+                        return Ok(tracker.end());
                     }
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
                         reread = true;
@@ -187,12 +181,12 @@ impl Watches {
                 match change {
                     Change::Applied(obj) if obj.metadata.name.as_deref() == Some(&*name) => {
                         seen_in_relist = true;
-                        latest = (*obj).clone();
+                        if tracker.observe((*obj).clone()) {
+                            return Ok(tracker.end());
+                        }
                     }
                     Change::Applied(_) => continue,
-                    Change::Deleted(gone) if *gone == *name => {
-                        return Err(FollowError::Deleted { namespace, name });
-                    }
+                    Change::Deleted(gone) if *gone == *name => return Err(tracker.deleted()),
                     Change::Deleted(_) => continue,
                     Change::Relisting => {
                         seen_in_relist = false;
@@ -202,19 +196,11 @@ impl Watches {
                         reread = !seen_in_relist;
                         continue;
                     }
-                    Change::Refused(status) => return Err(refused(status)),
+                    Change::Refused(status) => return Err(tracker.refused(refused(status))),
                 }
             }
-            let now = Progress::of(&latest);
-            if now != last {
-                report(&latest, &now);
-                last = now;
-            }
-            if last.is_terminal() {
-                return Ok(Followed::Finished(Box::new(latest)));
-            }
             if tokio::time::Instant::now() >= deadline {
-                return Ok(Followed::TimedOut(Box::new(latest)));
+                return Ok(tracker.end());
             }
         }
     }

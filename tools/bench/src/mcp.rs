@@ -3,7 +3,6 @@
 //! distinct junk bearer tokens from one address (TokenReviews that reach the API server, by its
 //! audit log and by the server's own counter). No operator runs, so the calls keep waiting.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -202,13 +201,7 @@ pub async fn run(
     }
     let all_waiting_after = t0.elapsed();
     let rss_waiting_kib = rss_kib(pid);
-    let api_port = plane
-        .server_url()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .context("API server port")?;
-    let api_connections = established_to(pid, api_port);
+    let api_connections = plane.connections_from(pid);
     let watches = metric("workspace_start_operator_mcp_shared_watches")
         .await
         .unwrap_or(0);
@@ -317,39 +310,4 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// Established TCP connections of process `pid` to local port `port` (its sockets, by inode).
-fn established_to(pid: u32, port: u16) -> usize {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    l.strip_prefix("socket:[")
-                        .and_then(|s| s.strip_suffix(']'))
-                        .map(str::to_owned)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut n = 0;
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 {
-                continue;
-            }
-            let remote = f[2]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if f[3] == "01" && remote == Some(port) && inodes.contains(f[9]) {
-                n += 1;
-            }
-        }
-    }
-    n
 }

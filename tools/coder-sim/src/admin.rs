@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::faults::{Fault, FaultSpec};
 use crate::http::{error, reply};
 use crate::json;
 use crate::model::{BuildScript, Transition};
@@ -287,7 +286,7 @@ async fn set_fault(State(app): State<App>, b: Bytes) -> Response {
         Ok(d) => d,
         Err(r) => return r,
     };
-    app.sim.set_fault(&doc.route, Fault::from(doc.fault));
+    app.sim.set_fault(&doc.route, doc.fault);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -330,7 +329,7 @@ async fn state(State(app): State<App>) -> Response {
     let faults: Vec<Value> = st
         .faults
         .iter()
-        .map(|(route, f)| json!({ "route": route, "fault": FaultSpec::from(f) }))
+        .map(|(route, f)| json!({ "route": route, "fault": f }))
         .collect();
     reply(
         StatusCode::OK,

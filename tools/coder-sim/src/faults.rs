@@ -1,5 +1,5 @@
-//! Fault injection as plain data: the [`Fault`] kinds, their JSON/YAML form
-//! ([`FaultSpec`]), and how a fault on a route resolves to the [`Action`]
+//! Fault injection as plain data: the [`Fault`] kinds (also their JSON/YAML
+//! form), and how a fault on a route resolves to the [`Action`]
 //! the middleware takes for one request. Nothing here knows about the model,
 //! the routes or the server; add a variant here and its handling in
 //! `routes::middleware`.
@@ -8,14 +8,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::duration::DurationSpec;
-
 /// The route key of a fault set on every route (a whole-deployment outage); a route's own
 /// fault, when it applies to a request, comes first.
 pub const ANY_ROUTE: &str = "*";
 
 /// A fault injected on one route key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its JSON/YAML form, as the admin API and scenarios take it:
+/// `{"status": 503}`, `"hang"`, `"reset"`, `"commit_then_fail"`,
+/// `{"slow": "750ms"}`, `"commit_then_hang"`, `{"rate_limited": 2}`,
+/// `{"times": {"n": 2, "fault": "reset"}}`; hostile: `{"huge_body": 314572800}`,
+/// `"invalid_json"`, `{"drip": 1}`, `{"big_message": {"status": 403, "bytes": 2000000}}`,
+/// `{"huge_names": 1048576}`,
+/// `"unterminated_sse"`, `"silent_sse"`, `{"on_path": {"path": "<id>", "fault": …}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Fault {
     /// Answer with this HTTP status and a Coder-style `{"message":…}` body
     /// without running the handler (429 also gets `Retry-After: 60`).
@@ -27,14 +34,19 @@ pub enum Fault {
     /// Run the handler (commit the change), then answer 500.
     CommitThenFail,
     /// Delay the request by this long, then handle it normally.
-    Slow(Duration),
+    Slow(#[serde(with = "duration_form")] Duration),
     /// Run the handler (commit the change), then never answer (until the
     /// server shuts down): a client that gives up or dies mid-request.
     CommitThenHang,
     /// Answer 429 with `Retry-After` of this many seconds, handler not run.
     RateLimited(u64),
     /// Apply the inner fault to the next `n` requests only, then remove it.
-    Times(u32, Box<Fault>),
+    Times {
+        /// Number of requests affected.
+        n: u32,
+        /// The fault applied to them.
+        fault: Box<Fault>,
+    },
     /// Hostile: answer 200 with a JSON document of this many bytes (one huge string field),
     /// streamed without `Content-Length`, handler not run.
     HugeBody(u64),
@@ -59,18 +71,29 @@ pub enum Fault {
     SilentSse,
     /// Apply the inner fault only to requests whose path contains this text (e.g. one
     /// workspace's id); other requests on the route are answered normally.
-    OnPath(String, Box<Fault>),
+    OnPath {
+        /// Text the request path must contain.
+        path: String,
+        /// The fault applied to those requests.
+        fault: Box<Fault>,
+    },
 }
 
 impl Fault {
-    /// Convenience for `Times(n, Box::new(fault))`.
+    /// Convenience for `Times { n, fault: Box::new(fault) }`.
     pub fn times(n: u32, fault: Fault) -> Fault {
-        Fault::Times(n, Box::new(fault))
+        Fault::Times {
+            n,
+            fault: Box::new(fault),
+        }
     }
 
-    /// Convenience for `OnPath(path, Box::new(fault))`.
+    /// Convenience for `OnPath { path, fault: Box::new(fault) }`.
     pub fn on_path(path: impl Into<String>, fault: Fault) -> Fault {
-        Fault::OnPath(path.into(), Box::new(fault))
+        Fault::OnPath {
+            path: path.into(),
+            fault: Box::new(fault),
+        }
     }
 }
 
@@ -99,21 +122,21 @@ pub(crate) enum Action {
 pub(crate) fn take(slot: &mut Option<Fault>, path: &str) -> Option<Action> {
     let fault = slot.take()?;
     match fault {
-        Fault::OnPath(p, inner) => {
+        Fault::OnPath { path: p, fault } => {
             if !path.contains(p.as_str()) {
-                *slot = Some(Fault::OnPath(p, inner));
+                *slot = Some(Fault::OnPath { path: p, fault });
                 return None;
             }
-            let mut rest = Some(*inner);
+            let mut rest = Some(*fault);
             let action = take(&mut rest, path);
-            *slot = rest.map(|f| Fault::OnPath(p, Box::new(f)));
+            *slot = rest.map(|f| Fault::on_path(p, f));
             action
         }
-        Fault::Times(0, _) => None,
-        Fault::Times(n, inner) => {
-            let action = leaf(&inner);
+        Fault::Times { n: 0, .. } => None,
+        Fault::Times { n, fault } => {
+            let action = leaf(&fault);
             if n > 1 {
-                *slot = Some(Fault::Times(n - 1, inner));
+                *slot = Some(Fault::Times { n: n - 1, fault });
             }
             Some(action)
         }
@@ -144,121 +167,25 @@ fn leaf(f: &Fault) -> Action {
         Fault::HugeNames(n) => Action::HugeNames(*n),
         Fault::UnterminatedSse => Action::UnterminatedSse,
         Fault::SilentSse => Action::SilentSse,
-        Fault::Times(_, inner) | Fault::OnPath(_, inner) => leaf(inner),
+        Fault::Times { fault, .. } | Fault::OnPath { fault, .. } => leaf(fault),
     }
 }
 
-/// Serializable form of [`Fault`] used by the admin API and scenarios:
-/// `{"status": 503}`, `"hang"`, `"reset"`, `"commit_then_fail"`,
-/// `{"slow": "750ms"}`, `"commit_then_hang"`, `{"rate_limited": 2}`,
-/// `{"times": {"n": 2, "fault": "reset"}}`; hostile: `{"huge_body": 314572800}`,
-/// `"invalid_json"`, `{"drip": 1}`, `{"big_message": {"status": 403, "bytes": 2000000}}`,
-/// `{"huge_names": 1048576}`,
-/// `"unterminated_sse"`, `"silent_sse"`, `{"on_path": {"path": "<id>", "fault": …}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultSpec {
-    /// See [`Fault::Status`].
-    Status(u16),
-    /// See [`Fault::Hang`].
-    Hang,
-    /// See [`Fault::Reset`].
-    Reset,
-    /// See [`Fault::CommitThenFail`].
-    CommitThenFail,
-    /// See [`Fault::Slow`].
-    Slow(DurationSpec),
-    /// See [`Fault::CommitThenHang`].
-    CommitThenHang,
-    /// See [`Fault::RateLimited`].
-    RateLimited(u64),
-    /// See [`Fault::Times`].
-    Times {
-        /// Number of requests affected.
-        n: u32,
-        /// The fault applied to them.
-        fault: Box<FaultSpec>,
-    },
-    /// See [`Fault::HugeBody`].
-    HugeBody(u64),
-    /// See [`Fault::InvalidJson`].
-    InvalidJson,
-    /// See [`Fault::Drip`].
-    Drip(u32),
-    /// See [`Fault::BigMessage`].
-    BigMessage {
-        /// HTTP status.
-        status: u16,
-        /// Length of the message.
-        bytes: u64,
-    },
-    /// See [`Fault::HugeNames`].
-    HugeNames(u64),
-    /// See [`Fault::UnterminatedSse`].
-    UnterminatedSse,
-    /// See [`Fault::SilentSse`].
-    SilentSse,
-    /// See [`Fault::OnPath`].
-    OnPath {
-        /// Text the request path must contain.
-        path: String,
-        /// The fault applied to those requests.
-        fault: Box<FaultSpec>,
-    },
-}
+/// [`Fault::Slow`]'s duration in the JSON/YAML form of a [`crate::duration::DurationSpec`]
+/// (`"750ms"`, `"2s"`, a bare number of milliseconds).
+mod duration_form {
+    use std::time::Duration;
 
-impl From<FaultSpec> for Fault {
-    fn from(s: FaultSpec) -> Fault {
-        match s {
-            FaultSpec::Status(c) => Fault::Status(c),
-            FaultSpec::Hang => Fault::Hang,
-            FaultSpec::Reset => Fault::Reset,
-            FaultSpec::CommitThenFail => Fault::CommitThenFail,
-            FaultSpec::Slow(d) => Fault::Slow(d.0),
-            FaultSpec::CommitThenHang => Fault::CommitThenHang,
-            FaultSpec::RateLimited(s) => Fault::RateLimited(s),
-            FaultSpec::Times { n, fault } => Fault::Times(n, Box::new(Fault::from(*fault))),
-            FaultSpec::HugeBody(n) => Fault::HugeBody(n),
-            FaultSpec::InvalidJson => Fault::InvalidJson,
-            FaultSpec::Drip(bps) => Fault::Drip(bps),
-            FaultSpec::BigMessage { status, bytes } => Fault::BigMessage { status, bytes },
-            FaultSpec::HugeNames(n) => Fault::HugeNames(n),
-            FaultSpec::UnterminatedSse => Fault::UnterminatedSse,
-            FaultSpec::SilentSse => Fault::SilentSse,
-            FaultSpec::OnPath { path, fault } => Fault::OnPath(path, Box::new(Fault::from(*fault))),
-        }
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::duration::DurationSpec;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        DurationSpec(*d).serialize(s)
     }
-}
 
-impl From<&Fault> for FaultSpec {
-    fn from(f: &Fault) -> FaultSpec {
-        match f {
-            Fault::Status(c) => FaultSpec::Status(*c),
-            Fault::Hang => FaultSpec::Hang,
-            Fault::Reset => FaultSpec::Reset,
-            Fault::CommitThenFail => FaultSpec::CommitThenFail,
-            Fault::Slow(d) => FaultSpec::Slow(DurationSpec(*d)),
-            Fault::CommitThenHang => FaultSpec::CommitThenHang,
-            Fault::RateLimited(s) => FaultSpec::RateLimited(*s),
-            Fault::Times(n, inner) => FaultSpec::Times {
-                n: *n,
-                fault: Box::new(FaultSpec::from(inner.as_ref())),
-            },
-            Fault::HugeBody(n) => FaultSpec::HugeBody(*n),
-            Fault::InvalidJson => FaultSpec::InvalidJson,
-            Fault::Drip(bps) => FaultSpec::Drip(*bps),
-            Fault::BigMessage { status, bytes } => FaultSpec::BigMessage {
-                status: *status,
-                bytes: *bytes,
-            },
-            Fault::HugeNames(n) => FaultSpec::HugeNames(*n),
-            Fault::UnterminatedSse => FaultSpec::UnterminatedSse,
-            Fault::SilentSse => FaultSpec::SilentSse,
-            Fault::OnPath(path, inner) => FaultSpec::OnPath {
-                path: path.clone(),
-                fault: Box::new(FaultSpec::from(inner.as_ref())),
-            },
-        }
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        DurationSpec::deserialize(d).map(|d| d.0)
     }
 }
 
@@ -296,11 +223,8 @@ mod tests {
 
     #[test]
     fn hostile_specs_round_trip() {
-        let s: Vec<FaultSpec> = serde_json::from_str(
-            r#"[{"huge_body":314572800},"invalid_json",{"drip":1},{"big_message":{"status":403,"bytes":2000000}},"unterminated_sse","silent_sse",{"on_path":{"path":"x","fault":"silent_sse"}},{"huge_names":1048576}]"#,
-        )
-        .expect("valid");
-        let f: Vec<Fault> = s.iter().cloned().map(Fault::from).collect();
+        let json = r#"[{"huge_body":314572800},"invalid_json",{"drip":1},{"big_message":{"status":403,"bytes":2000000}},"unterminated_sse","silent_sse",{"on_path":{"path":"x","fault":"silent_sse"}},{"huge_names":1048576}]"#;
+        let f: Vec<Fault> = serde_json::from_str(json).expect("valid");
         assert_eq!(
             f,
             vec![
@@ -317,17 +241,16 @@ mod tests {
                 Fault::HugeNames(1 << 20),
             ]
         );
-        let back: Vec<FaultSpec> = f.iter().map(FaultSpec::from).collect();
-        assert_eq!(back, s);
+        let back = serde_json::to_string(&f).expect("serializes");
+        assert_eq!(back, json);
     }
 
     #[test]
     fn spec_parses_all_forms() {
-        let s: Vec<FaultSpec> = serde_json::from_str(
+        let f: Vec<Fault> = serde_json::from_str(
             r#"[{"status":503},"hang","reset","commit_then_fail",{"slow":"750ms"},{"times":{"n":2,"fault":"reset"}},"commit_then_hang",{"rate_limited":2}]"#,
         )
         .expect("valid");
-        let f: Vec<Fault> = s.into_iter().map(Fault::from).collect();
         assert_eq!(
             f,
             vec![

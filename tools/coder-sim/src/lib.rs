@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use crate::routes::App;
 
 pub use config::{ChatEra, DEFAULT_RATE_LIMIT, DEFAULT_VERSION, SimConfig, SimTls, TestCa};
-pub use faults::{ANY_ROUTE, Fault, FaultSpec};
+pub use faults::{ANY_ROUTE, Fault};
 pub use feed::StateChange;
 pub use model::debug::LOG_SECRET;
 pub use model::{

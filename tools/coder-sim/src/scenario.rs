@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::config::{ChatEra, SimConfig};
 pub use crate::duration::{DurationSpec, parse_duration};
-use crate::faults::{Fault, FaultSpec};
+use crate::faults::Fault;
 use crate::model::{
     AgentSeed, BuildOutcome, BuildScript, ChatSpec, DEFAULT_CONNECTION_TIMEOUT_SECS, DormantStart,
     InitialState, LifecycleState, Sim, UserSpec, WorkspaceSeed,
@@ -273,7 +273,7 @@ pub struct FaultDoc {
     /// Route key, e.g. `POST /api/v2/workspaces/{id}/builds`.
     pub route: String,
     /// The fault.
-    pub fault: FaultSpec,
+    pub fault: Fault,
 }
 
 /// A whole scenario file.
@@ -333,7 +333,7 @@ impl Scenario {
             add_chat_doc(sim, c)?;
         }
         for f in &self.faults {
-            sim.set_fault(&f.route, Fault::from(f.fault.clone()));
+            sim.set_fault(&f.route, f.fault.clone());
         }
         Ok(())
     }

@@ -23,11 +23,13 @@
 //! `controller_manager`, `node` (scheduler, kubelet, runtime, proxy, pod network), `manifests`
 //! (apply YAML, install CRDs), `accounts` (namespaces, ServiceAccount and token clients), `process`
 //! (child processes), `probe` (HTTPS health probes), `run_dir` (temp dir and teardown),
-//! `credentials`, `kubeconfig`, `ports`, `binaries`, `error`.
+//! `credentials`, `kubeconfig`, `ports`, `binaries`, `connections` (a process's connections to
+//! the API server), `error`.
 
 mod accounts;
 mod apiserver;
 mod binaries;
+mod connections;
 mod controller_manager;
 mod credentials;
 mod error;

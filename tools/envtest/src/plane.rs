@@ -205,6 +205,12 @@ impl ControlPlane {
         }
     }
 
+    /// Established TCP connections of process `pid` to this kube-apiserver (read from `/proc`;
+    /// 0 when the process is gone).
+    pub fn connections_from(&self, pid: u32) -> usize {
+        crate::connections::established_to(pid, self.apiserver_port)
+    }
+
     /// `http://127.0.0.1:<port>` of etcd (its v3 JSON gateway too), for tests that must put
     /// into storage what the API server would refuse, e.g. an object it cannot decode.
     pub fn etcd_url(&self) -> String {
