@@ -18,7 +18,6 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use coder_sim::{BuildScript, InitialState, WorkspaceSeed};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
@@ -165,22 +164,7 @@ async fn create_service_account(env: &Env, name: &str) {
 
 /// Mints a token for ServiceAccount `sa` (for `audience`, or the API server's) into a file.
 async fn write_token(env: &Env, sa: &str, audience: Option<&str>) -> PathBuf {
-    let api: Api<ServiceAccount> = Api::namespaced(env.admin.clone(), &env.ns);
-    let req = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: audience.map(|a| vec![a.to_owned()]),
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let token = api
-        .create_token_request(sa, &PostParams::default(), &req)
-        .await
-        .expect("TokenRequest")
-        .status
-        .and_then(|s| s.token)
-        .expect("token");
+    let token = support::tokens::token_for(env, sa, audience).await;
     let path = env
         .dir
         .path()

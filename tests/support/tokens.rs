@@ -36,6 +36,13 @@ pub async fn caller_with_role(env: &Env, sa: &str, role: &str, audience: Option<
         .apply_yaml(&binding, ns)
         .await
         .expect("RoleBinding");
+    token_for(env, sa, audience).await
+}
+
+/// A token for the test namespace's ServiceAccount `sa`, for `audience` (None: the API
+/// server's), valid for an hour.
+pub async fn token_for(env: &Env, sa: &str, audience: Option<&str>) -> String {
+    let api: Api<ServiceAccount> = Api::namespaced(env.admin.clone(), &env.ns);
     let req = TokenRequest {
         spec: Some(TokenRequestSpec {
             audiences: audience.map(|a| vec![a.to_owned()]),
