@@ -352,18 +352,25 @@ async fn a_caller_without_rights_on_the_request_gets_no_logs() {
     assert_eq!(body["job_status"], "succeeded");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_command_prints_the_last_lines_for_an_authorised_caller() {
-    let (env, base) = env_with_logs("logs-cmd").await;
+/// Request `broken`, whose build failed with `exit status 1`, and a token (and its file) of a
+/// caller bound to the editor role, who may read its logs.
+async fn failed_build_and_editor_token(env: &Env) -> (String, std::path::PathBuf) {
     let ws = env.sim.sim().add_workspace(
         WorkspaceSeed::new(env.alice.id, "dev")
             .script(coder_sim::BuildScript::failed(None, "exit status 1")),
     );
     env.create_for_workspace("broken", ws).await;
     env.wait_terminal("broken", T).await;
-    let token = caller_with_role(&env, "developer", "editor").await;
+    let token = caller_with_role(env, "developer", "editor").await;
     let token_file = env.dir.path().join("developer-token");
     std::fs::write(&token_file, &token).expect("token file");
+    (token, token_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_command_prints_the_last_lines_for_an_authorised_caller() {
+    let (env, base) = env_with_logs("logs-cmd").await;
+    let (_, token_file) = failed_build_and_editor_token(&env).await;
     let run = |extra: &[&str]| {
         let mut cmd = std::process::Command::new(support::operator_bin());
         cmd.args(["logs", "broken", "-n", &env.ns, "--logs-url", &base])
@@ -541,15 +548,7 @@ async fn build_logs_over_tls_reach_a_caller_that_trusts_the_ca_and_no_one_in_cle
     )
     .await;
     let https = base.replacen("http://", "https://", 1);
-    let ws = env.sim.sim().add_workspace(
-        WorkspaceSeed::new(env.alice.id, "dev")
-            .script(coder_sim::BuildScript::failed(None, "exit status 1")),
-    );
-    env.create_for_workspace("broken", ws).await;
-    env.wait_terminal("broken", T).await;
-    let token = caller_with_role(&env, "developer", "editor").await;
-    let token_file = env.dir.path().join("developer-token");
-    std::fs::write(&token_file, &token).expect("token file");
+    let (token, token_file) = failed_build_and_editor_token(&env).await;
     let logs = |url: &str, extra: &[&str]| {
         let mut cmd = std::process::Command::new(support::operator_bin());
         cmd.args(["logs", "broken", "-n", &env.ns, "--logs-url", url])

@@ -21,7 +21,7 @@ use coder_sim::{BuildScript, InitialState, WorkspaceSeed};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
-use support::mcp::McpServer;
+use support::mcp::{self, McpServer};
 use support::{Env, free_port, operator_bin, repo};
 use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
@@ -316,11 +316,7 @@ async fn mcp_refuses_callers_without_rbac_or_with_bad_tokens_and_creates_nothing
     }
     // No token at all, straight over HTTP.
     let url = w.mcp.as_ref().expect("mcp").url();
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+    let resp = mcp::post(&reqwest::Client::new(), &url, None, mcp::TOOLS_LIST.into())
         .send()
         .await
         .expect("POST");

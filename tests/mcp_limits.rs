@@ -8,7 +8,7 @@
 
 mod support;
 
-use support::mcp::McpServer;
+use support::mcp::{self, McpServer};
 use support::tokens;
 
 use std::time::{Duration, Instant};
@@ -88,13 +88,8 @@ async fn call(
         "method": "tools/call",
         "params": {"name": tool, "arguments": arguments},
     });
-    let resp = http
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
+    let resp = mcp::post(http, url, Some(token), body.to_string())
         .header("mcp-protocol-version", "2025-06-18")
-        .body(body.to_string())
         .send()
         .await
         .expect("POST");
@@ -240,12 +235,7 @@ async fn a_caller_over_its_cap_gets_too_many_calls_and_the_server_over_its_cap_a
         assert!(Instant::now() < deadline, "the third call never waited");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let resp = http
-        .post(&url)
-        .bearer_auth(&other)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+    let resp = mcp::post(&http, &url, Some(&other), mcp::TOOLS_LIST.into())
         .send()
         .await
         .expect("POST");
@@ -278,12 +268,7 @@ async fn junk_tokens_from_one_address_cause_at_most_fifty_token_reviews_and_over
     let list = |token: String| {
         let (http, url) = (http.clone(), url.clone());
         async move {
-            let resp = http
-                .post(&url)
-                .bearer_auth(token)
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+            let resp = mcp::post(&http, &url, Some(&token), mcp::TOOLS_LIST.into())
                 .send()
                 .await
                 .expect("POST");

@@ -94,3 +94,25 @@ fn mcp_objects(yaml: &str) -> String {
     }
     out.join("---\n")
 }
+
+/// The JSON-RPC body of an MCP `tools/list` call.
+pub const TOOLS_LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+
+/// A raw MCP POST of `body` to `url` with the headers the streamable HTTP transport requires,
+/// as `token`'s caller (None: no token at all).
+pub fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: String,
+) -> reqwest::RequestBuilder {
+    let req = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body);
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
