@@ -269,6 +269,18 @@ impl CoderError {
         bounded_text(&cause)
     }
 
+    /// [`Self::transient_cause`] without the text Coder sent with it, which may name another
+    /// request's chat or workspace: what requests other than the one that got it are shown
+    /// while they wait on the same Coder endpoint.
+    pub fn general_cause(&self) -> String {
+        match self {
+            CoderError::Server {
+                endpoint, status, ..
+            } => format!("HTTP {status} from {endpoint}"),
+            other => other.transient_cause(),
+        }
+    }
+
     /// The delay Coder asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -146,8 +146,15 @@ fn of_start_build(e: &CoderError) -> Disposition {
 pub enum CallOutcome {
     /// Coder answered (a success, or an answer that is not an outage such as 404 or 401).
     Answered,
-    /// Coder is down, slow or overloaded: the cause, as [`CoderError::transient_cause`].
-    Unavailable(String),
+    /// Coder is down, slow or overloaded.
+    Unavailable {
+        /// The cause, as [`CoderError::transient_cause`]: shown on the request that made the
+        /// call.
+        cause: String,
+        /// The cause without Coder's text, as [`CoderError::general_cause`]: shown on other
+        /// requests that wait on the same endpoint.
+        general: String,
+    },
     /// Nothing reached Coder, or the answer says nothing of its health (a name refused
     /// before sending, a configuration or TLS trust error).
     NotSent,
@@ -157,7 +164,10 @@ pub enum CallOutcome {
 pub fn call_outcome<T>(result: &Result<T, CoderError>) -> CallOutcome {
     match result {
         Ok(_) => CallOutcome::Answered,
-        Err(e) if e.is_transient() => CallOutcome::Unavailable(e.transient_cause()),
+        Err(e) if e.is_transient() => CallOutcome::Unavailable {
+            cause: e.transient_cause(),
+            general: e.general_cause(),
+        },
         Err(
             CoderError::Config(_)
             | CoderError::InvalidName { .. }

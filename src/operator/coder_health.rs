@@ -6,15 +6,21 @@
 //!   reconcile ends with a requeue no later than its deadline, and while the endpoint is down a
 //!   reconcile of a waiting request makes no Coder call ([`CoderHealth::hold`]).
 //! - While an endpoint is down, one probe ([`Probe`], `GET /api/v2/buildinfo`: unauthenticated
-//!   and static in coderd) runs on [`ProbeSchedule`]; each new request still makes its first
-//!   attempt, and any call Coder answers counts as the endpoint being back.
+//!   and static in coderd) runs on [`ProbeSchedule`], and any call Coder answers counts as the
+//!   endpoint being back.
+//! - Each new request still makes its one first attempt while the endpoint is down, but the
+//!   first attempts go one at a time, at most one per [`ProbeSchedule::turn`]: a request that
+//!   arrives while another's attempt is recent waits for its turn (oldest first). So requests
+//!   that arrive in a burst during an outage keep looking at Coder through the outage, and its
+//!   return is seen within a turn rather than a probe period, with no more calls than one per
+//!   request plus the probes.
 //! - When Coder answers again, every waiting request is triggered at once (`reconcile_on`),
 //!   paced only by the client's rate budget and the start slots.
 //! - A request that fails again right after it was released, while Coder answers, has a broken
 //!   path of its own (one workspace's route failing): it retries on its own backoff and no
 //!   longer marks the endpoint down, so it cannot keep the others waiting or loop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -34,6 +40,8 @@ type Obj = ObjectRef<WorkspaceStartRequest>;
 pub const FIRST_PROBE: Duration = Duration::from_millis(2500);
 /// Default time between later probes: at most one probe per 5 s while an endpoint stays down.
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Default time between the first attempts of requests while an endpoint is down.
+pub const TURN: Duration = Duration::from_secs(1);
 
 /// When a down endpoint is probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +50,8 @@ pub struct ProbeSchedule {
     pub first: Duration,
     /// Between later probes.
     pub every: Duration,
+    /// Between the first attempts of new requests while the endpoint is down.
+    pub turn: Duration,
 }
 
 impl Default for ProbeSchedule {
@@ -49,6 +59,7 @@ impl Default for ProbeSchedule {
         ProbeSchedule {
             first: FIRST_PROBE,
             every: PROBE_EVERY,
+            turn: TURN,
         }
     }
 }
@@ -78,6 +89,10 @@ pub enum Wait {
 /// Where a request stands with its endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Standing {
+    /// Arrived while the endpoint is down and has not had its attempt: waits for its turn.
+    Untried,
+    /// Its turn came (or it arrived when none was recent): its next pass calls Coder.
+    Trying,
     /// Made its attempt while the endpoint is down: waits for it, with its own last error.
     Waiting { cause: String },
     /// Was released when Coder answered again; has not succeeded since.
@@ -97,8 +112,13 @@ struct Down {
     /// Tells this outage's probe task from an earlier one's.
     id: u64,
     since: Instant,
+    /// The last general cause (without Coder's text): what requests that did not get it see.
     cause: String,
     waiters: HashSet<Obj>,
+    /// Untried requests, oldest first (some may have gone since: skipped when their turn comes).
+    turns: VecDeque<Obj>,
+    /// When the next first attempt may go.
+    next_turn: tokio::time::Instant,
     probe: Probe,
 }
 
@@ -141,25 +161,39 @@ impl CoderHealth {
     }
 
     /// Before a pass: `Some(cause)` when `obj` must not call Coder now, because `endpoint` is
-    /// down and `obj` already had its attempt (it waits, showing `cause`, its last error).
-    /// `None`: call Coder (the endpoint answers, or this is the request's first attempt).
+    /// down and `obj` already had its attempt or waits for its turn (it waits, showing `cause`:
+    /// its own last error, or the endpoint's). `None`: call Coder (the endpoint answers, or
+    /// this is the request's first attempt).
     pub fn hold(&self, endpoint: &str, obj: &Obj) -> Option<String> {
         let mut st = self.lock();
         let State { down, requests, .. } = &mut *st;
         let d = down.get_mut(endpoint)?;
-        let rec = requests.get_mut(obj).filter(|r| r.endpoint == endpoint)?;
-        let cause = match &rec.standing {
-            Standing::Waiting { cause } => cause.clone(),
+        let standing = requests
+            .get(obj)
+            .filter(|r| r.endpoint == endpoint)
+            .map(|r| r.standing.clone());
+        let (standing, held) = match standing {
+            Some(Standing::Trying) => (Standing::Trying, None),
+            Some(Standing::Untried) => (Standing::Untried, Some(d.cause.clone())),
+            Some(Standing::Waiting { cause }) => (
+                Standing::Waiting {
+                    cause: cause.clone(),
+                },
+                Some(cause),
+            ),
             // Released or on its own, and the endpoint went down again: wait with the others.
-            _ => d.cause.clone(),
+            Some(Standing::Released | Standing::OnItsOwn) => (
+                Standing::Waiting {
+                    cause: d.cause.clone(),
+                },
+                Some(d.cause.clone()),
+            ),
+            None => d.arrival(obj, self.schedule.turn),
         };
-        rec.standing = Standing::Waiting {
-            cause: cause.clone(),
-        };
+        requests.insert(obj.clone(), record(endpoint, standing));
         d.waiters.insert(obj.clone());
-        drop(st);
-        self.count_waiting();
-        Some(cause)
+        self.count_waiting_locked(&st);
+        held
     }
 
     /// Reports how a Coder call of `obj` on `endpoint` went: an answer releases the endpoint's
@@ -174,7 +208,9 @@ impl CoderHealth {
     ) {
         match outcome {
             CallOutcome::Answered => self.answered(endpoint),
-            CallOutcome::Unavailable(cause) => self.unavailable(endpoint, obj, cause, probe),
+            CallOutcome::Unavailable { cause, general } => {
+                self.unavailable(endpoint, obj, (cause, general), probe);
+            }
             CallOutcome::NotSent => {}
         }
     }
@@ -187,7 +223,7 @@ impl CoderHealth {
             return;
         };
         for o in &d.waiters {
-            if let Some(rec) = st.requests.get_mut(o) {
+            if let Some(rec) = st.requests.get_mut(o).filter(|r| r.endpoint == endpoint) {
                 rec.standing = Standing::Released;
             }
         }
@@ -203,8 +239,14 @@ impl CoderHealth {
         self.count_waiting();
     }
 
-    /// `obj`'s call on `endpoint` failed as unavailable with `cause`.
-    fn unavailable(&self, endpoint: &str, obj: &Obj, cause: &str, probe: impl FnOnce() -> Probe) {
+    /// `obj`'s call on `endpoint` failed as unavailable with `cause` (`general` for others).
+    fn unavailable(
+        &self,
+        endpoint: &str,
+        obj: &Obj,
+        (cause, general): (&str, &str),
+        probe: impl FnOnce() -> Probe,
+    ) {
         let mut st = self.lock();
         let st = &mut *st;
         let standing = st
@@ -237,8 +279,10 @@ impl CoderHealth {
                 Down {
                     id,
                     since: Instant::now(),
-                    cause: cause.to_owned(),
+                    cause: general.to_owned(),
                     waiters: HashSet::from([obj.clone()]),
+                    turns: VecDeque::new(),
+                    next_turn: tokio::time::Instant::now() + self.schedule.turn,
                     probe: probe(),
                 },
             );
@@ -251,7 +295,7 @@ impl CoderHealth {
     /// How `obj`, whose pass ended with Coder unavailable, waits.
     pub fn wait_of(&self, obj: &Obj) -> Wait {
         match self.lock().requests.get(obj).map(|r| &r.standing) {
-            Some(Standing::Waiting { .. }) => Wait::Signal,
+            Some(Standing::Waiting { .. } | Standing::Untried | Standing::Trying) => Wait::Signal,
             _ => Wait::Backoff,
         }
     }
@@ -296,29 +340,71 @@ impl CoderHealth {
         let health = self.me.clone();
         let schedule = self.schedule;
         rt.spawn(async move {
-            let mut wait = schedule.first;
+            let start = tokio::time::Instant::now();
+            let (mut next_probe, mut next_turn) = (start + schedule.first, start + schedule.turn);
             loop {
-                tokio::time::sleep(wait).await;
-                wait = schedule.every;
+                tokio::time::sleep_until(next_probe.min(next_turn)).await;
                 let Some(h) = health.upgrade() else { return };
-                let Some(probe) = h.probe_due(&endpoint, id) else {
-                    return;
-                };
-                let outcome = probe().await;
-                let result = match &outcome {
-                    CallOutcome::Unavailable(_) => "unavailable",
-                    _ => "answered",
-                };
-                h.metrics
-                    .coder_probes
-                    .get_or_create(&ProbeLabels { result })
-                    .inc();
-                match outcome {
-                    CallOutcome::Unavailable(cause) => h.still_down(&endpoint, id, cause),
-                    _ => h.answered(&endpoint),
+                let now = tokio::time::Instant::now();
+                if now >= next_turn {
+                    if !h.give_turn(&endpoint, id, next_turn) {
+                        return;
+                    }
+                    next_turn += schedule.turn;
+                }
+                if now >= next_probe {
+                    next_probe += schedule.every;
+                    let Some(probe) = h.probe_due(&endpoint, id) else {
+                        return;
+                    };
+                    h.run_probe(&endpoint, id, &probe).await;
                 }
             }
         });
+    }
+
+    /// Runs one probe of outage `id` of `endpoint` and takes what it says.
+    async fn run_probe(&self, endpoint: &str, id: u64, probe: &Probe) {
+        let outcome = probe().await;
+        let result = match &outcome {
+            CallOutcome::Unavailable { .. } => "unavailable",
+            _ => "answered",
+        };
+        self.metrics
+            .coder_probes
+            .get_or_create(&ProbeLabels { result })
+            .inc();
+        match outcome {
+            CallOutcome::Unavailable { general, .. } => self.still_down(endpoint, id, general),
+            _ => self.answered(endpoint),
+        }
+    }
+
+    /// At the turn due `at`, lets the oldest untried request of outage `id` of `endpoint` make
+    /// its first attempt, if none went within the last turn. `false` when the outage is over.
+    fn give_turn(&self, endpoint: &str, id: u64, at: tokio::time::Instant) -> bool {
+        let mut st = self.lock();
+        let State { down, requests, .. } = &mut *st;
+        let Some(d) = down.get_mut(endpoint).filter(|d| d.id == id) else {
+            return false;
+        };
+        if at < d.next_turn {
+            return true;
+        }
+        while let Some(o) = d.turns.pop_front() {
+            let Some(rec) = requests
+                .get_mut(&o)
+                .filter(|r| r.endpoint == endpoint && r.standing == Standing::Untried)
+            else {
+                continue;
+            };
+            rec.standing = Standing::Trying;
+            d.next_turn = at + self.schedule.turn;
+            drop(st);
+            self.wake.send(&[o]);
+            return true;
+        }
+        true
     }
 
     /// The probe to run for outage `id` of `endpoint`, or `None` when it is over. An outage no
@@ -347,6 +433,21 @@ impl CoderHealth {
     }
 }
 
+impl Down {
+    /// A request that has no standing with this endpoint arrives while it is down: it makes
+    /// its first attempt now when no turn is waiting and none went within the last `turn`;
+    /// otherwise it waits for its turn, showing the endpoint's cause.
+    fn arrival(&mut self, obj: &Obj, turn: Duration) -> (Standing, Option<String>) {
+        let now = tokio::time::Instant::now();
+        if self.turns.is_empty() && now >= self.next_turn {
+            self.next_turn = now + turn;
+            return (Standing::Trying, None);
+        }
+        self.turns.push_back(obj.clone());
+        (Standing::Untried, Some(self.cause.clone()))
+    }
+}
+
 fn record(endpoint: &str, standing: Standing) -> Record {
     Record {
         endpoint: endpoint.to_owned(),
@@ -363,6 +464,13 @@ mod tests {
     const EP: &str = "http://coder.test";
     const CAUSE: &str = "HTTP 503 from /api/v2/workspaces/{id}";
 
+    fn unavailable(cause: &str) -> CallOutcome {
+        CallOutcome::Unavailable {
+            cause: cause.into(),
+            general: cause.into(),
+        }
+    }
+
     fn obj(name: &str) -> Obj {
         ObjectRef::new(name).within("ns")
     }
@@ -377,15 +485,14 @@ mod tests {
                 if up {
                     CallOutcome::Answered
                 } else {
-                    CallOutcome::Unavailable("HTTP 503 from /api/v2/buildinfo".into())
+                    unavailable("HTTP 503 from /api/v2/buildinfo")
                 }
             })
         })
     }
 
     fn down(h: &CoderHealth, o: &Obj, p: &Probe) {
-        let unavailable = CallOutcome::Unavailable(CAUSE.into());
-        h.report(EP, o, &unavailable, || Arc::clone(p));
+        h.report(EP, o, &unavailable(CAUSE), || Arc::clone(p));
     }
 
     #[tokio::test(start_paused = true)]
@@ -395,18 +502,20 @@ mod tests {
         let mut released = h.subscribe();
         let (calls, up) = (Arc::default(), Arc::default());
         let p = probe(&calls, &up);
-        // Three requests make their first attempt and find Coder down.
+        let start = tokio::time::Instant::now();
+        // Three requests, more than a turn apart, make their first attempt and find Coder down.
         for name in ["a", "b", "c"] {
             assert_eq!(h.hold(EP, &obj(name)), None, "a first attempt calls Coder");
             down(&h, &obj(name), &p);
             assert_eq!(h.wait_of(&obj(name)), Wait::Signal);
+            tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         assert_eq!(h.endpoints_down(), 1);
         assert_eq!(metrics.requests_waiting_on_coder.get(), 3);
         // A reconcile of a waiting request makes no call, and shows its own last error.
         assert_eq!(h.hold(EP, &obj("a")).as_deref(), Some(CAUSE));
         // 20 s of outage: probes at 2.5, 7.5, 12.5 and 17.5 s, one schedule for all three.
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        tokio::time::sleep_until(start + Duration::from_secs(20)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 4);
         // Coder is back: the next probe releases all three at once.
         up.store(true, Ordering::SeqCst);
@@ -424,6 +533,80 @@ mod tests {
         // No more probes once Coder is up.
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_during_an_outage_takes_turns_and_sees_coder_back_within_a_turn() {
+        let h = CoderHealth::new(Arc::new(Metrics::new()), ProbeSchedule::default());
+        let mut woken = h.subscribe();
+        let (probes, up) = (Arc::default(), Arc::<AtomicBool>::default());
+        let p = probe(&probes, &up);
+        // 30 requests arrive at once; the first finds Coder down, the rest wait for turns.
+        assert_eq!(h.hold(EP, &obj("r0")), None);
+        down(&h, &obj("r0"), &p);
+        for i in 1..30 {
+            assert_eq!(
+                h.hold(EP, &obj(&format!("r{i}"))).as_deref(),
+                Some(CAUSE),
+                "r{i} waits for its turn, showing the endpoint's cause"
+            );
+            assert_eq!(h.wait_of(&obj(&format!("r{i}"))), Wait::Signal);
+        }
+        // Each woken request makes its one attempt; Coder comes back 10.3 s in.
+        let start = tokio::time::Instant::now();
+        let back = start + Duration::from_millis(10_300);
+        let mut attempts: HashMap<String, usize> = HashMap::new();
+        let mut turns = Vec::new();
+        let mut released = HashSet::new();
+        while released.len() < 30 {
+            let o = woken.next().await.expect("woken");
+            if h.endpoints_down() == 0 {
+                released.insert(o.name);
+                continue;
+            }
+            turns.push(start.elapsed());
+            assert_eq!(
+                h.hold(EP, &o),
+                None,
+                "{} has its turn: it calls Coder",
+                o.name
+            );
+            *attempts.entry(o.name.clone()).or_default() += 1;
+            if tokio::time::Instant::now() >= back {
+                h.report(EP, &o, &CallOutcome::Answered, || unreachable!());
+            } else {
+                down(&h, &o, &p);
+                assert_eq!(h.hold(EP, &o).as_deref(), Some(CAUSE), "tried: it waits");
+            }
+        }
+        // Turns a second apart, oldest first; Coder's return seen at the next turn (11 s),
+        // before the probe (12.5 s); one attempt per request and the probes of 2.5 and 7.5 s.
+        let secs: Vec<u64> = turns.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, (1..=11).collect::<Vec<_>>());
+        assert!(attempts.values().all(|n| *n == 1), "{attempts:?}");
+        assert_eq!(attempts.len(), 11);
+        assert_eq!(probes.load(Ordering::SeqCst), 2);
+        assert_eq!(h.endpoints_down(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waiting_for_its_turn_sees_the_outage_but_not_what_coder_told_another() {
+        let h = CoderHealth::new(Arc::new(Metrics::new()), ProbeSchedule::default());
+        let (calls, up) = (Arc::default(), Arc::default());
+        let told_alice = CallOutcome::Unavailable {
+            cause: "HTTP 503 from /api/v2/workspaces/{id}: alice's workspace db is locked".into(),
+            general: "HTTP 503 from /api/v2/workspaces/{id}".into(),
+        };
+        h.report(EP, &obj("alice"), &told_alice, || probe(&calls, &up));
+        assert_eq!(
+            h.hold(EP, &obj("bob")).as_deref(),
+            Some("HTTP 503 from /api/v2/workspaces/{id}")
+        );
+        assert_eq!(
+            h.hold(EP, &obj("alice")).as_deref(),
+            Some("HTTP 503 from /api/v2/workspaces/{id}: alice's workspace db is locked"),
+            "its own error, in full"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -475,8 +658,9 @@ mod tests {
         let (calls, up) = (Arc::default(), Arc::default());
         let p = probe(&calls, &up);
         down(&h, &obj("a"), &p);
-        let other = CallOutcome::Unavailable(CAUSE.into());
-        h.report("http://other.test", &obj("a"), &other, || Arc::clone(&p));
+        h.report("http://other.test", &obj("a"), &unavailable(CAUSE), || {
+            Arc::clone(&p)
+        });
         assert_eq!(h.endpoints_down(), 2);
         assert_eq!(metrics.requests_waiting_on_coder.get(), 1);
         // The first endpoint has no waiter left: its probe stops there.
