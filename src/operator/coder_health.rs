@@ -136,6 +136,8 @@ pub struct CoderHealth {
     wake: Triggers,
     schedule: ProbeSchedule,
     metrics: Arc<Metrics>,
+    /// Counts the times an endpoint that was down answered again ([`CoderHealth::recoveries`]).
+    recoveries: tokio::sync::watch::Sender<u64>,
     me: Weak<CoderHealth>,
 }
 
@@ -147,6 +149,7 @@ impl CoderHealth {
             wake: Triggers::default(),
             schedule,
             metrics,
+            recoveries: tokio::sync::watch::channel(0).0,
             me: me.clone(),
         })
     }
@@ -215,6 +218,12 @@ impl CoderHealth {
         }
     }
 
+    /// Changes each time an endpoint that was down answers again, for work that waits on its
+    /// own backoff meanwhile (the workspace watch streams) to try again at once.
+    pub fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recoveries.subscribe()
+    }
+
     /// Coder answered a call on `endpoint`: if it was down, it is back, and every request
     /// waiting on it is released at once.
     pub fn answered(&self, endpoint: &str) {
@@ -236,6 +245,7 @@ impl CoderHealth {
             "Coder answers again; releasing the requests waiting for it"
         );
         self.wake.send(&released);
+        self.recoveries.send_modify(|n| *n = n.wrapping_add(1));
         self.count_waiting();
     }
 
@@ -500,6 +510,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let h = CoderHealth::new(Arc::clone(&metrics), ProbeSchedule::default());
         let mut released = h.subscribe();
+        let mut recoveries = h.recoveries();
         let (calls, up) = (Arc::default(), Arc::default());
         let p = probe(&calls, &up);
         let start = tokio::time::Instant::now();
@@ -527,6 +538,10 @@ mod tests {
         }
         woken.sort();
         assert_eq!(woken, ["a", "b", "c"]);
+        assert!(
+            recoveries.has_changed().unwrap_or(false),
+            "streams are told"
+        );
         assert_eq!(h.endpoints_down(), 0);
         assert_eq!(metrics.requests_waiting_on_coder.get(), 0);
         assert_eq!(h.hold(EP, &obj("a")), None, "released: call Coder");

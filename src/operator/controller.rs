@@ -170,6 +170,7 @@ impl Context {
             settings.shard.clone(),
         );
         let coder_health = CoderHealth::new(Arc::clone(&metrics), ProbeSchedule::default());
+        streams.reconnect_on(coder_health.recoveries());
         Arc::new(Context {
             kube,
             connections,

@@ -15,7 +15,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use kube::runtime::reflector::ObjectRef;
@@ -54,6 +54,8 @@ pub struct Streams {
     seqs: AtomicU64,
     /// How long a live stream's read is trusted ([`Streams::set_backstop`]).
     live_for_ms: AtomicU64,
+    /// Coder's returns after an outage ([`Streams::reconnect_on`]).
+    recoveries: OnceLock<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl Streams {
@@ -71,7 +73,15 @@ impl Streams {
             max_streams: AtomicUsize::new(usize::MAX),
             seqs: AtomicU64::new(1),
             live_for_ms: AtomicU64::new(15_000),
+            recoveries: OnceLock::new(),
         })
+    }
+
+    /// Streams waiting to reopen try again at once when `recoveries` changes (Coder answers
+    /// again after an outage: `CoderHealth::recoveries`) rather than sleeping out a backoff of
+    /// up to 30 s. Set once; a second call is ignored.
+    pub fn reconnect_on(&self, recoveries: tokio::sync::watch::Receiver<u64>) {
+        let _ = self.recoveries.set(recoveries);
     }
 
     /// Caps concurrent watch streams (each holds a connection and buffers); requests for

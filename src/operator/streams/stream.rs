@@ -6,9 +6,64 @@ use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 
+use tokio::sync::watch;
+
 use super::{Streams, WorkspaceKey};
 use crate::coder::types::Workspace;
 use crate::coder::{CoderClient, CoderError, WatchEvent};
+
+/// The first pause before a failed or ended stream is reopened; it doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// The longest pause between reopening attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Waits `backoff`, or less if Coder is seen back meanwhile (`true` then). A closed channel
+/// is dropped, so it cannot end every later pause at once.
+async fn pause(backoff: Duration, recoveries: &mut Option<watch::Receiver<u64>>) -> bool {
+    let Some(rx) = recoveries.as_mut() else {
+        tokio::time::sleep(backoff).await;
+        return false;
+    };
+    let sleep = tokio::time::sleep(backoff);
+    tokio::pin!(sleep);
+    tokio::select! {
+        () = &mut sleep => false,
+        changed = rx.changed() => {
+            if changed.is_ok() {
+                return true;
+            }
+            *recoveries = None;
+            sleep.await;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn coders_return_ends_a_streams_pause_and_a_closed_signal_does_not() {
+        let (tx, rx) = watch::channel(0u64);
+        let mut recoveries = Some(rx);
+        let start = tokio::time::Instant::now();
+        let back = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_modify(|n| *n += 1);
+        };
+        let (woke, ()) = tokio::join!(pause(MAX_BACKOFF, &mut recoveries), back);
+        assert!(woke);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+
+        drop(tx);
+        let start = tokio::time::Instant::now();
+        assert!(!pause(Duration::from_secs(4), &mut recoveries).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(4), "the whole backoff");
+        assert!(recoveries.is_none());
+    }
+}
 
 impl Streams {
     /// Marks whether a stream currently delivers events for `key`.
@@ -53,12 +108,18 @@ impl Streams {
 
     /// Follows `key`'s `/watch` stream until no request is attached to the workspace, reopening it with
     /// exponential backoff (at least Coder's `Retry-After`) when it fails or ends.
+    /// Coder's return (see [`Streams::reconnect_on`]) cuts a backoff short.
     pub(super) async fn stream(self: Arc<Self>, key: WorkspaceKey, client: CoderClient) {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = FIRST_BACKOFF;
         let Some(stop) = self.lock_entries().get(&key).map(|e| Arc::clone(&e.stop)) else {
             return;
         };
+        let mut recoveries = self.recoveries.get().cloned();
         while self.keep_streaming(&key) {
+            // A return of Coder from here on (during this attempt, too) ends the next pause.
+            if let Some(rx) = recoveries.as_mut() {
+                rx.mark_unchanged();
+            }
             match client.watch_workspace(key.workspace).await {
                 Ok(events) => {
                     self.metrics.watch_streams.inc();
@@ -76,8 +137,11 @@ impl Streams {
             if !self.keep_streaming(&key) {
                 break;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = if pause(backoff, &mut recoveries).await {
+                FIRST_BACKOFF
+            } else {
+                (backoff * 2).min(MAX_BACKOFF)
+            };
         }
     }
 
@@ -97,7 +161,7 @@ impl Streams {
             tokio::select! {
                 ev = events.next() => match ev {
                     Some(Ok(WatchEvent::Workspace(ws))) => {
-                        *backoff = Duration::from_millis(500);
+                        *backoff = FIRST_BACKOFF;
                         self.record_event(key, Some(*ws));
                         let Some(subs) = self.attached(key) else { break };
                         self.triggers.send(&subs);
