@@ -134,6 +134,13 @@ async fn stage_timings_add_up_to_the_time_to_ready() {
     assert!(within.iter().flatten().sum::<i64>() <= running, "{t:?}");
     assert!(rt.provisioner_stages.is_some(), "{rt:?}");
     assert_eq!(timings_reads(&env), 1);
+    // ... and they are in the per-stage histogram.
+    for stage in ["init", "plan", "graph", "apply"] {
+        let count = format!(
+            "workspace_start_operator_stage_seconds_count{{stage=\"terraform_{stage}\"}} 1"
+        );
+        assert!(metrics.contains(&count), "{count} in {metrics}");
+    }
 }
 
 /// How many times the operator read a build's timings from Coder.

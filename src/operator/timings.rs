@@ -216,13 +216,20 @@ pub fn stamp(
     }
 }
 
-/// `(stage, seconds)` of each timed stage, for the per-stage histogram.
+/// `(stage, seconds)` of each timed stage, for the per-stage histogram. Coder's Terraform
+/// stages (`terraform_init`, `terraform_plan`, `terraform_graph`, `terraform_apply`) lie within
+/// `running`, so they are not added to the others.
 pub fn stages(t: &StageTimings) -> Vec<(&'static str, f64)> {
     let secs = |v: i64| v as f64 / 1000.0;
     let mut out = vec![("queued", secs(t.queued_ms))];
+    let tf = t.provisioner_stages.clone().unwrap_or_default();
     for (name, v) in [
         ("pending", t.pending_ms),
         ("running", t.running_ms),
+        ("terraform_init", tf.init_ms),
+        ("terraform_plan", tf.plan_ms),
+        ("terraform_graph", tf.graph_ms),
+        ("terraform_apply", tf.apply_ms),
         ("agent_connecting", t.agent_connecting_ms),
         ("agent_starting", t.agent_starting_ms),
     ] {
