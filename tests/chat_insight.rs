@@ -535,7 +535,7 @@ async fn idle_connections_to_the_logs_port_are_cut_after_the_idle_timeout_and_ov
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn build_logs_over_tls_reach_a_caller_that_trusts_the_ca_and_no_one_in_clear() {
+async fn build_logs_over_tls_reach_only_callers_that_trust_the_ca_and_follow_a_renewal() {
     let ca = coder_sim::TestCa::generate("wso logs test CA").expect("test CA");
     let dir = tempfile::tempdir().expect("tempdir");
     let file = |name: &str, pem: &str| {
@@ -593,6 +593,27 @@ async fn build_logs_over_tls_reach_a_caller_that_trusts_the_ca_and_no_one_in_cle
         .send()
         .await;
     assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+
+    // The Secret is renewed (here with a certificate from another CA, so the change shows):
+    // the port serves the new pair without a restart, within its 10 s look.
+    let renewed = coder_sim::TestCa::generate("wso logs test CA, renewed").expect("test CA");
+    file("tls.key", &renewed.tls.key_pem);
+    file("tls.crt", &renewed.tls.cert_pem);
+    let renewed_ca = file("renewed-ca.crt", &renewed.ca_pem);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !logs(&https, &["--logs-ca-file", &renewed_ca])
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate is not served 30 s after the files changed"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let out = logs(&https, &["--logs-ca-file", &ca_file]);
+    assert_eq!(out.status.code(), Some(4), "the old certificate is gone");
     let log = env.operator.as_ref().map(|o| o.logs()).unwrap_or_default();
+    assert!(log.contains("serving the renewed TLS certificate"), "{log}");
     assert!(!log.contains(&token), "the operator logged a token");
 }
