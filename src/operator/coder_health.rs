@@ -510,7 +510,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let h = CoderHealth::new(Arc::clone(&metrics), ProbeSchedule::default());
         let mut released = h.subscribe();
-        let mut recoveries = h.recoveries();
+        let recoveries = h.recoveries();
         let (calls, up) = (Arc::default(), Arc::default());
         let p = probe(&calls, &up);
         let start = tokio::time::Instant::now();

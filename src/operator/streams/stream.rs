@@ -40,31 +40,6 @@ async fn pause(backoff: Duration, recoveries: &mut Option<watch::Receiver<u64>>)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn coders_return_ends_a_streams_pause_and_a_closed_signal_does_not() {
-        let (tx, rx) = watch::channel(0u64);
-        let mut recoveries = Some(rx);
-        let start = tokio::time::Instant::now();
-        let back = async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            tx.send_modify(|n| *n += 1);
-        };
-        let (woke, ()) = tokio::join!(pause(MAX_BACKOFF, &mut recoveries), back);
-        assert!(woke);
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
-
-        drop(tx);
-        let start = tokio::time::Instant::now();
-        assert!(!pause(Duration::from_secs(4), &mut recoveries).await);
-        assert_eq!(start.elapsed(), Duration::from_secs(4), "the whole backoff");
-        assert!(recoveries.is_none());
-    }
-}
-
 impl Streams {
     /// Marks whether a stream currently delivers events for `key`.
     fn set_live(&self, key: &WorkspaceKey, live: bool) {
@@ -192,5 +167,30 @@ impl Streams {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn coders_return_ends_a_streams_pause_and_a_closed_signal_does_not() {
+        let (tx, rx) = watch::channel(0u64);
+        let mut recoveries = Some(rx);
+        let start = tokio::time::Instant::now();
+        let back = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_modify(|n| *n += 1);
+        };
+        let (woke, ()) = tokio::join!(pause(MAX_BACKOFF, &mut recoveries), back);
+        assert!(woke);
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+
+        drop(tx);
+        let start = tokio::time::Instant::now();
+        assert!(!pause(Duration::from_secs(4), &mut recoveries).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(4), "the whole backoff");
+        assert!(recoveries.is_none());
     }
 }
