@@ -126,7 +126,37 @@ struct Down {
 struct State {
     down: HashMap<String, Down>,
     requests: HashMap<Obj, Record>,
+    /// When each endpoint last answered a call (entries older than [`ANSWER_KEPT`] may go).
+    answers: HashMap<String, tokio::time::Instant>,
     next_id: u64,
+}
+
+/// How long the time of an endpoint's last answer is kept: longer than any Coder call lasts.
+const ANSWER_KEPT: Duration = Duration::from_secs(600);
+/// Beyond this many endpoints, old answer times are dropped.
+const ANSWERS_MAX: usize = 256;
+
+impl State {
+    /// `endpoint` answered a call now.
+    fn note_answer(&mut self, endpoint: &str) {
+        let now = tokio::time::Instant::now();
+        if let Some(at) = self.answers.get_mut(endpoint) {
+            *at = now;
+            return;
+        }
+        if self.answers.len() >= ANSWERS_MAX {
+            self.answers
+                .retain(|_, at| now.duration_since(*at) < ANSWER_KEPT);
+        }
+        if self.answers.len() < ANSWERS_MAX {
+            self.answers.insert(endpoint.to_owned(), now);
+        }
+    }
+
+    /// Whether `endpoint` answered a call after `started`.
+    fn answered_since(&self, endpoint: &str, started: tokio::time::Instant) -> bool {
+        self.answers.get(endpoint).is_some_and(|at| *at > started)
+    }
 }
 
 /// The health signals of every Coder endpoint this process calls (see the module
@@ -199,20 +229,23 @@ impl CoderHealth {
         held
     }
 
-    /// Reports how a Coder call of `obj` on `endpoint` went: an answer releases the endpoint's
-    /// waiters; an outage marks it down (unless `obj`'s own path is what fails). `probe` makes
-    /// the probe used while the endpoint is down.
+    /// Reports how a Coder call of `obj` on `endpoint`, `started` then, went: an answer
+    /// releases the endpoint's waiters; an outage marks it down, unless `obj`'s own path is
+    /// what fails or Coder answered another call since this one started (a call that hung
+    /// through the end of an outage says nothing of Coder now). `probe` makes the probe used
+    /// while the endpoint is down.
     pub fn report(
         &self,
         endpoint: &str,
         obj: &Obj,
+        started: tokio::time::Instant,
         outcome: &CallOutcome,
         probe: impl FnOnce() -> Probe,
     ) {
         match outcome {
             CallOutcome::Answered => self.answered(endpoint),
             CallOutcome::Unavailable { cause, general } => {
-                self.unavailable(endpoint, obj, (cause, general), probe);
+                self.unavailable(endpoint, obj, started, (cause, general), probe);
             }
             CallOutcome::NotSent => {}
         }
@@ -228,6 +261,7 @@ impl CoderHealth {
     /// waiting on it is released at once.
     pub fn answered(&self, endpoint: &str) {
         let mut st = self.lock();
+        st.note_answer(endpoint);
         let Some(d) = st.down.remove(endpoint) else {
             return;
         };
@@ -254,6 +288,7 @@ impl CoderHealth {
         &self,
         endpoint: &str,
         obj: &Obj,
+        started: tokio::time::Instant,
         (cause, general): (&str, &str),
         probe: impl FnOnce() -> Probe,
     ) {
@@ -276,8 +311,11 @@ impl CoderHealth {
         if let Some(d) = st.down.get_mut(endpoint) {
             d.waiters.insert(obj.clone());
             st.requests.insert(obj.clone(), record(endpoint, waiting));
-        } else if matches!(standing, Some(Standing::Released | Standing::OnItsOwn)) {
-            // Coder answered since this request last failed: its own path fails.
+        } else if matches!(standing, Some(Standing::Released | Standing::OnItsOwn))
+            || st.answered_since(endpoint, started)
+        {
+            // Coder answered since this request last failed, or since this call started: its
+            // own path fails, or the call outlived an outage that is over.
             st.requests
                 .insert(obj.clone(), record(endpoint, Standing::OnItsOwn));
         } else {
@@ -474,6 +512,10 @@ mod tests {
     const EP: &str = "http://coder.test";
     const CAUSE: &str = "HTTP 503 from /api/v2/workspaces/{id}";
 
+    fn now() -> tokio::time::Instant {
+        tokio::time::Instant::now()
+    }
+
     fn unavailable(cause: &str) -> CallOutcome {
         CallOutcome::Unavailable {
             cause: cause.into(),
@@ -502,7 +544,7 @@ mod tests {
     }
 
     fn down(h: &CoderHealth, o: &Obj, p: &Probe) {
-        h.report(EP, o, &unavailable(CAUSE), || Arc::clone(p));
+        h.report(EP, o, now(), &unavailable(CAUSE), || Arc::clone(p));
     }
 
     #[tokio::test(start_paused = true)]
@@ -588,7 +630,7 @@ mod tests {
             );
             *attempts.entry(o.name.clone()).or_default() += 1;
             if tokio::time::Instant::now() >= back {
-                h.report(EP, &o, &CallOutcome::Answered, || unreachable!());
+                h.report(EP, &o, now(), &CallOutcome::Answered, || unreachable!());
             } else {
                 down(&h, &o, &p);
                 assert_eq!(h.hold(EP, &o).as_deref(), Some(CAUSE), "tried: it waits");
@@ -612,7 +654,7 @@ mod tests {
             cause: "HTTP 503 from /api/v2/workspaces/{id}: alice's workspace db is locked".into(),
             general: "HTTP 503 from /api/v2/workspaces/{id}".into(),
         };
-        h.report(EP, &obj("alice"), &told_alice, || probe(&calls, &up));
+        h.report(EP, &obj("alice"), now(), &told_alice, || probe(&calls, &up));
         assert_eq!(
             h.hold(EP, &obj("bob")).as_deref(),
             Some("HTTP 503 from /api/v2/workspaces/{id}")
@@ -625,12 +667,50 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_call_that_hung_through_the_end_of_an_outage_does_not_mark_coder_down() {
+        let h = CoderHealth::new(Arc::new(Metrics::new()), ProbeSchedule::default());
+        let (calls, up) = (Arc::default(), Arc::default());
+        let hung_since = now();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        h.report(
+            EP,
+            &obj("fresh"),
+            now(),
+            &CallOutcome::Answered,
+            || unreachable!(),
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The call that started before that answer times out now.
+        h.report(EP, &obj("hung"), hung_since, &unavailable(CAUSE), || {
+            probe(&calls, &up)
+        });
+        assert_eq!(h.endpoints_down(), 0);
+        assert_eq!(h.wait_of(&obj("hung")), Wait::Backoff, "its own backoff");
+        assert_eq!(h.hold(EP, &obj("new")), None);
+        // A call that started after the last answer and fails does mark it down.
+        h.report(EP, &obj("hung"), now(), &unavailable(CAUSE), || {
+            probe(&calls, &up)
+        });
+        assert_eq!(h.endpoints_down(), 0, "hung is on its own: its path fails");
+        h.report(EP, &obj("other"), now(), &unavailable(CAUSE), || {
+            probe(&calls, &up)
+        });
+        assert_eq!(h.endpoints_down(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_new_requests_answer_releases_the_waiters_before_the_probe() {
         let h = CoderHealth::new(Arc::new(Metrics::new()), ProbeSchedule::default());
         let mut released = h.subscribe();
         let (calls, up) = (Arc::default(), Arc::default());
         down(&h, &obj("a"), &probe(&calls, &up));
-        h.report(EP, &obj("new"), &CallOutcome::Answered, || unreachable!());
+        h.report(
+            EP,
+            &obj("new"),
+            now(),
+            &CallOutcome::Answered,
+            || unreachable!(),
+        );
         assert_eq!(released.next().await, Some(obj("a")));
         assert_eq!(h.endpoints_down(), 0);
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -673,9 +753,13 @@ mod tests {
         let (calls, up) = (Arc::default(), Arc::default());
         let p = probe(&calls, &up);
         down(&h, &obj("a"), &p);
-        h.report("http://other.test", &obj("a"), &unavailable(CAUSE), || {
-            Arc::clone(&p)
-        });
+        h.report(
+            "http://other.test",
+            &obj("a"),
+            now(),
+            &unavailable(CAUSE),
+            || Arc::clone(&p),
+        );
         assert_eq!(h.endpoints_down(), 2);
         assert_eq!(metrics.requests_waiting_on_coder.get(), 1);
         // The first endpoint has no waiter left: its probe stops there.

@@ -150,8 +150,10 @@ impl CoderPort for LiveCoder<'_> {
     }
 
     async fn owner_state(&mut self, owner: Uuid) -> Result<OwnerState, Observation> {
-        let account = self.conn.client.owner_account(owner).await;
-        self.report.note(&account);
+        let account = self
+            .report
+            .call(self.conn.client.owner_account(owner))
+            .await;
         coder_failure::owner_state(owner, account)
     }
 
@@ -165,8 +167,10 @@ impl CoderPort for LiveCoder<'_> {
             workspace,
         });
         tracing::info!(request = %self.oref, workspace = %workspace, "requesting start build");
-        let created = self.conn.client.create_build(workspace, request).await;
-        self.report.note(&created);
+        let created = self
+            .report
+            .call(self.conn.client.create_build(workspace, request))
+            .await;
         match created {
             Ok(build) => {
                 if let Some(seq) = self.streams.store_build(&ws_key, &build) {
@@ -233,14 +237,22 @@ struct Reporter<'a> {
 }
 
 impl Reporter<'_> {
-    fn note<T>(&self, result: &Result<T, CoderError>) {
+    /// Makes the Coder call `call` and reports how it went.
+    async fn call<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, CoderError>>,
+    ) -> Result<T, CoderError> {
+        let started = tokio::time::Instant::now();
+        let result = call.await;
         let client = &self.conn.client;
         self.health.report(
             client.base_url(),
             self.oref,
-            &coder_failure::call_outcome(result),
+            started,
+            &coder_failure::call_outcome(&result),
             || coder_health::buildinfo_probe(client.clone()),
         );
+        result
     }
 }
 
@@ -272,8 +284,7 @@ async fn read(
         let Ok(chat_id) = Uuid::parse_str(chat) else {
             return (Observation::ChatNotFound, None, 0);
         };
-        let chat = conn.client.get_chat(chat_id).await;
-        report.note(&chat);
+        let chat = report.call(conn.client.get_chat(chat_id)).await;
         match chat {
             Ok(c) => {
                 chat_owner = Some(c.owner_id);
@@ -324,12 +335,13 @@ async fn read(
         Some(read) => Ok(read),
         None => {
             let fetched = match &workspace_ref {
-                WorkspaceRef::Id(id) => conn.client.get_workspace(*id).await,
+                WorkspaceRef::Id(id) => report.call(conn.client.get_workspace(*id)).await,
                 WorkspaceRef::Name { owner, name } => {
-                    conn.client.get_workspace_by_name(owner, name).await
+                    report
+                        .call(conn.client.get_workspace_by_name(owner, name))
+                        .await
                 }
             };
-            report.note(&fetched);
             fetched.map(|ws| {
                 let seq = streams.store(&key_for(ws.id), &ws);
                 (ws, seq)

@@ -280,11 +280,12 @@ impl<'a> Next<'a> {
         self.cond(types::READY, "False", reason, message);
         self.cond(types::RECONCILING, "True", reason, message);
         self.cond(types::STALLED, "False", reason, message);
-        if conditions::get(&self.st.conditions, types::BUILD_SUCCEEDED).is_none() {
-            self.cond(types::BUILD_SUCCEEDED, "Unknown", reason, message);
-        }
-        if conditions::get(&self.st.conditions, types::AGENT_READY).is_none() {
-            self.cond(types::AGENT_READY, "Unknown", reason, message);
+        // Not decided yet: they say what is happening now (a passing `CoderUnavailable` must
+        // not stay on them once the build runs); once True or False they keep their verdict.
+        for type_ in [types::BUILD_SUCCEEDED, types::AGENT_READY] {
+            if conditions::get(&self.st.conditions, type_).is_none_or(|c| c.status == "Unknown") {
+                self.cond(type_, "Unknown", reason, message);
+            }
         }
         Decision {
             status: self.st,

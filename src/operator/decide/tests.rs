@@ -1066,6 +1066,55 @@ fn conditions_follow_kstatus() {
 }
 
 #[test]
+fn undecided_conditions_say_what_happens_now_and_drop_a_passing_outage() {
+    let input = |st: &WorkspaceStartRequestStatus, obs: Observation, now: i64| {
+        decide(&Input {
+            spec: &spec(),
+            generation: Some(1),
+            status: st,
+            observation: obs,
+            now: t(now),
+            poll: Duration::from_secs(2),
+            build_timings: None,
+        })
+        .status
+    };
+    let reason = |st: &WorkspaceStartRequestStatus, ty| {
+        conditions::get(&st.conditions, ty).map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let unknown = |r: Reason| Some(("Unknown".to_owned(), r.as_str().to_owned()));
+    // Coder is unavailable on the first look: both undecided conditions say so ...
+    let waiting = input(&status_started_at(0), down(), 1);
+    assert_eq!(
+        reason(&waiting, types::BUILD_SUCCEEDED),
+        unknown(Reason::CoderUnavailable)
+    );
+    // ... and once Coder answers and the build runs, they follow it.
+    let running = seen(build(2, Transition::Start, JobStatus::Running, vec![]));
+    let building = input(&waiting, running, 5);
+    assert_ne!(
+        reason(&building, types::BUILD_SUCCEEDED),
+        unknown(Reason::CoderUnavailable)
+    );
+    assert_ne!(
+        reason(&building, types::AGENT_READY),
+        unknown(Reason::CoderUnavailable)
+    );
+    // A decided condition keeps its verdict while the agent is awaited.
+    let connecting = vec![agent("main", "connecting", "created")];
+    let succeeded = seen(build(2, Transition::Start, JobStatus::Succeeded, connecting));
+    let awaiting = input(&building, succeeded, 9);
+    let done = reason(&awaiting, types::BUILD_SUCCEEDED);
+    assert_eq!(done.as_ref().map(|(s, _)| s.as_str()), Some("True"));
+    let later = input(&awaiting, down(), 10);
+    assert_eq!(reason(&later, types::BUILD_SUCCEEDED), done);
+    assert_eq!(
+        reason(&later, types::AGENT_READY),
+        unknown(Reason::CoderUnavailable)
+    );
+}
+
+#[test]
 fn coder_unavailable_names_the_last_error_while_retrying_and_at_the_deadline() {
     let st = status_started_at(0);
     let at = |now: i64, obs: Observation| {
