@@ -1,20 +1,27 @@
 //! The Coder clients the operator keeps, one per credential (URL, token and extra CA), so the
-//! requests of one credential share its rate limit, connection pool and what it knows about
-//! users. Bounded: at most [`CacheLimits::max_clients`] entries, and an entry no request used
-//! for [`CacheLimits::idle`] is dropped, so the memory of a `coderRef` token comes back once
-//! its requests and Secret are gone (the sweep also hands the freed pages back to the OS). A
+//! requests of one credential share its rate limit and what it knows about users. Bounded: at
+//! most [`CacheLimits::max_clients`] entries, and an entry no request used for
+//! [`CacheLimits::idle`] is dropped, so the memory of a `coderRef` token comes back once its
+//! requests and Secret are gone (the sweep also hands the freed pages back to the OS). A
 //! request still holding an evicted client keeps it until it finishes; its next reconcile gets
 //! a new one.
+//!
+//! The connections are not per credential: the clients of one URL and one extra CA share a
+//! [`Transport`] (pools, connector, TLS setup; the request timeout is the cache's, the same for
+//! all), which holds no token (see [`crate::coder::transport`]). Transports are kept only by
+//! the clients using them ([`Transports`] holds them weakly), so there are never more than
+//! clients, and a stream of distinct CA bundles costs no more than its clients do.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use moka::sync::Cache;
 
 use crate::coder::credentials::SessionToken;
-use crate::coder::{CaError, ClientOptions, CoderClient, CoderError, Trust};
+use crate::coder::{CaError, ClientOptions, CoderClient, CoderError, Transport, Trust};
 use crate::process::memory;
 
 /// Default [`CacheLimits::max_clients`].
@@ -40,13 +47,58 @@ impl Default for CacheLimits {
     }
 }
 
+/// What tells one transport from another: the URL and the extra CA, never a token.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct TransportKey {
+    url: String,
+    /// Fingerprint of the extra CA bundle, if any (0: none).
+    ca: u64,
+}
+
 /// What tells one credential from another. Holds the token (memory only, never shown).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Credential {
-    url: String,
+    transport: TransportKey,
     token: String,
-    /// Fingerprint of the extra CA bundle, if any (0: none).
-    ca: u64,
+}
+
+/// The transports clients use now, by key. Held weakly: a transport goes with the last client
+/// using it, and its entry with the next [`Transports::prune`] (every sweep and every new
+/// transport), so the map never holds more than the clients alive do.
+#[derive(Default)]
+struct Transports(Mutex<HashMap<TransportKey, Weak<Transport>>>);
+
+impl Transports {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TransportKey, Weak<Transport>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The transport for `key` in use, else a new one from `make` (made without the lock; if
+    /// another one was made meanwhile, that one is used).
+    fn get_or_make(
+        &self,
+        key: &TransportKey,
+        make: impl FnOnce() -> Result<Transport, ClientError>,
+    ) -> Result<Arc<Transport>, ClientError> {
+        if let Some(t) = self.lock().get(key).and_then(Weak::upgrade) {
+            return Ok(t);
+        }
+        let made = Arc::new(make()?);
+        let mut map = self.lock();
+        map.retain(|_, t| t.strong_count() > 0);
+        if let Some(t) = map.get(key).and_then(Weak::upgrade) {
+            return Ok(t);
+        }
+        map.insert(key.clone(), Arc::downgrade(&made));
+        Ok(made)
+    }
+
+    /// Forgets the transports no client uses any more; returns how many are in use.
+    fn prune(&self) -> usize {
+        let mut map = self.lock();
+        map.retain(|_, t| t.strong_count() > 0);
+        map.len()
+    }
 }
 
 /// Why no client could be made.
@@ -70,6 +122,7 @@ struct Entry {
 /// The client cache (see the module documentation).
 pub struct ClientCache {
     clients: Cache<Credential, Entry>,
+    transports: Arc<Transports>,
     opts: ClientOptions,
     /// Keys fingerprints with a per-process secret, so a fingerprint says nothing about a
     /// token, and no token can be chosen to collide with another's.
@@ -78,16 +131,23 @@ pub struct ClientCache {
     _sweeper: Option<Sweeper>,
 }
 
-/// Every `every`, drops the clients due; a tick after some were dropped (`dropped` counts them),
-/// when the connections they held have closed too, hands the memory they freed back to the OS
-/// (mimalloc keeps it otherwise; see [`memory`]).
-async fn sweep(clients: Cache<Credential, Entry>, dropped: Arc<AtomicU64>, every: Duration) {
+/// Every `every`, drops the clients due and forgets the transports none uses; a tick after some
+/// clients were dropped (`dropped` counts them), when the connections they held have closed
+/// too, hands the memory they freed back to the OS (mimalloc keeps it otherwise; see
+/// [`memory`]).
+async fn sweep(
+    clients: Cache<Credential, Entry>,
+    transports: Arc<Transports>,
+    dropped: Arc<AtomicU64>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut seen, mut release_due) = (0, false);
     loop {
         tick.tick().await;
         clients.run_pending_tasks();
+        transports.prune();
         if release_due {
             memory::release_freed_memory();
         }
@@ -120,13 +180,16 @@ impl ClientCache {
                 tracing::debug!(connection = %entry.key, ?cause, "dropped a Coder client");
             })
             .build();
+        let transports = Arc::new(Transports::default());
         let sweeper = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let every =
                 (limits.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-            Sweeper(rt.spawn(sweep(clients.clone(), dropped, every)))
+            let swept = (clients.clone(), Arc::clone(&transports));
+            Sweeper(rt.spawn(sweep(swept.0, swept.1, dropped, every)))
         });
         ClientCache {
             clients,
+            transports,
             opts,
             hasher: RandomState::new(),
             _sweeper: sweeper,
@@ -144,22 +207,19 @@ impl ClientCache {
     ) -> Result<(CoderClient, String), ClientError> {
         let url = url.trim_end_matches('/');
         let credential = Credential {
-            url: url.to_owned(),
+            transport: TransportKey {
+                url: url.to_owned(),
+                ca: ca.map_or(0, |pem| self.hasher.hash_one(pem) | 1),
+            },
             token: token.expose().to_owned(),
-            ca: ca.map_or(0, |pem| self.hasher.hash_one(pem) | 1),
         };
         let make = || -> Result<Entry, ClientError> {
-            let mut opts = self.opts.clone();
-            if let Some(pem) = ca {
-                let base = match &opts.trust {
-                    Some(t) => t.clone(),
-                    None => Trust::platform()?,
-                };
-                opts.trust = Some(base.with_pem(pem)?);
-            }
+            let transport = self
+                .transports
+                .get_or_make(&credential.transport, || self.transport(ca))?;
             let fingerprint = self.hasher.hash_one(&credential);
             Ok(Entry {
-                client: CoderClient::new(url, token, &opts)?,
+                client: CoderClient::with_transport(url, token, &self.opts, transport)?,
                 key: format!("{url}#{fingerprint:016x}"),
             })
         };
@@ -171,6 +231,24 @@ impl ClientCache {
                 ClientError::Coder(c) => ClientError::Coder(CoderError::Config(c.to_string())),
             })?;
         Ok((entry.client, entry.key))
+    }
+
+    /// A new transport trusting the cache's certificates plus those in `ca` (a PEM bundle).
+    fn transport(&self, ca: Option<&[u8]>) -> Result<Transport, ClientError> {
+        let mut opts = self.opts.clone();
+        if let Some(pem) = ca {
+            let base = match &opts.trust {
+                Some(t) => t.clone(),
+                None => Trust::platform()?,
+            };
+            opts.trust = Some(base.with_pem(pem)?);
+        }
+        Ok(Transport::new(&opts)?)
+    }
+
+    /// How many transports clients use now (see the module documentation).
+    pub fn transports(&self) -> usize {
+        self.transports.prune()
     }
 
     /// How many clients are kept now (after dropping those due).
@@ -226,6 +304,72 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "idle clients kept");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn clients_share_a_transport_per_url_and_ca_until_the_last_is_dropped() {
+        let cache = ClientCache::new(
+            ClientOptions::default(),
+            CacheLimits {
+                max_clients: 100,
+                idle: Duration::from_millis(300),
+            },
+        );
+        let ca = coder_sim::TestCa::generate("Tenant CA").expect("CA");
+        let ca = Some(ca.ca_pem.as_bytes());
+        let url = "http://127.0.0.1:9";
+        for i in 0..20 {
+            cache
+                .client(url, token(&format!("t{i}")), None)
+                .expect("client");
+        }
+        assert_eq!(cache.transports(), 1, "one URL, no extra CA");
+        cache.client(url, token("t0"), ca).expect("with CA");
+        cache.client(url, token("t1"), ca).expect("with CA");
+        cache
+            .client("http://127.0.0.1:10", token("t0"), None)
+            .expect("other URL");
+        assert_eq!(cache.transports(), 3, "per URL and CA, not per token");
+        let (held, _) = cache.client(url, token("held"), None).expect("client");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while cache.transports() > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unused transports kept"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(held);
+        assert_eq!(cache.transports(), 0, "gone with the last client using it");
+    }
+
+    #[tokio::test]
+    async fn a_shared_transport_sends_each_client_its_own_token() {
+        let srv = coder_sim::SimServer::start(coder_sim::SimConfig::default())
+            .await
+            .expect("sim");
+        let sim = srv.sim();
+        let (alice, bob) = (sim.add_user("alice"), sim.add_user("bob"));
+        let cache = ClientCache::new(ClientOptions::default(), CacheLimits::default());
+        let (a, _) = cache
+            .client(&srv.url(), token(&alice.token), None)
+            .expect("a");
+        let (b, _) = cache
+            .client(&srv.url(), token(&bob.token), None)
+            .expect("b");
+        assert_eq!(cache.transports(), 1);
+        // Alternating over the same pooled connection: each request is its own client's.
+        for _ in 0..3 {
+            assert_eq!(a.me().await.expect("alice").username, "alice");
+            assert_eq!(b.me().await.expect("bob").username, "bob");
+        }
+        let (stranger, _) = cache
+            .client(&srv.url(), token("not-a-token"), None)
+            .expect("c");
+        assert!(
+            matches!(stranger.me().await, Err(CoderError::Unauthorized { .. })),
+            "a connection that served alice and bob lends no identity"
+        );
     }
 
     #[tokio::test]
