@@ -128,7 +128,12 @@ impl CoderClient {
         token: SessionToken,
         opts: &ClientOptions,
     ) -> Result<CoderClient, CoderError> {
-        CoderClient::with_transport(base_url, token, opts, Arc::new(Transport::new(opts)?))
+        CoderClient::with_transport(
+            base_url,
+            token,
+            opts,
+            Arc::new(Transport::new(opts.request_timeout, opts.trust.as_ref())?),
+        )
     }
 
     /// Creates a client for `base_url` and `token` that sends its requests through

@@ -13,7 +13,6 @@
 
 use std::time::Duration;
 
-use super::client::ClientOptions;
 use super::error::CoderError;
 use super::tls::Trust;
 
@@ -21,14 +20,14 @@ use super::tls::Trust;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a watch stream may stay silent at the socket before the read fails (Coder pings
-/// every 15 s; [`ClientOptions::watch_idle`] closes silent streams sooner).
+/// every 15 s; the client's `watch_idle` closes silent streams sooner).
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Idle connections kept per host in each pool.
 const MAX_IDLE_PER_HOST: usize = 16;
 
-/// Two reqwest clients, one for requests (with [`ClientOptions::request_timeout`]) and one for
-/// watch streams (no overall timeout), each with its own pool. Cheap to share (`Arc`); dropped,
+/// Two reqwest clients, one for requests (with a timeout) and one for watch streams (no overall
+/// timeout), each with its own pool. Cheap to share (`Arc`); dropped,
 /// with its pooled connections, when its last client is.
 pub struct Transport {
     pub(crate) http: reqwest::Client,
@@ -46,17 +45,17 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// A transport trusting `opts.trust` (`None`: the platform's CA store) with
-    /// `opts.request_timeout`; the other options are the client's.
-    pub fn new(opts: &ClientOptions) -> Result<Transport, CoderError> {
-        let trust = match &opts.trust {
+    /// A transport whose requests time out after `request_timeout`, trusting `trust` (`None`:
+    /// the platform's CA store).
+    pub fn new(request_timeout: Duration, trust: Option<&Trust>) -> Result<Transport, CoderError> {
+        let trust = match trust {
             Some(t) => t.clone(),
             None => Trust::platform()
                 .map_err(|e| CoderError::Config(format!("the platform's CA store {e}")))?,
         };
         // Redirects are not followed: the session token must reach only the configured URL.
         let http = reqwest::Client::builder()
-            .timeout(opts.request_timeout)
+            .timeout(request_timeout)
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
             .redirect(reqwest::redirect::Policy::none())
@@ -74,7 +73,7 @@ impl Transport {
         Ok(Transport {
             http,
             stream_http,
-            request_timeout: opts.request_timeout,
+            request_timeout,
         })
     }
 }

@@ -235,15 +235,15 @@ impl ClientCache {
 
     /// A new transport trusting the cache's certificates plus those in `ca` (a PEM bundle).
     fn transport(&self, ca: Option<&[u8]>) -> Result<Transport, ClientError> {
-        let mut opts = self.opts.clone();
-        if let Some(pem) = ca {
-            let base = match &opts.trust {
-                Some(t) => t.clone(),
-                None => Trust::platform()?,
-            };
-            opts.trust = Some(base.with_pem(pem)?);
-        }
-        Ok(Transport::new(&opts)?)
+        let timeout = self.opts.request_timeout;
+        let Some(pem) = ca else {
+            return Ok(Transport::new(timeout, self.opts.trust.as_ref())?);
+        };
+        let base = match &self.opts.trust {
+            Some(t) => t.clone(),
+            None => Trust::platform()?,
+        };
+        Ok(Transport::new(timeout, Some(&base.with_pem(pem)?))?)
     }
 
     /// How many transports clients use now (see the module documentation).
