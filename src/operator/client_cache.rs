@@ -2,7 +2,8 @@
 //! requests of one credential share its rate limit and what it knows about users. Bounded: at
 //! most [`CacheLimits::max_clients`] entries, and an entry no request used for
 //! [`CacheLimits::idle`] is dropped, so the memory of a `coderRef` token comes back once its
-//! requests and Secret are gone (the sweep also hands the freed pages back to the OS). A
+//! requests and Secret are gone (the sweep also hands the freed pages back to the OS, and
+//! replaces the cache, whose tables keep the room of a burst, once it is empty). A
 //! request still holding an evicted client keeps it until it finishes; its next reconcile gets
 //! a new one.
 //!
