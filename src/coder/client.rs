@@ -18,6 +18,7 @@ use super::names::{self, NameError};
 use super::ratelimit::RateLimiter;
 use super::sse::{Frame, SseParser};
 use super::tls::{self, Trust};
+use super::transport::{CONNECT_TIMEOUT, Transport};
 use super::types::{
     Chat, ChatResponse, CoderVersion, CreateWorkspaceBuildRequest, User, Workspace, WorkspaceBuild,
 };
@@ -66,9 +67,6 @@ pub struct ClientOptions {
     pub trust: Option<Trust>,
 }
 
-/// How long connecting to Coder may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Default [`ClientOptions::max_body_bytes`]: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
 /// Default [`ClientOptions::max_frame_bytes`]: 1 MiB.
@@ -90,15 +88,17 @@ impl Default for ClientOptions {
     }
 }
 
-/// A client for one Coder deployment and one token. Cheap to clone.
+/// A client for one Coder deployment and one token. Cheap to clone. Its connections belong to
+/// its [`Transport`], which clients of other tokens may share.
 #[derive(Clone)]
 pub struct CoderClient {
     inner: Arc<Inner>,
 }
 
+/// One credential's state: its token, rate limiter and what it knows about users and the chat
+/// path. The connections are the [`Transport`]'s, shared with other credentials.
 struct Inner {
-    http: reqwest::Client,
-    stream_http: reqwest::Client,
+    transport: Arc<Transport>,
     base: String,
     /// The host of `base`, for messages.
     host: String,
@@ -108,7 +108,6 @@ struct Inner {
     observer: Option<CallObserver>,
     max_body: usize,
     max_frame: usize,
-    request_timeout: Duration,
     watch_idle: Duration,
     accounts: Accounts,
 }
@@ -122,11 +121,30 @@ impl fmt::Debug for CoderClient {
 }
 
 impl CoderClient {
-    /// Creates a client for `base_url` (e.g. `https://coder.example.com`).
+    /// Creates a client for `base_url` (e.g. `https://coder.example.com`) with a transport of
+    /// its own (see [`CoderClient::with_transport`] to share one).
     pub fn new(
         base_url: &str,
         token: SessionToken,
         opts: &ClientOptions,
+    ) -> Result<CoderClient, CoderError> {
+        CoderClient::with_transport(
+            base_url,
+            token,
+            opts,
+            Arc::new(Transport::new(opts.request_timeout, opts.trust.as_ref())?),
+        )
+    }
+
+    /// Creates a client for `base_url` and `token` that sends its requests through
+    /// `transport`, which may be shared with the clients of other tokens (it holds no
+    /// identity; see [`super::transport`]). The transport's trust and request timeout apply;
+    /// `opts.trust` and `opts.request_timeout` are not read again.
+    pub fn with_transport(
+        base_url: &str,
+        token: SessionToken,
+        opts: &ClientOptions,
+        transport: Arc<Transport>,
     ) -> Result<CoderClient, CoderError> {
         let base = credentials::base_url(base_url)
             .map_err(|e| CoderError::Config(format!("the Coder URL {e}")))?;
@@ -134,31 +152,9 @@ impl CoderClient {
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
             .unwrap_or_default();
-        let trust = match &opts.trust {
-            Some(t) => t.clone(),
-            None => Trust::platform()
-                .map_err(|e| CoderError::Config(format!("the platform's CA store {e}")))?,
-        };
-        // Redirects are not followed: the session token must reach only the configured URL.
-        let http = reqwest::Client::builder()
-            .timeout(opts.request_timeout)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_max_idle_per_host(16)
-            .redirect(reqwest::redirect::Policy::none())
-            .use_preconfigured_tls(trust.client_config())
-            .build()
-            .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(Duration::from_secs(45))
-            .redirect(reqwest::redirect::Policy::none())
-            .use_preconfigured_tls(trust.client_config())
-            .build()
-            .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
         Ok(CoderClient {
             inner: Arc::new(Inner {
-                http,
-                stream_http,
+                transport,
                 base,
                 host,
                 token,
@@ -166,7 +162,6 @@ impl CoderClient {
                 limiter: RateLimiter::new(opts.requests_per_minute),
                 observer: opts.observer.clone(),
                 max_body: opts.max_body_bytes,
-                request_timeout: opts.request_timeout,
                 max_frame: opts.max_frame_bytes,
                 watch_idle: opts.watch_idle,
                 accounts: Accounts::default(),
@@ -196,7 +191,7 @@ impl CoderClient {
             let after = if e.is_connect() {
                 CONNECT_TIMEOUT
             } else {
-                self.inner.request_timeout
+                self.inner.transport.request_timeout
             };
             CoderError::Timeout { endpoint, after }
         } else {
@@ -225,6 +220,7 @@ impl CoderClient {
         self.inner.limiter.acquire(path).await;
         let mut req = self
             .inner
+            .transport
             .http
             .request(method, format!("{}{}", self.inner.base, path))
             .header(SESSION_TOKEN_HEADER, self.inner.token.expose())
@@ -511,6 +507,7 @@ impl CoderClient {
         self.inner.limiter.acquire(&path).await;
         let resp = self
             .inner
+            .transport
             .stream_http
             .get(format!("{}{path}", self.inner.base))
             .header(SESSION_TOKEN_HEADER, self.inner.token.expose())

@@ -10,6 +10,7 @@ pub mod names;
 pub mod ratelimit;
 pub mod sse;
 pub mod tls;
+pub mod transport;
 pub mod types;
 pub mod users;
 
@@ -17,4 +18,5 @@ pub use client::{CallObserver, ClientOptions, CoderClient, WatchEvent};
 pub use credentials::{SessionToken, TokenError, UrlError};
 pub use error::CoderError;
 pub use tls::{CaError, Trust};
+pub use transport::Transport;
 pub use users::OwnerAccount;

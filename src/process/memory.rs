@@ -8,7 +8,9 @@
 //! (`memory_of_300_coder_ref_tokens_returns_once_they_are_gone`, and a byte-counting allocator
 //! for the live heap): of the 4.2 MiB of RSS kept over the baseline, 0.6 MiB was live and 3.6 MiB
 //! freed; this returns about 1 MiB of those (RSS +16% → +13%). The rest lies in pages that still
-//! hold a few live blocks, which no allocator call can return.
+//! hold a few live blocks, which no allocator call can return; fewer such blocks are left since
+//! the clients share their HTTP transport and the client cache is rebuilt once empty (+5–8%,
+//! tools/bench/RESULTS.md, "memory of many coderRef tokens").
 
 /// Returns the memory the calling thread's heap freed (and abandoned heaps of exited threads)
 /// to the OS now. Costs a walk over the thread's heap pages, so it is meant for after a large
