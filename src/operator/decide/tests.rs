@@ -1102,7 +1102,12 @@ fn undecided_conditions_say_what_happens_now_and_drop_a_passing_outage() {
     );
     // A decided condition keeps its verdict while the agent is awaited.
     let connecting = vec![agent("main", "connecting", "created")];
-    let succeeded = seen(build(2, Transition::Start, JobStatus::Succeeded, connecting));
+    let succeeded = seen(build(
+        2,
+        Transition::Start,
+        JobStatus::Succeeded,
+        connecting,
+    ));
     let awaiting = input(&building, succeeded, 9);
     let done = reason(&awaiting, types::BUILD_SUCCEEDED);
     assert_eq!(done.as_ref().map(|(s, _)| s.as_str()), Some("True"));
