@@ -10,8 +10,13 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::common::*;
 
+/// The demo scenario of the checkout the tests run in: cargo sets `CARGO_MANIFEST_DIR` when
+/// it runs them, so a test binary reused from a build cache shared with another checkout
+/// still reads this one's file (the compile-time value is the fallback).
 fn demo_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/coder-sim/demo.yaml")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../../examples/coder-sim/demo.yaml")
 }
 
 const DEV: &str = "aaaaaaaa-0000-4000-8000-000000000001";
