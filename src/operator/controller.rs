@@ -547,7 +547,8 @@ impl StartRecord for ApiStartRecord<'_> {
     type Error = Error;
 
     async fn record(&mut self, status: &WorkspaceStartRequestStatus) -> Result<Recorded, Error> {
-        let permit = self.ctx.write_slots.permit(Priority::Required).await;
+        let ns = self.wsr.namespace().unwrap_or_default();
+        let permit = self.ctx.write_slots.permit(Priority::Required, &ns).await;
         let ownership = apply_status(
             self.ctx,
             permit.as_ref(),
@@ -674,12 +675,13 @@ async fn conclude(
     let progress = matches!(decision.action, Action::Requeue(_)) && !not_started(prev) && !cleared;
     let changed = prev != &decision.status;
     let mut defer = None;
+    let ns = wsr.namespace().unwrap_or_default();
     let permit = if !changed {
         None
     } else if matches!(decision.action, Action::Finish) {
-        ctx.write_slots.permit(Priority::Final).await
+        ctx.write_slots.permit(Priority::Final, &ns).await
     } else if !progress {
-        ctx.write_slots.permit(Priority::Required).await
+        ctx.write_slots.permit(Priority::Required, &ns).await
     } else if let Some(wait) = ctx.status.defer(oref, prev, &decision.status) {
         defer = Some(wait);
         None
@@ -688,7 +690,7 @@ async fn conclude(
             deadline: Instant::now() + PROGRESS_SLOT_WAIT,
             quiet: Duration::ZERO,
         };
-        let permit = ctx.write_slots.permit(spare).await;
+        let permit = ctx.write_slots.permit(spare, &ns).await;
         if permit.is_none() {
             ctx.metrics.progress_writes_postponed.inc();
             defer = Some(Duration::MAX);

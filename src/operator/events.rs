@@ -94,7 +94,8 @@ impl EventPublisher {
                                 quiet: EVENT_QUIET,
                             }
                         };
-                        if let Some(_permit) = slots.permit(priority).await {
+                        let ns = ev.metadata.namespace.as_deref().unwrap_or_default();
+                        if let Some(_permit) = slots.permit(priority, ns).await {
                             send(&client, &ev).await;
                         } else {
                             stale.inc();

@@ -332,7 +332,7 @@ impl FirstStatus {
         };
         let api: Api<WorkspaceStartRequest> = Api::namespaced(self.kube.clone(), &ns);
         let status = pending(wsr.meta().generation, job.message, Timestamp::now());
-        let Some(permit) = self.slots.permit(Priority::First).await else {
+        let Some(permit) = self.slots.permit(Priority::First, &ns).await else {
             return Attempt::Retry(Duration::ZERO, Arc::clone(wsr));
         };
         match self.status.apply_first(&permit, &api, wsr, &status).await {

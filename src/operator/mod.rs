@@ -11,6 +11,7 @@
 //! - [`coder_health`]: one health signal per Coder endpoint; requests wait on it while Coder
 //!   is down and are released together when it answers again.
 //! - [`start_queue`]: how many requests not yet started are reconciled at once.
+//! - [`round_robin`]: fairness across namespaces for the start and write slots.
 //! - [`status`], [`events`], [`first_status`], [`write_slots`]: what is written to the API
 //!   server, and in which order under load.
 //! - [`triggers`], [`metrics`]: reconcile triggers and Prometheus metrics.
@@ -30,6 +31,7 @@ pub mod logs_api;
 pub mod metrics;
 
 pub mod reconcile;
+pub mod round_robin;
 pub mod run;
 pub mod start_queue;
 pub mod status;

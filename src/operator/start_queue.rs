@@ -5,14 +5,10 @@
 //! the reconcile ends; when a slot frees up, the next request in the queue is triggered again
 //! (`reconcile_on`) with the slot reserved for it.
 //!
-//! The queue is fair across namespaces: each namespace with waiting requests has its own FIFO,
-//! and free slots go round-robin over those namespaces (in the order they started waiting), so
-//! a namespace that queued a thousand requests delays another namespace's single request by at
-//! most one slot turn per waiting namespace, not by its whole burst. Within a namespace the
-//! order is arrival order. A namespace's FIFO and turn exist only while it has waiters, so the
-//! memory is bounded by the waiting requests. All namespaces have the same weight.
+//! The queue is fair across namespaces ([`RoundRobin`]): free slots go round-robin over the
+//! namespaces with waiting requests, in arrival order within one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +16,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::api::crd::WorkspaceStartRequest;
+use crate::operator::round_robin::RoundRobin;
 use crate::operator::triggers::Triggers;
 
 type Obj = ObjectRef<WorkspaceStartRequest>;
@@ -27,71 +24,37 @@ type Obj = ObjectRef<WorkspaceStartRequest>;
 /// A reserved slot nobody claimed within this time (the request vanished) is reclaimed.
 const INVITE_EXPIRY: Duration = Duration::from_secs(60);
 
-/// The waiting requests: one FIFO per namespace, served round-robin.
+/// The waiting requests, each once, served round-robin over their namespaces.
 #[derive(Default)]
 struct Lanes {
-    /// Per namespace with waiters, its requests in arrival order (never empty).
-    lanes: HashMap<String, VecDeque<Obj>>,
-    /// The namespaces with waiters, next turn first.
-    turns: VecDeque<String>,
+    order: RoundRobin<Obj>,
     /// Every waiting request (to queue each once).
     queued: HashSet<Obj>,
 }
 
-fn namespace(obj: &Obj) -> String {
-    obj.namespace.clone().unwrap_or_default()
+fn namespace(obj: &Obj) -> &str {
+    obj.namespace.as_deref().unwrap_or_default()
 }
 
 impl Lanes {
-    /// Appends `obj` to its namespace's FIFO unless it waits already; a namespace that had no
-    /// waiters takes the last turn.
+    /// Queues `obj` unless it waits already.
     fn push(&mut self, obj: &Obj) {
-        if !self.queued.insert(obj.clone()) {
-            return;
+        if self.queued.insert(obj.clone()) {
+            self.order.push(namespace(obj), obj.clone());
         }
-        let ns = namespace(obj);
-        let lane = self.lanes.entry(ns.clone()).or_default();
-        if lane.is_empty() {
-            self.turns.push_back(ns);
-        }
-        lane.push_back(obj.clone());
     }
 
-    /// The front request of the namespace whose turn it is; that namespace moves to the last
-    /// turn if it still has waiters.
+    /// The next request, round-robin over the namespaces.
     fn pop(&mut self) -> Option<Obj> {
-        while let Some(ns) = self.turns.pop_front() {
-            let Some(lane) = self.lanes.get_mut(&ns) else {
-                continue;
-            };
-            let Some(next) = lane.pop_front() else {
-                self.lanes.remove(&ns);
-                continue;
-            };
-            if lane.is_empty() {
-                self.lanes.remove(&ns);
-            } else {
-                self.turns.push_back(ns);
-            }
-            self.queued.remove(&next);
-            return Some(next);
-        }
-        None
+        let next = self.order.pop()?;
+        self.queued.remove(&next);
+        Some(next)
     }
 
     /// Takes `obj` out of the queue, if it waits there.
     fn remove(&mut self, obj: &Obj) {
-        if !self.queued.remove(obj) {
-            return;
-        }
-        let ns = namespace(obj);
-        let Some(lane) = self.lanes.get_mut(&ns) else {
-            return;
-        };
-        lane.retain(|o| o != obj);
-        if lane.is_empty() {
-            self.lanes.remove(&ns);
-            self.turns.retain(|n| *n != ns);
+        if self.queued.remove(obj) {
+            self.order.remove(namespace(obj), |o| o == obj);
         }
     }
 
@@ -227,42 +190,15 @@ mod tests {
     }
 
     #[test]
-    fn namespaces_take_turns_and_each_keeps_its_arrival_order() {
-        let table: &[(&[&str], &[&str])] = &[
-            (&["a-1", "a-2", "a-3", "b-1"], &["a-1", "b-1", "a-2", "a-3"]),
-            (
-                &["a-1", "b-1", "c-1", "a-2", "b-2"],
-                &["a-1", "b-1", "c-1", "a-2", "b-2"],
-            ),
-            (
-                &["a-1", "a-2", "b-1", "b-2", "b-3", "c-1"],
-                &["a-1", "b-1", "c-1", "a-2", "b-2", "b-3"],
-            ),
-            (&["a-1", "a-1", "a-2"], &["a-1", "a-2"]),
-        ];
-        for (pushed, served) in table {
-            let mut lanes = Lanes::default();
-            for name in *pushed {
-                lanes.push(&in_ns(name));
-            }
-            let order: Vec<String> = std::iter::from_fn(|| lanes.pop()).map(|o| o.name).collect();
-            assert_eq!(order, *served, "pushed {pushed:?}");
-            assert!(lanes.lanes.is_empty() && lanes.turns.is_empty() && lanes.len() == 0);
-        }
-    }
-
-    #[test]
-    fn a_namespace_served_to_its_last_waiter_joins_at_the_back_when_it_returns() {
+    fn a_request_queued_twice_waits_once_in_its_namespaces_turn() {
         let mut lanes = Lanes::default();
-        for name in ["a-1", "a-2", "b-1"] {
+        for name in ["a-1", "a-1", "b-1", "a-2", "b-1"] {
             lanes.push(&in_ns(name));
         }
-        assert_eq!(lanes.pop().map(|o| o.name).as_deref(), Some("a-1"));
-        assert_eq!(lanes.pop().map(|o| o.name).as_deref(), Some("b-1"));
-        // b has no waiter left: its turn is gone, and a new b request waits behind a.
-        lanes.push(&in_ns("b-2"));
-        let rest: Vec<String> = std::iter::from_fn(|| lanes.pop()).map(|o| o.name).collect();
-        assert_eq!(rest, ["a-2", "b-2"]);
+        assert_eq!(lanes.len(), 3);
+        let order: Vec<String> = std::iter::from_fn(|| lanes.pop()).map(|o| o.name).collect();
+        assert_eq!(order, ["a-1", "b-1", "a-2"]);
+        assert!(lanes.order.is_empty() && lanes.queued.is_empty());
     }
 
     /// Frees `permit`'s slot and claims the reserved slot for the request it went to.
@@ -306,8 +242,7 @@ mod tests {
             assert_eq!(next.name, format!("a-{i}"));
         }
         assert_eq!(q.waiting(), 0);
-        let st = q.lock();
-        assert!(st.waiting.lanes.is_empty() && st.waiting.turns.is_empty());
+        assert!(q.lock().waiting.order.is_empty());
     }
 
     #[tokio::test]
@@ -321,7 +256,7 @@ mod tests {
         q.forget(&in_ns("b-1"));
         assert_eq!(q.waiting(), 2);
         assert_eq!(
-            q.lock().waiting.turns,
+            q.lock().waiting.order.turns().collect::<Vec<_>>(),
             ["a"],
             "b has no turn without a waiter"
         );

@@ -13,11 +13,19 @@
 //! but the final statuses, which never wait for a slot). Under load required writes follow each
 //! other without pause, so spare writes give way; at low load they wait a few milliseconds and
 //! every transition still gets its status write and Event.
+//!
+//! The slots are fair across namespaces ([`RoundRobin`]): a freed slot goes to the waiting
+//! required writes round-robin over their namespaces (in arrival order within one), and only
+//! when none waits to the spare writes, round-robin the same way. A namespace with hundreds of
+//! start records waiting delays another namespace's start record by one write, not by all of
+//! them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, SemaphorePermit, watch};
+use tokio::sync::{oneshot, watch};
+
+use crate::operator::round_robin::RoundRobin;
 
 /// How long after the last required write was announced an Event may go: required writes
 /// closer together than this are load, and Events do not fit in the gaps between them.
@@ -40,9 +48,136 @@ impl Load {
     }
 }
 
+/// Which waiters a freed slot goes to first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Required,
+    Spare,
+}
+
+/// One write waiting for a slot; the slot is handed over through `grant`.
+struct Waiter {
+    id: u64,
+    grant: oneshot::Sender<()>,
+}
+
+/// The free slots and the writes waiting for one. Waiters exist only while no slot is free.
+#[derive(Default)]
+struct Queue {
+    free: usize,
+    required: RoundRobin<Waiter>,
+    spare: RoundRobin<Waiter>,
+    next_id: u64,
+}
+
+impl Queue {
+    fn waiters(&mut self, class: Class) -> &mut RoundRobin<Waiter> {
+        match class {
+            Class::Required => &mut self.required,
+            Class::Spare => &mut self.spare,
+        }
+    }
+
+    /// Hands a freed slot to the next waiter (required writes before spare ones, each
+    /// round-robin over namespaces), or keeps it free when nobody waits.
+    fn release(&mut self) {
+        while let Some(next) = self.required.pop().or_else(|| self.spare.pop()) {
+            if next.grant.send(()).is_ok() {
+                return;
+            }
+        }
+        self.free = self.free.saturating_add(1);
+    }
+}
+
+/// Write slots handed out fairly across namespaces (see the module doc).
+struct FairSlots {
+    queue: Mutex<Queue>,
+}
+
+/// A write slot; dropping it hands it to the next waiter.
+struct Slot<'a> {
+    slots: &'a FairSlots,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.slots.lock().release();
+    }
+}
+
+/// A write waiting for a slot. Dropped before the slot came (the write gave up), it leaves the
+/// queue; dropped after the slot was handed to it but before it took it, it passes the slot on.
+struct Waiting<'a> {
+    slots: &'a FairSlots,
+    class: Class,
+    namespace: String,
+    id: u64,
+    granted: oneshot::Receiver<()>,
+    taken: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        let mut q = self.slots.lock();
+        let id = self.id;
+        let queued = q
+            .waiters(self.class)
+            .remove(&self.namespace, |w| w.id == id);
+        if !queued && self.granted.try_recv().is_ok() {
+            q.release();
+        }
+    }
+}
+
+impl FairSlots {
+    fn new(slots: usize) -> FairSlots {
+        FairSlots {
+            queue: Mutex::new(Queue {
+                free: slots,
+                ..Queue::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a `class` write of `namespace`: at once if one is free, else when its turn
+    /// comes. `None` only if the slot could not be handed over (never, while `self` lives).
+    async fn acquire(&self, class: Class, namespace: &str) -> Option<Slot<'_>> {
+        let mut waiting = {
+            let mut q = self.lock();
+            if q.free > 0 {
+                q.free -= 1;
+                return Some(Slot { slots: self });
+            }
+            let id = q.next_id;
+            q.next_id = id.wrapping_add(1);
+            let (grant, granted) = oneshot::channel();
+            q.waiters(class).push(namespace, Waiter { id, grant });
+            Waiting {
+                slots: self,
+                class,
+                namespace: namespace.to_owned(),
+                id,
+                granted,
+                taken: false,
+            }
+        };
+        (&mut waiting.granted).await.ok()?;
+        waiting.taken = true;
+        Some(Slot { slots: self })
+    }
+}
+
 /// The write slots and the required writes announced.
 pub struct WriteSlots {
-    slots: Semaphore,
+    slots: FairSlots,
     required: watch::Sender<Load>,
 }
 
@@ -85,7 +220,7 @@ pub enum Priority {
 /// announcement, for required and final writes) until dropped.
 pub struct Permit<'a> {
     priority: Priority,
-    _slot: Option<SemaphorePermit<'a>>,
+    _slot: Option<Slot<'a>>,
     _announced: Option<Required>,
 }
 
@@ -100,24 +235,27 @@ impl WriteSlots {
     /// `slots` concurrent writes other than final statuses (at least one).
     pub fn new(slots: usize) -> Arc<WriteSlots> {
         Arc::new(WriteSlots {
-            slots: Semaphore::new(slots.max(1)),
+            slots: FairSlots::new(slots.max(1)),
             required: watch::Sender::new(Load::default()),
         })
     }
 
-    /// A permit for one write at `priority`: `None` only for a spare write that found no room in
-    /// time (and, in theory, if the slots were closed, which they never are).
-    pub async fn permit(&self, priority: Priority) -> Option<Permit<'_>> {
+    /// A permit for one write at `priority` to an object in `namespace` (whose turn among the
+    /// namespaces a waiting write takes): `None` only for a spare write that found no room in
+    /// time (and, in theory, if a slot could not be handed over, which never happens).
+    pub async fn permit(&self, priority: Priority, namespace: &str) -> Option<Permit<'_>> {
         let (slot, announced) = match priority {
             Priority::Required => {
                 let announced = self.require();
-                (Some(self.slots.acquire().await.ok()?), Some(announced))
+                let slot = self.slots.acquire(Class::Required, namespace).await?;
+                (Some(slot), Some(announced))
             }
             Priority::Final => (None, Some(self.require())),
             Priority::First => (None, None),
-            Priority::Spare { deadline, quiet } => {
-                (Some(self.spare_slot(deadline, quiet).await?), None)
-            }
+            Priority::Spare { deadline, quiet } => (
+                Some(self.spare_slot(namespace, deadline, quiet).await?),
+                None,
+            ),
         };
         Some(Permit {
             priority,
@@ -143,10 +281,15 @@ impl WriteSlots {
         self.required.borrow().waiting
     }
 
-    /// A write slot for a spare write: once no required write is announced, none was for
-    /// `quiet`, and a slot is free, before `deadline`; `None` when that moment does not come in
-    /// time.
-    async fn spare_slot(&self, deadline: Instant, quiet: Duration) -> Option<SemaphorePermit<'_>> {
+    /// A write slot for a spare write to `namespace`: once no required write is announced, none
+    /// was for `quiet`, and a slot is free, before `deadline`; `None` when that moment does not
+    /// come in time.
+    async fn spare_slot(
+        &self,
+        namespace: &str,
+        deadline: Instant,
+        quiet: Duration,
+    ) -> Option<Slot<'_>> {
         let until = tokio::time::Instant::from_std(deadline);
         let mut required = self.required.subscribe();
         loop {
@@ -162,10 +305,9 @@ impl WriteSlots {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(from)).await;
                 continue;
             }
-            let slot = tokio::time::timeout_at(until, self.slots.acquire())
+            let slot = tokio::time::timeout_at(until, self.slots.acquire(Class::Spare, namespace))
                 .await
-                .ok()?
-                .ok()?;
+                .ok()??;
             // A required write may have been announced while this one waited for the slot.
             let now = *self.required.borrow();
             if now
@@ -181,7 +323,102 @@ impl WriteSlots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+    use std::future::Future;
+    use std::pin::Pin;
     use std::time::Duration;
+
+    type PermitFuture<'a> = Pin<Box<dyn Future<Output = Option<Permit<'a>>> + 'a>>;
+
+    /// Required writes to `namespace`, each polled once so it waits in arrival order.
+    fn queued<'a>(w: &'a WriteSlots, namespace: &'a str, n: usize) -> Vec<PermitFuture<'a>> {
+        (0..n)
+            .map(|_| {
+                let mut f: PermitFuture<'a> = Box::pin(w.permit(Priority::Required, namespace));
+                assert!((&mut f).now_or_never().is_none(), "no slot is free");
+                f
+            })
+            .collect()
+    }
+
+    /// The permit `f` holds now, if its turn has come.
+    fn granted<'a>(f: &mut PermitFuture<'a>) -> Option<Permit<'a>> {
+        f.now_or_never()
+            .map(|p| p.expect("a required write always gets its slot"))
+    }
+
+    // Polled by hand outside a runtime: inside one, tokio's cooperative budget would make a
+    // ready slot look pending after a hundred-odd polls in one task turn.
+    #[test]
+    fn a_namespace_with_500_waiting_writes_lets_another_namespaces_write_in_within_two_slots() {
+        let w = WriteSlots::new(1);
+        let held = w.permit(Priority::Required, "a").now_or_never().flatten();
+        assert!(held.is_some(), "the slot is free");
+        let mut a = queued(&w, "a", 500);
+        let mut b = queued(&w, "b", 1).remove(0);
+        assert_eq!(w.required(), 502);
+        drop(held);
+        let a0 = granted(&mut a[0]).expect("a's first waiter was first");
+        assert!(granted(&mut b).is_none(), "one slot, held by a-0");
+        drop(a0);
+        assert!(granted(&mut a[1]).is_none(), "b's turn before a's second");
+        let b_permit = granted(&mut b).expect("b writes after one of a's 500");
+        drop(b_permit);
+        // a's writes go on in their order.
+        for i in 1..500 {
+            let permit = granted(&mut a[i]).expect("a's next in order");
+            if let Some(next) = a.get_mut(i + 1) {
+                assert!(granted(next).is_none(), "one slot at a time");
+            }
+            drop(permit);
+        }
+        assert_eq!(w.required(), 0);
+        let q = w.slots.lock();
+        assert!(q.free == 1 && q.required.is_empty() && q.spare.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_a_waiting_required_write_before_an_earlier_spare_one() {
+        let w = WriteSlots::new(1);
+        let held = w.slots.acquire(Class::Required, "a").await;
+        let mut spare = Box::pin(w.slots.acquire(Class::Spare, "a"));
+        assert!((&mut spare).now_or_never().is_none());
+        let mut required = Box::pin(w.slots.acquire(Class::Required, "b"));
+        assert!((&mut required).now_or_never().is_none());
+        drop(held);
+        assert!(
+            (&mut spare).now_or_never().is_none(),
+            "the spare write waits"
+        );
+        let slot = (&mut required).now_or_never().flatten();
+        assert!(slot.is_some(), "the required write goes first");
+        drop(slot);
+        assert!((&mut spare).now_or_never().flatten().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_spare_write_that_gives_up_leaves_the_queue_and_loses_no_slot() {
+        let w = WriteSlots::new(1);
+        let held = w.slots.acquire(Class::Required, "a").await;
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(w.spare_slot("b", soon, Duration::ZERO).await.is_none());
+        assert!(w.slots.lock().spare.is_empty(), "b gave up and left");
+        drop(held);
+        assert_eq!(w.slots.lock().free, 1);
+    }
+
+    #[tokio::test]
+    async fn a_slot_handed_to_a_write_that_gave_up_goes_to_the_next_waiter() {
+        let w = WriteSlots::new(1);
+        let held = w.permit(Priority::Required, "a").await;
+        let mut waiters = queued(&w, "a", 1);
+        let mut next = queued(&w, "b", 1).remove(0);
+        drop(held);
+        // a's waiter was handed the slot but is dropped before it takes it.
+        drop(waiters.pop());
+        assert!(granted(&mut next).is_some(), "the slot passed on to b");
+        assert_eq!(w.required(), 0);
+    }
 
     #[tokio::test]
     async fn spare_writes_give_way_to_required_ones() {
@@ -191,20 +428,20 @@ mod tests {
         assert_eq!(w.required(), 2);
         let soon = Instant::now() + Duration::from_millis(30);
         assert!(
-            w.spare_slot(soon, Duration::ZERO).await.is_none(),
+            w.spare_slot("ns", soon, Duration::ZERO).await.is_none(),
             "a required write waits"
         );
         drop(first);
         let later = Instant::now() + Duration::from_millis(30);
         assert!(
-            w.spare_slot(later, Duration::ZERO).await.is_none(),
+            w.spare_slot("ns", later, Duration::ZERO).await.is_none(),
             "one is still waiting"
         );
         drop(second);
         assert_eq!(w.required(), 0);
         let free = Instant::now() + Duration::from_millis(30);
         assert!(
-            w.spare_slot(free, Duration::ZERO).await.is_some(),
+            w.spare_slot("ns", free, Duration::ZERO).await.is_some(),
             "idle capacity is spare"
         );
     }
@@ -218,19 +455,19 @@ mod tests {
             drop(req);
         };
         let deadline = Instant::now() + Duration::from_secs(5);
-        let (slot, ()) = tokio::join!(w.spare_slot(deadline, Duration::ZERO), release);
+        let (slot, ()) = tokio::join!(w.spare_slot("ns", deadline, Duration::ZERO), release);
         assert!(slot.is_some());
     }
 
     #[tokio::test]
     async fn a_spare_write_needs_a_free_slot_too() {
         let w = WriteSlots::new(1);
-        let held = w.slots.acquire().await.ok();
+        let held = w.slots.acquire(Class::Required, "ns").await;
         let soon = Instant::now() + Duration::from_millis(30);
-        assert!(w.spare_slot(soon, Duration::ZERO).await.is_none());
+        assert!(w.spare_slot("ns", soon, Duration::ZERO).await.is_none());
         drop(held);
         assert!(
-            w.spare_slot(soon + Duration::from_secs(5), Duration::ZERO)
+            w.spare_slot("ns", soon + Duration::from_secs(5), Duration::ZERO)
                 .await
                 .is_some()
         );
@@ -244,11 +481,11 @@ mod tests {
         let start = Instant::now();
         let early = start + Duration::from_millis(20);
         assert!(
-            w.spare_slot(early, quiet).await.is_none(),
+            w.spare_slot("ns", early, quiet).await.is_none(),
             "required writes close together leave no room"
         );
         assert!(
-            w.spare_slot(start + Duration::from_secs(5), quiet)
+            w.spare_slot("ns", start + Duration::from_secs(5), quiet)
                 .await
                 .is_some()
         );
