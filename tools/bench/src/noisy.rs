@@ -51,6 +51,11 @@ pub struct Noisy {
     pub alone_stages: Stages,
     /// Where B's lag went during A's burst (p50s).
     pub burst_stages: Stages,
+    /// B's create calls (sent → the API server answered), ms sorted: alone, during A's burst.
+    pub create_calls: [Vec<f64>; 2],
+    /// B's lags from its create call's answer (the request exists) → Ready, ms sorted: alone,
+    /// during A's burst.
+    pub from_created: [Vec<f64>; 2],
 }
 
 /// Where a set of requests' create → Ready lag went, p50 of each part (ms): until the request's
@@ -118,6 +123,25 @@ impl Noisy {
                 st.unseen_ms, st.queued_ms, st.other_ms
             );
         }
+        s.push_str(
+            "\n| B's requests | create call (API server) p50 / p99 ms | create answered → Ready p50 / p99 ms |\n|---|---|---|\n",
+        );
+        for (i, label) in ["alone", "during A's burst"].iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "| {label} | {:.0} / {:.0} | {:.0} / {:.0} |",
+                quantile(&self.create_calls[i], 0.5),
+                quantile(&self.create_calls[i], 0.99),
+                quantile(&self.from_created[i], 0.5),
+                quantile(&self.from_created[i], 0.99),
+            );
+        }
+        let from_created =
+            quantile(&self.from_created[1], 0.99) / quantile(&self.from_created[0], 0.99);
+        let _ = writeln!(
+            s,
+            "\nFrom the create's answer (the request exists) the p99 ratio is **{from_created:.2}×**."
+        );
         let _ = writeln!(
             s,
             "\nB's p99 during A's burst / alone: **{ratio:.2}×** (goal ≤ 2×). A: all {} Ready \
@@ -136,6 +160,8 @@ struct Tenant {
     api: Api<WorkspaceStartRequest>,
     specs: Vec<(String, serde_json::Value)>,
     sent: Arc<Mutex<HashMap<String, Timestamp>>>,
+    /// When the API server answered each create.
+    created: Arc<Mutex<HashMap<String, Timestamp>>>,
     watch: ReadyWatch,
 }
 
@@ -147,6 +173,7 @@ impl Tenant {
             api,
             specs: Vec::new(),
             sent: Arc::default(),
+            created: Arc::default(),
             watch,
         }
     }
@@ -186,6 +213,10 @@ impl Tenant {
                     .create(&PostParams::default(), &obj)
                     .await
                     .with_context(|| format!("create {name}"))?;
+                self.created
+                    .lock()
+                    .await
+                    .insert(name.clone(), Timestamp::now());
                 anyhow::Ok(())
             })
             .buffer_unordered(concurrency.max(1))
@@ -228,19 +259,39 @@ impl Tenant {
 
     /// Create → Ready lags (ms, sorted) of the requests named `{prefix}-*`.
     async fn lags(&self, prefix: &str) -> Vec<f64> {
-        let sent = self.sent.lock().await;
-        let seen = self.watch.seen.lock().expect("lock");
-        let mut lags: Vec<f64> = sent
-            .iter()
-            .filter(|(name, _)| name.starts_with(&format!("{prefix}-")))
-            .filter_map(|(name, at)| {
-                let ready = seen.ready.get(name)?;
-                Some(ready.duration_since(*at).as_secs_f64() * 1000.0)
-            })
-            .collect();
-        lags.sort_by(|a, b| a.total_cmp(b));
-        lags
+        let ready = self.watch.seen.lock().expect("lock").ready.clone();
+        between(&*self.sent.lock().await, &ready, prefix)
     }
+
+    /// Create answered → Ready lags (ms, sorted) of the requests named `{prefix}-*`.
+    async fn lags_from_created(&self, prefix: &str) -> Vec<f64> {
+        let ready = self.watch.seen.lock().expect("lock").ready.clone();
+        between(&*self.created.lock().await, &ready, prefix)
+    }
+
+    /// How long the create calls of the requests named `{prefix}-*` took (ms, sorted).
+    async fn create_calls(&self, prefix: &str) -> Vec<f64> {
+        let created = self.created.lock().await.clone();
+        between(&*self.sent.lock().await, &created, prefix)
+    }
+}
+
+/// `to[name] - from[name]` (ms, sorted) for the names `{prefix}-*` in both.
+fn between(
+    from: &HashMap<String, Timestamp>,
+    to: &HashMap<String, Timestamp>,
+    prefix: &str,
+) -> Vec<f64> {
+    let mut lags: Vec<f64> = from
+        .iter()
+        .filter(|(name, _)| name.starts_with(&format!("{prefix}-")))
+        .filter_map(|(name, at)| {
+            let end = to.get(name)?;
+            Some(end.duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lags.sort_by(|a, b| a.total_cmp(b));
+    lags
 }
 
 /// Runs the noisy-neighbour measurement (see the module documentation).
@@ -354,5 +405,10 @@ pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyh
         operator_args: args.operator_args.clone(),
         alone_stages,
         burst_stages,
+        create_calls: [b.create_calls("alone").await, b.create_calls("burst").await],
+        from_created: [
+            b.lags_from_created("alone").await,
+            b.lags_from_created("burst").await,
+        ],
     })
 }
