@@ -54,22 +54,17 @@ impl Transport {
                 .map_err(|e| CoderError::Config(format!("the platform's CA store {e}")))?,
         };
         // Redirects are not followed: the session token must reach only the configured URL.
-        let http = reqwest::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-            .redirect(reqwest::redirect::Policy::none())
-            .use_preconfigured_tls(trust.client_config())
-            .build()
-            .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(STREAM_READ_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-            .redirect(reqwest::redirect::Policy::none())
-            .use_preconfigured_tls(trust.client_config())
-            .build()
-            .map_err(|e| CoderError::Config(format!("http client: {e}")))?;
+        let client = |builder: reqwest::ClientBuilder| {
+            builder
+                .connect_timeout(CONNECT_TIMEOUT)
+                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+                .redirect(reqwest::redirect::Policy::none())
+                .use_preconfigured_tls(trust.client_config())
+                .build()
+                .map_err(|e| CoderError::Config(format!("http client: {e}")))
+        };
+        let http = client(reqwest::Client::builder().timeout(request_timeout))?;
+        let stream_http = client(reqwest::Client::builder().read_timeout(STREAM_READ_TIMEOUT))?;
         Ok(Transport {
             http,
             stream_http,
