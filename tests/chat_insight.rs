@@ -128,7 +128,7 @@ async fn stage_timings_add_up_to_the_time_to_ready() {
         .provisioner_stages
         .clone()
         .expect("Coder's Terraform stages");
-    let within = [p.init_ms, p.plan_ms, p.graph_ms, p.apply_ms];
+    let within = p.parts();
     assert!(within.iter().all(Option::is_some), "{p:?}");
     let running = t.running_ms.expect("running");
     assert!(within.iter().flatten().sum::<i64>() <= running, "{t:?}");
@@ -155,14 +155,7 @@ fn timings_reads(env: &Env) -> u64 {
 
 /// The figures of `t` that add up to its total, each checked to be within it.
 fn assert_adds_up(t: &StageTimings) {
-    let stages = [
-        Some(t.queued_ms),
-        t.pending_ms,
-        t.running_ms,
-        t.agent_connecting_ms,
-        t.agent_starting_ms,
-        Some(t.other_ms),
-    ];
+    let stages = t.parts();
     assert!(stages.iter().all(Option::is_some), "{t:?}");
     assert!(
         stages

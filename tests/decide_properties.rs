@@ -796,14 +796,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     let Some(t) = status.timings.clone() else {
         return Err(TestCaseError::fail("a finished request without timings"));
     };
-    let stages = [
-        Some(t.queued_ms),
-        t.pending_ms,
-        t.running_ms,
-        t.agent_connecting_ms,
-        t.agent_starting_ms,
-        Some(t.other_ms),
-    ];
+    let stages = t.parts();
     prop_assert!(
         stages
             .iter()
@@ -814,7 +807,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     );
     prop_assert_eq!(stages.iter().flatten().sum::<i64>(), t.total_ms, "{:?}", t);
     if let Some(p) = &t.provisioner_stages {
-        let within = [p.init_ms, p.plan_ms, p.graph_ms, p.apply_ms];
+        let within = p.parts();
         prop_assert!(within.iter().flatten().all(|v| *v >= 0), "{:?}", t);
         prop_assert!(
             within.iter().flatten().sum::<i64>() <= t.running_ms.unwrap_or(0),

@@ -344,6 +344,30 @@ pub struct ProvisionerStages {
     pub apply_ms: Option<i64>,
 }
 
+impl StageTimings {
+    /// The figures that add up to `totalMs`, in order: `queuedMs`, `pendingMs`, `runningMs`,
+    /// `agentConnectingMs`, `agentStartingMs`, `otherMs` (`None` for a stage that did not
+    /// happen). `provisionerStages` lie within `runningMs` and are not among them.
+    pub fn parts(&self) -> [Option<i64>; 6] {
+        [
+            Some(self.queued_ms),
+            self.pending_ms,
+            self.running_ms,
+            self.agent_connecting_ms,
+            self.agent_starting_ms,
+            Some(self.other_ms),
+        ]
+    }
+}
+
+impl ProvisionerStages {
+    /// `initMs`, `planMs`, `graphMs`, `applyMs`, in order (`None` for a stage Coder did not
+    /// time); together at most `runningMs`.
+    pub fn parts(&self) -> [Option<i64>; 4] {
+        [self.init_ms, self.plan_ms, self.graph_ms, self.apply_ms]
+    }
+}
+
 /// Request phase.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Phase {

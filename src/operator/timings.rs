@@ -220,26 +220,28 @@ pub fn stamp(
 /// stages (`terraform_init`, `terraform_plan`, `terraform_graph`, `terraform_apply`) lie within
 /// `running`, so they are not added to the others.
 pub fn stages(t: &StageTimings) -> Vec<(&'static str, f64)> {
-    let secs = |v: i64| v as f64 / 1000.0;
-    let mut out = vec![("queued", secs(t.queued_ms))];
-    let tf = t.provisioner_stages.clone().unwrap_or_default();
-    for (name, v) in [
-        ("pending", t.pending_ms),
-        ("running", t.running_ms),
-        ("terraform_init", tf.init_ms),
-        ("terraform_plan", tf.plan_ms),
-        ("terraform_graph", tf.graph_ms),
-        ("terraform_apply", tf.apply_ms),
-        ("agent_connecting", t.agent_connecting_ms),
-        ("agent_starting", t.agent_starting_ms),
-    ] {
-        if let Some(v) = v {
-            out.push((name, secs(v)));
-        }
-    }
-    out.push(("other", secs(t.other_ms)));
-    out.push(("total", secs(t.total_ms)));
-    out
+    const PARTS: [&str; 6] = [
+        "queued",
+        "pending",
+        "running",
+        "agent_connecting",
+        "agent_starting",
+        "other",
+    ];
+    const TERRAFORM: [&str; 4] = [
+        "terraform_init",
+        "terraform_plan",
+        "terraform_graph",
+        "terraform_apply",
+    ];
+    let tf = t.provisioner_stages.as_ref().map(ProvisionerStages::parts);
+    PARTS
+        .into_iter()
+        .zip(t.parts())
+        .chain(TERRAFORM.into_iter().zip(tf.unwrap_or_default()))
+        .chain([("total", Some(t.total_ms))])
+        .filter_map(|(name, ms)| Some((name, ms? as f64 / 1000.0)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -334,17 +336,7 @@ mod tests {
     }
 
     fn sum(t: &StageTimings) -> i64 {
-        t.queued_ms
-            + [
-                t.pending_ms,
-                t.running_ms,
-                t.agent_connecting_ms,
-                t.agent_starting_ms,
-            ]
-            .iter()
-            .flatten()
-            .sum::<i64>()
-            + t.other_ms
+        t.parts().iter().flatten().sum()
     }
 
     #[test]
@@ -469,7 +461,7 @@ mod tests {
         }
         let got = compute(&s, Some(&build(0)), Some(&t)).expect("t");
         let st = got.provisioner_stages.clone().expect("stages");
-        let within = [st.init_ms, st.plan_ms, st.graph_ms, st.apply_ms];
+        let within = st.parts();
         assert_eq!(within.iter().flatten().sum::<i64>(), 2500, "{st:?}");
         assert_eq!(st.init_ms, Some(0));
         assert_eq!(sum(&got), 8200, "{got:?}");
