@@ -47,30 +47,35 @@ pub struct Noisy {
     pub a_p99_ms: f64,
     /// The operator's flags beyond the defaults.
     pub operator_args: String,
-    /// Where B's lag went, alone (p50s).
+    /// Where B's lag went, alone.
     pub alone_stages: Stages,
-    /// Where B's lag went during A's burst (p50s).
+    /// Where B's lag went during A's burst.
     pub burst_stages: Stages,
     /// B's create calls (sent → the API server answered), ms sorted: alone, during A's burst.
     pub create_calls: [Vec<f64>; 2],
     /// B's lags from its create call's answer (the request exists) → Ready, ms sorted: alone,
     /// during A's burst.
     pub from_created: [Vec<f64>; 2],
+    /// Start builds coder-sim received from B's first create (during A's burst) until B's last
+    /// start build: (A's, B's). Both namespaces had requests waiting for a start all along, so a
+    /// fair operator gives B about half.
+    pub builds_while_both_wait: (usize, usize),
 }
 
-/// Where a set of requests' create → Ready lag went, p50 of each part (ms): until the request's
-/// `status.startTime`, where its `timings` begin (create → Ready minus `timings.totalMs`; a
-/// request waiting for a start slot waits here), then `queuedMs` (→ start build requested) and
-/// `otherMs` (the operator's and the API server's own latency after that). `startTime` is
-/// written in whole seconds, so the first part can be up to a second low (even negative).
-#[derive(Debug, Clone, Copy)]
+/// Where a set of requests' create → Ready lag went, p50 / p99 of each part (ms), each measured
+/// on this machine's clock with millisecond precision: from the create call's answer until
+/// coder-sim received the start build (the operator saw the request, waited for a start slot,
+/// read Coder and wrote its start record), then Coder's own build until the agent was ready
+/// (scripted), then until the bench saw Ready (the operator noticed, wrote the status, the
+/// API server delivered it).
+#[derive(Debug, Clone, Default)]
 pub struct Stages {
-    /// Create → `startTime`.
-    pub unseen_ms: f64,
-    /// `timings.queuedMs`.
-    pub queued_ms: f64,
-    /// `timings.otherMs`.
-    pub other_ms: f64,
+    /// Create answered → start build received by coder-sim (ms, sorted).
+    pub to_build: Vec<f64>,
+    /// Start build received → agent ready (ms, sorted).
+    pub build: Vec<f64>,
+    /// Agent ready → Ready seen by the bench (ms, sorted).
+    pub to_ready: Vec<f64>,
 }
 
 /// The `p`-quantile of sorted `lags` (nearest rank), NaN when empty.
@@ -111,16 +116,19 @@ impl Noisy {
         s.push_str(&row("alone", &self.alone));
         s.push_str(&row("during A's burst", &self.with_burst));
         s.push_str(
-            "\n| B's requests, p50 ms | create → `startTime` (incl. waiting for a start slot; ±1 s) | `queuedMs` | `otherMs` (operator + API server) |\n|---|---|---|---|\n",
+            "\n| B's requests, p50 / p99 ms | create answered → start build at Coder (operator: intake, start slot, Coder reads) | build → agent ready (Coder, scripted) | agent ready → Ready seen (operator + API server) |\n|---|---|---|---|\n",
         );
         for (label, st) in [
-            ("alone", self.alone_stages),
-            ("during A's burst", self.burst_stages),
+            ("alone", &self.alone_stages),
+            ("during A's burst", &self.burst_stages),
         ] {
+            let pair = |v: &[f64]| format!("{:.0} / {:.0}", quantile(v, 0.5), quantile(v, 0.99));
             let _ = writeln!(
                 s,
-                "| {label} | {:.0} | {:.0} | {:.0} |",
-                st.unseen_ms, st.queued_ms, st.other_ms
+                "| {label} | {} | {} | {} |",
+                pair(&st.to_build),
+                pair(&st.build),
+                pair(&st.to_ready)
             );
         }
         s.push_str(
@@ -136,6 +144,15 @@ impl Noisy {
                 quantile(&self.from_created[i], 0.99),
             );
         }
+        let (a_builds, b_builds) = self.builds_while_both_wait;
+        let _ = writeln!(
+            s,
+            "\nFrom B's first create during A's burst until B's last start build, Coder received \
+             {} start builds: {b_builds} of B's and {a_builds} of A's (B's share {:.0} %; fair: \
+             about half while both namespaces wait).",
+            a_builds + b_builds,
+            100.0 * b_builds as f64 / (a_builds + b_builds).max(1) as f64
+        );
         let from_created =
             quantile(&self.from_created[1], 0.99) / quantile(&self.from_created[0], 0.99);
         let _ = writeln!(
@@ -163,6 +180,8 @@ struct Tenant {
     /// When the API server answered each create.
     created: Arc<Mutex<HashMap<String, Timestamp>>>,
     watch: ReadyWatch,
+    /// Each request's workspace in coder-sim.
+    workspaces: HashMap<String, uuid::Uuid>,
 }
 
 impl Tenant {
@@ -175,6 +194,7 @@ impl Tenant {
             sent: Arc::default(),
             created: Arc::default(),
             watch,
+            workspaces: HashMap::new(),
         }
     }
 
@@ -184,6 +204,7 @@ impl Tenant {
             let ws = sim.add_workspace(
                 WorkspaceSeed::new(user, &format!("{prefix}-{i}")).script(script.clone()),
             );
+            self.workspaces.insert(format!("{prefix}-{i}"), ws);
             self.specs.push((
                 format!("{prefix}-{i}"),
                 serde_json::json!({"workspace": {"id": ws.to_string()}}),
@@ -225,36 +246,49 @@ impl Tenant {
         Ok(())
     }
 
-    /// Where the lag of the requests named `{prefix}-*` went (see [`Stages`]).
-    async fn stages(&self, prefix: &str) -> anyhow::Result<Stages> {
-        let list = self.api.list(&Default::default()).await?;
-        let sent = self.sent.lock().await;
-        let seen = self.watch.seen.lock().expect("lock").ready.clone();
-        let (mut unseen, mut queued, mut other) = (Vec::new(), Vec::new(), Vec::new());
-        for o in &list.items {
-            let name = o.metadata.name.clone().unwrap_or_default();
-            let Some(t) = o.status.as_ref().and_then(|s| s.timings.as_ref()) else {
+    /// Where the lag of the requests named `{prefix}-*` went (see [`Stages`]), from coder-sim's
+    /// record of each workspace's latest build and agent.
+    async fn stages(&self, sim: &Sim, prefix: &str) -> Stages {
+        let created = self.created.lock().await.clone();
+        let ready = self.watch.seen.lock().expect("lock").ready.clone();
+        let at = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse::<Timestamp>().ok());
+        let ms = |from: Timestamp, to: Timestamp| to.duration_since(from).as_secs_f64() * 1000.0;
+        let mut st = Stages::default();
+        for (name, ws) in self
+            .workspaces
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("{prefix}-")))
+        {
+            let json = sim.workspace_json(*ws);
+            let build = &json["latest_build"];
+            let (Some(created), Some(ready), Some(requested), Some(agent_ready)) = (
+                created.get(name),
+                ready.get(name),
+                at(&build["created_at"]),
+                at(&build["resources"][0]["agents"][0]["ready_at"]),
+            ) else {
                 continue;
             };
-            if !name.starts_with(&format!("{prefix}-")) {
-                continue;
-            }
-            if let (Some(at), Some(ready)) = (sent.get(&name), seen.get(&name)) {
-                let lag = ready.duration_since(*at).as_secs_f64() * 1000.0;
-                unseen.push(lag - t.total_ms as f64);
-            }
-            queued.push(t.queued_ms as f64);
-            other.push(t.other_ms as f64);
+            st.to_build.push(ms(*created, requested));
+            st.build.push(ms(requested, agent_ready));
+            st.to_ready.push(ms(agent_ready, *ready));
         }
-        let p50 = |mut v: Vec<f64>| {
+        for v in [&mut st.to_build, &mut st.build, &mut st.to_ready] {
             v.sort_by(|a, b| a.total_cmp(b));
-            quantile(&v, 0.5)
-        };
-        Ok(Stages {
-            unseen_ms: p50(unseen),
-            queued_ms: p50(queued),
-            other_ms: p50(other),
-        })
+        }
+        st
+    }
+
+    /// When coder-sim received the start build of each request named `{prefix}-*`.
+    fn builds(&self, sim: &Sim, prefix: &str) -> Vec<Timestamp> {
+        self.workspaces
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("{prefix}-")))
+            .filter_map(|(_, ws)| {
+                let json = sim.workspace_json(*ws);
+                json["latest_build"]["created_at"].as_str()?.parse().ok()
+            })
+            .collect()
     }
 
     /// Create → Ready lags (ms, sorted) of the requests named `{prefix}-*`.
@@ -363,7 +397,7 @@ pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyh
         );
     }
     let alone = b.lags("alone").await;
-    let alone_stages = b.stages("alone").await?;
+    let alone_stages = b.stages(&sim, "alone").await;
 
     // A's burst, and B's requests once half of A's are created.
     let a_created_first = n_a / 2;
@@ -383,11 +417,33 @@ pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyh
         );
     }
     let with_burst = b.lags("burst").await;
-    let burst_stages = b.stages("burst").await?;
+    let burst_stages = b.stages(&sim, "burst").await;
     if !a.watch.wait_ready(n_a, deadline).await? {
         bail!("A's requests never all Ready; log {}", launch.log.display());
     }
     let a_wall = t0.elapsed();
+    let builds_while_both_wait = {
+        let first_b = b
+            .created
+            .lock()
+            .await
+            .iter()
+            .filter(|(n, _)| n.starts_with("burst-"))
+            .map(|(_, t)| *t)
+            .min();
+        let b_builds = b.builds(&sim, "burst");
+        match (first_b, b_builds.iter().max()) {
+            (Some(from), Some(to)) => {
+                let within = |t: &&Timestamp| from <= **t && *t <= to;
+                let a_builds = a.builds(&sim, "a");
+                (
+                    a_builds.iter().filter(within).count(),
+                    b_builds.iter().filter(within).count(),
+                )
+            }
+            _ => (0, 0),
+        }
+    };
     let a_lags = a.lags("a").await;
     let rss = measure::proc_usage(op.pid).0;
     eprintln!("bench:   noisy neighbour: operator peak RSS {rss} KiB");
@@ -410,5 +466,6 @@ pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyh
             b.lags_from_created("alone").await,
             b.lags_from_created("burst").await,
         ],
+        builds_while_both_wait,
     })
 }
