@@ -2,7 +2,9 @@
 //! write slots): each namespace with waiters has its own FIFO, and the namespaces take turns in
 //! the order they started waiting. A namespace that queued a thousand waiters delays another
 //! namespace's single waiter by at most one turn per waiting namespace, not by its whole burst.
-//! A namespace's FIFO and turn exist only while it has waiters, so the memory is bounded by the
+//! A queue may pass over namespaces that may not be served now ([`RoundRobin::pop_where`]: the
+//! write slots skip a namespace at its own limit, the start slots serve the namespace holding the
+//! fewest first); those keep their place. A namespace's FIFO and turn exist only while it has waiters, so the memory is bounded by the
 //! waiters. All namespaces have the same weight.
 
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +44,16 @@ impl<T> RoundRobin<T> {
     /// The front waiter of the namespace whose turn it is; that namespace moves to the last
     /// turn if it still has waiters.
     pub fn pop(&mut self) -> Option<T> {
-        while let Some(ns) = self.turns.pop_front() {
+        self.pop_where(|_| true)
+    }
+
+    /// Like [`RoundRobin::pop`], among the namespaces `eligible` admits: the first of them in
+    /// turn order is served and moves to the last turn; the namespaces passed over keep their
+    /// place, so each is first in line again once it is eligible.
+    pub fn pop_where(&mut self, eligible: impl Fn(&str) -> bool) -> Option<T> {
+        loop {
+            let at = self.turns.iter().position(|ns| eligible(ns))?;
+            let ns = self.turns.remove(at)?;
             let Some(lane) = self.lanes.get_mut(&ns) else {
                 continue;
             };
@@ -58,7 +69,6 @@ impl<T> RoundRobin<T> {
             self.len = self.len.saturating_sub(1);
             return Some(next);
         }
-        None
     }
 
     /// Takes the waiters of `namespace` that `which` picks out of the queue; true when one was
@@ -141,6 +151,17 @@ mod tests {
         // b has no waiter left: its turn is gone, and a new b waiter waits behind a.
         rr.push("b", "b-2");
         assert_eq!(drained(&mut rr), ["a-2", "b-2"]);
+    }
+
+    #[test]
+    fn a_namespace_passed_over_keeps_its_place_until_it_is_eligible() {
+        let mut rr = pushed(&["a-1", "a-2", "b-1", "b-2", "c-1"]);
+        let not_a = |ns: &str| ns != "a";
+        assert_eq!(rr.pop_where(not_a), Some("b-1"));
+        assert_eq!(rr.pop_where(not_a), Some("c-1"));
+        assert_eq!(rr.pop_where(|ns| ns == "z"), None, "nobody eligible waits");
+        assert_eq!(rr.turns().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(drained(&mut rr), ["a-1", "b-2", "a-2"]);
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //! the reconcile ends; when a slot frees up, the next request in the queue is triggered again
 //! (`reconcile_on`) with the slot reserved for it.
 //!
-//! The queue is fair across namespaces ([`RoundRobin`]): free slots go round-robin over the
-//! namespaces with waiting requests, in arrival order within one.
+//! The queue is fair across namespaces: a free slot goes to the waiting namespace that holds the
+//! fewest slots, round-robin among those that hold equally few ([`RoundRobin`]), in arrival
+//! order within one. So a namespace that arrives while another's burst holds every slot gets
+//! each slot that frees until it holds as many, instead of every other one: a slot can be held
+//! for a while (its start record waits for the namespace's write slot), and slots then free
+//! slowly.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -44,9 +48,12 @@ impl Lanes {
         }
     }
 
-    /// The next request, round-robin over the namespaces.
-    fn pop(&mut self) -> Option<Obj> {
-        let next = self.order.pop()?;
+    /// The next request: of the waiting namespaces holding the fewest slots (`held`), the one
+    /// whose turn comes first.
+    fn pop(&mut self, held: &HashMap<String, usize>) -> Option<Obj> {
+        let holds = |ns: &str| held.get(ns).copied().unwrap_or(0);
+        let fewest = self.order.turns().map(holds).min()?;
+        let next = self.order.pop_where(|ns| holds(ns) == fewest)?;
         self.queued.remove(&next);
         Some(next)
     }
@@ -66,6 +73,8 @@ impl Lanes {
 #[derive(Default)]
 struct State {
     running: usize,
+    /// Slots held (running or reserved), per namespace holding any.
+    held: HashMap<String, usize>,
     waiting: Lanes,
     /// Requests triggered with a slot reserved for them, and since when.
     invited: HashMap<Obj, Instant>,
@@ -81,13 +90,34 @@ pub struct StartQueue {
 /// A start slot; dropping it admits the next waiting request.
 pub struct StartPermit {
     queue: Arc<StartQueue>,
+    namespace: String,
 }
 
 impl Drop for StartPermit {
     fn drop(&mut self) {
         let mut st = self.queue.lock();
-        st.running = st.running.saturating_sub(1);
+        st.give_back(&self.namespace);
         self.queue.admit_waiting(&mut st, None);
+    }
+}
+
+impl State {
+    /// Counts a slot taken by a request of `namespace`.
+    fn take(&mut self, namespace: &str) {
+        self.running = self.running.saturating_add(1);
+        let held = self.held.entry(namespace.to_owned()).or_default();
+        *held = held.saturating_add(1);
+    }
+
+    /// Gives back a slot of `namespace`.
+    fn give_back(&mut self, namespace: &str) {
+        self.running = self.running.saturating_sub(1);
+        if let Some(held) = self.held.get_mut(namespace) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.held.remove(namespace);
+            }
+        }
     }
 }
 
@@ -120,6 +150,7 @@ impl StartQueue {
         };
         admitted.then(|| StartPermit {
             queue: Arc::clone(self),
+            namespace: namespace(obj).to_owned(),
         })
     }
 
@@ -129,7 +160,7 @@ impl StartQueue {
         let mut st = self.lock();
         st.waiting.remove(obj);
         if st.invited.remove(obj).is_some() {
-            st.running = st.running.saturating_sub(1);
+            st.give_back(namespace(obj));
             self.admit_waiting(&mut st, None);
         }
     }
@@ -139,7 +170,7 @@ impl StartQueue {
         self.lock().waiting.len()
     }
 
-    /// Fills free slots round-robin over the waiting namespaces: `caller` is admitted directly
+    /// Fills free slots, each to the waiting namespace holding the fewest: `caller` is admitted directly
     /// (returns true), every other request gets a reserved slot and a trigger.
     fn admit_waiting(&self, st: &mut State, caller: Option<&Obj>) -> bool {
         let now = Instant::now();
@@ -151,15 +182,15 @@ impl StartQueue {
             .collect();
         for o in expired {
             st.invited.remove(&o);
-            st.running = st.running.saturating_sub(1);
+            st.give_back(namespace(&o));
         }
         let mut admitted = false;
         let mut wake = Vec::new();
         while st.running < self.limit {
-            let Some(next) = st.waiting.pop() else {
+            let Some(next) = st.waiting.pop(&st.held) else {
                 break;
             };
-            st.running += 1;
+            st.take(namespace(&next));
             if Some(&next) == caller {
                 admitted = true;
             } else {
@@ -196,7 +227,9 @@ mod tests {
             lanes.push(&in_ns(name));
         }
         assert_eq!(lanes.len(), 3);
-        let order: Vec<String> = std::iter::from_fn(|| lanes.pop()).map(|o| o.name).collect();
+        let order: Vec<String> = std::iter::from_fn(|| lanes.pop(&HashMap::new()))
+            .map(|o| o.name)
+            .collect();
         assert_eq!(order, ["a-1", "b-1", "a-2"]);
         assert!(lanes.order.is_empty() && lanes.queued.is_empty());
     }
@@ -243,6 +276,34 @@ mod tests {
         }
         assert_eq!(q.waiting(), 0);
         assert!(q.lock().waiting.order.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_namespace_arriving_while_another_holds_every_slot_gets_freed_slots_until_it_holds_as_many()
+     {
+        let q = StartQueue::new(4);
+        let mut woken = q.subscribe();
+        let mut a: Vec<StartPermit> = (0..4)
+            .map(|i| q.try_start(&in_ns(&format!("a-{i}"))).expect("free"))
+            .collect();
+        for name in ["a-4", "a-5", "b-0", "b-1", "b-2"] {
+            assert!(q.try_start(&in_ns(name)).is_none(), "{name} waits");
+        }
+        let mut served = Vec::new();
+        let mut holding = Vec::new();
+        for _ in 0..3 {
+            drop(a.remove(0));
+            let next = woken.next().await.expect("a request woken");
+            holding.push(q.try_start(&next).expect("its slot is reserved"));
+            served.push(next.name);
+        }
+        // Round-robin alone would give b every other slot (b-0, a-4, b-1).
+        assert_eq!(
+            served,
+            ["b-0", "b-1", "a-4"],
+            "b first, until it holds as many as a"
+        );
+        assert_eq!(q.lock().held.get("b"), Some(&2));
     }
 
     #[tokio::test]
