@@ -48,11 +48,15 @@ pub struct RunArgs {
     /// apart so a burst of new requests never delays the ones about to become Ready.
     #[arg(long, env = "WSO_FOLLOW_CONCURRENCY", default_value_t = 256)]
     pub follow_concurrency: u16,
-    /// Maximum API writes in flight other than final (Ready/Failed) statuses: status writes and
-    /// Event creates. Final statuses skip this limit, so they reach the API server first;
-    /// progress finding every slot taken waits for a later pass.
-    #[arg(long, env = "WSO_WRITE_SLOTS", default_value_t = 1)]
+    /// API writes in flight per namespace other than final (Ready/Failed) and first statuses:
+    /// start records, progress and Events. Final statuses skip this limit, so they reach the API
+    /// server first; progress finding no slot waits for a later pass.
+    #[arg(long, env = "WSO_WRITE_SLOTS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub write_slots: u16,
+    /// The same writes in flight over all namespaces (at least `--write-slots`): one namespace's
+    /// burst never holds back another namespace's writes while this has room.
+    #[arg(long, env = "WSO_WRITE_SLOTS_TOTAL", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub write_slots_total: u16,
     /// Elect a leader through a Lease; only the leader reconciles.
     #[arg(long, env = "WSO_LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,

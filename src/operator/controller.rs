@@ -32,7 +32,7 @@ use crate::operator::start_queue::StartQueue;
 use crate::operator::status::StatusWriter;
 use crate::operator::streams::{Streams, WorkspaceKey};
 use crate::operator::tenancy::{self, Tenancy};
-use crate::operator::write_slots::{Permit, Priority, WriteSlots};
+use crate::operator::write_slots::{Limits, Permit, Priority, WriteSlots};
 use crate::process::http::Health;
 
 /// How long a progress write waits for spare write capacity (no required write waiting, a free
@@ -85,10 +85,10 @@ pub struct Settings {
     /// build and agent). Kept apart from `concurrency` so a burst of new requests never delays
     /// the ones about to become Ready.
     pub follow_concurrency: u16,
-    /// Maximum API writes in flight other than final (Ready/Failed) statuses: status writes and
-    /// Event creates. Final statuses skip the queue; progress finding no slot waits for a later
-    /// pass.
-    pub write_slots: u16,
+    /// API writes in flight other than final (Ready/Failed) and first statuses (start records,
+    /// progress, Events), per namespace and in all. Final statuses skip the slots; progress
+    /// finding no slot waits for a later pass.
+    pub write_slots: Limits,
     /// Test hook: reconciling the request of this name panics (proves panic containment).
     pub panic_on: Option<String>,
     /// The requests this process reconciles (see [`Shard`]).
@@ -102,7 +102,10 @@ impl Default for Settings {
             backstop_poll: Duration::from_secs(30),
             concurrency: 16,
             follow_concurrency: 256,
-            write_slots: 1,
+            write_slots: Limits {
+                per_namespace: 1,
+                total: 4,
+            },
             panic_on: None,
             shard: Shard::unlabelled(),
         }
@@ -154,7 +157,7 @@ impl Context {
         settings: Settings,
         tenancy: Tenancy,
     ) -> Arc<Context> {
-        let write_slots = WriteSlots::new(usize::from(settings.write_slots));
+        let write_slots = WriteSlots::new(settings.write_slots);
         let events = EventPublisher::start(
             kube.clone(),
             FIELD_MANAGER,
@@ -663,7 +666,8 @@ async fn conclude(
     conn: Option<&Connection>,
 ) -> Result<KubeAction, Error> {
     // Final statuses go to the API server at once. Every other write takes a write slot (shared
-    // with Events), so at most `write_slots` of them are in flight ahead of a final status.
+    // with Events), so at most `write_slots` of them (per namespace, and in all) are in flight
+    // ahead of a final status.
     // Progress (a started request's status that is not final) is a spare write: it waits briefly
     // for a moment when no required write (first status, start record, final status) is waiting
     // and a slot is free; when the API server is busy it is left to a later pass (the next watch

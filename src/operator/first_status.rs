@@ -389,6 +389,7 @@ impl FirstStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::write_slots::Limits;
 
     #[test]
     fn first_status_is_pending_and_reconciling_for_the_generation() {
@@ -439,7 +440,7 @@ mod tests {
 
     #[test]
     fn queue_writes_each_request_once_in_arrival_order() {
-        let slots = WriteSlots::new(1);
+        let slots = WriteSlots::new(Limits::one_each(1));
         let now = Instant::now();
         let mut q = Queue::default();
         let (a, ja) = job("a", now);
@@ -455,7 +456,7 @@ mod tests {
 
     #[test]
     fn a_request_is_written_only_after_its_grace() {
-        let slots = WriteSlots::new(1);
+        let slots = WriteSlots::new(Limits::one_each(1));
         let now = Instant::now();
         let mut q = Queue::default();
         let (a, ja) = job("a", now + GRACE);
@@ -475,7 +476,7 @@ mod tests {
 
     #[test]
     fn a_request_that_wrote_its_own_status_within_its_grace_gets_no_first_status() {
-        let slots = WriteSlots::new(1);
+        let slots = WriteSlots::new(Limits::one_each(1));
         let now = Instant::now();
         let mut q = Queue::default();
         let (a, ja) = job("a", now + GRACE);

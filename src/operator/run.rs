@@ -14,6 +14,7 @@ use crate::operator::controller::{self, Context, Settings};
 use crate::operator::metrics::Metrics;
 use crate::operator::streams::Streams;
 use crate::operator::tenancy;
+use crate::operator::write_slots::Limits;
 use crate::process::{self, http::Health};
 
 /// Errors that stop the process.
@@ -100,7 +101,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         backstop_poll: Duration::from_millis(args.backstop_poll_ms),
         concurrency: args.concurrency,
         follow_concurrency: args.follow_concurrency,
-        write_slots: args.write_slots,
+        write_slots: Limits {
+            per_namespace: usize::from(args.write_slots),
+            total: usize::from(args.write_slots_total),
+        },
         panic_on: args.test_panic_on.clone(),
         shard: args.shard.clone(),
     };

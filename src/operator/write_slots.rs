@@ -14,12 +14,16 @@
 //! other without pause, so spare writes give way; at low load they wait a few milliseconds and
 //! every transition still gets its status write and Event.
 //!
-//! The slots are fair across namespaces ([`RoundRobin`]): a freed slot goes to the waiting
-//! required writes round-robin over their namespaces (in arrival order within one), and only
-//! when none waits to the spare writes, round-robin the same way. A namespace with hundreds of
-//! start records waiting delays another namespace's start record by one write, not by all of
-//! them.
+//! The slots are per namespace, within a total ([`Limits`]): each namespace may have
+//! `per_namespace` writes in flight, and all namespaces together `total`. So one namespace's
+//! hundreds of waiting start records never hold back another namespace's start record while
+//! the total has room; one namespace alone (the common case) keeps the API server's queue as
+//! short as `per_namespace`. When the total is reached, a freed slot goes to the waiting
+//! required writes round-robin over their namespaces ([`RoundRobin`], arrival order within
+//! one), passing over namespaces at their own limit, and only when none waits to the spare
+//! writes, the same way.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -55,16 +59,50 @@ enum Class {
     Spare,
 }
 
+/// How many writes (other than final and first statuses) may be in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Per namespace (at least one).
+    pub per_namespace: usize,
+    /// Over all namespaces (at least `per_namespace`).
+    pub total: usize,
+}
+
+impl Limits {
+    /// One slot per namespace and `total` in all.
+    pub fn one_each(total: usize) -> Limits {
+        Limits {
+            per_namespace: 1,
+            total,
+        }
+    }
+
+    /// `self` raised where needed to at least one slot per namespace and a total that holds a
+    /// namespace's allowance.
+    fn usable(self) -> Limits {
+        let per_namespace = self.per_namespace.max(1);
+        Limits {
+            per_namespace,
+            total: self.total.max(per_namespace),
+        }
+    }
+}
+
 /// One write waiting for a slot; the slot is handed over through `grant`.
 struct Waiter {
     id: u64,
+    namespace: String,
     grant: oneshot::Sender<()>,
 }
 
-/// The free slots and the writes waiting for one. Waiters exist only while no slot is free.
+/// The slots in flight and the writes waiting for one. A write waits only while the total is
+/// reached or its namespace is at its own limit.
 #[derive(Default)]
 struct Queue {
-    free: usize,
+    /// Slots held, per namespace holding any.
+    held: HashMap<String, usize>,
+    /// Slots held in all.
+    in_flight: usize,
     required: RoundRobin<Waiter>,
     spare: RoundRobin<Waiter>,
     next_id: u64,
@@ -78,31 +116,63 @@ impl Queue {
         }
     }
 
-    /// Hands a freed slot to the next waiter (required writes before spare ones, each
-    /// round-robin over namespaces), or keeps it free when nobody waits.
-    fn release(&mut self) {
-        while let Some(next) = self.required.pop().or_else(|| self.spare.pop()) {
-            if next.grant.send(()).is_ok() {
-                return;
+    /// Whether a write to `namespace` may take a slot now.
+    fn has_room(&self, limits: Limits, namespace: &str) -> bool {
+        self.in_flight < limits.total
+            && self.held.get(namespace).copied().unwrap_or(0) < limits.per_namespace
+    }
+
+    /// Counts a slot taken by `namespace`.
+    fn take(&mut self, namespace: &str) {
+        self.in_flight = self.in_flight.saturating_add(1);
+        let held = self.held.entry(namespace.to_owned()).or_default();
+        *held = held.saturating_add(1);
+    }
+
+    /// Gives back `namespace`'s slot and hands the room to the next waiters (required writes
+    /// before spare ones, each round-robin over the namespaces below their limit).
+    fn release(&mut self, limits: Limits, namespace: &str) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(held) = self.held.get_mut(namespace) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.held.remove(namespace);
             }
         }
-        self.free = self.free.saturating_add(1);
+        while self.in_flight < limits.total {
+            let held = &self.held;
+            let below = |ns: &str| held.get(ns).copied().unwrap_or(0) < limits.per_namespace;
+            let Some(next) = self
+                .required
+                .pop_where(below)
+                .or_else(|| self.spare.pop_where(below))
+            else {
+                return;
+            };
+            if next.grant.send(()).is_ok() {
+                self.take(&next.namespace);
+            }
+        }
     }
 }
 
 /// Write slots handed out fairly across namespaces (see the module doc).
 struct FairSlots {
+    limits: Limits,
     queue: Mutex<Queue>,
 }
 
-/// A write slot; dropping it hands it to the next waiter.
+/// A write slot of a namespace; dropping it hands it to the next waiter.
 struct Slot<'a> {
     slots: &'a FairSlots,
+    namespace: String,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.slots.lock().release();
+        self.slots
+            .lock()
+            .release(self.slots.limits, &self.namespace);
     }
 }
 
@@ -128,18 +198,16 @@ impl Drop for Waiting<'_> {
             .waiters(self.class)
             .remove(&self.namespace, |w| w.id == id);
         if !queued && self.granted.try_recv().is_ok() {
-            q.release();
+            q.release(self.slots.limits, &self.namespace);
         }
     }
 }
 
 impl FairSlots {
-    fn new(slots: usize) -> FairSlots {
+    fn new(limits: Limits) -> FairSlots {
         FairSlots {
-            queue: Mutex::new(Queue {
-                free: slots,
-                ..Queue::default()
-            }),
+            limits: limits.usable(),
+            queue: Mutex::new(Queue::default()),
         }
     }
 
@@ -147,19 +215,30 @@ impl FairSlots {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for a `class` write of `namespace`: at once if one is free, else when its turn
+    /// A slot for a `class` write of `namespace`: at once if it has room, else when its turn
     /// comes. `None` only if the slot could not be handed over (never, while `self` lives).
     async fn acquire(&self, class: Class, namespace: &str) -> Option<Slot<'_>> {
+        let slot = || Slot {
+            slots: self,
+            namespace: namespace.to_owned(),
+        };
         let mut waiting = {
             let mut q = self.lock();
-            if q.free > 0 {
-                q.free -= 1;
-                return Some(Slot { slots: self });
+            if q.has_room(self.limits, namespace) {
+                q.take(namespace);
+                return Some(slot());
             }
             let id = q.next_id;
             q.next_id = id.wrapping_add(1);
             let (grant, granted) = oneshot::channel();
-            q.waiters(class).push(namespace, Waiter { id, grant });
+            q.waiters(class).push(
+                namespace,
+                Waiter {
+                    id,
+                    namespace: namespace.to_owned(),
+                    grant,
+                },
+            );
             Waiting {
                 slots: self,
                 class,
@@ -171,7 +250,7 @@ impl FairSlots {
         };
         (&mut waiting.granted).await.ok()?;
         waiting.taken = true;
-        Some(Slot { slots: self })
+        Some(slot())
     }
 }
 
@@ -232,10 +311,11 @@ impl Permit<'_> {
 }
 
 impl WriteSlots {
-    /// `slots` concurrent writes other than final statuses (at least one).
-    pub fn new(slots: usize) -> Arc<WriteSlots> {
+    /// Slots for writes other than final and first statuses, within `limits` (raised to at
+    /// least one per namespace).
+    pub fn new(limits: Limits) -> Arc<WriteSlots> {
         Arc::new(WriteSlots {
-            slots: FairSlots::new(slots.max(1)),
+            slots: FairSlots::new(limits),
             required: watch::Sender::new(Load::default()),
         })
     }
@@ -350,8 +430,9 @@ mod tests {
     // Polled by hand outside a runtime: inside one, tokio's cooperative budget would make a
     // ready slot look pending after a hundred-odd polls in one task turn.
     #[test]
-    fn a_namespace_with_500_waiting_writes_lets_another_namespaces_write_in_within_two_slots() {
-        let w = WriteSlots::new(1);
+    fn with_one_slot_in_all_a_namespace_with_500_waiting_writes_lets_another_namespaces_write_in_within_two_slots()
+     {
+        let w = WriteSlots::new(Limits::one_each(1));
         let held = w.permit(Priority::Required, "a").now_or_never().flatten();
         assert!(held.is_some(), "the slot is free");
         let mut a = queued(&w, "a", 500);
@@ -374,12 +455,46 @@ mod tests {
         }
         assert_eq!(w.required(), 0);
         let q = w.slots.lock();
-        assert!(q.free == 1 && q.required.is_empty() && q.spare.is_empty());
+        assert!(
+            q.in_flight == 0 && q.held.is_empty() && q.required.is_empty() && q.spare.is_empty()
+        );
+    }
+
+    #[test]
+    fn a_namespaces_write_goes_at_once_while_another_has_500_waiting_and_the_total_has_room() {
+        let w = WriteSlots::new(Limits::one_each(4));
+        let held = w.permit(Priority::Required, "a").now_or_never().flatten();
+        assert!(held.is_some(), "a's slot is free");
+        let mut a = queued(&w, "a", 500);
+        let b = w.permit(Priority::Required, "b").now_or_never().flatten();
+        assert!(b.is_some(), "b has a slot of its own");
+        drop(b);
+        assert!(granted(&mut a[0]).is_none(), "b's slot is not a's");
+        drop(held);
+        assert!(granted(&mut a[0]).is_some(), "a's next takes a's slot");
+    }
+
+    #[test]
+    fn at_the_total_a_freed_slot_passes_over_a_namespace_at_its_own_limit() {
+        let w = WriteSlots::new(Limits::one_each(2));
+        let first = |ns| w.permit(Priority::Required, ns).now_or_never().flatten();
+        let a = first("a").expect("a's slot is free");
+        let b = first("b").expect("b's slot is free");
+        let mut a_next = queued(&w, "a", 1).remove(0);
+        let mut c = queued(&w, "c", 1).remove(0);
+        drop(b);
+        assert!(granted(&mut a_next).is_none(), "a still holds its one slot");
+        let c_permit = granted(&mut c).expect("c takes b's slot, passing over a");
+        drop(a);
+        let a_permit = granted(&mut a_next).expect("a's next once a's slot is back");
+        drop((c_permit, a_permit));
+        let q = w.slots.lock();
+        assert!(q.in_flight == 0 && q.held.is_empty() && q.required.is_empty());
     }
 
     #[tokio::test]
     async fn a_freed_slot_goes_to_a_waiting_required_write_before_an_earlier_spare_one() {
-        let w = WriteSlots::new(1);
+        let w = WriteSlots::new(Limits::one_each(1));
         let held = w.slots.acquire(Class::Required, "a").await;
         let mut spare = Box::pin(w.slots.acquire(Class::Spare, "a"));
         assert!((&mut spare).now_or_never().is_none());
@@ -398,18 +513,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_spare_write_that_gives_up_leaves_the_queue_and_loses_no_slot() {
-        let w = WriteSlots::new(1);
+        let w = WriteSlots::new(Limits::one_each(1));
         let held = w.slots.acquire(Class::Required, "a").await;
         let soon = Instant::now() + Duration::from_millis(20);
         assert!(w.spare_slot("b", soon, Duration::ZERO).await.is_none());
         assert!(w.slots.lock().spare.is_empty(), "b gave up and left");
         drop(held);
-        assert_eq!(w.slots.lock().free, 1);
+        assert_eq!(w.slots.lock().in_flight, 0);
     }
 
     #[tokio::test]
     async fn a_slot_handed_to_a_write_that_gave_up_goes_to_the_next_waiter() {
-        let w = WriteSlots::new(1);
+        let w = WriteSlots::new(Limits::one_each(1));
         let held = w.permit(Priority::Required, "a").await;
         let mut waiters = queued(&w, "a", 1);
         let mut next = queued(&w, "b", 1).remove(0);
@@ -422,7 +537,7 @@ mod tests {
 
     #[tokio::test]
     async fn spare_writes_give_way_to_required_ones() {
-        let w = WriteSlots::new(1);
+        let w = WriteSlots::new(Limits::one_each(1));
         let first = w.require();
         let second = w.require();
         assert_eq!(w.required(), 2);
@@ -448,7 +563,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_spare_write_goes_as_soon_as_the_required_ones_are_done() {
-        let w = WriteSlots::new(1);
+        let w = WriteSlots::new(Limits::one_each(1));
         let req = w.require();
         let release = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -461,7 +576,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_spare_write_needs_a_free_slot_too() {
-        let w = WriteSlots::new(1);
+        let w = WriteSlots::new(Limits::one_each(1));
         let held = w.slots.acquire(Class::Required, "ns").await;
         let soon = Instant::now() + Duration::from_millis(30);
         assert!(w.spare_slot("ns", soon, Duration::ZERO).await.is_none());
@@ -475,7 +590,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_wait_for_a_quiet_moment_after_the_last_required_write() {
-        let w = WriteSlots::new(1);
+        let w = WriteSlots::new(Limits::one_each(1));
         drop(w.require());
         let quiet = Duration::from_millis(50);
         let start = Instant::now();

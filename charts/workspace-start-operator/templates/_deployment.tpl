@@ -95,6 +95,8 @@ spec:
               value: {{ .Values.followConcurrency | quote }}
             - name: WSO_WRITE_SLOTS
               value: {{ .Values.writeSlots | quote }}
+            - name: WSO_WRITE_SLOTS_TOTAL
+              value: {{ .Values.writeSlotsTotal | quote }}
             - name: WSO_LEADER_ELECT
               value: "true"
             - name: WSO_LEASE_NAME
