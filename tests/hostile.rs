@@ -8,12 +8,15 @@ mod support;
 use std::time::Duration;
 
 use coder_sim::{BuildScript, Fault, WorkspaceSeed};
+use futures::StreamExt;
+use support::opproc::{Launch, Proc, eventually};
 use support::{Env, ready};
 use workspace_start_operator::api::crd::{Phase, WorkspaceStartRequest};
 
 const T: Duration = Duration::from_secs(30);
 const WS_GET: &str = "GET /api/v2/workspaces/{id}";
 const WATCH: &str = "GET /api/v2/workspaces/{id}/watch";
+const START_BUILD: &str = "POST /api/v2/workspaces/{id}/builds";
 /// How much the operator's peak resident memory may exceed what it used before the hostile
 /// answer: the body limit (4 MiB) and frame limit (1 MiB) plus allocator slack.
 const MEMORY_MARGIN_KIB: u64 = 16 * 1024;
@@ -457,4 +460,119 @@ async fn megabyte_names_from_coder_stay_bounded_in_status_and_events() {
         assert!(note.len() < 2048, "{reason}: a {} byte note", note.len());
     }
     h.assert_unharmed().await;
+}
+
+/// When coder-sim received the start build of `ws` (`None` while the operator has sent none;
+/// the seeded workspace's latest build is an older stop).
+fn build_created(sim: &coder_sim::Sim, ws: uuid::Uuid) -> Option<jiff::Timestamp> {
+    if sim.builds_created(ws) == 0 {
+        return None;
+    }
+    sim.workspace_json(ws)["latest_build"]["created_at"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// A noisy tenant: namespace A queues 120 requests for new starts, then namespace B creates 5.
+/// One operator watches both with 2 start slots and one write slot per namespace. A freed start
+/// slot goes to the waiting namespace holding the fewest and B's start records have a write
+/// slot of their own, so from B's first create until B's last start build Coder receives at
+/// most about one of A's start builds per B's, plus those already under way: B never waits
+/// behind A's whole queue (first come, first served would put 60 or more of A's first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_in_one_namespace_lets_another_namespaces_requests_start_in_turn() {
+    const A: usize = 120;
+    const B: usize = 5;
+    const SLOTS: usize = 2;
+    let env = Env::new("noisy-a").await;
+    let ns_b = env.plane.create_namespace("noisy-b").await.expect("ns");
+    let sim = env.sim.sim();
+    let script = BuildScript::default().with_job(Duration::ZERO, Duration::from_millis(200));
+    let seed = |name: String| {
+        sim.add_workspace(WorkspaceSeed::new(env.alice.id, &name).script(script.clone()))
+    };
+    let a_ws: Vec<uuid::Uuid> = (0..A).map(|i| seed(format!("a-{i}"))).collect();
+    let b_ws: Vec<uuid::Uuid> = (0..B).map(|i| seed(format!("b-{i}"))).collect();
+    // Both namespaces, so as the cluster admin (the chart's Role covers its own namespace).
+    let op = Proc::spawn(Launch {
+        kubeconfig: env.plane.admin_kubeconfig(),
+        dir: env.dir.path(),
+        args: vec![
+            format!("--namespaces={},{ns_b}", env.ns),
+            format!("--coder-url={}", env.sim.url()),
+            format!("--coder-token-file={}", env.token_file().display()),
+            format!("--concurrency={SLOTS}"),
+            "--write-slots=1".to_owned(),
+        ],
+        env: vec![("POD_NAMESPACE".into(), env.ns.clone())],
+    });
+    op.wait_status("/readyz", 200, T).await;
+    // Each start holds its slot at least 40 ms, so A's queue lasts beyond B's creates.
+    sim.set_fault(START_BUILD, Fault::Slow(Duration::from_millis(40)));
+
+    let create = |ns: &str, name: String, ws: uuid::Uuid| {
+        let api: kube::Api<WorkspaceStartRequest> = kube::Api::namespaced(env.admin.clone(), ns);
+        async move {
+            let obj: WorkspaceStartRequest = serde_json::from_value(serde_json::json!({
+                "apiVersion": "coder.com/v1alpha1",
+                "kind": "WorkspaceStartRequest",
+                "metadata": {"name": name},
+                "spec": {"workspace": {"id": ws.to_string()}},
+            }))
+            .expect("valid request");
+            api.create(&kube::api::PostParams::default(), &obj)
+                .await
+                .expect("create request");
+        }
+    };
+    futures::stream::iter(a_ws.iter().enumerate())
+        .map(|(i, ws)| create(&env.ns, format!("a-{i}"), *ws))
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let b_from = jiff::Timestamp::now();
+    for (i, ws) in b_ws.iter().enumerate() {
+        create(&ns_b, format!("b-{i}"), *ws).await;
+    }
+    let b_builds: Vec<jiff::Timestamp> =
+        eventually("B's start builds", Duration::from_secs(60), || {
+            let built: Vec<_> = b_ws
+                .iter()
+                .filter_map(|ws| build_created(&sim, *ws))
+                .collect();
+            async move { (built.len() == B).then_some(built) }
+        })
+        .await;
+    let b_last = b_builds.iter().max().copied().expect("B's builds");
+    eventually("A's start builds", Duration::from_secs(120), || {
+        let all = a_ws.iter().all(|ws| sim.builds_created(*ws) >= 1);
+        async move { all.then_some(()) }
+    })
+    .await;
+    let a_builds: Vec<jiff::Timestamp> = a_ws
+        .iter()
+        .filter_map(|ws| build_created(&sim, *ws))
+        .collect();
+    let a_between = a_builds
+        .iter()
+        .filter(|t| b_from <= **t && **t <= b_last)
+        .count();
+    let a_after = a_builds.iter().filter(|t| **t > b_last).count();
+    println!(
+        "from B's first create to B's last start build ({:?}): {a_between} of A's start \
+         builds; {a_after} of A's came after",
+        b_last.duration_since(b_from)
+    );
+    assert!(
+        a_after >= A / 2,
+        "A still had most of its requests waiting when B's were started ({a_after} after), \
+         so the test measured a queue: {}",
+        support::tail(&op.logs(), 40)
+    );
+    assert!(
+        a_between <= 2 * B + SLOTS,
+        "B waited behind {a_between} of A's start builds (in turn: at most {})",
+        2 * B + SLOTS
+    );
 }
