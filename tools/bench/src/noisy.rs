@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use coder_sim::{BuildScript, LifecycleState, Sim, SimConfig, SimServer, WorkspaceSeed};
+use coder_sim::{BuildScript, Sim, WorkspaceSeed};
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use kube::api::{Api, PostParams};
@@ -25,7 +25,7 @@ use workspace_start_operator::api::crd::WorkspaceStartRequest;
 
 use crate::Args;
 use crate::measure::{self, Launch, Operator};
-use crate::run::ReadyWatch;
+use crate::run::{BenchSim, ReadyWatch};
 
 /// What the run measured.
 pub struct Noisy {
@@ -335,21 +335,12 @@ pub async fn run(args: &Args, plane: &envtest::ControlPlane, bin: &Path) -> anyh
         workspace_start_operator::process::kube_client::from_config(plane.admin_config().clone())?;
     let ns_a = plane.create_namespace("bench-noisy-a").await?;
     let ns_b = plane.create_namespace("bench-noisy-b").await?;
-    let sim_server = SimServer::start(SimConfig {
-        rate_limit_per_minute: args.sim_rate_limit,
-        ..SimConfig::default()
-    })
-    .await?;
+    let BenchSim {
+        server: sim_server,
+        user,
+        script,
+    } = BenchSim::start(args, args.running_ms).await?;
     let sim = sim_server.sim();
-    let user = sim.add_user("bench");
-    let ms = Duration::from_millis;
-    let script = BuildScript::default()
-        .with_job(ms(args.pending_ms), ms(args.running_ms))
-        .with_agent(
-            ms(args.agent_connect_ms),
-            ms(args.agent_ready_ms),
-            LifecycleState::Ready,
-        );
     let mut a = Tenant::new(&admin, &ns_a).await;
     let mut b = Tenant::new(&admin, &ns_b).await;
     a.add(&sim, user.id, &script, "a", n_a);

@@ -102,6 +102,42 @@ pub struct World {
     pub shards: usize,
 }
 
+/// A coder-sim as every bench run sets it up: the bench's rate limit, one Coder user, and the
+/// build script from the bench's flags (with the provisioner job running `running_ms`).
+pub struct BenchSim {
+    /// The running coder-sim.
+    pub server: SimServer,
+    /// The Coder user whose token the operator holds and who owns every workspace.
+    pub user: coder_sim::SimUser,
+    /// The build every workspace runs.
+    pub script: BuildScript,
+}
+
+impl BenchSim {
+    /// Starts it.
+    pub async fn start(args: &Args, running_ms: u64) -> anyhow::Result<BenchSim> {
+        let server = SimServer::start(SimConfig {
+            rate_limit_per_minute: args.sim_rate_limit,
+            ..SimConfig::default()
+        })
+        .await?;
+        let user = server.sim().add_user("bench");
+        let ms = Duration::from_millis;
+        let script = BuildScript::default()
+            .with_job(ms(args.pending_ms), ms(running_ms))
+            .with_agent(
+                ms(args.agent_connect_ms),
+                ms(args.agent_ready_ms),
+                LifecycleState::Ready,
+            );
+        Ok(BenchSim {
+            server,
+            user,
+            script,
+        })
+    }
+}
+
 impl World {
     /// A fresh coder-sim with one workspace per `per_ws` requests (each request with its own
     /// chat, or naming the workspace), and a fresh namespace.
@@ -124,21 +160,12 @@ impl World {
             plane.admin_config().clone(),
         )?;
         let ns = plane.create_namespace(&format!("bench-{label}")).await?;
-        let sim_server = SimServer::start(SimConfig {
-            rate_limit_per_minute: args.sim_rate_limit,
-            ..SimConfig::default()
-        })
-        .await?;
+        let BenchSim {
+            server: sim_server,
+            user,
+            script,
+        } = BenchSim::start(args, running_ms).await?;
         let sim = sim_server.sim();
-        let user = sim.add_user("bench");
-        let ms = Duration::from_millis;
-        let script = BuildScript::default()
-            .with_job(ms(args.pending_ms), ms(running_ms))
-            .with_agent(
-                ms(args.agent_connect_ms),
-                ms(args.agent_ready_ms),
-                LifecycleState::Ready,
-            );
         let n_ws = n.div_ceil(per_ws.max(1));
         let workspaces: Vec<Uuid> = (0..n_ws)
             .map(|i| {
