@@ -4,8 +4,8 @@
 //! namespace's single waiter by at most one turn per waiting namespace, not by its whole burst.
 //! A queue may pass over namespaces that may not be served now ([`RoundRobin::pop_where`]: the
 //! write slots skip a namespace at its own limit, the start slots serve the namespace holding the
-//! fewest first); those keep their place. A namespace's FIFO and turn exist only while it has waiters, so the memory is bounded by the
-//! waiters. All namespaces have the same weight.
+//! fewest first); those keep their place. A namespace's FIFO and turn exist only while it has
+//! waiters, so the memory is bounded by the waiters. All namespaces have the same weight.
 
 use std::collections::{HashMap, VecDeque};
 

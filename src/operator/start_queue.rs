@@ -170,8 +170,8 @@ impl StartQueue {
         self.lock().waiting.len()
     }
 
-    /// Fills free slots, each to the waiting namespace holding the fewest: `caller` is admitted directly
-    /// (returns true), every other request gets a reserved slot and a trigger.
+    /// Fills free slots, each to the waiting namespace holding the fewest: `caller` is admitted
+    /// directly (returns true), every other request gets a reserved slot and a trigger.
     fn admit_waiting(&self, st: &mut State, caller: Option<&Obj>) -> bool {
         let now = Instant::now();
         let expired: Vec<Obj> = st
