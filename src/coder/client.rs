@@ -30,6 +30,15 @@ pub const SESSION_TOKEN_HEADER: &str = "Coder-Session-Token";
 /// `timeout`, …). Used for metrics.
 pub type CallObserver = Arc<dyn Fn(&'static str, &str) + Send + Sync>;
 
+/// On whose behalf a call goes to Coder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Caller {
+    /// The client's user: the session token goes with the call.
+    User,
+    /// Nobody: no token, for what coderd serves without authentication.
+    Anonymous,
+}
+
 /// Which chat path this deployment serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChatPath {
@@ -210,6 +219,7 @@ impl CoderClient {
         }
     }
 
+    /// A call as this client's user (its session token in the request).
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -217,14 +227,27 @@ impl CoderClient {
         path: &str,
         body: Option<&dyn erased::Body>,
     ) -> Result<T, CoderError> {
+        self.send(method, endpoint, path, body, Caller::User).await
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        endpoint: &'static str,
+        path: &str,
+        body: Option<&dyn erased::Body>,
+        caller: Caller,
+    ) -> Result<T, CoderError> {
         self.inner.limiter.acquire(path).await;
         let mut req = self
             .inner
             .transport
             .http
             .request(method, format!("{}{}", self.inner.base, path))
-            .header(SESSION_TOKEN_HEADER, self.inner.token.expose())
             .header(header::ACCEPT, "application/json");
+        if caller == Caller::User {
+            req = req.header(SESSION_TOKEN_HEADER, self.inner.token.expose());
+        }
         if let Some(b) = body {
             req = req
                 .header(header::CONTENT_TYPE, "application/json")
@@ -292,10 +315,18 @@ impl CoderClient {
         Ok((body, true))
     }
 
-    /// `GET /api/v2/buildinfo`.
+    /// `GET /api/v2/buildinfo`, sent without the session token: coderd serves it to anyone
+    /// (`coderd/coderd.go` mounts it before the API key middleware), so a look at whether Coder
+    /// answers never carries a user's token.
     pub async fn build_info(&self) -> Result<CoderVersion, CoderError> {
-        self.call(Method::GET, "/api/v2/buildinfo", "/api/v2/buildinfo", None)
-            .await
+        self.send(
+            Method::GET,
+            "/api/v2/buildinfo",
+            "/api/v2/buildinfo",
+            None,
+            Caller::Anonymous,
+        )
+        .await
     }
 
     /// `GET /api/v2/users/me`: validates the token.
@@ -823,6 +854,50 @@ mod tests {
         assert_eq!(
             e.transient_cause(),
             "HTTP 503 from /api/v2/users/me: database down for token [redacted]"
+        );
+    }
+
+    /// Serves one request, answering `body` with 200, and returns the request's head.
+    async fn one_request(body: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let head = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok((mut c, _)) = listener.accept().await else {
+                return String::new();
+            };
+            let mut buf = vec![0u8; 8192];
+            let n = c.read(&mut buf).await.unwrap_or(0);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.write_all(resp.as_bytes()).await;
+            String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase()
+        });
+        (url, head)
+    }
+
+    #[tokio::test]
+    async fn buildinfo_goes_without_the_token_and_every_other_call_with_it() {
+        let (url, head) = one_request(r#"{"version":"v2.37.0","external_url":""}"#).await;
+        quick_client(&url, "s3cr3t-tok")
+            .build_info()
+            .await
+            .expect("buildinfo");
+        let head = head.await.expect("request");
+        assert!(head.starts_with("get /api/v2/buildinfo "), "{head}");
+        assert!(!head.contains("s3cr3t-tok"), "token sent: {head}");
+        assert!(!head.contains("coder-session-token"), "{head}");
+
+        let (url, head) = one_request(r#"{"message":"no"}"#).await;
+        let _ = quick_client(&url, "s3cr3t-tok").me().await;
+        let head = head.await.expect("request");
+        assert!(
+            head.contains("coder-session-token: s3cr3t-tok"),
+            "a user's call carries the token: {head}"
         );
     }
 }

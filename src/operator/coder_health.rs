@@ -68,8 +68,9 @@ impl Default for ProbeSchedule {
 /// cause otherwise.
 pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, CallOutcome> + Send + Sync>;
 
-/// The probe of a Coder deployment: `GET /api/v2/buildinfo` with this client (coderd serves it
-/// without authentication, from memory, so it answers whenever Coder's API does).
+/// The probe of a Coder deployment: `GET /api/v2/buildinfo` through this client's connection,
+/// without its token (coderd serves it without authentication, from memory, so it answers
+/// whenever Coder's API does, and no tenant's token goes out for a health check).
 pub fn buildinfo_probe(client: CoderClient) -> Probe {
     Arc::new(move || {
         let client = client.clone();
