@@ -104,6 +104,51 @@ impl<T> RoundRobin<T> {
     }
 }
 
+/// Slots held, per namespace and in all: what a queue of [`RoundRobin`] waiters weighs a
+/// namespace by (its own limit, or who holds the fewest). Memory: one entry per namespace
+/// holding a slot.
+#[derive(Debug, Default)]
+pub struct Holdings {
+    /// Per namespace holding any (never zero).
+    per_namespace: HashMap<String, usize>,
+    total: usize,
+}
+
+impl Holdings {
+    /// `namespace` takes a slot.
+    pub fn take(&mut self, namespace: &str) {
+        self.total = self.total.saturating_add(1);
+        let held = self.per_namespace.entry(namespace.to_owned()).or_default();
+        *held = held.saturating_add(1);
+    }
+
+    /// `namespace` gives a slot back.
+    pub fn give_back(&mut self, namespace: &str) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(held) = self.per_namespace.get_mut(namespace) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                self.per_namespace.remove(namespace);
+            }
+        }
+    }
+
+    /// Slots `namespace` holds.
+    pub fn of(&self, namespace: &str) -> usize {
+        self.per_namespace.get(namespace).copied().unwrap_or(0)
+    }
+
+    /// Slots held in all.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// True when no namespace holds a slot.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0 && self.per_namespace.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +207,21 @@ mod tests {
         assert_eq!(rr.pop_where(|ns| ns == "z"), None, "nobody eligible waits");
         assert_eq!(rr.turns().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(drained(&mut rr), ["a-1", "b-2", "a-2"]);
+    }
+
+    #[test]
+    fn holdings_count_per_namespace_and_forget_a_namespace_that_gave_all_back() {
+        let mut h = Holdings::default();
+        for ns in ["a", "a", "b"] {
+            h.take(ns);
+        }
+        assert_eq!((h.of("a"), h.of("b"), h.of("c"), h.total()), (2, 1, 0, 3));
+        for ns in ["a", "b", "a"] {
+            h.give_back(ns);
+        }
+        assert!(h.is_empty());
+        h.give_back("a");
+        assert!(h.is_empty(), "a slot given back twice counts once");
     }
 
     #[test]

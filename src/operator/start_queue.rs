@@ -20,7 +20,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::api::crd::WorkspaceStartRequest;
-use crate::operator::round_robin::RoundRobin;
+use crate::operator::round_robin::{Holdings, RoundRobin};
 use crate::operator::triggers::Triggers;
 
 type Obj = ObjectRef<WorkspaceStartRequest>;
@@ -50,10 +50,9 @@ impl Lanes {
 
     /// The next request: of the waiting namespaces holding the fewest slots (`held`), the one
     /// whose turn comes first.
-    fn pop(&mut self, held: &HashMap<String, usize>) -> Option<Obj> {
-        let holds = |ns: &str| held.get(ns).copied().unwrap_or(0);
-        let fewest = self.order.turns().map(holds).min()?;
-        let next = self.order.pop_where(|ns| holds(ns) == fewest)?;
+    fn pop(&mut self, held: &Holdings) -> Option<Obj> {
+        let fewest = self.order.turns().map(|ns| held.of(ns)).min()?;
+        let next = self.order.pop_where(|ns| held.of(ns) == fewest)?;
         self.queued.remove(&next);
         Some(next)
     }
@@ -72,9 +71,8 @@ impl Lanes {
 
 #[derive(Default)]
 struct State {
-    running: usize,
-    /// Slots held (running or reserved), per namespace holding any.
-    held: HashMap<String, usize>,
+    /// Slots held (running or reserved).
+    held: Holdings,
     waiting: Lanes,
     /// Requests triggered with a slot reserved for them, and since when.
     invited: HashMap<Obj, Instant>,
@@ -96,28 +94,8 @@ pub struct StartPermit {
 impl Drop for StartPermit {
     fn drop(&mut self) {
         let mut st = self.queue.lock();
-        st.give_back(&self.namespace);
+        st.held.give_back(&self.namespace);
         self.queue.admit_waiting(&mut st, None);
-    }
-}
-
-impl State {
-    /// Counts a slot taken by a request of `namespace`.
-    fn take(&mut self, namespace: &str) {
-        self.running = self.running.saturating_add(1);
-        let held = self.held.entry(namespace.to_owned()).or_default();
-        *held = held.saturating_add(1);
-    }
-
-    /// Gives back a slot of `namespace`.
-    fn give_back(&mut self, namespace: &str) {
-        self.running = self.running.saturating_sub(1);
-        if let Some(held) = self.held.get_mut(namespace) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                self.held.remove(namespace);
-            }
-        }
     }
 }
 
@@ -160,7 +138,7 @@ impl StartQueue {
         let mut st = self.lock();
         st.waiting.remove(obj);
         if st.invited.remove(obj).is_some() {
-            st.give_back(namespace(obj));
+            st.held.give_back(namespace(obj));
             self.admit_waiting(&mut st, None);
         }
     }
@@ -182,15 +160,15 @@ impl StartQueue {
             .collect();
         for o in expired {
             st.invited.remove(&o);
-            st.give_back(namespace(&o));
+            st.held.give_back(namespace(&o));
         }
         let mut admitted = false;
         let mut wake = Vec::new();
-        while st.running < self.limit {
+        while st.held.total() < self.limit {
             let Some(next) = st.waiting.pop(&st.held) else {
                 break;
             };
-            st.take(namespace(&next));
+            st.held.take(namespace(&next));
             if Some(&next) == caller {
                 admitted = true;
             } else {
@@ -227,7 +205,7 @@ mod tests {
             lanes.push(&in_ns(name));
         }
         assert_eq!(lanes.len(), 3);
-        let order: Vec<String> = std::iter::from_fn(|| lanes.pop(&HashMap::new()))
+        let order: Vec<String> = std::iter::from_fn(|| lanes.pop(&Holdings::default()))
             .map(|o| o.name)
             .collect();
         assert_eq!(order, ["a-1", "b-1", "a-2"]);
@@ -303,7 +281,7 @@ mod tests {
             ["b-0", "b-1", "a-4"],
             "b first, until it holds as many as a"
         );
-        assert_eq!(q.lock().held.get("b"), Some(&2));
+        assert_eq!(q.lock().held.of("b"), 2);
     }
 
     #[tokio::test]

@@ -23,13 +23,12 @@
 //! one), passing over namespaces at their own limit, and only when none waits to the spare
 //! writes, the same way.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use crate::operator::round_robin::RoundRobin;
+use crate::operator::round_robin::{Holdings, RoundRobin};
 
 /// How long after the last required write was announced an Event may go: required writes
 /// closer together than this are load, and Events do not fit in the gaps between them.
@@ -99,10 +98,7 @@ struct Waiter {
 /// reached or its namespace is at its own limit.
 #[derive(Default)]
 struct Queue {
-    /// Slots held, per namespace holding any.
-    held: HashMap<String, usize>,
-    /// Slots held in all.
-    in_flight: usize,
+    held: Holdings,
     required: RoundRobin<Waiter>,
     spare: RoundRobin<Waiter>,
     next_id: u64,
@@ -118,30 +114,16 @@ impl Queue {
 
     /// Whether a write to `namespace` may take a slot now.
     fn has_room(&self, limits: Limits, namespace: &str) -> bool {
-        self.in_flight < limits.total
-            && self.held.get(namespace).copied().unwrap_or(0) < limits.per_namespace
-    }
-
-    /// Counts a slot taken by `namespace`.
-    fn take(&mut self, namespace: &str) {
-        self.in_flight = self.in_flight.saturating_add(1);
-        let held = self.held.entry(namespace.to_owned()).or_default();
-        *held = held.saturating_add(1);
+        self.held.total() < limits.total && self.held.of(namespace) < limits.per_namespace
     }
 
     /// Gives back `namespace`'s slot and hands the room to the next waiters (required writes
     /// before spare ones, each round-robin over the namespaces below their limit).
     fn release(&mut self, limits: Limits, namespace: &str) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(held) = self.held.get_mut(namespace) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                self.held.remove(namespace);
-            }
-        }
-        while self.in_flight < limits.total {
+        self.held.give_back(namespace);
+        while self.held.total() < limits.total {
             let held = &self.held;
-            let below = |ns: &str| held.get(ns).copied().unwrap_or(0) < limits.per_namespace;
+            let below = |ns: &str| held.of(ns) < limits.per_namespace;
             let Some(next) = self
                 .required
                 .pop_where(below)
@@ -150,7 +132,7 @@ impl Queue {
                 return;
             };
             if next.grant.send(()).is_ok() {
-                self.take(&next.namespace);
+                self.held.take(&next.namespace);
             }
         }
     }
@@ -225,7 +207,7 @@ impl FairSlots {
         let mut waiting = {
             let mut q = self.lock();
             if q.has_room(self.limits, namespace) {
-                q.take(namespace);
+                q.held.take(namespace);
                 return Some(slot());
             }
             let id = q.next_id;
@@ -455,9 +437,7 @@ mod tests {
         }
         assert_eq!(w.required(), 0);
         let q = w.slots.lock();
-        assert!(
-            q.in_flight == 0 && q.held.is_empty() && q.required.is_empty() && q.spare.is_empty()
-        );
+        assert!(q.held.is_empty() && q.required.is_empty() && q.spare.is_empty());
     }
 
     #[test]
@@ -489,7 +469,7 @@ mod tests {
         let a_permit = granted(&mut a_next).expect("a's next once a's slot is back");
         drop((c_permit, a_permit));
         let q = w.slots.lock();
-        assert!(q.in_flight == 0 && q.held.is_empty() && q.required.is_empty());
+        assert!(q.held.is_empty() && q.required.is_empty());
     }
 
     #[tokio::test]
@@ -519,7 +499,7 @@ mod tests {
         assert!(w.spare_slot("b", soon, Duration::ZERO).await.is_none());
         assert!(w.slots.lock().spare.is_empty(), "b gave up and left");
         drop(held);
-        assert_eq!(w.slots.lock().in_flight, 0);
+        assert!(w.slots.lock().held.is_empty());
     }
 
     #[tokio::test]
