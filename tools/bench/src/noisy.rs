@@ -246,26 +246,32 @@ impl Tenant {
         Ok(())
     }
 
+    /// The requests named `{prefix}-*` with the latest build coder-sim holds for each one's
+    /// workspace (its start build once the operator sent it; read after the request is Ready).
+    fn latest_builds<'a>(
+        &'a self,
+        sim: &'a Sim,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, serde_json::Value)> + 'a {
+        self.workspaces
+            .iter()
+            .filter(move |(n, _)| n.starts_with(&format!("{prefix}-")))
+            .map(|(name, ws)| (name, sim.workspace_json(*ws)["latest_build"].take()))
+    }
+
     /// Where the lag of the requests named `{prefix}-*` went (see [`Stages`]), from coder-sim's
     /// record of each workspace's latest build and agent.
     async fn stages(&self, sim: &Sim, prefix: &str) -> Stages {
         let created = self.created.lock().await.clone();
         let ready = self.watch.seen.lock().expect("lock").ready.clone();
-        let at = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse::<Timestamp>().ok());
         let ms = |from: Timestamp, to: Timestamp| to.duration_since(from).as_secs_f64() * 1000.0;
         let mut st = Stages::default();
-        for (name, ws) in self
-            .workspaces
-            .iter()
-            .filter(|(n, _)| n.starts_with(&format!("{prefix}-")))
-        {
-            let json = sim.workspace_json(*ws);
-            let build = &json["latest_build"];
+        for (name, build) in self.latest_builds(sim, prefix) {
             let (Some(created), Some(ready), Some(requested), Some(agent_ready)) = (
                 created.get(name),
                 ready.get(name),
-                at(&build["created_at"]),
-                at(&build["resources"][0]["agents"][0]["ready_at"]),
+                timestamp(&build["created_at"]),
+                timestamp(&build["resources"][0]["agents"][0]["ready_at"]),
             ) else {
                 continue;
             };
@@ -281,13 +287,8 @@ impl Tenant {
 
     /// When coder-sim received the start build of each request named `{prefix}-*`.
     fn builds(&self, sim: &Sim, prefix: &str) -> Vec<Timestamp> {
-        self.workspaces
-            .iter()
-            .filter(|(n, _)| n.starts_with(&format!("{prefix}-")))
-            .filter_map(|(_, ws)| {
-                let json = sim.workspace_json(*ws);
-                json["latest_build"]["created_at"].as_str()?.parse().ok()
-            })
+        self.latest_builds(sim, prefix)
+            .filter_map(|(_, build)| timestamp(&build["created_at"]))
             .collect()
     }
 
@@ -308,6 +309,11 @@ impl Tenant {
         let created = self.created.lock().await.clone();
         between(&*self.sent.lock().await, &created, prefix)
     }
+}
+
+/// A timestamp in coder-sim's JSON.
+fn timestamp(v: &serde_json::Value) -> Option<Timestamp> {
+    v.as_str()?.parse().ok()
 }
 
 /// `to[name] - from[name]` (ms, sorted) for the names `{prefix}-*` in both.
